@@ -1,0 +1,56 @@
+/* Shared between every corral BPF program and daemon/corral/events.py.
+ * Everything is keyed by the session's cgroup id, like systemd's restrict-fs:
+ * a process outside corral's sessions costs one hash lookup and nothing else. */
+#ifndef CORRAL_COMMON_H
+#define CORRAL_COMMON_H
+
+#define CORRAL_EPERM 1
+
+/* session_cfg.flags */
+#define SESS_NET_ENFORCE  (1 << 0)   /* network policy present: default deny */
+#define SESS_FILE_ENFORCE (1 << 1)   /* file policy present (BPF LSM backend) */
+#define SESS_DNS_STEER    (1 << 2)   /* port-53 traffic goes to the session resolver */
+
+/* event.kind: keep in sync with events.py KINDS */
+#define EV_NET   1
+#define EV_FILE  2
+#define EV_DNS   3
+#define EV_RATE  4   /* rate limiter suppressed `count` events */
+
+/* event.op for EV_NET */
+#define OP_CONNECT4 1
+#define OP_CONNECT6 2
+#define OP_SENDMSG4 3
+#define OP_SENDMSG6 4
+
+/* rule ids: >= RULE_USER are indexes into the session's compiled rule list */
+#define RULE_DEFAULT_DENY 0
+#define RULE_UNSPECIFIED  1
+#define RULE_USER         16
+
+struct session_cfg {
+    u32 flags;
+    u32 dns_port;          /* host order; resolver port on 127.0.0.1 for this session */
+    u64 rate_tokens;       /* event rate limiter state (tokens * 1) */
+    u64 rate_last_ns;
+    u64 rate_suppressed;
+};
+
+struct event {
+    u64 ts_ns;             /* bpf_ktime_get_ns (monotonic) */
+    u64 cgid;
+    u32 pid;
+    u32 uid;
+    char comm[16];
+    u8  kind;
+    u8  op;
+    u16 port;              /* host order */
+    u32 family;            /* AF_INET / AF_INET6 for net events */
+    u32 rule;
+    u32 verdict;           /* 0 allow, 1 deny */
+    u64 count;             /* EV_RATE: events suppressed */
+    u8  addr[16];          /* network order */
+    char path[256];        /* file events: resolved path (may be truncated) */
+};
+
+#endif

@@ -6,6 +6,16 @@
 
 #define CORRAL_EPERM 1
 
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+#endif
+
+#ifndef AF_INET
+#define AF_UNIX 1
+#define AF_INET 2
+#define AF_INET6 10
+#endif
+
 /* session_cfg.flags */
 #define SESS_NET_ENFORCE  (1 << 0)   /* network policy present: default deny */
 #define SESS_FILE_ENFORCE (1 << 1)   /* file policy present (BPF LSM backend) */
@@ -22,6 +32,7 @@
 #define OP_CONNECT6 2
 #define OP_SENDMSG4 3
 #define OP_SENDMSG6 4
+#define OP_SOCKET   5   /* socket(): a protocol the sock_addr hooks do not see */
 
 /* rule ids: >= RULE_USER are indexes into the session's compiled rule list */
 #define RULE_DEFAULT_DENY 0

@@ -1,0 +1,304 @@
+/* corral network enforcement: cgroup sock_addr programs attached once at
+ * corral's root cgroup, deciding per session (cgroup id) from LPM tries.
+ *
+ * Decision order for a session with SESS_NET_ENFORCE:
+ *   DNS steering (port 53, when the session has domain rules) -> deny trie
+ *   -> allow trie -> default deny.
+ * IPv4-mapped IPv6 is judged as IPv4; 0.0.0.0 / :: are judged as loopback,
+ * because that is where the kernel delivers them. */
+#include "common.h"
+
+#define MAX_PORT_RANGES 16
+#define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
+#define IPPROTO_MPTCP_ 262
+#define SOCK_RAW_ 3
+
+struct lpm4_key {            /* prefixlen counts 64 cgid bits + address bits */
+    u32 prefixlen;
+    u32 cg_lo, cg_hi;
+    u32 addr;
+};
+struct lpm6_key {
+    u32 prefixlen;
+    u32 cg_lo, cg_hi;
+    u32 addr[4];
+};
+struct port_rules {          /* every rule covering the prefix, merged by user space */
+    u32 n;
+    u32 rule[MAX_PORT_RANGES];
+    u16 lo[MAX_PORT_RANGES];
+    u16 hi[MAX_PORT_RANGES];
+};
+struct dns_orig {            /* where a steered DNS socket really wanted to go */
+    u32 family;
+    u32 addr[4];
+    u16 port;                /* network order */
+    u16 pad;
+};
+
+BPF_HASH(sessions, u64, struct session_cfg, 4096);
+BPF_LPM_TRIE(allow4, struct lpm4_key, struct port_rules, 65536);
+BPF_LPM_TRIE(deny4, struct lpm4_key, struct port_rules, 65536);
+BPF_LPM_TRIE(allow6, struct lpm6_key, struct port_rules, 65536);
+BPF_LPM_TRIE(deny6, struct lpm6_key, struct port_rules, 65536);
+BPF_HASH(dns_socks, u64, struct dns_orig, 65536);
+BPF_RINGBUF_OUTPUT(events, 64);
+BPF_PERCPU_ARRAY(lost, u64, 1);
+
+/* Token bucket per session so a looping agent cannot flood the log; what it
+ * suppresses is counted and reported with the next event that gets through. */
+#define RATE_PER_SEC 200
+#define RATE_BURST   400
+
+static __always_inline int rate_take(struct session_cfg *cfg, u64 *suppressed)
+{
+    u64 now = bpf_ktime_get_ns();
+    u64 elapsed = now - cfg->rate_last_ns;
+    u64 tokens = cfg->rate_tokens + elapsed / (1000000000ULL / RATE_PER_SEC);
+    if (tokens > RATE_BURST)
+        tokens = RATE_BURST;
+    if (elapsed >= 1000000000ULL / RATE_PER_SEC)
+        cfg->rate_last_ns = now;
+    if (tokens == 0) {
+        cfg->rate_tokens = 0;
+        __sync_fetch_and_add(&cfg->rate_suppressed, 1);
+        return 0;
+    }
+    cfg->rate_tokens = tokens - 1;
+    *suppressed = cfg->rate_suppressed;
+    if (*suppressed)
+        __sync_fetch_and_add(&cfg->rate_suppressed, -*suppressed);
+    return 1;
+}
+
+static __always_inline void count_lost(void)
+{
+    int zero = 0;
+    u64 *v = lost.lookup(&zero);
+    if (v)
+        *v += 1;
+}
+
+static __always_inline void emit(u64 cgid, struct session_cfg *cfg, u8 op, u32 family,
+                                 const u32 *addr, u16 port, u32 rule)
+{
+    u64 suppressed = 0;
+    if (!rate_take(cfg, &suppressed))
+        return;
+    struct event *e = events.ringbuf_reserve(sizeof(struct event));
+    if (!e) {
+        count_lost();
+        return;
+    }
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    e->ts_ns = bpf_ktime_get_ns();
+    e->cgid = cgid;
+    e->pid = pid_tgid >> 32;
+    e->uid = (u32)bpf_get_current_uid_gid();
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    e->kind = EV_NET;
+    e->op = op;
+    e->port = port;
+    e->family = family;
+    e->rule = rule;
+    e->verdict = 1;
+    e->count = suppressed;
+    __builtin_memset(e->addr, 0, sizeof(e->addr));
+    if (family == AF_INET6)
+        __builtin_memcpy(e->addr, addr, 16);
+    else
+        __builtin_memcpy(e->addr, addr, 4);
+    e->path[0] = 0;
+    events.ringbuf_submit(e, 0);
+}
+
+static __always_inline int port_match(struct port_rules *r, u16 port, u32 *rule)
+{
+    if (!r)
+        return 0;
+#pragma unroll
+    for (int i = 0; i < MAX_PORT_RANGES; i++) {
+        if (i >= r->n)
+            break;
+        if (port >= r->lo[i] && port <= r->hi[i]) {
+            *rule = r->rule[i];
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Returns RULE id and sets *deny. */
+static __always_inline u32 decide4(u64 cgid, u32 addr, u16 port, int *deny)
+{
+    struct lpm4_key k = {.prefixlen = 96, .cg_lo = (u32)cgid, .cg_hi = cgid >> 32, .addr = addr};
+    u32 rule = RULE_DEFAULT_DENY;
+    if (port_match(deny4.lookup(&k), port, &rule)) {
+        *deny = 1;
+        return rule;
+    }
+    if (port_match(allow4.lookup(&k), port, &rule)) {
+        *deny = 0;
+        return rule;
+    }
+    *deny = 1;
+    return RULE_DEFAULT_DENY;
+}
+
+static __always_inline u32 decide6(u64 cgid, const u32 *addr, u16 port, int *deny)
+{
+    struct lpm6_key k = {.prefixlen = 192, .cg_lo = (u32)cgid, .cg_hi = cgid >> 32};
+    k.addr[0] = addr[0]; k.addr[1] = addr[1]; k.addr[2] = addr[2]; k.addr[3] = addr[3];
+    u32 rule = RULE_DEFAULT_DENY;
+    if (port_match(deny6.lookup(&k), port, &rule)) {
+        *deny = 1;
+        return rule;
+    }
+    if (port_match(allow6.lookup(&k), port, &rule)) {
+        *deny = 0;
+        return rule;
+    }
+    *deny = 1;
+    return RULE_DEFAULT_DENY;
+}
+
+static __always_inline int steer_dns4(struct bpf_sock_addr *ctx, struct session_cfg *cfg)
+{
+    struct dns_orig o = {.family = AF_INET, .port = (u16)ctx->user_port};
+    o.addr[0] = ctx->user_ip4;
+    u64 cookie = bpf_get_socket_cookie(ctx);
+    dns_socks.update(&cookie, &o);
+    ctx->user_ip4 = bpf_htonl(0x7f000001);
+    ctx->user_port = bpf_htons((u16)cfg->dns_port);
+    return 1;
+}
+
+static __always_inline int check4(struct bpf_sock_addr *ctx, u8 op)
+{
+    u64 cgid = bpf_get_current_cgroup_id();
+    struct session_cfg *cfg = sessions.lookup(&cgid);
+    if (!cfg || !(cfg->flags & SESS_NET_ENFORCE))
+        return 1;
+    u32 addr = ctx->user_ip4;
+    u16 port = bpf_ntohs((u16)ctx->user_port);
+    if (port == 53 && (cfg->flags & SESS_DNS_STEER) && cfg->dns_port)
+        return steer_dns4(ctx, cfg);
+    if (addr == 0)
+        addr = bpf_htonl(0x7f000001);
+    int deny = 1;
+    u32 rule = decide4(cgid, addr, port, &deny);
+    if (!deny)
+        return 1;
+    emit(cgid, cfg, op, AF_INET, &addr, port, rule);
+    return 0;
+}
+
+static __always_inline int check6(struct bpf_sock_addr *ctx, u8 op)
+{
+    u64 cgid = bpf_get_current_cgroup_id();
+    struct session_cfg *cfg = sessions.lookup(&cgid);
+    if (!cfg || !(cfg->flags & SESS_NET_ENFORCE))
+        return 1;
+    u32 a[4];
+    a[0] = ctx->user_ip6[0]; a[1] = ctx->user_ip6[1];
+    a[2] = ctx->user_ip6[2]; a[3] = ctx->user_ip6[3];
+    u16 port = bpf_ntohs((u16)ctx->user_port);
+    int deny = 1;
+    u32 rule;
+    if (a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff)) {
+        /* ::ffff:a.b.c.d is the IPv4 host; judge it so. */
+        u32 v4 = a[3];
+        if (port == 53 && (cfg->flags & SESS_DNS_STEER) && cfg->dns_port) {
+            struct dns_orig o = {.family = AF_INET6, .port = (u16)ctx->user_port};
+            o.addr[0] = a[0]; o.addr[1] = a[1]; o.addr[2] = a[2]; o.addr[3] = a[3];
+            u64 cookie = bpf_get_socket_cookie(ctx);
+            dns_socks.update(&cookie, &o);
+            ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+            ctx->user_port = bpf_htons((u16)cfg->dns_port);
+            return 1;
+        }
+        if (v4 == 0)
+            v4 = bpf_htonl(0x7f000001);
+        rule = decide4(cgid, v4, port, &deny);
+        if (!deny)
+            return 1;
+        emit(cgid, cfg, op, AF_INET, &v4, port, rule);
+        return 0;
+    }
+    if (port == 53 && (cfg->flags & SESS_DNS_STEER) && cfg->dns_port) {
+        struct dns_orig o = {.family = AF_INET6, .port = (u16)ctx->user_port};
+        o.addr[0] = a[0]; o.addr[1] = a[1]; o.addr[2] = a[2]; o.addr[3] = a[3];
+        u64 cookie = bpf_get_socket_cookie(ctx);
+        dns_socks.update(&cookie, &o);
+        ctx->user_ip6[0] = 0; ctx->user_ip6[1] = 0; ctx->user_ip6[2] = 0;
+        ctx->user_ip6[3] = bpf_htonl(1);
+        ctx->user_port = bpf_htons((u16)cfg->dns_port);
+        return 1;
+    }
+    if ((a[0] | a[1] | a[2] | a[3]) == 0)
+        a[3] = bpf_htonl(1);   /* :: connects to ::1 */
+    rule = decide6(cgid, a, port, &deny);
+    if (!deny)
+        return 1;
+    emit(cgid, cfg, op, AF_INET6, a, port, rule);
+    return 0;
+}
+
+int corral_connect4(struct bpf_sock_addr *ctx) { return check4(ctx, OP_CONNECT4); }
+int corral_sendmsg4(struct bpf_sock_addr *ctx) { return check4(ctx, OP_SENDMSG4); }
+int corral_connect6(struct bpf_sock_addr *ctx) { return check6(ctx, OP_CONNECT6); }
+int corral_sendmsg6(struct bpf_sock_addr *ctx) { return check6(ctx, OP_SENDMSG6); }
+
+/* Replies from the session resolver must look as if they came from the server
+ * the client asked (glibc drops answers from another source). */
+static __always_inline int unsteer4(struct bpf_sock_addr *ctx)
+{
+    u64 cookie = bpf_get_socket_cookie(ctx);
+    struct dns_orig *o = dns_socks.lookup(&cookie);
+    if (!o)
+        return 1;
+    if (o->family == AF_INET) {
+        ctx->user_ip4 = o->addr[0];
+        ctx->user_port = o->port;
+    }
+    return 1;
+}
+
+static __always_inline int unsteer6(struct bpf_sock_addr *ctx)
+{
+    u64 cookie = bpf_get_socket_cookie(ctx);
+    struct dns_orig *o = dns_socks.lookup(&cookie);
+    if (!o)
+        return 1;
+    if (o->family == AF_INET6) {
+        ctx->user_ip6[0] = o->addr[0]; ctx->user_ip6[1] = o->addr[1];
+        ctx->user_ip6[2] = o->addr[2]; ctx->user_ip6[3] = o->addr[3];
+        ctx->user_port = o->port;
+    }
+    return 1;
+}
+
+int corral_recvmsg4(struct bpf_sock_addr *ctx) { return unsteer4(ctx); }
+int corral_getpeername4(struct bpf_sock_addr *ctx) { return unsteer4(ctx); }
+int corral_recvmsg6(struct bpf_sock_addr *ctx) { return unsteer6(ctx); }
+int corral_getpeername6(struct bpf_sock_addr *ctx) { return unsteer6(ctx); }
+
+/* Only TCP, UDP and MPTCP pass the sock_addr hooks above; anything else
+ * (raw IP, ICMP "ping" sockets, SCTP...) would be a way around them. */
+int corral_sock_create(struct bpf_sock *sk)
+{
+    u64 cgid = bpf_get_current_cgroup_id();
+    struct session_cfg *cfg = sessions.lookup(&cgid);
+    if (!cfg || !(cfg->flags & SESS_NET_ENFORCE))
+        return 1;
+    if (sk->family != AF_INET && sk->family != AF_INET6)
+        return 1;
+    u32 proto = sk->protocol;
+    if (sk->type != SOCK_RAW_ && (proto == 0 || proto == IPPROTO_TCP_ || proto == IPPROTO_UDP_ ||
+                                  proto == IPPROTO_MPTCP_))
+        return 1;
+    u32 zero4[4] = {};
+    emit(cgid, cfg, 5 /* OP_SOCKET */, sk->family, zero4, (u16)proto, RULE_DEFAULT_DENY);
+    return 0;
+}

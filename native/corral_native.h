@@ -1,0 +1,44 @@
+/* corral native helpers: thin, generic wrappers around kernel interfaces that
+ * Python cannot reach safely (Landlock syscalls, capabilities, prctl,
+ * close_range) plus the libseccomp macros cffi cannot express.
+ *
+ * Every function returns >= 0 on success and -errno on failure; none of them
+ * print or abort. Policy (which syscalls, which paths) lives in Python.
+ */
+#ifndef CORRAL_NATIVE_H
+#define CORRAL_NATIVE_H
+
+#include <stdint.h>
+
+/* --- libseccomp glue ---------------------------------------------------- */
+uint32_t corral_scmp_act_errno(int err);
+uint32_t corral_scmp_act_allow(void);
+uint32_t corral_scmp_act_kill_process(void);
+uint32_t corral_scmp_act_log(void);
+uint32_t corral_scmp_arch_native(void);
+uint32_t corral_scmp_arch_x86(void);
+uint32_t corral_scmp_arch_x86_64(void);
+uint32_t corral_scmp_arch_x32(void);
+
+/* --- Landlock ----------------------------------------------------------- */
+int corral_landlock_abi(void);
+int corral_landlock_errata(void);
+int corral_landlock_create_ruleset(uint64_t handled_fs, uint64_t handled_net,
+                                   uint64_t scoped, int abi);
+int corral_landlock_add_path_rule(int ruleset_fd, uint64_t allowed, int parent_fd);
+int corral_landlock_restrict_self(int ruleset_fd, uint32_t flags);
+
+/* --- process hardening -------------------------------------------------- */
+int corral_set_no_new_privs(void);
+int corral_get_no_new_privs(void);
+int corral_close_range_from(unsigned int first);
+int corral_last_cap(void);
+int corral_drop_all_caps(int last_cap);
+int corral_set_securebits_noroot(void);
+int corral_get_securebits(void);
+int corral_caps_effective_is_zero(void);
+
+/* --- raw syscall for tests/benchmarks ----------------------------------- */
+long corral_raw_syscall6(long nr, long a0, long a1, long a2, long a3, long a4, long a5);
+
+#endif

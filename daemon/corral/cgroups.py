@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-ROOT_NAME = os.environ.get("CORRAL_CGROUP_NAME", "corral")
+from .config import CGROUP_NAME as ROOT_NAME
 
 
 class CgroupError(RuntimeError):

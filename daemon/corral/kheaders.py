@@ -16,7 +16,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-CACHE_ROOT = Path(os.environ.get("CORRAL_CACHE_DIR", "/var/cache/corral")) / "kheaders"
+from .config import CACHE_DIR
+
+CACHE_ROOT = CACHE_DIR / "kheaders"
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 
 # Headers that bcc's virtual helpers.h pulls in; each becomes a shim that

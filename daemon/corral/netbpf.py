@@ -11,11 +11,11 @@ import subprocess
 from pathlib import Path
 
 from . import kheaders
+from .config import PIN_DIR
 from .policy import MAX_PORT_RANGES, NetRule, PolicyError
 
 log = logging.getLogger("corral.net")
 
-PIN_DIR = Path(os.environ.get("CORRAL_BPFFS", "/sys/fs/bpf")) / "corral"
 BPF_F_ALLOW_MULTI = 2
 
 # (function, attach type) — values of enum bpf_attach_type.

@@ -1,0 +1,246 @@
+"""`corral`: run commands in sandboxes, inspect sessions, read the audit log."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from . import policy as pol
+from .client import Client, CorralError, DaemonNotRunning
+
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 127
+
+
+def die(msg: str, code: int = 1):
+    print(f"corral: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+# -- policy from files and flags ----------------------------------------------
+def add_policy_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", metavar="FILE", help="TOML policy file")
+    p.add_argument("--profile", metavar="NAME", help="built-in profile (corral policy list)")
+    p.add_argument("--srt-settings", metavar="FILE",
+                   help="import Claude Code / sandbox-runtime settings JSON")
+    p.add_argument("--allow-net", action="append", default=[], metavar="CIDR[:PORT[-PORT]]")
+    p.add_argument("--deny-net", action="append", default=[], metavar="CIDR[:PORT[-PORT]]")
+    p.add_argument("--no-net", action="store_true", help="network policy with nothing allowed")
+    p.add_argument("--allow-domain", action="append", default=[], metavar="NAME[:PORT]")
+    p.add_argument("--deny-domain", action="append", default=[], metavar="NAME")
+    p.add_argument("--allow-localhost-port", action="append", default=[], metavar="PORT[-PORT]")
+    p.add_argument("--deny-read", action="append", default=[], metavar="PATH")
+    p.add_argument("--allow-read", action="append", default=[], metavar="PATH")
+    p.add_argument("--allow-write", action="append", default=[], metavar="PATH")
+    p.add_argument("--deny-write", action="append", default=[], metavar="PATH")
+    p.add_argument("--deny-syscall", action="append", default=[], metavar="NAME")
+    p.add_argument("--no-mandatory", action="append", default=[], metavar="NAME",
+                   help="drop one named mandatory protection (see corral policy show)")
+
+
+def policy_from_args(args) -> dict:
+    from . import policyfile
+    base: dict = {}
+    if args.profile:
+        base = policyfile.load_profile(args.profile)
+    if args.policy:
+        base = policyfile.merge(base, policyfile.load_policy_file(args.policy))
+    if args.srt_settings:
+        srt, warnings = policyfile.import_srt_settings(args.srt_settings)
+        for w in warnings:
+            print(f"corral: warning: {w}", file=sys.stderr)
+        base = policyfile.merge(base, srt)
+    flags: dict = {}
+    net_flags = {"allow": args.allow_net, "deny": args.deny_net, "allow_domains": args.allow_domain,
+                 "deny_domains": args.deny_domain, "allow_localhost_ports": args.allow_localhost_port}
+    if args.no_net or any(net_flags.values()):
+        flags["network"] = {k: v for k, v in net_flags.items() if v}
+    fs_flags = {"deny_read": args.deny_read, "allow_read": args.allow_read,
+                "allow_write": args.allow_write, "deny_write": args.deny_write}
+    if any(fs_flags.values()):
+        flags["filesystem"] = {k: v for k, v in fs_flags.items() if v}
+    if args.deny_syscall:
+        flags["syscalls"] = {"deny": args.deny_syscall}
+    merged = policyfile.merge(base, flags)
+    return policyfile.apply_mandatory(merged, set(args.no_mandatory))
+
+
+# -- commands -------------------------------------------------------------------
+def cmd_run(args) -> int:
+    if not args.cmd:
+        die("usage: corral run [options] -- CMD [ARGS...]", EXIT_USAGE)
+    try:
+        policy = policy_from_args(args)
+    except (pol.PolicyError, OSError) as e:
+        die(f"bad policy: {e}", EXIT_USAGE)
+    try:
+        from . import confine
+    except ImportError as e:
+        die(f"{e}", 1)
+    fs = policy.get("filesystem")
+    if fs is not None:
+        ok, why = confine.file_policy_enforceable()
+        if not ok and not args.allow_weaker:
+            die(f"this session has a file policy but {why}; refusing to start. "
+                "Pass --allow-weaker to run with the file policy NOT enforced by Landlock "
+                "(it is still enforced where corrald runs the BPF LSM backend).", 1)
+    try:
+        c = Client()
+        session = c.call("register_session", policy=policy)
+    except DaemonNotRunning as e:
+        die(e.message)
+    except CorralError as e:
+        die(f"cannot start session: {e.message}")
+    sid = session["id"]
+    try:
+        report = confine.apply(session["policy"].get("filesystem"),
+                               session["policy"]["syscalls"]["deny"],
+                               keep_caps=args.keep_caps, allow_weaker=args.allow_weaker,
+                               keep_fds=[c.fileno()])
+    except Exception as e:
+        # Fail closed: the command never runs unconfined.
+        try:
+            c.call("end_session", session=sid)
+        except CorralError:
+            pass
+        die(f"confinement failed, command not started: {e}")
+    try:
+        c.call("report_confinement", session=sid, report=report)
+    except CorralError as e:
+        die(f"daemon refused the confinement report: {e.message}")
+    c.close()
+    if args.verbose:
+        print(f"corral: session {sid}: {json.dumps(session['enforcement'])} {json.dumps(report)}",
+              file=sys.stderr)
+    os.environ["CORRAL_SESSION"] = sid
+    try:
+        os.execvp(args.cmd[0], args.cmd)
+    except OSError as e:
+        die(f"{args.cmd[0]}: {e.strerror}", EXIT_NOT_FOUND)
+    return 0
+
+
+def _client() -> Client:
+    try:
+        return Client()
+    except DaemonNotRunning as e:
+        die(e.message)
+
+
+def cmd_ps(args) -> int:
+    with _client() as c:
+        sessions = c.call("list_sessions")
+    if args.json:
+        for s in sessions:
+            print(json.dumps(s))
+        return 0
+    print(f"{'SESSION':10} {'UID':>5} {'AGE':>7} {'PIDS':16} POLICY")
+    for s in sessions:
+        age = f"{time.time() - s['created']:.0f}s"
+        pids = ",".join(map(str, s["pids"][:4])) + ("…" if len(s["pids"]) > 4 else "")
+        pol_desc = []
+        p = s["policy"]
+        if p.get("network") is not None:
+            n = p["network"]
+            pol_desc.append(f"net allow={n['allow'] + n['allow_domains']} deny={n['deny'] + n['deny_domains']}")
+        if p.get("filesystem") is not None:
+            f = p["filesystem"]
+            pol_desc.append(f"fs write={f['allow_write']} deny_read={len(f['deny_read'])} paths")
+        print(f"{s['id']:10} {s['owner_uid']:>5} {age:>7} {pids:16} {'; '.join(pol_desc) or 'unrestricted'}")
+    return 0
+
+
+def cmd_end(args) -> int:
+    with _client() as c:
+        try:
+            c.call("end_session", session=args.session)
+        except CorralError as e:
+            die(e.message)
+    print(f"session {args.session} ended")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import report, render
+    rep = report()
+    if args.json:
+        print(json.dumps(rep, indent=2))
+    else:
+        print(render(rep))
+    return 0
+
+
+def cmd_log(args) -> int:
+    from . import logcli
+    return logcli.main(args)
+
+
+def cmd_policy(args) -> int:
+    from . import policycli
+    return policycli.main(args)
+
+
+def cmd_adjust(args) -> int:
+    from . import policycli
+    return policycli.adjust(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="corral", description="kernel-enforced sandboxes for AI agents")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a command in a new session")
+    add_policy_flags(run)
+    run.add_argument("--allow-weaker", action="store_true",
+                     help="start even if a file policy cannot be fully enforced here")
+    run.add_argument("--keep-caps", action="store_true",
+                     help="do not drop capabilities (root agents keep root powers)")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.add_argument("cmd", nargs=argparse.REMAINDER)
+    run.set_defaults(func=cmd_run)
+
+    ps = sub.add_parser("ps", help="list sessions")
+    ps.add_argument("--json", action="store_true")
+    ps.set_defaults(func=cmd_ps)
+
+    end = sub.add_parser("end", help="end a session (kills its processes)")
+    end.add_argument("session")
+    end.set_defaults(func=cmd_end)
+
+    doc = sub.add_parser("doctor", help="what this kernel really enforces")
+    doc.add_argument("--json", action="store_true")
+    doc.set_defaults(func=cmd_doctor)
+
+    lg = sub.add_parser("log", help="read the audit log")
+    from . import logcli
+    logcli.add_arguments(lg)
+    lg.set_defaults(func=cmd_log)
+
+    pc = sub.add_parser("policy", help="show or check policies and profiles")
+    from . import policycli
+    policycli.add_arguments(pc)
+    pc.set_defaults(func=cmd_policy)
+
+    for verb in ("allow", "deny"):
+        a = sub.add_parser(verb, help=f"{verb} something in a running session (logged)")
+        policycli.add_adjust_arguments(a)
+        a.set_defaults(func=cmd_adjust, verb=verb)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "cmd", None) and args.cmd[:1] == ["--"]:
+        args.cmd = args.cmd[1:]
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

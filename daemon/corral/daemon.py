@@ -1,0 +1,230 @@
+"""corrald: probe the kernel, load the BPF programs once, serve sessions.
+
+Data path, top to bottom:
+  client frame -> server.Server -> api.Api -> sessions.SessionTable
+  -> netbpf / filelsm maps -> kernel decides -> ring buffer -> events.decode
+  -> Daemon.audit -> eventlog + subscribers
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+from . import __version__, cgroups, events, probes
+from .api import Api
+from .config import LOG_DIR, SOCKET
+from .eventlog import EventLog
+from .netbpf import NetBpf
+from .server import Server
+from .sessions import SessionTable
+
+log = logging.getLogger("corrald")
+SESSION_POLL = 0.2      # seconds between checks for emptied session cgroups
+
+
+def sd_notify(msg: str) -> None:
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.sendto(msg.encode(), addr)
+        except OSError as e:
+            log.warning("sd_notify failed: %s", e)
+
+
+class Daemon:
+    version = __version__
+
+    def __init__(self, args):
+        self.args = args
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop_event: asyncio.Event | None = None
+        self.features: dict = {}
+        self.filelsm = None
+        self.dns = None
+        self._lost_seen = 0
+
+    # -- start-up ----------------------------------------------------------
+    def load(self) -> None:
+        t0 = time.monotonic()
+        self.features = probes.kernel_features()
+        root = cgroups.ensure_root()
+        self.net = NetBpf(root)
+        self.features["network"] = {"active": True, "backend": "bpf-cgroup-sock-addr",
+                                    "headers": self.net.header_mode,
+                                    "note": "IP-level: an allowed IP also reaches every other "
+                                            "site hosted on it (shared CDN addresses)"}
+        self.filelsm = self._load_filelsm()
+        self.dns = self._load_dns()
+        self.log = EventLog(LOG_DIR)
+        self.sessions = SessionTable(self.net, self.filelsm, self.dns)
+        recovered = self.sessions.recover()
+        self.api = Api(self)
+        log.info("BPF loaded in %.1fs (headers: %s); %d session(s) recovered",
+                 time.monotonic() - t0, self.net.header_mode, len(recovered))
+        self.audit({"kind": "daemon", "op": "start", "verdict": "info", "target": str(root),
+                    "rule": "", "features": self.features,
+                    "recovered": [s.id for s in recovered]})
+
+    def _load_filelsm(self):
+        f = self.features.setdefault("filesystem", {})
+        try:
+            from . import filelsm
+        except ImportError as e:
+            f.update(active=False, backend="landlock", bpf_lsm=f"not built: {e}")
+            return None
+        ok, why = filelsm.probe()
+        if not ok:
+            f.update(backend="landlock", bpf_lsm=f"unavailable: {why}")
+            return None
+        try:
+            fl = filelsm.FileLsm()
+        except Exception as e:
+            f.update(backend="landlock", bpf_lsm=f"failed to load: {e}")
+            log.error("BPF LSM probe passed but loading failed: %s", e)
+            return None
+        f.update(active=True, backend="bpf-lsm", bpf_lsm="active")
+        return fl
+
+    def _load_dns(self):
+        if self.args.no_dns:
+            self.features["dns"] = {"active": False, "why": "disabled by --no-dns"}
+            return None
+        try:
+            from .dns.steering import DnsSteering
+        except ImportError as e:
+            self.features["dns"] = {"active": False, "why": f"resolver not available: {e}"}
+            return None
+        try:
+            d = DnsSteering(self)
+        except Exception as e:
+            self.features["dns"] = {"active": False, "why": f"resolver failed to start: {e}"}
+            log.error("DNS resolver: %s", e)
+            return None
+        self.features["dns"] = {"active": True, "upstream": d.upstream_desc()}
+        return d
+
+    # -- events ------------------------------------------------------------
+    def audit(self, rec: dict) -> None:
+        """Every event reaches the log before any subscriber."""
+        rec.setdefault("time", time.time())
+        for k in ("session", "pid", "comm", "uid", "kind", "op", "target", "verdict", "rule"):
+            rec.setdefault(k, None)
+        rec = self.log.append(rec)
+        if hasattr(self, "api"):
+            self.api.publish(rec)
+
+    def kernel_event(self, raw: bytes) -> None:
+        rec = events.decode(raw)
+        s = self.sessions.by_cgid.get(rec["cgid"])
+        rec["session"] = s.id if s else None
+        rec["rule"] = events.describe_rule(rec.pop("rule_id"), s.rules if s else [])
+        suppressed = rec.pop("suppressed_before")
+        if suppressed:
+            self.audit({"kind": "rate", "op": "suppressed", "verdict": "info",
+                        "session": rec["session"], "target": f"{suppressed} event(s)",
+                        "count": suppressed, "rule": "per-session rate limit", "time": rec["time"]})
+        self.audit(rec)
+
+    def _pump(self, stop: threading.Event) -> None:
+        """Ring buffers are polled on a thread; records go to the loop."""
+        def on_raw(ctx, data, size):
+            import ctypes
+            raw = ctypes.string_at(data, size)
+            self.loop.call_soon_threadsafe(self.kernel_event, raw)
+        self.net.bpf["events"].open_ring_buffer(on_raw)
+        if self.filelsm is not None:
+            self.filelsm.open_events(lambda raw: self.loop.call_soon_threadsafe(self.kernel_event, raw))
+        while not stop.is_set():
+            self.net.bpf.ring_buffer_poll(200)
+            if self.filelsm is not None:
+                self.filelsm.poll(0)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(SESSION_POLL)
+            for s in self.sessions.ended():
+                self.end_session(s, "cgroup empty", kill=False)
+            lost = self.net.lost_events() + (self.filelsm.lost_events()
+                                             if hasattr(self.filelsm, "lost_events") else 0)
+            if lost > self._lost_seen:
+                self.audit({"kind": "lost", "op": "ringbuf_overrun", "verdict": "info",
+                            "target": f"{lost - self._lost_seen} event(s)",
+                            "count": lost - self._lost_seen, "rule": "ring buffer full"})
+                log.warning("%d kernel event(s) lost to ring-buffer overrun", lost - self._lost_seen)
+                self._lost_seen = lost
+
+    def end_session(self, s, why: str, kill: bool = True) -> None:
+        self.sessions.end(s, kill=kill)
+        self.audit({"kind": "session", "op": "end", "verdict": "info", "session": s.id,
+                    "target": s.cgroup, "rule": why, "uid": s.owner_uid})
+
+    # -- run ---------------------------------------------------------------
+    async def serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.stop_event.set)
+        server = Server(SOCKET, self.api)
+        await server.start()
+        if self.dns is not None:
+            await self.dns.start()
+        stop_pump = threading.Event()
+        pump = threading.Thread(target=self._pump, args=(stop_pump,), daemon=True)
+        pump.start()
+        watcher = self.loop.create_task(self._watch())
+        log.info("listening on %s", SOCKET)
+        sd_notify("READY=1\nSTATUS=serving")
+        await self.stop_event.wait()
+        sd_notify("STOPPING=1")
+        log.info("stopping")
+        watcher.cancel()
+        await server.close()
+        if self.dns is not None:
+            await self.dns.stop()
+        stop_pump.set()
+        pump.join(timeout=2)
+        if self.args.end_sessions_on_exit:
+            for s in list(self.sessions.by_id.values()):
+                self.end_session(s, "daemon stopping")
+        # Otherwise sessions stay confined: programs stay attached, maps stay
+        # pinned, and the next daemon re-adopts them.
+        self.audit({"kind": "daemon", "op": "stop", "verdict": "info", "target": "", "rule": ""})
+        self.log.close()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="corrald", description="corral sandbox daemon")
+    ap.add_argument("--verbose", "-v", action="store_true")
+    ap.add_argument("--no-dns", action="store_true", help="do not start the per-session DNS resolver")
+    ap.add_argument("--end-sessions-on-exit", action="store_true",
+                    help="kill sessions on SIGTERM (default: leave them confined for the next daemon)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if os.geteuid() != 0:
+        print("corrald: must run as root (it loads BPF programs and manages cgroups)", file=sys.stderr)
+        return 1
+    d = Daemon(args)
+    try:
+        d.load()
+    except Exception as e:
+        log.error("cannot start: %s", e)
+        sd_notify(f"STATUS=failed: {e}")
+        return 1
+    asyncio.run(d.serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

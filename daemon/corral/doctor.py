@@ -1,0 +1,96 @@
+"""`corral doctor`: what is really enforced here, each backend probed.
+
+Nothing is reported active unless the kernel accepted it: the network and
+file backends are read from the running daemon (which loaded them), the rest
+is probed on the spot."""
+from __future__ import annotations
+
+import os
+
+from . import probes
+from .client import Client, CorralError
+
+
+def _daemon_features() -> tuple[dict | None, str]:
+    try:
+        with Client(timeout=5) as c:
+            hello = c.call("hello")
+        return hello.get("features", {}), "running"
+    except CorralError as e:
+        return None, e.message
+
+
+def _bpf_lsm() -> dict:
+    try:
+        from . import filelsm
+    except ImportError as e:
+        return {"active": False, "why": f"BPF LSM backend not installed: {e}"}
+    if os.geteuid() != 0:
+        return {"active": False, "why": "probe needs root"}
+    try:
+        ok, why = filelsm.probe()
+    except Exception as e:  # a probe that crashes is a "no"
+        ok, why = False, f"probe failed: {e}"
+    return {"active": ok, "why": why}
+
+
+def report() -> dict:
+    feats = probes.kernel_features()
+    daemon, status = _daemon_features()
+    rep: dict = {"kernel": feats["kernel"], "cgroup2": feats["cgroup2"],
+                 "lsm_list": feats["lsm_list"], "daemon": status}
+    if daemon is None:
+        rep["network"] = {"active": False, "why": f"daemon not running: {status}"}
+    else:
+        rep["network"] = daemon.get("network", {"active": False, "why": "daemon did not load it"})
+    lsm = _bpf_lsm() if daemon is None or daemon.get("filesystem", {}).get("backend") != "bpf-lsm" \
+        else {"active": True, "why": "loaded by corrald"}
+    ll = feats["landlock"]
+    rep["filesystem"] = {
+        "bpf_lsm": lsm,
+        "landlock": {"active": ll["active"], "abi": ll["abi"], "why": ll["detail"]},
+        "backend": "bpf-lsm" if lsm["active"] and daemon is not None and
+                   daemon.get("filesystem", {}).get("backend") == "bpf-lsm"
+                   else ("landlock" if ll["active"] else "none"),
+    }
+    rep["seccomp"] = {"active": feats["seccomp"]["active"]}
+    try:
+        from . import native
+        native.load()
+        rep["native_extension"] = {"active": True}
+    except Exception as e:
+        rep["native_extension"] = {"active": False, "why": str(e)}
+    rep["dns"] = (daemon or {}).get("dns", {"active": False, "why": "daemon not running"})
+    rep["limits"] = [
+        "network rules are IP-level: an allowed IP also reaches other sites hosted on it "
+        "(shared CDN addresses)",
+    ]
+    if rep["filesystem"]["backend"] == "landlock":
+        rep["limits"].append("file policy via Landlock: fixed at session start per process "
+                             "(live updates apply to new sessions only); hard links that "
+                             "existed before the session can expose a denied file")
+    return rep
+
+
+def _mark(d: dict) -> str:
+    return "active     " if d.get("active") else "UNAVAILABLE"
+
+
+def render(rep: dict) -> str:
+    fs = rep["filesystem"]
+    lines = [
+        f"kernel      {rep['kernel']}",
+        f"cgroup2     {rep['cgroup2']}",
+        f"lsm list    {','.join(rep['lsm_list']) or '(securityfs unreadable)'}",
+        f"daemon      {rep['daemon']}",
+        f"network     {_mark(rep['network'])} {rep['network'].get('backend') or rep['network'].get('why', '')}",
+        f"files       backend: {fs['backend']}",
+        f"  bpf-lsm   {_mark(fs['bpf_lsm'])} {fs['bpf_lsm'].get('why', '')}",
+        f"  landlock  {_mark(fs['landlock'])} {fs['landlock'].get('why', '')}",
+        f"seccomp     {_mark(rep['seccomp'])}",
+        f"native ext  {_mark(rep['native_extension'])} {rep['native_extension'].get('why', '')}",
+        f"dns         {_mark(rep['dns'])} {rep['dns'].get('why') or rep['dns'].get('upstream', '')}",
+        "limits:",
+    ]
+    lines += [f"  - {x}" for x in rep["limits"]]
+    return "\n".join(lines)

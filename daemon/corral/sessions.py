@@ -1,0 +1,205 @@
+"""Sessions: a cgroup, a policy, and the kernel map entries that enforce it."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import cgroups, policy as pol
+from .config import STATE_DIR
+from .netbpf import RULE_USER, SESS_DNS_STEER, SESS_FILE_ENFORCE, SESS_NET_ENFORCE
+
+log = logging.getLogger("corral.sessions")
+
+
+@dataclass
+class Session:
+    id: str
+    cgid: int
+    cgroup: str
+    owner_uid: int
+    owner_gid: int
+    leader_pid: int
+    policy: dict
+    created: float
+    rules: list[str] = field(default_factory=list)   # rule id - RULE_USER -> text
+    enforcement: dict = field(default_factory=dict)  # what the kernel accepted
+    parent: str | None = None
+    dns_port: int = 0
+
+    def public(self) -> dict:
+        d = asdict(self)
+        d["pids"] = cgroups.pids(Path(self.cgroup))
+        return d
+
+
+class SessionTable:
+    """Owns every live session; the only writer of the per-session maps."""
+
+    def __init__(self, net, filelsm=None, dns=None):
+        self.net = net
+        self.filelsm = filelsm
+        self.dns = dns                      # DNS steering backend (issue 6), optional
+        self.by_id: dict[str, Session] = {}
+        self.by_cgid: dict[int, Session] = {}
+        STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # -- lifecycle ----------------------------------------------------------
+    def create(self, policy: dict, pid: int, uid: int, gid: int, parent: str | None) -> Session:
+        sid = secrets.token_hex(4)
+        while sid in self.by_id:
+            sid = secrets.token_hex(4)
+        path = cgroups.create(sid)
+        s = Session(id=sid, cgid=cgroups.cgroup_id(path), cgroup=str(path), owner_uid=uid,
+                    owner_gid=gid, leader_pid=pid, policy=policy, created=time.time(),
+                    parent=parent)
+        try:
+            self._install(s)
+            # Policy first, then the move: the process is never inside an
+            # unprotected session cgroup.
+            cgroups.move(pid, path)
+        except Exception:
+            self._uninstall(s)
+            cgroups.remove(path)
+            raise
+        self.by_id[sid] = s
+        self.by_cgid[s.cgid] = s
+        self._save(s)
+        return s
+
+    def update(self, s: Session, policy: dict) -> None:
+        old = s.policy
+        s.policy = policy
+        try:
+            self._install(s)
+        except Exception:
+            s.policy = old
+            self._install(s)
+            raise
+        self._save(s)
+
+    def end(self, s: Session, kill: bool = True) -> None:
+        path = Path(s.cgroup)
+        if kill:
+            cgroups.kill(path)
+        self._uninstall(s)
+        try:
+            cgroups.remove(path)
+        except cgroups.CgroupError as e:
+            log.warning("%s", e)
+        self.by_id.pop(s.id, None)
+        self.by_cgid.pop(s.cgid, None)
+        try:
+            (STATE_DIR / f"{s.id}.json").unlink()
+        except FileNotFoundError:
+            pass
+
+    def ended(self) -> list[Session]:
+        """Sessions whose cgroup has emptied."""
+        return [s for s in self.by_id.values() if not cgroups.populated(Path(s.cgroup))]
+
+    # -- kernel state -------------------------------------------------------
+    def _install(self, s: Session) -> None:
+        allow, deny = pol.net_rules(s.policy)
+        s.rules = [f"allow {r}" for r in allow] + [f"deny {r}" for r in deny]
+        net = s.policy.get("network")
+        flags = 0
+        enforcement = {}
+        if net is not None:
+            flags |= SESS_NET_ENFORCE
+            enforcement["network"] = "bpf-cgroup-sock-addr"
+        if net and (net.get("allow_domains") or net.get("deny_domains")):
+            if self.dns is not None:
+                flags |= SESS_DNS_STEER
+                s.dns_port = self.dns.add_session(s)
+                enforcement["dns"] = "corral-resolver"
+            else:
+                raise pol.PolicyError("this policy names domains but the daemon's DNS resolver "
+                                      "is not running; use CIDR rules or enable the resolver")
+        elif self.dns is not None and s.dns_port:
+            self.dns.remove_session(s)
+            s.dns_port = 0
+        fs = s.policy.get("filesystem")
+        if self.filelsm is not None:
+            if fs is not None:
+                flags |= SESS_FILE_ENFORCE
+                self.filelsm.update_session(s.cgid, fs) if s.enforcement.get("filesystem") \
+                    else self.filelsm.add_session(s.cgid, fs)
+                enforcement["filesystem"] = "bpf-lsm"
+            elif s.enforcement.get("filesystem") == "bpf-lsm":
+                self.filelsm.remove_session(s.cgid)
+        elif fs is not None:
+            enforcement["filesystem"] = "landlock (installed by the client before exec)"
+        # Entries before flags: turning enforcement on never sees an empty trie.
+        rid = RULE_USER
+        allow_ids = []
+        for r in allow:
+            allow_ids.append((r, rid))
+            rid += 1
+        deny_ids = []
+        for r in deny:
+            deny_ids.append((r, rid))
+            rid += 1
+        self.net.install_rules(s.cgid, allow_ids, deny_ids)
+        self.net.set_session(s.cgid, flags, s.dns_port)
+        if self.dns is not None and s.dns_port:
+            self.dns.update_session(s)
+        s.enforcement.update(enforcement)
+        for k in [k for k in s.enforcement if k not in enforcement and k != "client"]:
+            del s.enforcement[k]
+
+    def _uninstall(self, s: Session) -> None:
+        try:
+            self.net.remove_session(s.cgid)
+        except Exception as e:  # keep tearing down
+            log.warning("net cleanup for %s: %s", s.id, e)
+        if self.filelsm is not None and s.enforcement.get("filesystem") == "bpf-lsm":
+            try:
+                self.filelsm.remove_session(s.cgid)
+            except Exception as e:
+                log.warning("file cleanup for %s: %s", s.id, e)
+        if self.dns is not None and s.dns_port:
+            self.dns.remove_session(s)
+
+    # -- persistence: a restarted daemon picks its sessions back up ---------
+    def _save(self, s: Session) -> None:
+        tmp = STATE_DIR / f".{s.id}.tmp"
+        tmp.write_text(json.dumps(asdict(s)))
+        os.replace(tmp, STATE_DIR / f"{s.id}.json")
+
+    def recover(self) -> list[Session]:
+        """Re-adopt sessions whose cgroup survived a daemon restart."""
+        live = set(cgroups.sessions_on_disk())
+        out = []
+        for f in sorted(STATE_DIR.glob("*.json")):
+            try:
+                s = Session(**json.loads(f.read_text()))
+            except (ValueError, TypeError) as e:
+                log.warning("ignoring unreadable session state %s: %s", f, e)
+                continue
+            if s.id not in live or cgroups.cgroup_id(Path(s.cgroup)) != s.cgid:
+                f.unlink(missing_ok=True)
+                continue
+            s.enforcement.pop("filesystem", None) if self.filelsm is None else None
+            self.by_id[s.id] = s
+            self.by_cgid[s.cgid] = s
+            self._install(s)
+            out.append(s)
+        # Session cgroups with no state cannot be re-adopted safely: end them.
+        for sid in live - set(self.by_id):
+            path = cgroups.root() / sid
+            log.warning("session cgroup %s has no saved state; killing its processes", path)
+            cgroups.kill(path)
+            try:
+                cgroups.remove(path)
+            except cgroups.CgroupError as e:
+                log.warning("%s", e)
+        return out
+
+    def for_pid(self, pid: int) -> Session | None:
+        sid = cgroups.session_of(pid)
+        return self.by_id.get(sid) if sid else None

@@ -30,6 +30,8 @@ class Session:
     enforcement: dict = field(default_factory=dict)  # what the kernel accepted
     parent: str | None = None
     dns_port: int = 0
+    # Addresses learned from allowed DNS answers: [rule text, expiry epoch].
+    dns_rules: list = field(default_factory=list)
 
     def public(self) -> dict:
         d = asdict(self)
@@ -103,9 +105,19 @@ class SessionTable:
         return [s for s in self.by_id.values() if not cgroups.populated(Path(s.cgroup))]
 
     # -- kernel state -------------------------------------------------------
+    def set_dns_rules(self, s: Session, rules: list[tuple[str, float]]) -> None:
+        """Replace the session's DNS-learned allow rules ("CIDR[:PORT[-PORT]]", expiry)
+        and push them to the kernel. Called by the resolver (issue 6)."""
+        s.dns_rules = [[r, exp] for r, exp in rules]
+        self._install(s)
+
     def _install(self, s: Session) -> None:
         allow, deny = pol.net_rules(s.policy)
         s.rules = [f"allow {r}" for r in allow] + [f"deny {r}" for r in deny]
+        if s.policy.get("network") is not None:
+            learned = [pol.parse_net_rule(r) for r, _ in s.dns_rules]
+            s.rules[len(allow):len(allow)] = [f"allow {r} (from DNS)" for r in learned]
+            allow = allow + learned
         net = s.policy.get("network")
         flags = 0
         enforcement = {}

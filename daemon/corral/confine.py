@@ -1,0 +1,238 @@
+"""The exec-side hardening sequence of `corral run`.
+
+Called after the daemon has moved the process into its session cgroup and
+right before ``execvp(cmd)``::
+
+    report = confine.apply(file_policy, syscalls_deny, keep_caps=False)
+    os.execvp(cmd[0], cmd)
+
+Order (everything that can fail on bad input is validated *first*, before
+anything irreversible happens):
+
+1. validate: compile the seccomp filter (unknown syscall names fail here) and
+   plan the Landlock rules (needs our privileges to list directories);
+2. close every inherited fd except 0, 1, 2;
+3. build the Landlock ruleset (opens rule paths with our privileges);
+4. drop all capabilities (securebits NOROOT+locks, bounding set, ambient,
+   effective/permitted/inheritable) unless ``keep_caps``;
+5. set no_new_privs;
+6. landlock_restrict_self;
+7. load the seccomp filter last (so the steps above may still use any syscall).
+
+Any failure raises ConfineError: the caller must not exec the agent.
+"""
+from __future__ import annotations
+
+import os
+
+from corral import landlock, native
+from corral.seccomp_rules import OPS, rules_for
+
+__all__ = ["ConfineError", "SeccompFilter", "build_seccomp", "close_inherited_fds",
+           "drop_capabilities", "set_no_new_privs", "apply"]
+
+
+class ConfineError(RuntimeError):
+    pass
+
+
+# ---- seccomp (libseccomp through cffi) ------------------------------------
+class SeccompFilter:
+    """A compiled-but-not-loaded libseccomp filter context."""
+
+    def __init__(self, ctx, nrules: int, log: bool):
+        self._ctx = ctx
+        self.nrules = nrules
+        self.log = log
+
+    def load(self) -> None:
+        lib = native.load().lib
+        if self._ctx is None:
+            raise ConfineError("seccomp filter already loaded/released")
+        r = lib.seccomp_load(self._ctx)
+        if r < 0:
+            raise ConfineError(f"seccomp_load failed: {os.strerror(-r)}")
+
+    def export_pfc(self) -> str:
+        """Human-readable pseudo filter code (for debugging)."""
+        import tempfile
+        lib = native.load().lib
+        with tempfile.TemporaryFile(mode="w+") as f:
+            lib.seccomp_export_pfc(self._ctx, f.fileno())
+            f.seek(0)
+            return f.read()
+
+    def release(self) -> None:
+        if self._ctx is not None:
+            native.load().lib.seccomp_release(self._ctx)
+            self._ctx = None
+
+    def __del__(self):  # pragma: no cover - best effort
+        try:
+            self.release()
+        except Exception:
+            pass
+
+
+def build_seccomp(syscalls_deny: list[str] | tuple[str, ...] = (), log: bool = False) -> SeccompFilter:
+    """Compile the default deny rules plus ``syscalls_deny`` (EPERM each).
+
+    Only the native architecture is in the filter; libseccomp's bad-arch
+    action (any other ABI: ia32 ``int 0x80``, x32) is KILL_PROCESS.
+    ``log=True`` sets SECCOMP_FILTER_FLAG_LOG (SCMP_FLTATR_CTL_LOG) so that
+    ERRNO denials are audit-logged too (by default only kill actions are).
+    Raises ConfineError for an unknown syscall name.
+    """
+    try:
+        mod = native.load()
+    except native.NativeUnavailable as e:
+        raise ConfineError(str(e)) from None
+    ffi, lib = mod.ffi, mod.lib
+    try:
+        rules = rules_for(syscalls_deny)
+    except ValueError as e:
+        raise ConfineError(str(e)) from None
+    ctx = lib.seccomp_init(lib.corral_scmp_act_allow())
+    if ctx == ffi.NULL:
+        raise ConfineError("seccomp_init failed")
+    filt = SeccompFilter(ctx, len(rules), log)
+
+    def chk(r, what):
+        if r < 0:
+            filt.release()
+            raise ConfineError(f"{what}: {os.strerror(-r)}")
+
+    chk(lib.seccomp_attr_set(ctx, lib.SCMP_FLTATR_ACT_BADARCH, lib.corral_scmp_act_kill_process()),
+        "seccomp: set bad-arch action")
+    # we set no_new_privs ourselves (confine step 5); keep libseccomp's default
+    # (NNP on load) anyway so a standalone load() is still valid.
+    chk(lib.seccomp_attr_set(ctx, lib.SCMP_FLTATR_CTL_NNP, 1), "seccomp: set NNP")
+    if log:
+        chk(lib.seccomp_attr_set(ctx, lib.SCMP_FLTATR_CTL_LOG, 1), "seccomp: set CTL_LOG")
+    opmap = {name: getattr(lib, "SCMP_CMP_" + name) for name in OPS}
+    for name, err, conds in rules:
+        nr = lib.seccomp_syscall_resolve_name(name.encode())
+        if nr < 0:
+            filt.release()
+            raise ConfineError(f"unknown syscall name {name!r} (not a syscall on this architecture)")
+        arr = ffi.new("struct scmp_arg_cmp[]", max(1, len(conds)))
+        for i, c in enumerate(conds):
+            arg, op, a = c[0], c[1], c[2]
+            b = c[3] if len(c) > 3 else 0
+            if op not in opmap:
+                filt.release()
+                raise ConfineError(f"bad seccomp comparison {op!r} in rule for {name}")
+            arr[i].arg = arg
+            arr[i].op = opmap[op]
+            arr[i].datum_a = a & 0xFFFFFFFFFFFFFFFF
+            arr[i].datum_b = b & 0xFFFFFFFFFFFFFFFF
+        chk(lib.seccomp_rule_add_array(ctx, lib.corral_scmp_act_errno(err), nr, len(conds),
+                                       arr if conds else ffi.NULL),
+            f"seccomp_rule_add({name})")
+    return filt
+
+
+# ---- fds, caps, nnp --------------------------------------------------------
+def close_inherited_fds() -> int:
+    """Close every fd >= 3. Returns how many were open."""
+    try:
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = []
+    # the listdir fd itself is already closed again
+    n = len([f for f in fds if f > 2 and _fd_open(f)])
+    lib = native.load().lib
+    if lib.corral_close_range_from(3) < 0:
+        for f in fds:
+            if f > 2:
+                try:
+                    os.close(f)
+                except OSError:
+                    pass
+        left = [int(x) for x in os.listdir("/proc/self/fd") if int(x) > 2]
+        # the listdir fd shows up in its own listing; anything else is a failure
+        if len(left) > 1:
+            raise ConfineError(f"could not close inherited fds: {left}")
+    return n
+
+
+def _fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def drop_capabilities() -> None:
+    lib = native.load().lib
+    r = lib.corral_set_securebits_noroot()
+    if r < 0 and -r != 1:  # EPERM: no CAP_SETPCAP, nothing to lock for a non-root caller
+        native.check(r, "prctl(PR_SET_SECUREBITS)")
+    native.check(lib.corral_drop_all_caps(-1), "drop capabilities")
+    if lib.corral_caps_effective_is_zero() != 1:
+        raise ConfineError("capabilities still present after capset")
+
+
+def set_no_new_privs() -> None:
+    lib = native.load().lib
+    native.check(lib.corral_set_no_new_privs(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    if lib.corral_get_no_new_privs() != 1:
+        raise ConfineError("no_new_privs not set")
+
+
+# ---- the sequence ------------------------------------------------------------
+def apply(file_policy: dict | None, syscalls_deny: list[str] | tuple[str, ...] = (),
+          keep_caps: bool = False, *, allow_weaker: bool = False,
+          seccomp_log: bool = False) -> dict:
+    """Harden the calling process (single-threaded, about to exec).
+
+    ``file_policy`` None means no file policy: Landlock is still installed
+    (read all, write all except the protected mounts). Returns what was
+    enforced, e.g. ``{"landlock_abi": 7, "landlock": True, "seccomp": True,
+    "caps_dropped": True, "no_new_privs": True, "fds_closed": 2}``.
+    """
+    report: dict = {"landlock": False, "landlock_abi": 0, "seccomp": False,
+                    "caps_dropped": False, "no_new_privs": False, "fds_closed": 0}
+    try:
+        native.load()
+    except native.NativeUnavailable as e:
+        raise ConfineError(str(e)) from None
+    try:
+        # 1. validate everything
+        filt = build_seccomp(syscalls_deny, log=seccomp_log)
+        try:
+            decision = landlock.file_policy_decision(file_policy, allow_weaker)
+        except landlock.LandlockUnavailable as e:
+            raise ConfineError(str(e)) from None
+        pl = landlock.plan(file_policy) if decision["enforce"] else None
+        report["landlock_abi"] = decision.get("abi", 0)
+        if decision.get("weaker"):
+            report["weaker"] = decision["reason"]
+        # 2. inherited fds
+        report["fds_closed"] = close_inherited_fds()
+        # 3. ruleset (still privileged)
+        ruleset = None
+        if pl is not None:
+            ruleset, stats = landlock.build_ruleset(pl, decision["abi"])
+            report["landlock_rules"] = stats["rules"]
+        # 4. capabilities
+        if not keep_caps:
+            drop_capabilities()
+            report["caps_dropped"] = True
+        # 5. no_new_privs
+        set_no_new_privs()
+        report["no_new_privs"] = True
+        # 6. landlock
+        if ruleset is not None:
+            report["landlock_log_flags"] = landlock.restrict(ruleset, decision["abi"])
+            report["landlock"] = True
+        # 7. seccomp last
+        filt.load()
+        filt.release()
+        report["seccomp"] = True
+    except ConfineError:
+        raise
+    except (OSError, landlock.LandlockError, native.NativeUnavailable) as e:
+        raise ConfineError(f"confinement failed: {e}") from e
+    return report

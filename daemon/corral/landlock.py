@@ -1,0 +1,460 @@
+"""Landlock filesystem backend: map a corral file policy to Landlock rules.
+
+Policy (paths already canonical and absolute)::
+
+    {"deny_read": [...], "allow_read": [...], "allow_write": [...], "deny_write": [...]}
+
+* read: allowed everywhere except under ``deny_read``; ``allow_read`` paths are
+  exceptions inside denied trees (the most specific path wins; on a tie deny
+  wins).
+* write (write, truncate, create, mkdir, mknod, symlink, rename, link, unlink,
+  rmdir, device ioctl): denied everywhere except under ``allow_write``;
+  ``deny_write`` paths win over any ``allow_write``.
+
+Landlock can only *grant* rights beneath a file hierarchy, so "everything
+except D" is expressed as a complement: walk from the granted root down to D
+and grant the right on every sibling along the way (recursively where a
+sibling itself contains a denied path). The directories on the way to D get no
+rule for that class of rights. Consequences (all fail closed, documented):
+
+* an entry created *after* the session started directly inside a directory on
+  a complement path has no rule, so it is not readable (read complement) /
+  not writable (write complement); e.g. with ``deny_write=[proj/.git/hooks]``
+  nothing new can be created directly in ``proj/`` or ``proj/.git/`` (git's
+  ``index.lock`` included), existing files there stay writable.
+* a denied path that does not exist yet is complemented at its nearest
+  existing ancestor: creating it later is impossible (write), and reading
+  anything created later in that ancestor is denied (read).
+* directories on a *read* complement path keep LANDLOCK_ACCESS_FS_READ_DIR
+  (so ``ls`` keeps working) unless one of the denied paths below them is an
+  existing directory; then they lose it too, otherwise the denied directory
+  itself would be listable.
+
+Always applied, whatever the policy says (also when the session has no file
+policy, in which case the policy is "read everything, write everything"):
+
+* implicit ``deny_write`` of every cgroup2 and bpf filesystem mount (from
+  /proc/self/mountinfo; cgroup v1 mounts too): the agent must not be able to
+  move itself out of its session cgroup or pin/alter BPF objects.
+* implicit ``allow_write`` of a few character devices (DEVICE_WRITE_PATHS):
+  /dev/null, /dev/zero, /dev/full, /dev/tty, /dev/ptmx, /dev/pts, /dev/random,
+  /dev/urandom, with LANDLOCK_ACCESS_FS_IOCTL_DEV so terminals keep working.
+  No /proc rule is needed: /proc/self/fd/N and /dev/stdout reopen the target
+  object, which is checked at its real path (pipes/sockets are not
+  path-based and not restricted by Landlock).
+
+Also: every path where read is granted gets LANDLOCK_ACCESS_FS_EXECUTE;
+bind-mount aliases of denied paths (same device and subtree mounted elsewhere)
+are denied as well. Landlock does not mediate chmod/chown/utimes/xattr or
+stat(); a hard link made *before* the session to a denied file from an allowed
+directory stays readable/writable through that link (Landlock is path based).
+ABI 6 scopes (signals, abstract unix sockets) are always requested; ABI 7
+restrict_self asks the kernel to log denials across the exec of the agent.
+"""
+from __future__ import annotations
+
+import os
+import stat as _stat
+from dataclasses import dataclass, field
+
+from corral import native
+
+# ---- access rights (linux/landlock.h) ---------------------------------
+FS_EXECUTE = 1 << 0
+FS_WRITE_FILE = 1 << 1
+FS_READ_FILE = 1 << 2
+FS_READ_DIR = 1 << 3
+FS_REMOVE_DIR = 1 << 4
+FS_REMOVE_FILE = 1 << 5
+FS_MAKE_CHAR = 1 << 6
+FS_MAKE_DIR = 1 << 7
+FS_MAKE_REG = 1 << 8
+FS_MAKE_SOCK = 1 << 9
+FS_MAKE_FIFO = 1 << 10
+FS_MAKE_BLOCK = 1 << 11
+FS_MAKE_SYM = 1 << 12
+FS_REFER = 1 << 13        # ABI 2
+FS_TRUNCATE = 1 << 14     # ABI 3
+FS_IOCTL_DEV = 1 << 15    # ABI 5
+
+SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
+SCOPE_SIGNAL = 1 << 1                # ABI 6
+
+RESTRICT_SELF_LOG_SAME_EXEC_OFF = 1 << 0   # ABI 7
+RESTRICT_SELF_LOG_NEW_EXEC_ON = 1 << 1     # ABI 7
+RESTRICT_SELF_LOG_SUBDOMAINS_OFF = 1 << 2  # ABI 7
+
+_FS_BY_ABI = {
+    1: (1 << 13) - 1,
+    2: (1 << 14) - 1,
+    3: (1 << 15) - 1,
+    4: (1 << 15) - 1,
+    5: (1 << 16) - 1,
+}
+
+READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
+WRITE = (FS_WRITE_FILE | FS_REMOVE_DIR | FS_REMOVE_FILE | FS_MAKE_CHAR | FS_MAKE_DIR
+         | FS_MAKE_REG | FS_MAKE_SOCK | FS_MAKE_FIFO | FS_MAKE_BLOCK | FS_MAKE_SYM
+         | FS_REFER | FS_TRUNCATE | FS_IOCTL_DEV)
+# rights that make sense on a non-directory (others give EINVAL on a file rule)
+FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV
+
+DEVICE_WRITE_PATHS = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random",
+                      "/dev/urandom", "/dev/tty", "/dev/ptmx", "/dev/pts")
+
+# filesystem types the session must never write to
+PROTECTED_FSTYPES = ("cgroup2", "cgroup", "bpf")
+
+POLICY_KEYS = ("deny_read", "allow_read", "allow_write", "deny_write")
+
+
+class LandlockError(RuntimeError):
+    pass
+
+
+class LandlockUnavailable(LandlockError):
+    """The kernel has no (usable) Landlock."""
+
+
+# ---- ABI probing -----------------------------------------------------------
+def abi() -> int:
+    """Landlock ABI version of the running kernel, 0 when unavailable/disabled."""
+    if not native.available():
+        return 0
+    r = native.load().lib.corral_landlock_abi()
+    return r if r > 0 else 0
+
+
+def available() -> bool:
+    return abi() > 0
+
+
+def handled_fs(abi_version: int) -> int:
+    return _FS_BY_ABI.get(abi_version, _FS_BY_ABI[5]) if abi_version > 0 else 0
+
+
+def scopes(abi_version: int) -> int:
+    return SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi_version >= 6 else 0
+
+
+def restrict_flags(abi_version: int) -> int:
+    return RESTRICT_SELF_LOG_NEW_EXEC_ON if abi_version >= 7 else 0
+
+
+def file_policy_decision(file_policy: dict | None, allow_weaker: bool = False) -> dict:
+    """Decide whether `corral run` may start a session with this file policy.
+
+    Returns ``{"enforce": bool, "backend": "landlock"|None, "weaker": bool,
+    "reason": str}``. Raises LandlockUnavailable when a file policy is given,
+    Landlock is not available and ``allow_weaker`` is false: a file policy
+    must never be silently ignored.
+    """
+    v = abi()
+    has_policy = bool(file_policy) and any(file_policy.get(k) for k in POLICY_KEYS)
+    if v > 0:
+        return {"enforce": True, "backend": "landlock", "abi": v, "weaker": False,
+                "reason": f"landlock ABI {v}"}
+    if not has_policy:
+        return {"enforce": False, "backend": None, "abi": 0, "weaker": False,
+                "reason": "no landlock; session has no file policy"}
+    if allow_weaker:
+        return {"enforce": False, "backend": None, "abi": 0, "weaker": True,
+                "reason": "no landlock: file policy NOT enforced (--allow-weaker)"}
+    raise LandlockUnavailable(
+        "this kernel has no Landlock (and no BPF LSM file backend): refusing to run "
+        "a session with a file policy; pass --allow-weaker to run without it")
+
+
+# ---- mounts ----------------------------------------------------------------
+@dataclass
+class Mount:
+    dev: str
+    root: str
+    mountpoint: str
+    fstype: str
+
+
+def _unescape(s: str) -> str:
+    return (s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
+            .replace("\\134", "\\"))
+
+
+def mounts(mountinfo: str = "/proc/self/mountinfo") -> list[Mount]:
+    out = []
+    with open(mountinfo) as f:
+        for line in f:
+            pre, _, post = line.partition(" - ")
+            a = pre.split()
+            b = post.split()
+            if len(a) < 5 or not b:
+                continue
+            out.append(Mount(dev=a[2], root=_unescape(a[3]), mountpoint=_unescape(a[4]),
+                             fstype=b[0]))
+    return out
+
+
+def protected_mounts(ms: list[Mount] | None = None) -> list[str]:
+    """Mount points of cgroup/cgroup2/bpf filesystems (implicit deny_write)."""
+    ms = mounts() if ms is None else ms
+    seen = []
+    for m in ms:
+        if m.fstype in PROTECTED_FSTYPES and m.mountpoint not in seen:
+            seen.append(m.mountpoint)
+    return seen
+
+
+def _under(p: str, root: str) -> bool:
+    """p equals root or lies beneath it (component-wise)."""
+    if root == "/":
+        return p.startswith("/")
+    return p == root or p.startswith(root + "/")
+
+
+def _join(base: str, name: str) -> str:
+    return "/" + name if base == "/" else base + "/" + name
+
+
+def aliases(path: str, ms: list[Mount] | None = None) -> list[str]:
+    """Other paths through which the same file can be reached via bind mounts."""
+    ms = mounts() if ms is None else ms
+    best = None
+    for m in ms:
+        if _under(path, m.mountpoint) and (best is None or len(m.mountpoint) >= len(best.mountpoint)):
+            best = m
+    if best is None:
+        return []
+    rel = path[len(best.mountpoint):] if best.mountpoint != "/" else path
+    fs_path = (best.root.rstrip("/") + rel) or "/"
+    out = []
+    for m in ms:
+        if m is best or m.dev != best.dev or not _under(fs_path, m.root):
+            continue
+        tail = fs_path[len(m.root):] if m.root != "/" else fs_path
+        alias = (m.mountpoint.rstrip("/") + tail) or "/"
+        if alias != path and alias not in out:
+            out.append(alias)
+    return out
+
+
+# ---- policy -> plan ----------------------------------------------------------
+def normalize_policy(file_policy: dict | None) -> dict:
+    fp = dict(file_policy or {})
+    unknown = set(fp) - set(POLICY_KEYS)
+    if unknown:
+        raise LandlockError(f"unknown file policy keys: {sorted(unknown)}")
+    out = {}
+    for k in POLICY_KEYS:
+        vals = fp.get(k) or []
+        if isinstance(vals, str):
+            vals = [vals]
+        norm = []
+        for p in vals:
+            if not isinstance(p, str) or not p.startswith("/"):
+                raise LandlockError(f"file policy {k}: path must be absolute: {p!r}")
+            p = os.path.normpath(p)
+            if p.startswith("//"):
+                p = "/" + p.lstrip("/")
+            if p not in norm:
+                norm.append(p)
+        out[k] = norm
+    if file_policy is None:
+        # no file policy at all: read everything, write everything (minus the
+        # implicit protections added by plan()).
+        out["allow_write"] = ["/"]
+    return out
+
+
+def _decide_read(deny: list[str], allow: list[str]):
+    def decide(p: str) -> bool:
+        best_len, best = -1, True
+        for q in deny:
+            if _under(p, q) and len(q) >= best_len:
+                best_len, best = len(q), False
+        for q in allow:
+            if _under(p, q) and len(q) > best_len:
+                best_len, best = len(q), True
+        return best
+    return decide
+
+
+def _decide_write(allow: list[str], deny: list[str]):
+    def decide(p: str) -> bool:
+        if any(_under(p, q) for q in deny):
+            return False
+        return any(_under(p, q) for q in allow)
+    return decide
+
+
+@dataclass
+class _Walk:
+    grants: list = field(default_factory=list)    # paths granted the whole class
+    partial: list = field(default_factory=list)   # dirs on a complement path
+    unreadable: list = field(default_factory=list)  # dirs we could not list
+
+
+def _complement(decide, rule_paths: list[str]) -> _Walk:
+    """Paths to grant so that exactly the paths where decide() is true are covered."""
+    w = _Walk()
+
+    def rec(p: str) -> None:
+        want = decide(p)
+        sub = [q for q in rule_paths if q != p and _under(q, p)]
+        if want:
+            if all(decide(q) for q in sub):
+                w.grants.append(p)
+                return
+            w.partial.append(p)
+            try:
+                with os.scandir(p) as it:
+                    names = sorted(e.name for e in it)
+            except OSError:
+                w.unreadable.append(p)   # no rule: fail closed
+                return
+            for n in names:
+                c = _join(p, n)
+                try:
+                    if _stat.S_ISLNK(os.lstat(c).st_mode):
+                        continue         # symlinks: the target is checked at its real path
+                except OSError:
+                    continue
+                rec(c)
+        else:
+            if not any(decide(q) for q in sub):
+                return
+            comps = []
+            for q in sub:
+                rest = q[len(p):].lstrip("/") if p != "/" else q.lstrip("/")
+                first = rest.split("/", 1)[0]
+                if first and first not in comps:
+                    comps.append(first)
+            for n in sorted(comps):
+                c = _join(p, n)
+                try:
+                    st = os.lstat(c)
+                except OSError:
+                    continue             # does not exist (yet): nothing to grant
+                if _stat.S_ISLNK(st.st_mode):
+                    continue
+                rec(c)
+
+    rec("/")
+    return w
+
+
+@dataclass
+class Plan:
+    rules: dict            # path -> access mask (before per-file masking)
+    policy: dict           # the effective policy (with implicit entries)
+    unreadable: list       # directories that could not be listed (denied)
+
+
+def plan(file_policy: dict | None, ms: list[Mount] | None = None) -> Plan:
+    """Compute the Landlock rules (path -> rights) for a file policy.
+
+    Pure user space (reads the filesystem and mountinfo); run it while the
+    caller still has the privileges to list every directory.
+    """
+    fp = normalize_policy(file_policy)
+    ms = mounts() if ms is None else ms
+    deny_read = list(fp["deny_read"])
+    deny_write = list(fp["deny_write"])
+    for p in list(deny_read):
+        deny_read += [a for a in aliases(p, ms) if a not in deny_read]
+    for p in list(deny_write):
+        deny_write += [a for a in aliases(p, ms) if a not in deny_write]
+    for p in protected_mounts(ms):
+        if p not in deny_write:
+            deny_write.append(p)
+    allow_write = list(fp["allow_write"]) + [d for d in DEVICE_WRITE_PATHS
+                                              if d not in fp["allow_write"]]
+    eff = {"deny_read": deny_read, "allow_read": list(fp["allow_read"]),
+           "allow_write": allow_write, "deny_write": deny_write}
+
+    rd = _decide_read(deny_read, eff["allow_read"])
+    rw = _complement(rd, deny_read + eff["allow_read"])
+    wd = _decide_write(allow_write, deny_write)
+    ww = _complement(wd, allow_write + deny_write)
+
+    rules: dict[str, int] = {}
+    for p in rw.grants:
+        rules[p] = rules.get(p, 0) | READ
+    # directories on a read-complement path: keep READ_DIR unless a denied
+    # directory lies beneath (it would become listable).
+    for p in rw.partial:
+        denied_dirs_below = any(
+            q != p and _under(q, p) and not rd(q) and os.path.isdir(q) for q in deny_read)
+        if not denied_dirs_below:
+            rules[p] = rules.get(p, 0) | FS_READ_DIR
+    for p in ww.grants:
+        rules[p] = rules.get(p, 0) | WRITE
+    return Plan(rules=rules, policy=eff, unreadable=rw.unreadable + ww.unreadable)
+
+
+# ---- kernel side -------------------------------------------------------------
+def build_ruleset(pl: Plan, abi_version: int | None = None) -> tuple[int, dict]:
+    """Create a ruleset fd holding the plan's rules. Returns (fd, stats).
+
+    Opening the rule paths uses the caller's privileges: call this before
+    capabilities are dropped. Nothing is enforced until restrict().
+    """
+    v = abi() if abi_version is None else abi_version
+    if v <= 0:
+        raise LandlockUnavailable("Landlock is not available on this kernel")
+    lib = native.load().lib
+    hfs = handled_fs(v)
+    fd = lib.corral_landlock_create_ruleset(hfs, 0, scopes(v), v)
+    if fd < 0:
+        native.check(fd, "landlock_create_ruleset")
+    added = skipped = 0
+    try:
+        for path, mask in sorted(pl.rules.items()):
+            try:
+                pfd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                skipped += 1            # vanished since plan(): no rule, fail closed
+                continue
+            try:
+                st = os.fstat(pfd)
+                m = mask & hfs
+                if not _stat.S_ISDIR(st.st_mode):
+                    m &= FILE_RIGHTS
+                if not m:
+                    continue
+                native.check(lib.corral_landlock_add_path_rule(fd, m, pfd),
+                             f"landlock_add_rule({path})")
+                added += 1
+            finally:
+                os.close(pfd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, {"rules": added, "skipped": skipped, "handled_fs": hfs,
+                "scoped": scopes(v)}
+
+
+def restrict(ruleset_fd: int, abi_version: int | None = None) -> int:
+    """Enforce the ruleset on the calling thread (needs no_new_privs or
+    CAP_SYS_ADMIN). Closes the fd. Returns the restrict_self flags used."""
+    v = abi() if abi_version is None else abi_version
+    lib = native.load().lib
+    flags = restrict_flags(v)
+    try:
+        r = lib.corral_landlock_restrict_self(ruleset_fd, flags)
+        if r < 0 and flags:
+            flags = 0   # logging flags refused: enforcement matters more
+            r = lib.corral_landlock_restrict_self(ruleset_fd, 0)
+        native.check(r, "landlock_restrict_self")
+    finally:
+        os.close(ruleset_fd)
+    return flags
+
+
+def apply(file_policy: dict | None) -> dict:
+    """plan + build + restrict in one go (the caller has set no_new_privs)."""
+    v = abi()
+    if v <= 0:
+        raise LandlockUnavailable("Landlock is not available on this kernel")
+    pl = plan(file_policy)
+    fd, stats = build_ruleset(pl, v)
+    flags = restrict(fd, v)
+    return {"landlock": True, "landlock_abi": v, "landlock_log_flags": flags, **stats}

@@ -86,7 +86,7 @@ class Api:
             raise ProtocolError(P.E_BAD_POLICY, str(e)) from None
         self.d.audit({"kind": "session", "op": "start", "verdict": "info", "session": s.id,
                       "pid": conn.peer.pid, "uid": conn.peer.uid, "target": s.cgroup,
-                      "policy": s.policy, "enforcement": s.enforcement, "rule": "",
+                      "cgid": s.cgid, "policy": s.policy, "enforcement": s.enforcement, "rule": "",
                       "parent": s.parent})
         return s.public()
 

@@ -1,0 +1,60 @@
+# corral: `make demo` installs everything, starts corrald and runs a sandboxed
+# demo; `make test` runs the test suite; `make vmtest` the BPF LSM tier in a VM.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian packages the daemon, the native extension and the tests need.
+APT_PACKAGES := python3-bpfcc bpftool libseccomp-dev python3-venv python3-dev libffi-dev \
+	gcc make git kmod iproute2 dnsutils dnsmasq-base procps util-linux
+# The VM tier: a stock Debian kernel with BPF LSM, booted under qemu.
+VM_APT_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64
+BENCH_APT_PACKAGES := hyperfine bubblewrap socat ripgrep
+
+.PHONY: install apt venv demo start stop test vmtest bench clean
+
+install: apt venv
+
+# Installs only what is missing, so a second `make` is quick and offline.
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+$(VENV)/bin/python:
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+
+# bcc lives in Debian's dist-packages: the venv must see system site-packages.
+venv: $(VENV)/bin/python
+	@if [ ! -f $(VENV)/.installed ] || [ pyproject.toml -nt $(VENV)/.installed ] || [ -n "$$(find native -newer $(VENV)/.installed -type f 2>/dev/null)" ]; then \
+		$(VENV)/bin/pip install -q --upgrade pip setuptools wheel && \
+		$(VENV)/bin/pip install -q -e '.[test]' && touch $(VENV)/.installed; \
+	fi
+	@$(PY) -c "import bcc, msgpack, pyroute2, corral.native as n; n.load()" || \
+		{ echo "corral: the install is incomplete (see above)"; exit 1; }
+
+start: install
+	@bash systemd/start-corrald.sh
+
+stop:
+	@bash systemd/start-corrald.sh stop
+
+demo: start
+	$(PY) -m corral.demo
+
+test: install
+	$(PY) -m pytest -v -p no:cacheprovider tests
+
+vmtest: install
+	@missing=$$(for p in $(VM_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
+	$(PY) tests/vm/run_vm.py
+
+bench: install
+	@missing=$$(for p in $(BENCH_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

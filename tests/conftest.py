@@ -117,6 +117,7 @@ class Daemon:
 def make_daemon(name: str, extra_args=(), extra_env=None) -> Daemon:
     _require_root()
     tmp = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    tmp.chmod(0o755)        # unprivileged clients must reach the socket, as under /run
     return Daemon(f"{name}-{os.getpid()}", tmp, extra_args, extra_env)
 
 

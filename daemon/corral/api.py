@@ -91,17 +91,31 @@ class Api:
         return s.public()
 
     def op_report_confinement(self, conn, req):
-        """The client says what it installed in itself (Landlock, seccomp) before exec."""
+        """The client says what it installed in itself (Landlock, seccomp) before
+        exec; what /proc can show is checked rather than believed."""
         s, _ = self._target(conn, req, write=False)
         report = req.get("report")
         if not isinstance(report, dict):
             raise ProtocolError(P.E_BAD_REQUEST, "'report' must be a map")
+        if self._caller_session(conn) is not s:
+            raise ProtocolError(P.E_FORBIDDEN, "only a process inside the session may report "
+                                "its confinement")
+        status = _proc_status(conn.peer.pid)
+        checked = {
+            "seccomp": status.get("Seccomp") == "2",
+            "no_new_privs": status.get("NoNewPrivs") == "1",
+            "caps_dropped": int(status.get("CapEff", "1"), 16) == 0,
+        }
+        mismatch = [k for k, v in checked.items() if report.get(k) and not v]
+        report = dict(report, kernel_checked=checked)
+        if mismatch:
+            report["mismatch"] = mismatch
         s.enforcement["client"] = report
         self.d.sessions._save(s)
-        self.d.audit({"kind": "session", "op": "confined", "verdict": "info", "session": s.id,
-                      "pid": conn.peer.pid, "uid": conn.peer.uid, "target": s.cgroup,
-                      "rule": "", "report": report})
-        return True
+        self.d.audit({"kind": "session", "op": "confined", "verdict": "info" if not mismatch
+                      else "warn", "session": s.id, "pid": conn.peer.pid, "uid": conn.peer.uid,
+                      "target": s.cgroup, "rule": "", "report": report})
+        return report
 
     def op_session_info(self, conn, req):
         if req.get("session") is None:
@@ -170,3 +184,15 @@ class Api:
                 if s is None or s.owner_uid != flt["uid"]:
                     continue
             self.d.loop.create_task(conn.send({"event": rec}))
+
+
+def _proc_status(pid: int) -> dict:
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                k, _, v = line.partition(":")
+                out[k] = v.strip()
+    except OSError:
+        pass
+    return out

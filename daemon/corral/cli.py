@@ -76,16 +76,13 @@ def cmd_run(args) -> int:
     except (pol.PolicyError, OSError) as e:
         die(f"bad policy: {e}", EXIT_USAGE)
     try:
-        from . import confine
+        from . import confine, landlock
     except ImportError as e:
         die(f"{e}", 1)
-    fs = policy.get("filesystem")
-    if fs is not None:
-        ok, why = confine.file_policy_enforceable()
-        if not ok and not args.allow_weaker:
-            die(f"this session has a file policy but {why}; refusing to start. "
-                "Pass --allow-weaker to run with the file policy NOT enforced by Landlock "
-                "(it is still enforced where corrald runs the BPF LSM backend).", 1)
+    try:
+        landlock.file_policy_decision(policy.get("filesystem"), args.allow_weaker)
+    except landlock.LandlockUnavailable as e:
+        die(str(e), 1)
     try:
         c = Client()
         session = c.call("register_session", policy=policy)
@@ -93,26 +90,30 @@ def cmd_run(args) -> int:
         die(e.message)
     except CorralError as e:
         die(f"cannot start session: {e.message}")
+    c.close()
     sid = session["id"]
     try:
         report = confine.apply(session["policy"].get("filesystem"),
                                session["policy"]["syscalls"]["deny"],
-                               keep_caps=args.keep_caps, allow_weaker=args.allow_weaker,
-                               keep_fds=[c.fileno()])
+                               keep_caps=args.keep_caps, allow_weaker=args.allow_weaker)
     except Exception as e:
         # Fail closed: the command never runs unconfined.
         try:
-            c.call("end_session", session=sid)
+            with Client() as c:
+                c.call("end_session", session=sid)
         except CorralError:
             pass
         die(f"confinement failed, command not started: {e}")
+    # Reported from inside the confinement; the daemon checks it against /proc.
     try:
-        c.call("report_confinement", session=sid, report=report)
+        with Client() as c:
+            verified = c.call("report_confinement", session=sid, report=report)
     except CorralError as e:
-        die(f"daemon refused the confinement report: {e.message}")
-    c.close()
+        verified = None
+        print(f"corral: warning: could not report confinement to corrald: {e.message}",
+              file=sys.stderr)
     if args.verbose:
-        print(f"corral: session {sid}: {json.dumps(session['enforcement'])} {json.dumps(report)}",
+        print(f"corral: session {sid}: {json.dumps(session['enforcement'])} {json.dumps(verified)}",
               file=sys.stderr)
     os.environ["CORRAL_SESSION"] = sid
     try:

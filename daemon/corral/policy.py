@@ -110,7 +110,11 @@ def _expand_path(p: str, cwd: str, home: str) -> str:
 
 def normalize(policy: dict | None, cwd: str = "/", home: str = "/root") -> dict:
     """Validate and canonicalise a policy dict. Raises PolicyError."""
-    policy = dict(policy or {})
+    if policy is None:
+        policy = {}
+    if not isinstance(policy, dict):
+        raise PolicyError(f"policy must be a map of sections, not {type(policy).__name__}")
+    policy = dict(policy)
     unknown = set(policy) - {"network", "filesystem", "syscalls"}
     if unknown:
         raise PolicyError(f"unknown policy section(s) {sorted(unknown)}: "
@@ -123,6 +127,9 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root") -> dict:
         bad = set(net) - set(NET_LIST_KEYS)
         if bad:
             raise PolicyError(f"network: unknown key(s) {sorted(bad)}: expected {list(NET_LIST_KEYS)}")
+        for k in NET_LIST_KEYS:
+            if not isinstance(net.get(k) or [], list):
+                raise PolicyError(f"network.{k}: expected a list")
         n = {k: list(net.get(k) or []) for k in NET_LIST_KEYS}
         n["allow"] = [str(parse_net_rule(r)) for r in n["allow"]]
         n["deny"] = [str(parse_net_rule(r)) for r in n["deny"]]
@@ -143,10 +150,13 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root") -> dict:
         bad = set(fs) - set(FS_KEYS)
         if bad:
             raise PolicyError(f"filesystem: unknown key(s) {sorted(bad)}: expected {list(FS_KEYS)}")
+        for k in FS_KEYS:
+            if not isinstance(fs.get(k) or [], list):
+                raise PolicyError(f"filesystem.{k}: expected a list of paths")
         out["filesystem"] = {k: sorted({_expand_path(p, cwd, home) for p in (fs.get(k) or [])})
                              for k in FS_KEYS}
     sc = policy.get("syscalls") or {}
-    if not isinstance(sc, dict) or set(sc) - {"deny"}:
+    if not isinstance(sc, dict) or set(sc) - {"deny"} or not isinstance(sc.get("deny") or [], list):
         raise PolicyError("syscalls: expected a table with one key, deny = [names]")
     out["syscalls"] = {"deny": sorted({str(s) for s in sc.get("deny") or []})}
     return out

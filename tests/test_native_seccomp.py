@@ -485,7 +485,7 @@ def test_ordinary_work_runs_confined(tmp_path):
         touch {tmp_path}/readonly/x 2>/dev/null && echo WROTE || echo denied
     """
     policy = {"allow_write": [str(tmp_path)], "deny_read": ["/root/.ssh"],
-              "deny_write": [str(work / ".git" / "hooks")]}
+              "deny_write": [str(tmp_path / "readonly")]}
     p = confined(["sh", "-c", textwrap.dedent(script)], policy=policy)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.split() == ["45", "1", "hello", "42", "denied"], p.stdout + p.stderr

@@ -236,3 +236,44 @@ def apply(file_policy: dict | None, syscalls_deny: list[str] | tuple[str, ...] =
     except (OSError, landlock.LandlockError, native.NativeUnavailable) as e:
         raise ConfineError(f"confinement failed: {e}") from e
     return report
+
+
+# ---- standalone entry point (tests, benchmarks, debugging) -------------------
+def main(argv: list[str] | None = None) -> int:
+    """``python -m corral.confine [--policy JSON] [--deny a,b] [--keep-caps]
+    [--print-report] -- cmd args...``: confine this process, then exec cmd."""
+    import argparse
+    import json
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m corral.confine")
+    ap.add_argument("--policy", help="file policy as JSON (omit: no file policy)")
+    ap.add_argument("--deny", default="", help="extra syscalls to deny, comma separated")
+    ap.add_argument("--keep-caps", action="store_true")
+    ap.add_argument("--allow-weaker", action="store_true")
+    ap.add_argument("--seccomp-log", action="store_true")
+    ap.add_argument("--print-report", action="store_true", help="JSON report on stderr")
+    ap.add_argument("cmd", nargs=argparse.REMAINDER)
+    a = ap.parse_args(argv)
+    cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
+    if not cmd:
+        ap.error("missing command")
+    policy = json.loads(a.policy) if a.policy else None
+    deny = [s for s in a.deny.split(",") if s]
+    try:
+        report = apply(policy, deny, a.keep_caps, allow_weaker=a.allow_weaker,
+                       seccomp_log=a.seccomp_log)
+    except ConfineError as e:
+        print(f"corral: confinement failed, not starting {cmd[0]}: {e}", file=sys.stderr)
+        return 126
+    if a.print_report:
+        print("CORRAL_CONFINE " + json.dumps(report), file=sys.stderr, flush=True)
+    try:
+        os.execvp(cmd[0], cmd)
+    except OSError as e:
+        print(f"corral: exec {cmd[0]}: {e}", file=sys.stderr)
+        return 127
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,43 +1,679 @@
-"""Policy files, profiles and imports -> the policy dict (see policy.py).
+"""Policy files, built-in profiles, sandbox-runtime imports, mandatory protections
+-> the policy dict (see policy.py).
 
-(Minimal version; strict TOML validation, profiles, srt import and mandatory
-protections land with issue 5.)"""
+Policy file (TOML)::
+
+    description = "optional one line, shown by `corral policy list`"
+
+    [filesystem]                 # absent: files not restricted (except mandatory)
+    deny_read   = ["~/.ssh"]     # paths; "~" = caller's home, relative = caller's cwd
+    allow_read  = []             # exceptions inside deny_read (most specific wins)
+    allow_write = [".", "/tmp"]  # writes are denied everywhere else
+    deny_write  = [".env"]       # wins over allow_write
+
+    [network]                    # absent: network not restricted; present: default deny
+    allow = ["10.0.0.0/8:443", "[2001:db8::/32]:80-89"]
+    deny  = ["10.1.0.0/16"]
+    allow_domains = ["pypi.org:443", "*.githubusercontent.com:443"]
+    deny_domains  = []
+    allow_localhost_ports = [8080, "9000-9100"]
+
+    [syscalls]
+    deny = ["personality"]       # extra syscalls, EPERM
+
+Every error names the file, the line and the key. Nothing is ignored: an
+unknown key, a wrong type, a path or CIDR that cannot be parsed is an error.
+
+Precedence when several sources are given (`corral run --profile P --policy F
+--srt-settings S --allow-...`): they are merged (merge()): list entries are
+unioned, a section present in any source is present. Then the mandatory
+protections are added (apply_mandatory()); only `--no-mandatory NAME` removes
+one.
+"""
 from __future__ import annotations
 
+import glob as _glob
+import json
+import os
+import re
 import tomllib
+from dataclasses import dataclass
+from pathlib import Path
 
-from .policy import PolicyError
+from . import policy as pol
+from .policy import FS_KEYS, NET_LIST_KEYS, PolicyError
+
+DOMAIN_RE = re.compile(r"^(\*\.)?([A-Za-z0-9_]([A-Za-z0-9_-]{0,62})?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})?)*\.?"
+                       r"(:\d{1,5})?$")
+GLOB_CHARS = set("*?[")
+MAX_GLOB_MATCHES = 1000
+
+# Files this process loaded policy from: protected from writes in the session
+# (mandatory protection "policy-files").
+_loaded_files: list[str] = []
+
+
+# -- locating keys in the text (tomllib reports no positions for values) -----------
+_HEADER_RE = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+
+
+def _strip_comment(line: str) -> str:
+    out, q = [], None
+    for ch in line:
+        if q:
+            out.append(ch)
+            if ch == q:
+                q = None
+        elif ch in "\"'":
+            q = ch
+            out.append(ch)
+        elif ch == "#":
+            break
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _locate(text: str, section: str | None, key: str | None = None, value=None) -> int:
+    """Best-effort 1-based line of [section] key (and of value inside it); 0 if not found."""
+    lines = text.splitlines()
+    cur = None
+    key_line = 0
+    sec_line = 0
+    for i, raw in enumerate(lines, 1):
+        line = _strip_comment(raw)
+        m = _HEADER_RE.match(line)
+        if m:
+            cur = m.group(1).strip().strip('"')
+            if section is not None and cur == section and not sec_line:
+                sec_line = i
+            if key_line:
+                break
+            continue
+        if key_line:
+            # Inside the value of the key we found: look for the literal.
+            if value is not None and _value_on(line, value):
+                return i
+            if re.match(r"^\s*[A-Za-z0-9_\-\"']+\s*=", line):
+                break
+            continue
+        if section is None:
+            if key is not None and cur is None and re.match(rf"^\s*{re.escape(key)}\s*=", line):
+                key_line = i
+        elif key is None:
+            if cur is None and re.match(rf"^\s*{re.escape(section)}\s*[.=]", line) and not sec_line:
+                sec_line = i
+        elif cur == section and re.match(rf"^\s*\"?{re.escape(key)}\"?\s*=", line):
+            key_line = i
+        elif cur is None and (re.match(rf"^\s*{re.escape(section)}\s*\.\s*{re.escape(key)}\s*=", line)
+                              or re.match(rf"^\s*{re.escape(section)}\s*=\s*\{{.*\b{re.escape(key)}\s*=",
+                                          line)):
+            key_line = i
+        elif cur is None and not sec_line and re.match(rf"^\s*{re.escape(section)}\s*[.=]", line):
+            sec_line = i
+        if key_line and value is not None and _value_on(line.split("=", 1)[1], value):
+            return key_line
+    return key_line or sec_line
+
+
+def _value_on(line: str, value) -> bool:
+    if isinstance(value, str):
+        return (json.dumps(value) in line or f"'{value}'" in line
+                or (value and f'"{value}' in line))
+    return bool(re.search(rf"(?<![\w.]){re.escape(str(value))}(?![\w.])", line))
+
+
+class _Src:
+    """Error formatting for one source file."""
+
+    def __init__(self, path: str, text: str):
+        self.path, self.text = path, text
+
+    def err(self, section, key, msg, value=None) -> PolicyError:
+        line = _locate(self.text, section, key, value)
+        where = f"{self.path}:{line}" if line else self.path
+        what = ".".join(x for x in (section, key) if x)
+        return PolicyError(f"{where}: {what}: {msg}" if what else f"{where}: {msg}")
+
+
+# -- validation ----------------------------------------------------------------------
+def resolve_syscall(name: str) -> int:
+    """Syscall number on this architecture via libseccomp; -1 if unknown."""
+    try:
+        from . import native
+        return int(native.load().lib.seccomp_syscall_resolve_name(name.encode()))
+    except Exception:
+        pass
+    import ctypes
+    lib = ctypes.CDLL("libseccomp.so.2")
+    lib.seccomp_syscall_resolve_name.restype = ctypes.c_int
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    return int(lib.seccomp_syscall_resolve_name(name.encode()))
+
+
+def _check_path(src: _Src, section: str, key: str, p) -> None:
+    if not isinstance(p, str):
+        raise src.err(section, key, f"{p!r} is not a string: paths are strings", p)
+    if not p:
+        raise src.err(section, key, "empty path", p)
+    if GLOB_CHARS & set(p):
+        raise src.err(section, key, f"{p!r}: glob patterns are not supported here: list the paths "
+                                    "(a rule for a directory covers everything under it)", p)
+    try:
+        pol._expand_path(p, "/", "/root")
+    except PolicyError as e:
+        raise src.err(section, key, str(e), p) from None
+
+
+def _list(src: _Src, section: str, key: str, v) -> list:
+    if not isinstance(v, list):
+        raise src.err(section, key, f"expected an array, got {type(v).__name__} {v!r} "
+                                    f"(write {key} = [ ... ])")
+    return v
+
+
+def validate(data: dict, src: _Src) -> dict:
+    """Check a parsed policy file; return the policy dict (sections as given)."""
+    out: dict = {}
+    for top, val in data.items():
+        if top == "description":
+            if not isinstance(val, str):
+                raise src.err(None, "description", "expected a string")
+            continue
+        if top not in ("filesystem", "network", "syscalls"):
+            raise src.err(None, top, f"unknown key {top!r}: expected [filesystem], [network], "
+                                     "[syscalls] (or description)") if not isinstance(val, dict) else \
+                src.err(top, None, f"unknown section [{top}]: expected [filesystem], [network], [syscalls]")
+        if not isinstance(val, dict):
+            raise src.err(None, top, f"expected a table [{top}], got {type(val).__name__}")
+    fs = data.get("filesystem")
+    if fs is not None:
+        o = {}
+        for k, v in fs.items():
+            if k not in FS_KEYS:
+                raise src.err("filesystem", k, f"unknown key {k!r}: expected one of {', '.join(FS_KEYS)}")
+            for p in _list(src, "filesystem", k, v):
+                _check_path(src, "filesystem", k, p)
+            o[k] = list(v)
+        out["filesystem"] = o
+    net = data.get("network")
+    if net is not None:
+        o = {}
+        for k, v in net.items():
+            if k not in NET_LIST_KEYS:
+                raise src.err("network", k, f"unknown key {k!r}: expected one of {', '.join(NET_LIST_KEYS)}")
+            items = _list(src, "network", k, v)
+            for x in items:
+                if k in ("allow", "deny"):
+                    if not isinstance(x, str):
+                        raise src.err("network", k, f"{x!r} is not a string like \"10.0.0.0/8:443\"", x)
+                    try:
+                        pol.parse_net_rule(x)
+                    except PolicyError as e:
+                        raise src.err("network", k, str(e), x) from None
+                elif k in ("allow_domains", "deny_domains"):
+                    if not isinstance(x, str) or not DOMAIN_RE.match(x.strip()):
+                        raise src.err("network", k, f"{x!r} is not a domain name (NAME, *.NAME, "
+                                                    "optionally :PORT)", x)
+                    if ":" in x:
+                        try:
+                            pol.parse_ports(x.rsplit(":", 1)[1], "port")
+                        except PolicyError as e:
+                            raise src.err("network", k, f"{x!r}: {e}", x) from None
+                else:
+                    if isinstance(x, bool) or not isinstance(x, (int, str)):
+                        raise src.err("network", k, f"{x!r}: expected a port number or \"LO-HI\"", x)
+                    try:
+                        pol.parse_ports(str(x), "port")
+                    except PolicyError as e:
+                        raise src.err("network", k, f"{x!r}: {e}", x) from None
+            o[k] = list(items)
+        out["network"] = o
+    sc = data.get("syscalls")
+    if sc is not None:
+        for k in sc:
+            if k != "deny":
+                raise src.err("syscalls", k, f"unknown key {k!r}: the only key is deny = [names]")
+        names = _list(src, "syscalls", "deny", sc.get("deny", []))
+        from .seccomp_rules import UNDENIABLE
+        for n in names:
+            if not isinstance(n, str) or not re.match(r"^[a-z0-9_]+$", n):
+                raise src.err("syscalls", "deny", f"{n!r} is not a syscall name", n)
+            if n in UNDENIABLE:
+                raise src.err("syscalls", "deny", f"{n!r} cannot be denied: the agent could not "
+                                                  "be started", n)
+            if resolve_syscall(n) == -1:
+                raise src.err("syscalls", "deny", f"unknown syscall {n!r} (libseccomp does not "
+                                                  "know it)", n)
+        out["syscalls"] = {"deny": list(names)}
+    return out
+
+
+def parse_policy_text(text: str, path: str = "<policy>") -> dict:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+        if m:
+            msg = msg[:m.start()].strip()
+            raise PolicyError(f"{path}:{m.group(1)}: TOML syntax error: {msg} (column {m.group(2)})") from None
+        raise PolicyError(f"{path}: TOML syntax error: {msg}") from None
+    return validate(data, _Src(path, text))
 
 
 def load_policy_file(path: str) -> dict:
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as e:
-        raise PolicyError(f"{path}: {e}") from None
-
-
-def load_profile(name: str) -> dict:
-    raise PolicyError(f"unknown profile {name!r}")
-
-
-def import_srt_settings(path: str) -> tuple[dict, list[str]]:
-    raise PolicyError("srt settings import not implemented yet")
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-    for section, vals in extra.items():
-        if vals is None:
-            continue
-        cur = out.get(section)
-        if cur is None:
-            out[section] = {k: list(v) for k, v in vals.items()}
-            continue
-        for k, v in vals.items():
-            cur[k] = list(cur.get(k) or []) + [x for x in v if x not in (cur.get(k) or [])]
+            raw = fh.read()
+    except OSError as e:
+        raise PolicyError(f"{path}: cannot read policy file: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PolicyError(f"{path}: not UTF-8 text ({e})") from None
+    out = parse_policy_text(text, path)
+    ap = os.path.abspath(path)
+    if ap not in _loaded_files:
+        _loaded_files.append(ap)
     return out
 
 
-def apply_mandatory(policy: dict, dropped: set[str]) -> dict:
-    return policy
+# -- profiles ---------------------------------------------------------------------------
+def profile_path(name: str) -> Path:
+    return Path(__file__).with_name("profiles") / f"{name}.toml"
+
+
+def list_profiles() -> list[tuple[str, str]]:
+    """(name, description) of every built-in profile."""
+    out = []
+    for p in sorted(Path(__file__).with_name("profiles").glob("*.toml")):
+        try:
+            desc = tomllib.loads(p.read_text()).get("description", "")
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            desc = f"(broken: {e})"
+        out.append((p.stem, desc))
+    return out
+
+
+def load_profile(name: str) -> dict:
+    if not re.match(r"^[A-Za-z0-9_-]+$", name or ""):
+        raise PolicyError(f"bad profile name {name!r}")
+    p = profile_path(name)
+    if not p.is_file():
+        names = ", ".join(n for n, _ in list_profiles())
+        raise PolicyError(f"unknown profile {name!r}: built-in profiles are {names} "
+                          "(or give a file with --policy)")
+    out = parse_policy_text(p.read_text(), str(p))
+    ap = str(p)
+    if ap not in _loaded_files:
+        _loaded_files.append(ap)
+    return out
+
+
+# -- merging -------------------------------------------------------------------------
+def merge(base: dict, extra: dict) -> dict:
+    """Union of two policies: a section present in either is present; lists are unioned
+    (order kept, duplicates dropped)."""
+    out: dict = {}
+    for src in (base or {}), (extra or {}):
+        for section, vals in src.items():
+            if vals is None:
+                out.setdefault(section, None)
+                continue
+            cur = out.get(section)
+            if cur is None:
+                cur = out[section] = {}
+            for k, v in vals.items():
+                lst = cur.setdefault(k, [])
+                for x in v or []:
+                    if x not in lst:
+                        lst.append(x)
+    return out
+
+
+# -- mandatory protections -------------------------------------------------------------
+@dataclass(frozen=True)
+class Mandatory:
+    name: str
+    kind: str               # "deny_write" | "deny_read"
+    paths: tuple[str, ...]
+    why: str
+
+
+SHELL_STARTUP = ("~/.bashrc", "~/.bash_profile", "~/.bash_login", "~/.profile", "~/.zshrc",
+                 "~/.zprofile", "~/.zshenv", "~/.config/fish/config.fish")
+
+MANDATORY: tuple[Mandatory, ...] = (
+    Mandatory("shell-startup", "deny_write", SHELL_STARTUP,
+              "code in shell startup files runs in every later shell, outside the sandbox"),
+    Mandatory("git-hooks", "deny_write", ("./.git/hooks",),
+              "git hooks run on the next git command, outside the sandbox"),
+    Mandatory("git-config", "deny_write", ("./.git/config",),
+              "core.fsmonitor, core.hooksPath, aliases... run commands outside the sandbox"),
+    Mandatory("gitmodules", "deny_write", ("./.gitmodules",),
+              "submodule URLs and update commands"),
+    Mandatory("mcp-config", "deny_write", ("./.mcp.json",),
+              "MCP server commands are started by the agent host, outside the sandbox"),
+    Mandatory("vscode", "deny_write", ("./.vscode",), "tasks and settings run by the editor"),
+    Mandatory("idea", "deny_write", ("./.idea",), "run configurations used by the IDE"),
+    Mandatory("claude-settings", "deny_write",
+              ("./.claude/settings.json", "./.claude/settings.local.json", "./.claude/settings*.json"),
+              "agent permissions and hooks (the agent could grant itself anything)"),
+    Mandatory("policy-files", "deny_write", (),
+              "the corral policy files this session was started from"),
+    Mandatory("ssh", "deny_read", ("~/.ssh",), "SSH keys"),
+    Mandatory("aws", "deny_read", ("~/.aws",), "AWS credentials"),
+    Mandatory("gnupg", "deny_read", ("~/.gnupg",), "GnuPG keys"),
+    Mandatory("gcloud", "deny_read", ("~/.config/gcloud",), "Google Cloud credentials"),
+    Mandatory("kube", "deny_read", ("~/.kube",), "Kubernetes credentials"),
+    Mandatory("netrc", "deny_read", ("~/.netrc",), "passwords for FTP/HTTP/git"),
+    Mandatory("docker-config", "deny_read", ("~/.docker/config.json",), "registry credentials"),
+)
+MANDATORY_NAMES = tuple(m.name for m in MANDATORY)
+
+
+def mandatory_paths(m: Mandatory, cwd: str | None = None, files: list[str] | None = None) -> list[str]:
+    """The entries one protection adds, globs expanded against what exists in cwd."""
+    cwd = cwd or os.getcwd()
+    if m.name == "policy-files":
+        return list(files if files is not None else _loaded_files)
+    out = []
+    for p in m.paths:
+        if GLOB_CHARS & set(p):
+            rel = p[2:] if p.startswith("./") else p
+            for hit in sorted(_glob.glob(os.path.join(_glob.escape(cwd), rel))):
+                e = "./" + os.path.relpath(hit, cwd)
+                if e not in out:
+                    out.append(e)
+        elif p not in out:
+            out.append(p)
+    return out
+
+
+def _expand_local(p: str, cwd: str) -> str:
+    p = os.path.expanduser(p) if p.startswith("~") else p
+    return os.path.normpath(os.path.join(cwd, p))
+
+
+def apply_mandatory(policy: dict, dropped: set[str], cwd: str | None = None,
+                    files: list[str] | None = None) -> dict:
+    """Add every mandatory protection not named in `dropped`.
+
+    No filesystem section: one is created that restricts nothing else
+    (allow_write ["/"]). allow_read exceptions inside a mandatory deny_read path
+    are removed (they would otherwise win as the more specific rule); deny_write
+    already wins over allow_write."""
+    unknown = set(dropped) - set(MANDATORY_NAMES)
+    if unknown:
+        raise PolicyError(f"--no-mandatory {', '.join(sorted(unknown))}: no such protection; "
+                          f"names are {', '.join(MANDATORY_NAMES)} (corral policy show mandatory)")
+    cwd = cwd or os.getcwd()
+    out = merge({}, policy or {})
+    add = {"deny_read": [], "deny_write": []}
+    for m in MANDATORY:
+        if m.name in dropped:
+            continue
+        for p in mandatory_paths(m, cwd, files):
+            if p not in add[m.kind]:
+                add[m.kind].append(p)
+    if not add["deny_read"] and not add["deny_write"]:
+        return out
+    fs = out.get("filesystem")
+    if fs is None:
+        fs = out["filesystem"] = {"allow_write": ["/"], "deny_read": [], "deny_write": []}
+    for k in ("deny_read", "deny_write"):
+        lst = fs.setdefault(k, [])
+        for p in add[k]:
+            if p not in lst:
+                lst.append(p)
+    denied = [_expand_local(p, cwd) for p in add["deny_read"]]
+    if fs.get("allow_read"):
+        fs["allow_read"] = [a for a in fs["allow_read"]
+                            if not any(pol._under(_expand_local(a, cwd), d) for d in denied)]
+    return out
+
+
+# -- Anthropic sandbox-runtime / Claude Code settings import ----------------------------
+SRT_FS_MAP = {"denyRead": "deny_read", "allowRead": "allow_read",
+              "allowWrite": "allow_write", "denyWrite": "deny_write"}
+SRT_NET_IGNORED = {
+    "allowUnixSockets": "unix socket allowances are not imported (corral does not filter "
+                        "unix sockets by path in the network policy)",
+    "allowAllUnixSockets": "corral does not block unix sockets in the network policy",
+    "allowLocalBinding": "corral does not restrict bind(); listening sockets are allowed",
+    "httpProxyPort": "corral enforces in the kernel and uses no HTTP proxy",
+    "socksProxyPort": "corral enforces in the kernel and uses no SOCKS proxy",
+    "tlsTerminate": "corral does not terminate TLS or filter requests",
+    "filterRequest": "corral does not filter HTTP requests",
+    "deniedDomainReasons": "corral does not show per-domain reasons",
+    "allowManagedDomainsOnly": "managed-settings layering is Claude Code's, not corral's",
+    "mitmProxy": "corral uses no proxy",
+}
+
+
+def _is_ip_literal(s: str) -> tuple[str, str] | None:
+    """'1.2.3.4' / '1.2.3.4:443' / '[::1]:443' -> (corral rule text) or None."""
+    import ipaddress
+    host, port = s, None
+    if s.startswith("["):
+        host, _, rest = s[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+    elif s.count(":") == 1:
+        host, port = s.split(":")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    cidr = f"{ip}/{ip.max_prefixlen}"
+    if port:
+        return (f"[{cidr}]:{port}" if ip.version == 6 else f"{cidr}:{port}"), host
+    return cidr, host
+
+
+def import_srt_settings(path: str, cwd: str | None = None) -> tuple[dict, list[str]]:
+    """Sandbox settings JSON -> (policy, warnings).
+
+    Two shapes are accepted:
+    * sandbox-runtime (`~/.srt-settings.json`): top-level `filesystem` and `network`;
+      writes are allowed only where allowWrite says (empty: nowhere).
+    * Claude Code settings (`.claude/settings.json`): the `sandbox` object; writes
+      go to the working directory and temp dir plus sandbox.filesystem.allowWrite,
+      and permission rules Edit(...)/Read(...)/WebFetch(domain:...) are merged in
+      the way Claude Code merges them. Path prefixes: `//x` absolute, `~/x` home,
+      `/x` relative to the settings file's directory, `./x` or `x` the working dir.
+
+    Precedence (their docs): denyWrite wins over allowWrite (as in corral);
+    allowRead wins over denyRead except where the denyRead path is more specific
+    (corral's "most specific wins" rule; a path in both lists is dropped from
+    deny_read); deniedDomains win over allowedDomains (as in corral). Network
+    access not listed is denied (srt: empty allowedDomains = no network).
+
+    Anything corral cannot enforce is reported in the warnings.
+    """
+    cwd = cwd or os.getcwd()
+    try:
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read().decode("utf-8"))
+    except OSError as e:
+        raise PolicyError(f"{path}: cannot read settings: {e.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PolicyError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: expected a JSON object")
+    warnings: list[str] = []
+    w = warnings.append
+    settings_dir = os.path.dirname(os.path.abspath(path))
+
+    claude = "sandbox" in data or ("filesystem" not in data and "network" not in data
+                                   and "permissions" in data)
+    if claude:
+        sb = data.get("sandbox") or {}
+        if not isinstance(sb, dict):
+            raise PolicyError(f"{path}: sandbox: expected an object")
+        for k in data:
+            if k not in ("sandbox", "permissions"):
+                w(f"{path}: {k}: not a sandbox setting, not imported")
+        if sb.get("enabled") is False:
+            w(f"{path}: sandbox.enabled is false; corral enforces these settings anyway")
+        fs_in = sb.get("filesystem") or {}
+        net_in = sb.get("network") or {}
+        for k in sb:
+            if k in ("filesystem", "network", "enabled"):
+                continue
+            w(f"{path}: sandbox.{k}: Claude Code option, not enforced by corral")
+        prefix = "sandbox."
+    else:
+        fs_in = data.get("filesystem") or {}
+        net_in = data.get("network")
+        for k in data:
+            if k not in ("filesystem", "network"):
+                w(f"{path}: {k}: sandbox-runtime option, not enforced by corral")
+        if net_in is None:
+            w(f"{path}: no network section: all network access is denied (as in srt)")
+            net_in = {}
+        prefix = ""
+    if not isinstance(fs_in, dict) or not isinstance(net_in, dict):
+        raise PolicyError(f"{path}: {prefix}filesystem and {prefix}network must be objects")
+
+    def conv_path(p: str, key: str) -> str | None:
+        if not isinstance(p, str) or not p:
+            w(f"{path}: {prefix}filesystem.{key}: {p!r} is not a path, skipped")
+            return None
+        if claude:
+            if p.startswith("//"):
+                return p[1:]
+            if p.startswith("/"):
+                return os.path.join(settings_dir, p[1:])
+        return p
+
+    def expand(p: str, key: str) -> list[str]:
+        """Literal paths for a pattern; globs expanded against what exists now."""
+        if p.endswith("/**") and not (GLOB_CHARS & set(p[:-3])):
+            return [p[:-3] or "/"]
+        if p.endswith("/") and len(p) > 1:
+            p = p.rstrip("/")
+        if not (GLOB_CHARS & set(p)):
+            return [p]
+        if key == "allowWrite":
+            w(f"{path}: {prefix}filesystem.allowWrite: glob {p!r} skipped (as srt does on Linux): "
+              "corral cannot grant writes by pattern")
+            return []
+        base = os.path.expanduser(p) if p.startswith("~") else p
+        if not os.path.isabs(base):
+            base = os.path.join(cwd, base)
+        hits = sorted(_glob.glob(base, recursive=True))
+        if len(hits) > MAX_GLOB_MATCHES:
+            w(f"{path}: {prefix}filesystem.{key}: glob {p!r} matches {len(hits)} paths; "
+              f"only the first {MAX_GLOB_MATCHES} are used")
+            hits = hits[:MAX_GLOB_MATCHES]
+        w(f"{path}: {prefix}filesystem.{key}: glob {p!r} expanded to the {len(hits)} path(s) that "
+          "exist now; paths created later that match it are not covered")
+        return hits
+
+    fs_out: dict = {k: [] for k in FS_KEYS}
+    for k, v in fs_in.items():
+        if k not in SRT_FS_MAP:
+            w(f"{path}: {prefix}filesystem.{k}: unknown option, not imported")
+            continue
+        if not isinstance(v, list):
+            raise PolicyError(f"{path}: {prefix}filesystem.{k}: expected an array of paths")
+        for p in v:
+            cp = conv_path(p, k)
+            if cp is None:
+                continue
+            for e in expand(cp, k):
+                if e not in fs_out[SRT_FS_MAP[k]]:
+                    fs_out[SRT_FS_MAP[k]].append(e)
+
+    net_out: dict = {"allow": [], "deny": [], "allow_domains": [], "deny_domains": []}
+    for k, v in net_in.items():
+        if k in ("allowedDomains", "deniedDomains"):
+            if not isinstance(v, list):
+                raise PolicyError(f"{path}: {prefix}network.{k}: expected an array of domains")
+            allow = k == "allowedDomains"
+            for d in v:
+                if not isinstance(d, str) or not d.strip():
+                    w(f"{path}: {prefix}network.{k}: {d!r} is not a domain, skipped")
+                    continue
+                d = d.strip()
+                lit = _is_ip_literal(d)
+                if lit:
+                    net_out["allow" if allow else "deny"].append(lit[0])
+                    continue
+                if d == "*" or d.startswith("*:"):
+                    if allow:
+                        w(f"{path}: {prefix}network.allowedDomains: {d!r} (any domain) is not "
+                          "imported: corral does not allow every name; list the domains")
+                    elif d == "*":
+                        net_out["allow_domains"] = []
+                        net_out["deny_all_domains"] = True
+                    else:
+                        w(f"{path}: {prefix}network.deniedDomains: {d!r} (every domain on one "
+                          "port) cannot be expressed; not imported")
+                    continue
+                if not DOMAIN_RE.match(d):
+                    w(f"{path}: {prefix}network.{k}: {d!r} is not a domain pattern corral "
+                      "understands, skipped")
+                    continue
+                net_out["allow_domains" if allow else "deny_domains"].append(d)
+        elif k in SRT_NET_IGNORED:
+            w(f"{path}: {prefix}network.{k}: {SRT_NET_IGNORED[k]}")
+        else:
+            w(f"{path}: {prefix}network.{k}: unknown option, not imported")
+
+    if claude:
+        # Claude Code's defaults: write the working directory and temp.
+        fs_out["allow_write"] = [".", os.environ.get("TMPDIR", "/tmp")] + \
+            [p for p in fs_out["allow_write"] if p not in (".",)]
+        perms = data.get("permissions") or {}
+        if isinstance(perms, dict):
+            other = 0
+            for verdict in ("allow", "deny", "ask"):
+                for rule in perms.get(verdict) or []:
+                    m = re.match(r"^(Edit|Read|WebFetch)\((.*)\)$", str(rule))
+                    if not m or verdict == "ask":
+                        other += 1
+                        continue
+                    tool, arg = m.groups()
+                    if tool == "WebFetch":
+                        if arg.startswith("domain:"):
+                            net_out["allow_domains" if verdict == "allow" else "deny_domains"] \
+                                .append(arg[7:])
+                        else:
+                            other += 1
+                        continue
+                    key = {("Edit", "allow"): "allowWrite", ("Edit", "deny"): "denyWrite",
+                           ("Read", "deny"): "denyRead"}.get((tool, verdict))
+                    if key is None:
+                        other += 1
+                        continue
+                    cp = conv_path(arg, key)
+                    for e in expand(cp, key) if cp else []:
+                        lst = fs_out[SRT_FS_MAP[key]]
+                        if e not in lst:
+                            lst.append(e)
+            if other:
+                w(f"{path}: permissions: {other} rule(s) govern Claude Code's own tools, not the "
+                  "sandbox; not imported")
+        if not net_in.get("allowedDomains"):
+            w(f"{path}: sandbox.network.allowedDomains is empty: Claude Code would ask before new "
+              "domains; corral cannot ask, so they are denied")
+    # allowRead wins over an equally specific denyRead.
+    fs_out["deny_read"] = [p for p in fs_out["deny_read"] if p not in fs_out["allow_read"]]
+    if net_out.pop("deny_all_domains", False):
+        if net_out["allow_domains"]:
+            w(f"{path}: deniedDomains '*' denies every domain: allowedDomains "
+              f"{net_out['allow_domains']} dropped")
+        net_out["allow_domains"] = []
+    # Dropping deny_domains entries already covered is not needed: deny wins in corral.
+    out = {"filesystem": {k: v for k, v in fs_out.items()},
+           "network": {k: v for k, v in net_out.items()}}
+    ap = os.path.abspath(path)
+    if ap not in _loaded_files:
+        _loaded_files.append(ap)
+    # Check the result the way the daemon will.
+    for k in ("allow", "deny"):
+        for r in out["network"][k]:
+            pol.parse_net_rule(r)
+    return out, warnings

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""bench_net: cost of corral's network enforcement on a TCP connect loop.
+
+A small C program (bench/c/connect_loop.c, compiled here with gcc -O2) does
+N x (socket, SO_LINGER 0, connect, close) to a loopback listener that runs
+outside any session; only the loop is timed, inside the program, so process
+start-up and `corral run` itself are not in the number.
+
+Conditions, interleaved round-robin (R rounds), median of each:
+  bare              outside corral (no BPF program runs: they hang off corral's cgroup)
+  session/no-net    in a session with no network section (programs run, look the
+                    session up, enforce nothing)
+  session/K rules   in a session whose allow list has K rules (1, 10, 1000), the
+                    listener's 127.0.0.1/32:PORT among them (BPF only: registered
+                    through the client library, no seccomp)
+  corral run/K      `corral run --policy ... -- connect_loop`: BPF + seccomp + caps
+                    (skipped with the error if `corral run` does not work here)
+
+Goal: corral run / bare <= 1.05, flat in rule count.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib as B  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def allow_rules(port: int, k: int) -> list[str]:
+    """k rules: the listener's address+port, then k-1 distinct /32s in 10/8 on 443."""
+    rules = [f"127.0.0.1/32:{port}"]
+    for i in range(k - 1):
+        rules.append(f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}/32:443")
+    return rules
+
+
+def policy_toml(rules: list[str]) -> str:
+    return "[network]\nallow = [\n" + "".join(f'  "{r}",\n' for r in rules) + "]\n"
+
+
+CHUNK = 1000
+
+
+def parse(out: str) -> dict:
+    line = [ln for ln in out.splitlines() if ln.startswith("ok=")]
+    if not line:
+        raise RuntimeError(f"connect_loop printed no result: {out!r}")
+    r = {}
+    for kv in line[-1].split():
+        k, _, v = kv.partition("=")
+        r[k] = [int(x) / CHUNK for x in v.split(",") if x] if k == "chunks" else int(v)
+    return r
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=20000, help="connects per run (default 20000)")
+    ap.add_argument("-r", "--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    ap.add_argument("--rules", default="1,10,1000", help="rule counts (default 1,10,1000)")
+    args = ap.parse_args()
+    ks = [int(x) for x in args.rules.split(",")]
+
+    prog = str(B.compile_c("connect_loop"))
+    port = free_port()
+    server = subprocess.Popen([prog, "serve", str(port)], stdout=subprocess.PIPE, text=True)
+    results = {"n": args.n, "rounds": args.rounds, "port": port, "conditions": {}, "errors": {}}
+    summary = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench-net-"))
+    try:
+        if server.stdout.readline().strip() != "ready":
+            raise RuntimeError("listener did not start")
+        with B.daemon("corral-bench-net") as d:
+            env = d.env
+            conds: dict[str, list[str]] = {"bare": [prog, "client", "127.0.0.1", str(port), str(args.n),
+                                                    str(CHUNK)]}
+            client_cmd = conds["bare"]
+            conds["session/no-net"] = B.in_session_argv({}, client_cmd)
+            for k in ks:
+                conds[f"session/{k} rules"] = B.in_session_argv(
+                    {"network": {"allow": allow_rules(port, k)}}, client_cmd)
+            for k in ks:
+                pf = tmp / f"net{k}.toml"
+                pf.write_text(policy_toml(allow_rules(port, k)))
+                conds[f"corral run/{k} rules"] = [B.CORRAL, "run", "--policy", str(pf), "--", *client_cmd]
+            conds["corral run/no-net"] = [B.CORRAL, "run", "--", *client_cmd]
+
+            # Probe each condition once (also a warm-up); drop the broken ones with their error.
+            for name in list(conds):
+                p = subprocess.run(conds[name], env=env, capture_output=True, text=True, timeout=300)
+                try:
+                    r = parse(p.stdout)
+                    if r["fail"]:
+                        raise RuntimeError(f"{r['fail']} of {args.n} connects failed "
+                                           f"(first errno {r['first_errno']}: {os.strerror(r['first_errno'])})")
+                except RuntimeError as e:
+                    why = f"exit {p.returncode}: {e}; stderr: {p.stderr.strip()[-400:]}"
+                    results["errors"][name] = why
+                    print(f"[bench_net] {name}: NOT MEASURED: {why}", file=sys.stderr)
+                    del conds[name]
+            times: dict[str, list[float]] = {n: [] for n in conds}
+            for rnd in range(args.rounds):
+                for name, argv in conds.items():
+                    p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+                    r = parse(p.stdout)
+                    if r["fail"]:
+                        raise RuntimeError(f"{name}: {r['fail']} connects failed in round {rnd}")
+                    times[name].extend(r["chunks"])
+    finally:
+        server.kill()
+        server.wait()
+
+    base = B.median(times["bare"])
+    base10 = pct(times["bare"], 0.1)
+    print(f"\nTCP connect+close to 127.0.0.1:{port}, N={args.n} per run, {args.rounds} interleaved "
+          f"rounds; samples = ns per connect over chunks of {CHUNK} connects")
+    print(f"{'condition':26} {'median ns':>10} {'ratio':>7} {'p10 ns':>8} {'ratio':>7} {'p90 ns':>8} {'samples':>7}")
+    for name, ts in times.items():
+        m, p10, p90 = B.median(ts), pct(ts, 0.1), pct(ts, 0.9)
+        ratio, ratio10 = m / base, p10 / base10
+        results["conditions"][name] = {"ns_per_connect_median": m, "ns_per_connect_p10": p10,
+                                       "ns_per_connect_p90": p90, "samples": len(ts),
+                                       "ratio_vs_bare_median": ratio, "ratio_vs_bare_p10": ratio10}
+        print(f"{name:26} {m:10.0f} {ratio:7.3f} {p10:8.0f} {ratio10:7.3f} {p90:8.0f} {len(ts):7}")
+        if name != "bare":
+            goal = "<= 1.05" if name.startswith("corral run") else ""
+            summary.append(B.row("net", f"connect {name} / bare", round(ratio, 3), "x", goal,
+                                 f"median {m / 1000:.1f} vs {base / 1000:.1f} us; "
+                                 f"p10 ratio {ratio10:.3f}"))
+    for name, why in results["errors"].items():
+        summary.append(B.row("net", f"connect {name} / bare", None, "x", "", f"NOT MEASURED: {why[:160]}"))
+    results["summary"] = summary
+    B.write_results(results)
+    return 1 if results["errors"] and len(results["errors"]) == len(ks) * 2 + 2 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""Shared plumbing for the benchmarks in bench/: a private corrald instance,
+result files, small timing helpers, and the C helpers compiled at bench time.
+
+Conventions every bench script follows (run_all.py relies on them):
+  * it runs standalone: `.venv/bin/python bench/bench_X.py`;
+  * it prints a human-readable report on stdout;
+  * if BENCH_JSON is set, it writes its results there as one JSON object with
+    a "summary" list of rows {"bench", "metric", "value", "unit", "goal", "note"}
+    (run_all.py prints those rows in its final table) plus anything else;
+  * if BENCH_DAEMON_ENV is set (a JSON object of CORRAL_* variables), it uses
+    that already running corrald instead of starting its own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+VENV_BIN = REPO / ".venv" / "bin"
+BIN = VENV_BIN if (VENV_BIN / "corrald").exists() else Path(sys.executable).parent
+CORRAL = str(BIN / "corral")
+CORRALD = str(BIN / "corrald")
+BUILD = BENCH / "results" / "build"
+C_DIR = BENCH / "c"
+
+
+# -- the daemon -------------------------------------------------------------------
+class Daemon:
+    """A private corrald instance (own cgroup, pins, socket, log), as tests/conftest.py."""
+
+    def __init__(self, name: str = "corral-bench", extra_args=("--no-dns",), env: dict | None = None):
+        self.owned = env is None
+        self.proc = None
+        if env is not None:                     # somebody else's running instance
+            self.env = dict(os.environ)
+            self.env.update(env)
+            self.instance = env["CORRAL_INSTANCE"]
+            self.tmp = Path(env["CORRAL_RUN_DIR"]).parent
+            self.socket = Path(env["CORRAL_RUN_DIR"]) / "corral.sock"
+            self.pid = int(env.get("CORRAL_BENCH_PID", "0")) or None
+            return
+        self.instance = f"{name}-{os.getpid()}"
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+        self.env = dict(os.environ)
+        self.env.update({
+            "CORRAL_INSTANCE": self.instance,
+            "CORRAL_RUN_DIR": str(self.tmp / "run"),
+            "CORRAL_LOG_DIR": str(self.tmp / "log"),
+            "PYTHONUNBUFFERED": "1",
+        })
+        self.socket = self.tmp / "run" / "corral.sock"
+        self.extra_args = list(extra_args)
+        self.stderr_path = self.tmp / "corrald.stderr"
+        self.pid = None
+        self.start_seconds = None
+
+    def corral_env(self) -> dict:
+        """The CORRAL_* variables a child needs to talk to this instance."""
+        out = {k: v for k, v in self.env.items() if k.startswith("CORRAL_")}
+        if self.pid:
+            out["CORRAL_BENCH_PID"] = str(self.pid)
+        return out
+
+    def start(self, timeout: float = 180.0) -> "Daemon":
+        if not self.owned:
+            return self
+        if os.geteuid() != 0:
+            raise RuntimeError("benchmarks need root: corrald loads BPF and manages cgroups")
+        t0 = time.monotonic()
+        err = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen([CORRALD, "-v", *self.extra_args], env=self.env,
+                                     stdout=err, stderr=err)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"corrald exited {self.proc.returncode}:\n{self.stderr_text()}")
+            if self.socket.exists() and b"listening on" in self.stderr_path.read_bytes():
+                self.start_seconds = time.monotonic() - t0
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"corrald did not become ready in {timeout:.0f}s:\n{self.stderr_text()}")
+
+    def stderr_text(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except (OSError, AttributeError):
+            return ""
+
+    def client(self):
+        from corral.client import Client
+        return Client(self.socket)
+
+    def corral(self, *args, **kw) -> subprocess.CompletedProcess:
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        kw.setdefault("timeout", 120)
+        return subprocess.run([CORRAL, *args], env=self.env, **kw)
+
+    def wait_no_sessions(self, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        n = -1
+        while time.monotonic() < deadline:
+            with self.client() as c:
+                n = len(c.call("list_sessions"))
+            if n == 0:
+                return 0
+            time.sleep(0.1)
+        return n
+
+    def stop(self) -> None:
+        """SIGTERM, then clean the instance's cgroup and pins (as conftest's cleanup)."""
+        if not self.owned:
+            return
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        from corral import cgroups
+        try:
+            root = cgroups.cgroup2_mount() / self.instance
+        except Exception:
+            root = None
+        if root is not None and root.is_dir():
+            for d in root.iterdir():
+                if d.is_dir():
+                    try:
+                        cgroups.kill(d)
+                        cgroups.remove(d)
+                    except Exception:
+                        pass
+            try:
+                root.rmdir()
+            except OSError:
+                pass
+        shutil.rmtree(f"/sys/fs/bpf/{self.instance}", ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def daemon(name: str = "corral-bench", fresh: bool = False) -> Daemon:
+    """The shared daemon run_all.py started (BENCH_DAEMON_ENV), or a new private one.
+    Use as a context manager; a shared daemon is left running."""
+    shared = os.environ.get("BENCH_DAEMON_ENV")
+    if shared and not fresh:
+        return Daemon(env=json.loads(shared))
+    return Daemon(name)
+
+
+# -- results ------------------------------------------------------------------------
+def row(bench: str, metric: str, value, unit: str = "", goal: str = "", note: str = "") -> dict:
+    return {"bench": bench, "metric": metric, "value": value, "unit": unit, "goal": goal, "note": note}
+
+
+def write_results(results: dict) -> None:
+    out = os.environ.get("BENCH_JSON")
+    if out:
+        Path(out).write_text(json.dumps(results, indent=2, default=str))
+
+
+# -- helpers -------------------------------------------------------------------------
+def compile_c(name: str) -> Path:
+    """Compile bench/c/<name>.c to bench/results/build/<name> with gcc -O2 (cached by mtime)."""
+    src = C_DIR / f"{name}.c"
+    out = BUILD / name
+    BUILD.mkdir(parents=True, exist_ok=True)
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        cc = shutil.which("gcc") or shutil.which("cc")
+        if cc is None:
+            raise RuntimeError("gcc not found (apt-get install gcc)")
+        subprocess.run([cc, "-O2", "-Wall", "-o", str(out), str(src)], check=True)
+    return out
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fmt_ratio(r: float) -> str:
+    return f"{r:.3f}x" if r == r else "n/a"
+
+
+def which_or_none(name: str) -> str | None:
+    return shutil.which(name)
+
+
+def hyperfine(commands: dict[str, list[str] | str], runs: int = 30, warmup: int = 3,
+              env: dict | None = None, cwd: str | None = None, shell_none: bool = True,
+              extra: list[str] | None = None) -> dict[str, dict]:
+    """Run hyperfine once over all commands; returns {name: {"mean","stddev","median","min",
+    "max"} in seconds}. Commands are argv lists (joined for hyperfine -N) or strings."""
+    import shlex
+    hf = shutil.which("hyperfine")
+    if hf is None:
+        raise RuntimeError("hyperfine not found (apt-get install hyperfine)")
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tf:
+        jpath = tf.name
+    argv = [hf, "--style", "basic", "--warmup", str(warmup), "--runs", str(runs),
+            "--export-json", jpath]
+    if shell_none:
+        argv.append("-N")
+    argv += extra or []
+    names = list(commands)
+    for n in names:
+        c = commands[n]
+        argv += ["-n", n, c if isinstance(c, str) else shlex.join(c)]
+    p = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"hyperfine failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    data = json.loads(Path(jpath).read_text())
+    os.unlink(jpath)
+    out = {}
+    for n, r in zip(names, data["results"]):
+        out[n] = {k: r[k] for k in ("mean", "stddev", "median", "min", "max")}
+        out[n]["runs"] = len(r.get("times", []))
+    return out
+
+
+def rss_kib(pid: int) -> dict:
+    out = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM", "Threads"):
+                out[k] = int(v.split()[0])
+    return out
+
+
+# -- a process in a session without `corral run` ----------------------------------
+# `python bench/benchlib.py in-session POLICY_JSON CMD...` registers a session
+# for itself over the client library (the daemon moves it into the session
+# cgroup: BPF network/file enforcement applies) and execs CMD. No seccomp,
+# no capability drop, no Landlock: it isolates the kernel-side cost from
+# what `corral run` adds in the exec path.
+def in_session_argv(policy: dict, cmd: list[str]) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "in-session", json.dumps(policy), *cmd]
+
+
+def _in_session_main(argv: list[str]) -> int:
+    sys.path.insert(0, str(REPO / "daemon"))
+    from corral.client import Client
+    policy = json.loads(argv[0])
+    with Client() as c:
+        c.call("register_session", policy=policy)
+    os.execvp(argv[1], argv[1:])
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 4 and sys.argv[1] == "in-session":
+        sys.exit(_in_session_main(sys.argv[2:]))
+    print("usage: benchlib.py in-session POLICY_JSON CMD...", file=sys.stderr)
+    sys.exit(2)

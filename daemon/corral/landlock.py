@@ -45,7 +45,10 @@ policy, in which case the policy is "read everything, write everything"):
 
 Also: every path where read is granted gets LANDLOCK_ACCESS_FS_EXECUTE;
 bind-mount aliases of denied paths (same device and subtree mounted elsewhere)
-are denied as well. Landlock does not mediate chmod/chown/utimes/xattr or
+are denied as well. Rules attach to inodes, so a regular file with more than
+one hard link that sits in a directory on a complement path gets no rule (a
+rule on it would open its other names too, possibly inside the denied tree):
+it is unreadable/unwritable in the session (fail closed). Landlock does not mediate chmod/chown/utimes/xattr or
 stat(); a hard link made *before* the session to a denied file from an allowed
 directory stays readable/writable through that link (Landlock is path based).
 ABI 6 scopes (signals, abstract unix sockets) are always requested; ABI 7
@@ -290,6 +293,7 @@ class _Walk:
     grants: list = field(default_factory=list)    # paths granted the whole class
     partial: list = field(default_factory=list)   # dirs on a complement path
     unreadable: list = field(default_factory=list)  # dirs we could not list
+    skipped_links: list = field(default_factory=list)  # multi-link files left without rule
 
 
 def _complement(decide, rule_paths: list[str]) -> _Walk:
@@ -313,9 +317,16 @@ def _complement(decide, rule_paths: list[str]) -> _Walk:
             for n in names:
                 c = _join(p, n)
                 try:
-                    if _stat.S_ISLNK(os.lstat(c).st_mode):
-                        continue         # symlinks: the target is checked at its real path
+                    st = os.lstat(c)
                 except OSError:
+                    continue
+                if _stat.S_ISLNK(st.st_mode):
+                    continue             # symlinks: the target is checked at its real path
+                if not _stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+                    # Landlock rules attach to the inode: a rule on this name
+                    # would also open every other hard link of it, possibly
+                    # one inside the denied tree. No rule: fail closed.
+                    w.skipped_links.append(c)
                     continue
                 rec(c)
         else:

@@ -102,8 +102,26 @@ def main() -> int:
             conds["corral run/no-net"] = [B.CORRAL, "run", "--", *client_cmd]
 
             # Probe each condition once (also a warm-up); drop the broken ones with their error.
+            # The probe runs with BPF run-time stats on: the kernel's own count of ns spent
+            # in corral_connect4 per call, free of scheduler noise.
+            progs = B.corral_progs(d.instance)
+            want = {k: v for k, v in progs.items() if k in ("corral_connect4", "corral_sock_create")}
+            bpf_ns: dict[str, dict] = {}
+            stats_cm = None
+            try:
+                stats_cm = B.BpfStats().__enter__()
+            except OSError as e:
+                results["errors"]["bpf run-time stats"] = str(e)
             for name in list(conds):
+                before = B.prog_stats(want) if stats_cm else {}
                 p = subprocess.run(conds[name], env=env, capture_output=True, text=True, timeout=300)
+                if stats_cm:
+                    after = B.prog_stats(want)
+                    bpf_ns[name] = {}
+                    for pn in after:
+                        dc = after[pn][0] - before.get(pn, (0, 0))[0]
+                        dt = after[pn][1] - before.get(pn, (0, 0))[1]
+                        bpf_ns[name][pn] = {"calls": dc, "ns_per_call": dt / dc if dc else None}
                 try:
                     r = parse(p.stdout)
                     if r["fail"]:
@@ -114,6 +132,9 @@ def main() -> int:
                     results["errors"][name] = why
                     print(f"[bench_net] {name}: NOT MEASURED: {why}", file=sys.stderr)
                     del conds[name]
+            if stats_cm:
+                stats_cm.__exit__(None, None, None)
+            results["bpf_run_time"] = bpf_ns
             times: dict[str, list[float]] = {n: [] for n in conds}
             for rnd in range(args.rounds):
                 for name, argv in conds.items():
@@ -143,6 +164,18 @@ def main() -> int:
             summary.append(B.row("net", f"connect {name} / bare", round(ratio, 3), "x", goal,
                                  f"median {m / 1000:.1f} vs {base / 1000:.1f} us; "
                                  f"p10 ratio {ratio10:.3f}"))
+    if bpf_ns:
+        print("\nKernel-measured BPF program time (BPF_ENABLE_STATS, one probe run each):")
+        print(f"{'condition':26} {'connect4 calls':>14} {'ns/call':>8} {'sock_create ns/call':>20}")
+        for name, st in bpf_ns.items():
+            c4 = st.get("corral_connect4", {})
+            sc = st.get("corral_sock_create", {})
+            ns4 = c4.get("ns_per_call")
+            nssc = sc.get("ns_per_call")
+            print(f"{name:26} {c4.get('calls', 0):14} {ns4 or 0:8.0f} {nssc or 0:20.0f}")
+            if name.startswith("session/") and ns4:
+                summary.append(B.row("net", f"BPF connect4 ns/call, {name}", round(ns4), "ns", "",
+                                     f"{ns4 / base * 100:.2f}% of a bare connect" if base else ""))
     for name, why in results["errors"].items():
         summary.append(B.row("net", f"connect {name} / bare", None, "x", "", f"NOT MEASURED: {why[:160]}"))
     results["summary"] = summary

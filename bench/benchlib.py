@@ -243,6 +243,49 @@ def rss_kib(pid: int) -> dict:
     return out
 
 
+# -- BPF program run-time statistics ------------------------------------------------
+class BpfStats:
+    """BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): the kernel counts run_cnt/run_time_ns of
+    every program while the returned fd is open (no global sysctl left behind)."""
+
+    def __enter__(self):
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        attr = (ctypes.c_uint8 * 128)()          # union bpf_attr; enable_stats.type = 0
+        fd = libc.syscall(321, 32, attr, 128)    # __NR_bpf (x86_64), BPF_ENABLE_STATS
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "BPF_ENABLE_STATS failed")
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+def corral_progs(instance: str) -> dict[str, int]:
+    """{program name: id} of the corral programs attached at the instance's root cgroup."""
+    from corral import cgroups
+    root = cgroups.cgroup2_mount() / instance
+    p = subprocess.run(["bpftool", "-j", "cgroup", "show", str(root)], capture_output=True, text=True)
+    try:
+        return {e["name"]: e["id"] for e in json.loads(p.stdout or "[]")}
+    except ValueError:
+        return {}
+
+
+def prog_stats(ids: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """{name: (run_cnt, run_time_ns)}"""
+    out = {}
+    for name, pid in ids.items():
+        p = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(pid)], capture_output=True, text=True)
+        try:
+            j = json.loads(p.stdout)
+        except ValueError:
+            continue
+        out[name] = (int(j.get("run_cnt", 0)), int(j.get("run_time_ns", 0)))
+    return out
+
+
 # -- a process in a session without `corral run` ----------------------------------
 # `python bench/benchlib.py in-session POLICY_JSON CMD...` registers a session
 # for itself over the client library (the daemon moves it into the session

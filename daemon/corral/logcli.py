@@ -1,23 +1,204 @@
-"""`corral log`: read the audit log as JSON lines or a table."""
+"""`corral log`: read, filter, follow and verify the audit log.
+
+    corral log [--session ID] [--since T] [--until T] [--kind K] [--verdict V] [--json] [-f]
+    corral log verify
+
+T is an ISO time (2026-11-29T18:00, local time unless it carries an offset),
+seconds since the epoch, or a relative time: 30s, 10m, 2h, 1d, 1w (ago).
+Readable by root and by members of the audit group (corral-audit), which does
+not give control of the daemon.
+"""
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
 
-from .config import LOG_DIR
-from .eventlog import read_records
+from . import config
+from .eventlog import scan_segment, segments, verify, read_records
+
+REL_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def add_arguments(p) -> None:
+    p.add_argument("action", nargs="?", choices=["show", "verify"], default="show",
+                   help="show (default) or verify the hash chain")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--session", help="only this session")
-    p.add_argument("--follow", "-f", action="store_true")
+    p.add_argument("--session", action="append", default=[], help="only this session (repeatable)")
+    p.add_argument("--since", metavar="TIME", help="ISO time, epoch seconds, or relative (10m, 2h, 1d)")
+    p.add_argument("--until", metavar="TIME")
+    p.add_argument("--kind", action="append", default=[],
+                   help="net, file, dns, rate, lost, session, policy, control, daemon, log (repeatable)")
+    p.add_argument("--verdict", action="append", default=[], choices=["allow", "deny", "info"])
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
+    p.add_argument("--dir", metavar="DIR", help=f"log directory (default {config.LOG_DIR})")
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    now = time.time() if now is None else now
+    s = text.strip()
+    m = REL_RE.match(s)
+    if m:
+        return now - float(m.group(1)) * UNITS[m.group(2)]
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    try:
+        t = dt.datetime.fromisoformat(s.replace("Z", "+00:00") if s.endswith("Z") else s)
+    except ValueError:
+        raise ValueError(f"bad time {text!r}: use ISO (2026-11-29T18:00), epoch seconds, "
+                         "or relative (30s, 10m, 2h, 1d)") from None
+    return t.timestamp()
+
+
+class Filter:
+    def __init__(self, args):
+        self.sessions = set(args.session or [])
+        self.kinds = set(args.kind or [])
+        self.verdicts = set(args.verdict or [])
+        self.since = parse_time(args.since) if args.since else None
+        self.until = parse_time(args.until) if args.until else None
+
+    def __call__(self, r: dict) -> bool:
+        if self.sessions and r.get("session") not in self.sessions:
+            return False
+        if self.kinds and r.get("kind") not in self.kinds:
+            return False
+        if self.verdicts and r.get("verdict") not in self.verdicts:
+            return False
+        t = r.get("time") or 0
+        if self.since is not None and t < self.since:
+            return False
+        if self.until is not None and t > self.until:
+            return False
+        return True
+
+
+def fmt_time(t) -> str:
+    try:
+        return dt.datetime.fromtimestamp(float(t)).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError):
+        return "?"
+
+
+HEADER = f"{'TIME':19} {'SEQ':>6} {'SESSION':8} {'KIND':7} {'OP':12} {'VERDICT':7} TARGET  [RULE]  WHO"
+
+
+def fmt_row(r: dict) -> str:
+    who = []
+    if r.get("pid"):
+        who.append(f"pid {r['pid']}")
+    if r.get("comm"):
+        who.append(str(r["comm"]))
+    if r.get("uid") is not None:
+        who.append(f"uid {r['uid']}")
+    target = str(r.get("target") or "")
+    if r.get("kind") == "rate" and r.get("count") is not None:
+        target = f"{r['count']} event(s) suppressed"
+    rule = r.get("rule") or ""
+    return (f"{fmt_time(r.get('time')):19} {r.get('seq', ''):>6} {str(r.get('session') or '-'):8} "
+            f"{str(r.get('kind') or '-'):7} {str(r.get('op') or '-'):12} "
+            f"{str(r.get('verdict') or '-'):7} {target}"
+            + (f"  [{rule}]" if rule else "") + (f"  {' '.join(who)}" if who else ""))
+
+
+def _emit(r: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(r, default=lambda b: b.hex() if isinstance(b, bytes) else str(b)), flush=True)
+    else:
+        print(fmt_row(r), flush=True)
+
+
+def _warn(msg: str) -> None:
+    print(f"corral: warning: {msg}", file=sys.stderr)
+
+
+def follow(directory: Path, flt, as_json: bool, after_seq: int = -1, poll: float = 0.3) -> int:
+    """Print records with seq > after_seq as they are appended (across rotation)."""
+    seg: Path | None = None
+    off = 0
+    segs = segments(directory)
+    if segs:
+        seg = segs[-1]
+    while True:
+        segs = segments(directory)
+        if seg is None and segs:
+            seg, off = segs[0], 0
+        if seg is not None:
+            try:
+                with open(seg, "rb") as fh:
+                    fh.seek(off)
+                    data = fh.read()
+            except FileNotFoundError:
+                data = b""
+            consumed = 0
+            for it in scan_segment(seg, data):
+                if it.record is not None:
+                    consumed = it.offset + it.length
+                    if it.record["seq"] > after_seq and flt(it.record):
+                        _emit(it.record, as_json)
+                elif it.problem == "torn":
+                    break           # write in progress: read it next time
+                else:
+                    _warn(f"{seg.name}: offset {off + it.offset}: undecodable bytes skipped")
+                    consumed = it.offset + it.length
+            off += consumed
+            newer = [s for s in segs if s.name > seg.name]
+            if newer and consumed == len(data):
+                seg, off = newer[0], 0
+                continue
+        time.sleep(poll)
 
 
 def main(args) -> int:
-    for rec in read_records(LOG_DIR):
-        if args.session and rec.get("session") != args.session:
-            continue
-        print(json.dumps(rec, default=str) if args.json else
-              f"{rec.get('time', 0):.3f} {rec.get('session') or '-':8} {rec.get('kind')} "
-              f"{rec.get('op')} {rec.get('verdict')} {rec.get('target')} ({rec.get('rule')})")
-    return 0
+    directory = Path(args.dir) if getattr(args, "dir", None) else config.LOG_DIR
+    if not directory.exists():
+        print(f"corral: no audit log at {directory}", file=sys.stderr)
+        return 1
+    try:
+        os.listdir(directory)
+    except PermissionError:
+        print(f"corral: cannot read the audit log in {directory}: permission denied "
+              f"(root and members of group {config.AUDIT_GROUP} may read it)", file=sys.stderr)
+        return 1
+    try:
+        if args.action == "verify":
+            res = verify(directory)
+            for w in res.warnings:
+                _warn(w)
+            if res.ok:
+                print(f"ok: {res.records} record(s) in {res.segments} segment(s), "
+                      f"seq {res.first_seq}..{res.last_seq}; hash chain intact")
+                return 0
+            e = res.error
+            print(f"BROKEN: segment {e['segment']} offset {e['offset']} seq {e['seq']}: {e['reason']} "
+                  f"({res.records} record(s) before it verified)")
+            return 1
+        try:
+            flt = Filter(args)
+        except ValueError as e:
+            print(f"corral: {e}", file=sys.stderr)
+            return 2
+        if not args.json and sys.stdout.isatty():
+            print(HEADER)
+        last = -1
+        for r in read_records(directory, warn=_warn, tail_ok=True):
+            last = max(last, r.get("seq", -1))
+            if flt(r):
+                _emit(r, args.json)
+        if args.follow:
+            try:
+                return follow(directory, flt, args.json, after_seq=last)
+            except KeyboardInterrupt:
+                return 0
+        return 0
+    except PermissionError as e:
+        print(f"corral: cannot read the audit log: {e} (root and members of group "
+              f"{config.AUDIT_GROUP} may read it)", file=sys.stderr)
+        return 1

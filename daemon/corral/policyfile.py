@@ -258,6 +258,10 @@ def parse_policy_text(text: str, path: str = "<policy>") -> dict:
         if m:
             msg = msg[:m.start()].strip()
             raise PolicyError(f"{path}:{m.group(1)}: TOML syntax error: {msg} (column {m.group(2)})") from None
+        if "(at end of document)" in msg:
+            msg = msg.replace("(at end of document)", "").strip()
+            raise PolicyError(f"{path}:{text.count(chr(10)) + 1}: TOML syntax error: {msg} "
+                              "(at end of file)") from None
         raise PolicyError(f"{path}: TOML syntax error: {msg}") from None
     return validate(data, _Src(path, text))
 

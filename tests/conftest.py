@@ -44,13 +44,14 @@ class Daemon:
 
     def start(self, timeout: float = 120.0):
         self.stderr = open(self.stderr_path, "ab")
+        offset = self.stderr.tell()
         self.proc = subprocess.Popen([str(BIN / "corrald"), "-v", *self.extra_args], env=self.env,
                                      stdout=self.stderr, stderr=self.stderr)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"corrald exited {self.proc.returncode}:\n{self.stderr_text()}")
-            if self.socket.exists() and b"listening on" in self.stderr_path.read_bytes():
+            if self.socket.exists() and b"listening on" in self.stderr_path.read_bytes()[offset:]:
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"corrald did not become ready:\n{self.stderr_text()}")

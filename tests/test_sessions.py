@@ -170,7 +170,8 @@ with Client(sock) as c:
         ("broader", "register_session", {"policy": {"network": {"allow": ["127.0.0.0/8"]}}}),
         ("other_info", "session_info", {"session": other}),
         ("other_end", "end_session", {"session": other}),
-        ("narrow", "update_policy", {"session": me["id"], "policy": {"network": {"allow": []}}}),
+        ("narrow", "update_policy", {"session": me["id"],
+                                     "policy": dict(me["policy"], network={"allow": []})}),
     ]:
         try:
             c.call(op, **args)

@@ -1,0 +1,81 @@
+"""A dead daemon leaves sessions confined; a restarted one re-adopts them."""
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import make_daemon
+
+LOOP = r"""
+import errno, socket, sys, time
+port = int(sys.argv[1])
+for i in range(600):
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", port)); print("connected", flush=True)
+    except OSError as e:
+        print(errno.errorcode[e.errno], flush=True)
+    s.close()
+    line = sys.stdin.readline()
+    if not line or line.strip() == "quit":
+        break
+"""
+
+
+def step(proc):
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    return proc.stdout.readline().strip()
+
+
+def test_sigkill_daemon_keeps_session_confined_and_restart_readopts():
+    d = make_daemon("corral-restart", extra_args=["--no-dns"])
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    port = srv.getsockname()[1]
+    proc = None
+    try:
+        d.start()
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "corral"), "run", "-v", "--no-net",
+                                 "--", sys.executable, "-c", LOOP, str(port)],
+                                env=d.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        sid = proc.stderr.readline().split("session ", 1)[1].split(":", 1)[0]
+        assert proc.stdout.readline().strip() == "EPERM"
+
+        d.stop(signal.SIGKILL)
+        time.sleep(0.3)
+        assert step(proc) == "EPERM", "session must stay confined while the daemon is dead"
+
+        d.start()
+        assert step(proc) == "EPERM", "and after a new daemon replaced the programs"
+        with d.client() as c:
+            sessions = {s["id"]: s for s in c.call("list_sessions")}
+        assert sid in sessions, "the restarted daemon must re-adopt the live session"
+        # Exactly one set of corral programs attached: the old ones were retired.
+        root = Path(json.loads(d.corral("doctor", "--json").stdout)["cgroup2"]) / d.instance
+        shown = subprocess.run(["bpftool", "-j", "cgroup", "show", str(root)],
+                               capture_output=True, text=True, check=True).stdout
+        names = [e["name"] for e in json.loads(shown)]
+        assert names.count("corral_connect4") == 1, names
+        # The re-adopted session is still managed: live policy reaches it.
+        with d.client() as c:
+            pol = sessions[sid]["policy"]
+            pol["network"]["allow"] = [f"127.0.0.1:{port}"]
+            c.call("update_policy", session=sid, policy=pol)
+        assert step(proc) == "connected"
+        proc.stdin.write("quit\n")
+        proc.stdin.flush()
+        assert proc.wait(10) == 0
+        d.wait_record(lambda r: r.get("session") == sid and r.get("op") == "end")
+    finally:
+        if proc and proc.poll() is None:
+            proc.kill()
+        srv.close()
+        d.cleanup()

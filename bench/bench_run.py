@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""bench_run: what `corral run` adds to starting a command.
+
+1. hyperfine (-N, --warmup, --runs 30, --export-json) over, in one run:
+     bare `true`; `corral run -- true` (default policy: the mandatory file
+     protections -> Landlock, seccomp, caps drop); `--no-net`; `--profile offline`;
+     `--profile agent` (needs the daemon's DNS resolver); and the Python floor:
+     `python -c pass`, `python -c "import corral.cli, corral.client, corral.confine"`.
+   Reports added milliseconds over bare `true` (goal < 15 ms).
+2. Break-down of `corral run` step by step, measured inside forked children that
+   do exactly what cmd_run does (policy from flags, Landlock decision, register_session
+   round trip, confine.apply, report_confinement round trip), median of K.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib as B  # noqa: E402
+
+PY = str(B.BIN / "python")
+
+
+def breakdown_child(argv: list[str], socket_path: str) -> dict:
+    """Runs in a forked child: cmd_run's steps, timed. Never returns to the caller's code."""
+    t = {}
+    t0 = time.perf_counter()
+    from corral import cli, client as cl
+    from corral import confine, landlock
+    t["import cli+confine (already imported: ~0)"] = time.perf_counter() - t0
+    args = cli.build_parser().parse_args(argv)
+    if args.cmd[:1] == ["--"]:
+        args.cmd = args.cmd[1:]
+    t1 = time.perf_counter()
+    policy = cli.policy_from_args(args)
+    t2 = time.perf_counter()
+    landlock.file_policy_decision(policy.get("filesystem"), args.allow_weaker)
+    t3 = time.perf_counter()
+    c = cl.Client(socket_path)
+    t4 = time.perf_counter()
+    session = c.call("register_session", policy=policy)
+    t5 = time.perf_counter()
+    c.close()
+    report = confine.apply(session["policy"].get("filesystem"), session["policy"]["syscalls"]["deny"],
+                           keep_caps=False, allow_weaker=False)
+    t6 = time.perf_counter()
+    with cl.Client(socket_path) as c2:
+        c2.call("report_confinement", session=session["id"], report=report)
+    t7 = time.perf_counter()
+    t.update({"policy_from_args": t2 - t1, "landlock decision": t3 - t2, "connect": t4 - t3,
+              "register_session round trip": t5 - t4, "confine.apply": t6 - t5,
+              "report_confinement round trip": t7 - t6, "total (in-process)": t7 - t1})
+    return t
+
+
+def run_breakdown(d: B.Daemon, argv: list[str], k: int) -> dict:
+    """Fork k children (each becomes a session and is confined), collect their timings."""
+    # Import in the parent so the children measure the steps, not the imports.
+    from corral import cli, client, confine, landlock  # noqa: F401
+    samples: list[dict] = []
+    err = None
+    for _ in range(k):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            os.dup2(w, 1)          # confine.apply closes every fd but 0, 1, 2
+            try:
+                res = breakdown_child(argv, str(d.socket))
+                os.write(1, json.dumps({"ok": res}).encode())
+            except BaseException as e:  # noqa: BLE001
+                os.write(1, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
+            os._exit(0)
+        os.close(w)
+        data = b""
+        while chunk := os.read(r, 65536):
+            data += chunk
+        os.close(r)
+        os.waitpid(pid, 0)
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            msg = {"error": f"child printed {data[:200]!r}"}
+        if "error" in msg:
+            err = msg["error"]
+            break
+        samples.append(msg["ok"])
+    if not samples:
+        return {"error": err}
+    return {k2: B.median([s[k2] for s in samples]) for k2 in samples[0]}
+
+
+def import_times(env) -> dict:
+    """Cumulative import time of each top-level module `corral run` loads (site included)."""
+    import subprocess
+    p = subprocess.run([PY, "-X", "importtime", "-c",
+                        "import corral.cli, corral.client, corral.confine, corral.landlock"],
+                       env=env, capture_output=True, text=True)
+    out = {}
+    for line in p.stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cum, name = line.split("|")
+        if not cum.strip().isdigit():
+            continue
+        if name.startswith(" ") and not name.startswith("   "):   # depth 0 ("| name")
+            n = name.strip()
+            if n in ("site", "certifi") or n.startswith("corral") or float(cum) > 5000:
+                out[n] = int(cum) / 1000
+        elif name.strip() == "certifi":
+            out["certifi (via a site .pth of this machine)"] = int(cum) / 1000
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("-k", type=int, default=20, help="break-down samples (default 20)")
+    args = ap.parse_args()
+    results: dict = {"errors": {}}
+    summary = []
+    true = "/bin/true" if os.path.exists("/bin/true") else "true"
+    with B.daemon("corral-bench-run") as d:
+        env = d.env
+        cmds = {
+            "bare true": [true],
+            "python -S -c pass": [PY, "-S", "-c", "pass"],
+            "python -c pass": [PY, "-c", "pass"],
+            "python import corral": [PY, "-c", "import corral.cli, corral.client, corral.confine"],
+            "corral run -- true": [B.CORRAL, "run", "--", true],
+            "corral run --no-net -- true": [B.CORRAL, "run", "--no-net", "--", true],
+            "corral run --profile offline -- true": [B.CORRAL, "run", "--profile", "offline", "--", true],
+            "corral run --profile agent -- true": [B.CORRAL, "run", "--profile", "agent", "--", true],
+        }
+        import subprocess
+        for name in list(cmds):
+            p = subprocess.run(cmds[name], env=env, capture_output=True, text=True, timeout=60)
+            if p.returncode != 0:
+                why = f"exit {p.returncode}: {p.stderr.strip()[-300:]}"
+                results["errors"][name] = why
+                print(f"[bench_run] {name}: NOT MEASURED: {why}", file=sys.stderr)
+                del cmds[name]
+        hf = B.hyperfine(cmds, runs=args.runs, warmup=args.warmup, env=env)
+        results["hyperfine"] = hf
+        base = hf["bare true"]["mean"]
+        print(f"\nhyperfine -N --warmup {args.warmup} --runs {args.runs} (mean ± stddev; added = mean - bare)")
+        print(f"{'command':40} {'mean ms':>9} {'± ms':>7} {'median':>8} {'added ms':>9}")
+        for name, r in hf.items():
+            added = (r["mean"] - base) * 1000
+            print(f"{name:40} {r['mean'] * 1000:9.2f} {r['stddev'] * 1000:7.2f} "
+                  f"{r['median'] * 1000:8.2f} {added:9.2f}")
+            if name.startswith("corral run"):
+                summary.append(B.row("run", f"{name}: added", round(added, 2), "ms", "< 15",
+                                     f"{r['mean'] * 1000:.1f} ms vs bare {base * 1000:.2f} ms"))
+            elif name != "bare true":
+                summary.append(B.row("run", f"{name}: added", round(added, 2), "ms", "",
+                                     "floor: Python start-up / imports"))
+        for name, why in results["errors"].items():
+            summary.append(B.row("run", f"{name}: added", None, "ms", "< 15", f"NOT MEASURED: {why[:160]}"))
+
+        results["breakdown"] = {}
+        for label, argv in (("corral run -- true", ["run", "--", true]),
+                            ("corral run --profile offline -- true", ["run", "--profile", "offline", "--", true])):
+            bd = run_breakdown(d, argv, args.k)
+            results["breakdown"][label] = bd
+            print(f"\nBreak-down of `{label}` in-process (median of {args.k} forked children, ms):")
+            if "error" in bd:
+                print(f"  failed: {bd['error']}")
+                continue
+            for step, v in bd.items():
+                print(f"  {step:42} {v * 1000:8.2f}")
+        if "python -c pass" in hf and "python import corral" in hf:
+            imp = (hf["python import corral"]["mean"] - hf["python -c pass"]["mean"]) * 1000
+            print(f"\n  Python start-up (python -c pass - bare): {(hf['python -c pass']['mean'] - base) * 1000:.2f} ms;"
+                  f" importing corral.cli/client/confine: {imp:.2f} ms")
+        imp = import_times(env)
+        results["import_times_ms"] = imp
+        print("\nTop-level import cost of the CLI (python -X importtime, cumulative ms, one run):")
+        for mod, ms in imp.items():
+            print(f"  {mod:42} {ms:8.2f}")
+        n = d.wait_no_sessions(timeout=30)
+        if n:
+            print(f"[bench_run] warning: {n} session(s) still live after the runs", file=sys.stderr)
+    results["summary"] = summary
+    B.write_results(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,7 +34,7 @@ struct dns_orig {            /* where a steered DNS socket really wanted to go *
     u32 family;
     u32 addr[4];
     u16 port;                /* network order */
-    u16 pad;
+    u16 via;                 /* network order: the resolver port it was sent to instead */
 };
 
 BPF_HASH(sessions, u64, struct session_cfg, 4096);
@@ -42,7 +42,10 @@ BPF_LPM_TRIE(allow4, struct lpm4_key, struct port_rules, 65536);
 BPF_LPM_TRIE(deny4, struct lpm4_key, struct port_rules, 65536);
 BPF_LPM_TRIE(allow6, struct lpm6_key, struct port_rules, 65536);
 BPF_LPM_TRIE(deny6, struct lpm6_key, struct port_rules, 65536);
-BPF_HASH(dns_socks, u64, struct dns_orig, 65536);
+/* Keyed by socket cookie. LRU: entries are never deleted when a socket closes,
+ * so the oldest steered sockets make room (a plain hash would fill up and
+ * silently stop un-steering replies after 64k lookups). */
+BPF_TABLE("lru_hash", u64, struct dns_orig, dns_socks, 65536);
 BPF_RINGBUF_OUTPUT(events, 64);
 BPF_PERCPU_ARRAY(lost, u64, 1);
 
@@ -163,13 +166,43 @@ static __always_inline u32 decide6(u64 cgid, const u32 *addr, u16 port, int *den
     return RULE_DEFAULT_DENY;
 }
 
+#define LOOPBACK4 0x7f000001
+
+static __always_inline int dns_steered(struct session_cfg *cfg, u16 port)
+{
+    return port == 53 && (cfg->flags & SESS_DNS_STEER) && cfg->dns_port;
+}
+
+/* Remember where the socket wanted to go, then send it to the session's
+ * resolver: 127.0.0.1:P for IPv4 (and IPv4-mapped), [::1]:P for IPv6. */
 static __always_inline int steer_dns4(struct bpf_sock_addr *ctx, struct session_cfg *cfg)
 {
-    struct dns_orig o = {.family = AF_INET, .port = (u16)ctx->user_port};
+    struct dns_orig o = {.family = AF_INET, .port = (u16)ctx->user_port,
+                         .via = bpf_htons((u16)cfg->dns_port)};
     o.addr[0] = ctx->user_ip4;
     u64 cookie = bpf_get_socket_cookie(ctx);
     dns_socks.update(&cookie, &o);
-    ctx->user_ip4 = bpf_htonl(0x7f000001);
+    ctx->user_ip4 = bpf_htonl(LOOPBACK4);
+    ctx->user_port = bpf_htons((u16)cfg->dns_port);
+    return 1;
+}
+
+static __always_inline int steer_dns6(struct bpf_sock_addr *ctx, struct session_cfg *cfg,
+                                      const u32 *a, int mapped)
+{
+    struct dns_orig o = {.family = AF_INET6, .port = (u16)ctx->user_port,
+                         .via = bpf_htons((u16)cfg->dns_port)};
+    o.addr[0] = a[0]; o.addr[1] = a[1]; o.addr[2] = a[2]; o.addr[3] = a[3];
+    u64 cookie = bpf_get_socket_cookie(ctx);
+    dns_socks.update(&cookie, &o);
+    if (mapped) {            /* stay IPv4 inside a dual-stack socket: ::ffff:127.0.0.1 */
+        ctx->user_ip6[0] = 0; ctx->user_ip6[1] = 0;
+        ctx->user_ip6[2] = bpf_htonl(0xffff);
+        ctx->user_ip6[3] = bpf_htonl(LOOPBACK4);
+    } else {
+        ctx->user_ip6[0] = 0; ctx->user_ip6[1] = 0; ctx->user_ip6[2] = 0;
+        ctx->user_ip6[3] = bpf_htonl(1);
+    }
     ctx->user_port = bpf_htons((u16)cfg->dns_port);
     return 1;
 }
@@ -182,7 +215,7 @@ static __always_inline int check4(struct bpf_sock_addr *ctx, u8 op)
         return 1;
     u32 addr = ctx->user_ip4;
     u16 port = bpf_ntohs((u16)ctx->user_port);
-    if (port == 53 && (cfg->flags & SESS_DNS_STEER) && cfg->dns_port)
+    if (dns_steered(cfg, port))
         return steer_dns4(ctx, cfg);
     if (addr == 0)
         addr = bpf_htonl(0x7f000001);
@@ -209,15 +242,8 @@ static __always_inline int check6(struct bpf_sock_addr *ctx, u8 op)
     if (a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff)) {
         /* ::ffff:a.b.c.d is the IPv4 host; judge it so. */
         u32 v4 = a[3];
-        if (port == 53 && (cfg->flags & SESS_DNS_STEER) && cfg->dns_port) {
-            struct dns_orig o = {.family = AF_INET6, .port = (u16)ctx->user_port};
-            o.addr[0] = a[0]; o.addr[1] = a[1]; o.addr[2] = a[2]; o.addr[3] = a[3];
-            u64 cookie = bpf_get_socket_cookie(ctx);
-            dns_socks.update(&cookie, &o);
-            ctx->user_ip6[3] = bpf_htonl(0x7f000001);
-            ctx->user_port = bpf_htons((u16)cfg->dns_port);
-            return 1;
-        }
+        if (dns_steered(cfg, port))
+            return steer_dns6(ctx, cfg, a, 1);
         if (v4 == 0)
             v4 = bpf_htonl(0x7f000001);
         rule = decide4(cgid, v4, port, &deny);
@@ -226,16 +252,8 @@ static __always_inline int check6(struct bpf_sock_addr *ctx, u8 op)
         emit(cgid, cfg, op, AF_INET, &v4, port, rule);
         return 0;
     }
-    if (port == 53 && (cfg->flags & SESS_DNS_STEER) && cfg->dns_port) {
-        struct dns_orig o = {.family = AF_INET6, .port = (u16)ctx->user_port};
-        o.addr[0] = a[0]; o.addr[1] = a[1]; o.addr[2] = a[2]; o.addr[3] = a[3];
-        u64 cookie = bpf_get_socket_cookie(ctx);
-        dns_socks.update(&cookie, &o);
-        ctx->user_ip6[0] = 0; ctx->user_ip6[1] = 0; ctx->user_ip6[2] = 0;
-        ctx->user_ip6[3] = bpf_htonl(1);
-        ctx->user_port = bpf_htons((u16)cfg->dns_port);
-        return 1;
-    }
+    if (dns_steered(cfg, port))
+        return steer_dns6(ctx, cfg, a, 0);
     if ((a[0] | a[1] | a[2] | a[3]) == 0)
         a[3] = bpf_htonl(1);   /* :: connects to ::1 */
     rule = decide6(cgid, a, port, &deny);
@@ -251,17 +269,19 @@ int corral_connect6(struct bpf_sock_addr *ctx) { return check6(ctx, OP_CONNECT6)
 int corral_sendmsg6(struct bpf_sock_addr *ctx) { return check6(ctx, OP_SENDMSG6); }
 
 /* Replies from the session resolver must look as if they came from the server
- * the client asked (glibc drops answers from another source). */
+ * the client asked (glibc drops answers from another source). Only what really
+ * comes from the resolver address the socket was steered to is rewritten: a
+ * datagram from anywhere else keeps its true source. */
 static __always_inline int unsteer4(struct bpf_sock_addr *ctx)
 {
     u64 cookie = bpf_get_socket_cookie(ctx);
     struct dns_orig *o = dns_socks.lookup(&cookie);
-    if (!o)
+    if (!o || o->family != AF_INET)
         return 1;
-    if (o->family == AF_INET) {
-        ctx->user_ip4 = o->addr[0];
-        ctx->user_port = o->port;
-    }
+    if (ctx->user_ip4 != bpf_htonl(LOOPBACK4) || (u16)ctx->user_port != o->via)
+        return 1;
+    ctx->user_ip4 = o->addr[0];
+    ctx->user_port = o->port;
     return 1;
 }
 
@@ -269,13 +289,18 @@ static __always_inline int unsteer6(struct bpf_sock_addr *ctx)
 {
     u64 cookie = bpf_get_socket_cookie(ctx);
     struct dns_orig *o = dns_socks.lookup(&cookie);
-    if (!o)
+    if (!o || o->family != AF_INET6)
         return 1;
-    if (o->family == AF_INET6) {
-        ctx->user_ip6[0] = o->addr[0]; ctx->user_ip6[1] = o->addr[1];
-        ctx->user_ip6[2] = o->addr[2]; ctx->user_ip6[3] = o->addr[3];
-        ctx->user_port = o->port;
-    }
+    if ((u16)ctx->user_port != o->via)
+        return 1;
+    u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
+    int lo6 = (a0 | a1 | a2) == 0 && a3 == bpf_htonl(1);
+    int lo4 = (a0 | a1) == 0 && a2 == bpf_htonl(0xffff) && a3 == bpf_htonl(LOOPBACK4);
+    if (!lo6 && !lo4)
+        return 1;
+    ctx->user_ip6[0] = o->addr[0]; ctx->user_ip6[1] = o->addr[1];
+    ctx->user_ip6[2] = o->addr[2]; ctx->user_ip6[3] = o->addr[3];
+    ctx->user_port = o->port;
     return 1;
 }
 

@@ -207,6 +207,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="corrald", description="corral sandbox daemon")
     ap.add_argument("--verbose", "-v", action="store_true")
     ap.add_argument("--no-dns", action="store_true", help="do not start the per-session DNS resolver")
+    ap.add_argument("--dns-upstream", metavar="HOST[:PORT]",
+                    help="where allowed DNS queries go (default: first nameserver in /etc/resolv.conf)")
+    ap.add_argument("--dns-min-ttl", type=float, default=30, metavar="SECONDS",
+                    help="an address learned from DNS stays allowed at least this long (default 30)")
+    ap.add_argument("--dns-max-ttl", type=float, default=86400, metavar="SECONDS",
+                    help="... and at most this long; answers' TTLs are capped to it (default 86400)")
     ap.add_argument("--end-sessions-on-exit", action="store_true",
                     help="kill sessions on SIGTERM (default: leave them confined for the next daemon)")
     args = ap.parse_args(argv)

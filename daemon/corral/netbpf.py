@@ -62,8 +62,8 @@ def _pinned_source(src: str) -> str:
     subs = {
         "BPF_HASH(sessions, u64, struct session_cfg, 4096);":
             f'BPF_TABLE_PINNED("hash", u64, struct session_cfg, sessions, 4096, "{PIN_DIR}/sessions");',
-        "BPF_HASH(dns_socks, u64, struct dns_orig, 65536);":
-            f'BPF_TABLE_PINNED("hash", u64, struct dns_orig, dns_socks, 65536, "{PIN_DIR}/dns_socks");',
+        'BPF_TABLE("lru_hash", u64, struct dns_orig, dns_socks, 65536);':
+            f'BPF_TABLE_PINNED("lru_hash", u64, struct dns_orig, dns_socks, 65536, "{PIN_DIR}/dns_socks");',
     }
     for name, key in (("allow4", "lpm4_key"), ("deny4", "lpm4_key"),
                       ("allow6", "lpm6_key"), ("deny6", "lpm6_key")):

@@ -138,10 +138,9 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root") -> dict:
             lo, hi = parse_ports(str(p), "network.allow_localhost_ports")
             ports.append(f"{lo}" if lo == hi else f"{lo}-{hi}")
         n["allow_localhost_ports"] = ports
+        from .dns.names import normalize_rules   # late: dns.names imports this module
         for key in ("allow_domains", "deny_domains"):
-            for d in n[key]:
-                if not isinstance(d, str) or not d.strip():
-                    raise PolicyError(f"network.{key}: {d!r} is not a domain name")
+            n[key] = normalize_rules(n[key], key)
         out["network"] = n
     fs = policy.get("filesystem")
     if fs is not None:

@@ -114,10 +114,6 @@ class SessionTable:
     def _install(self, s: Session) -> None:
         allow, deny = pol.net_rules(s.policy)
         s.rules = [f"allow {r}" for r in allow] + [f"deny {r}" for r in deny]
-        if s.policy.get("network") is not None:
-            learned = [pol.parse_net_rule(r) for r, _ in s.dns_rules]
-            s.rules[len(allow):len(allow)] = [f"allow {r} (from DNS)" for r in learned]
-            allow = allow + learned
         net = s.policy.get("network")
         flags = 0
         enforcement = {}
@@ -135,6 +131,14 @@ class SessionTable:
         elif self.dns is not None and s.dns_port:
             self.dns.remove_session(s)
             s.dns_port = 0
+        if net is None or not (net.get("allow_domains") or net.get("deny_domains")):
+            s.dns_rules = []
+        # After the resolver has seen the policy: it drops what a removed domain
+        # had learned from s.dns_rules, so this install already revokes it.
+        if net is not None:
+            learned = [pol.parse_net_rule(r) for r, _ in s.dns_rules]
+            s.rules[len(allow):len(allow)] = [f"allow {r} (from DNS)" for r in learned]
+            allow = allow + learned
         fs = s.policy.get("filesystem")
         if self.filelsm is not None:
             if fs is not None:

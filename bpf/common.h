@@ -8,12 +8,60 @@
 
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
+/* ---- file policy (bpf/file_lsm.c, daemon/corral/filelsm.py) ---- */
+/* event.op for EV_FILE */
+#define FOP_OPEN_READ     1
+#define FOP_OPEN_WRITE    2
+#define FOP_OPEN_RDWR     3
+#define FOP_CREATE        4   /* mknod / open(O_CREAT) of a new file */
+#define FOP_MKDIR         5
+#define FOP_SYMLINK       6
+#define FOP_UNLINK        7
+#define FOP_RMDIR         8
+#define FOP_LINK_SRC      9
+#define FOP_LINK_DST      10
+#define FOP_RENAME_SRC    11
+#define FOP_RENAME_DST    12
+#define FOP_TRUNCATE      13
+#define FOP_SETATTR       14  /* chmod / chown */
+#define FOP_UNIX_CONNECT  15
+
+/* event.rule values for file denials that are not a user rule */
+#define RULE_FILE_TOO_DEEP           2   /* path deeper than the walk bound: fail closed */
+#define RULE_FILE_HARDLINK           3   /* inode of a read-denied file reached by another name */
+#define RULE_FILE_RACE               4   /* per-CPU scratch reused under preemption: fail closed */
+#define RULE_FILE_PROTECTED_ANCESTOR 5   /* moving/deleting a directory that holds deny rules */
+
 #endif
 
 #ifndef AF_INET
 #define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
+/* ---- file policy (bpf/file_lsm.c, daemon/corral/filelsm.py) ---- */
+/* event.op for EV_FILE */
+#define FOP_OPEN_READ     1
+#define FOP_OPEN_WRITE    2
+#define FOP_OPEN_RDWR     3
+#define FOP_CREATE        4   /* mknod / open(O_CREAT) of a new file */
+#define FOP_MKDIR         5
+#define FOP_SYMLINK       6
+#define FOP_UNLINK        7
+#define FOP_RMDIR         8
+#define FOP_LINK_SRC      9
+#define FOP_LINK_DST      10
+#define FOP_RENAME_SRC    11
+#define FOP_RENAME_DST    12
+#define FOP_TRUNCATE      13
+#define FOP_SETATTR       14  /* chmod / chown */
+#define FOP_UNIX_CONNECT  15
+
+/* event.rule values for file denials that are not a user rule */
+#define RULE_FILE_TOO_DEEP           2   /* path deeper than the walk bound: fail closed */
+#define RULE_FILE_HARDLINK           3   /* inode of a read-denied file reached by another name */
+#define RULE_FILE_RACE               4   /* per-CPU scratch reused under preemption: fail closed */
+#define RULE_FILE_PROTECTED_ANCESTOR 5   /* moving/deleting a directory that holds deny rules */
+
 #endif
 
 /* session_cfg.flags */
@@ -63,5 +111,29 @@ struct event {
     u8  addr[16];          /* network order */
     char path[256];        /* file events: resolved path (may be truncated) */
 };
+
+/* ---- file policy (bpf/file_lsm.c, daemon/corral/filelsm.py) ---- */
+/* event.op for EV_FILE */
+#define FOP_OPEN_READ     1
+#define FOP_OPEN_WRITE    2
+#define FOP_OPEN_RDWR     3
+#define FOP_CREATE        4   /* mknod / open(O_CREAT) of a new file */
+#define FOP_MKDIR         5
+#define FOP_SYMLINK       6
+#define FOP_UNLINK        7
+#define FOP_RMDIR         8
+#define FOP_LINK_SRC      9
+#define FOP_LINK_DST      10
+#define FOP_RENAME_SRC    11
+#define FOP_RENAME_DST    12
+#define FOP_TRUNCATE      13
+#define FOP_SETATTR       14  /* chmod / chown */
+#define FOP_UNIX_CONNECT  15
+
+/* event.rule values for file denials that are not a user rule */
+#define RULE_FILE_TOO_DEEP           2   /* path deeper than the walk bound: fail closed */
+#define RULE_FILE_HARDLINK           3   /* inode of a read-denied file reached by another name */
+#define RULE_FILE_RACE               4   /* per-CPU scratch reused under preemption: fail closed */
+#define RULE_FILE_PROTECTED_ANCESTOR 5   /* moving/deleting a directory that holds deny rules */
 
 #endif

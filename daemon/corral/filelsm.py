@@ -1,0 +1,612 @@
+"""Filesystem policy enforced by BPF LSM (user-space half of bpf/file_lsm.c).
+
+One global set of LSM programs, keyed by the session's cgroup id. Programs
+(links) and maps are pinned under /sys/fs/bpf/corral/file_lsm-<version>/ so
+enforcement survives a crash of this process; a restarted FileLsm finds the
+pins and reuses them without recompiling.
+
+Policy dict (canonical absolute paths):
+    deny_read   : read denied at and beneath these paths
+    allow_read  : exceptions inside deny_read (deepest rule wins)
+    allow_write : create/write/truncate/rename/delete/link/mkdir/chmod/chown allowed
+    deny_write  : exceptions inside allow_write; always win
+Reading is otherwise allowed, writing otherwise denied. Connecting to an
+AF_UNIX path socket needs read and write permission on the socket file.
+
+Rules are installed twice: by object, (cgid, dev, ino) for paths that exist
+now (follows renames, bind mounts and hard links), and by name, (cgid,
+H(path components)) for every rule path (covers paths created later and
+delete-and-recreate). H is keyed with a random per-instance seed that lives in
+the pinned config map.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import errno
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import stat
+import struct
+import subprocess
+from pathlib import Path
+
+from . import kheaders
+
+log = logging.getLogger("corral.filelsm")
+
+ROOT = Path(__file__).resolve().parent
+_BPF_CANDIDATES = [ROOT / "bpf", ROOT.parent.parent / "bpf"]
+BPFFS = Path(os.environ.get("CORRAL_BPFFS", "/sys/fs/bpf"))
+PIN_ROOT = BPFFS / "corral"
+STATE_DIR = Path(os.environ.get("CORRAL_RUN_DIR", "/run/corral")) / "filelsm"
+
+MAX_DEPTH = 64
+MAX_RULES = 65535
+HARDLINK_SCAN_LIMIT = 200_000
+
+HOOKS = ["file_open", "path_truncate", "path_chmod", "path_chown", "path_mknod",
+         "path_mkdir", "path_symlink", "path_unlink", "path_rmdir", "path_link",
+         "path_rename", "unix_stream_connect", "unix_may_send"]
+MAPS = ["fconf_map", "fsess", "irules", "prules", "file_events"]
+
+RB_DENY_READ = 1 << 0
+RB_ALLOW_READ = 1 << 1
+RB_ALLOW_WRITE = 1 << 2
+RB_DENY_WRITE = 1 << 3
+RB_DENY_INODE = 1 << 4
+RB_ANCESTOR = 1 << 5
+
+SESS_FILE_ENFORCE = 1 << 1
+RULE_USER = 16
+
+KINDS = [("deny_read", RB_DENY_READ, "rd"), ("allow_read", RB_ALLOW_READ, "rd"),
+         ("allow_write", RB_ALLOW_WRITE, "wr"), ("deny_write", RB_DENY_WRITE, "wr")]
+
+_M64 = (1 << 64) - 1
+
+EVENT_FMT = "<QQII16sBBHIIIQ16s256s"
+EVENT_SIZE = struct.calcsize(EVENT_FMT)
+FOP_NAMES = {1: "open_read", 2: "open_write", 3: "open_rdwr", 4: "create", 5: "mkdir",
+             6: "symlink", 7: "unlink", 8: "rmdir", 9: "link_src", 10: "link_dst",
+             11: "rename_src", 12: "rename_dst", 13: "truncate", 14: "setattr",
+             15: "unix_connect"}
+RULE_NAMES = {0: "default_deny", 1: "unspecified", 2: "too_deep", 3: "hardlink",
+              4: "race", 5: "protected_ancestor"}
+
+
+def decode_event(raw: bytes) -> dict:
+    """struct event (bpf/common.h) -> dict; used by tests and tools."""
+    (ts, cgid, pid, uid, comm, kind, op, port, family, rule, verdict, count, addr,
+     path) = struct.unpack_from(EVENT_FMT, raw)
+    return {"ts_ns": ts, "cgid": cgid, "pid": pid, "uid": uid,
+            "comm": comm.split(b"\0", 1)[0].decode(errors="replace"), "kind": kind,
+            "op": FOP_NAMES.get(op, op), "rule": rule, "verdict": verdict, "count": count,
+            "path": path.split(b"\0", 1)[0].decode(errors="replace")}
+
+
+# ---------------------------------------------------------------- hashing
+def _mix(h: int, v: int) -> int:
+    h ^= v
+    h = (h * 0xFF51AFD7ED558CCD) & _M64
+    h ^= h >> 32
+    return h
+
+
+def name_hash(seed: int, name: bytes) -> int:
+    n = min(len(name), 255)
+    h = _mix(seed, (n * 0x9E3779B97F4A7C15) & _M64)
+    for off in range(0, n, 8):
+        h = _mix(h, int.from_bytes(name[off:off + 8].ljust(8, b"\0"), "little"))
+    return h
+
+
+def path_hash(seed: int, comps: list[bytes]) -> int:
+    h = seed
+    for c in comps:
+        h = _mix((h * 0xC4CEB9FE1A85EC53) & _M64, name_hash(seed, c))
+    return h
+
+
+def _comps(path: str) -> list[bytes]:
+    return [os.fsencode(c) for c in path.split("/") if c]
+
+
+def _kdev(st_dev: int) -> int:
+    return ((os.major(st_dev) << 20) | os.minor(st_dev)) & 0xFFFFFFFF
+
+
+# ---------------------------------------------------------------- libbpf
+class BpfError(OSError):
+    pass
+
+
+_libbpf = None
+
+
+def _lib():
+    global _libbpf
+    if _libbpf is None:
+        lib = ct.CDLL("libbpf.so.1", use_errno=True)
+        for fn, args in [("bpf_obj_get", [ct.c_char_p]),
+                         ("bpf_obj_pin", [ct.c_int, ct.c_char_p]),
+                         ("bpf_map_update_elem", [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64]),
+                         ("bpf_map_lookup_elem", [ct.c_int, ct.c_void_p, ct.c_void_p]),
+                         ("bpf_map_delete_elem", [ct.c_int, ct.c_void_p]),
+                         ("bpf_map_get_next_key", [ct.c_int, ct.c_void_p, ct.c_void_p]),
+                         ("libbpf_find_vmlinux_btf_id", [ct.c_char_p, ct.c_int])]:
+            f = getattr(lib, fn)
+            f.argtypes = args
+            f.restype = ct.c_int
+        _libbpf = lib
+    return _libbpf
+
+
+def _chk(rc: int, what: str) -> int:
+    if rc < 0:
+        e = ct.get_errno() or -rc
+        raise BpfError(e, f"{what}: {os.strerror(e)}")
+    return rc
+
+
+class _Map:
+    def __init__(self, fd: int, ksize: int, vsize: int):
+        self.fd, self.ksize, self.vsize = fd, ksize, vsize
+
+    def update(self, k: bytes, v: bytes) -> None:
+        _chk(_lib().bpf_map_update_elem(self.fd, k, v, 0), "map update")
+
+    def lookup(self, k: bytes) -> bytes | None:
+        buf = ct.create_string_buffer(self.vsize)
+        if _lib().bpf_map_lookup_elem(self.fd, k, buf) < 0:
+            return None
+        return buf.raw
+
+    def delete(self, k: bytes) -> None:
+        if _lib().bpf_map_delete_elem(self.fd, k) < 0:
+            e = ct.get_errno()
+            if e != errno.ENOENT:
+                raise BpfError(e, f"map delete: {os.strerror(e)}")
+
+    def keys(self):
+        cur = None
+        nxt = ct.create_string_buffer(self.ksize)
+        while _lib().bpf_map_get_next_key(self.fd, cur, nxt) == 0:
+            k = nxt.raw
+            yield k
+            cur = ct.create_string_buffer(k, self.ksize)
+
+
+# ---------------------------------------------------------------- probe
+_SYS_bpf = 321
+BPF_PROG_LOAD = 5
+BPF_RAW_TRACEPOINT_OPEN = 17
+BPF_PROG_TYPE_LSM = 29
+BPF_LSM_MAC = 27
+
+
+def probe() -> tuple[bool, str]:
+    """Can BPF LSM programs load and attach here? Loads `return 0` on file_open."""
+    try:
+        lsms = Path("/sys/kernel/security/lsm").read_text().strip()
+    except OSError:
+        lsms = None
+    try:
+        lib = _lib()
+    except OSError as e:
+        return False, f"libbpf.so.1 not available: {e}"
+    btf_id = lib.libbpf_find_vmlinux_btf_id(b"file_open", BPF_LSM_MAC)
+    if btf_id < 0:
+        return False, "kernel has no bpf_lsm_file_open in BTF (CONFIG_BPF_LSM off or no BTF)"
+    libc = ct.CDLL(None, use_errno=True)
+    libc.syscall.restype = ct.c_long
+    insns = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
+    ibuf = ct.create_string_buffer(insns)
+    lic = ct.create_string_buffer(b"GPL")
+    logbuf = ct.create_string_buffer(4096)
+    attr = bytearray(144)
+    struct.pack_into("<IIQQIIQ", attr, 0, BPF_PROG_TYPE_LSM, 2, ct.addressof(ibuf),
+                     ct.addressof(lic), 1, len(logbuf), ct.addressof(logbuf))
+    struct.pack_into("<16s", attr, 48, b"corral_probe")
+    struct.pack_into("<I", attr, 68, BPF_LSM_MAC)
+    struct.pack_into("<I", attr, 108, btf_id)
+    abuf = ct.create_string_buffer(bytes(attr), len(attr))
+    fd = libc.syscall(_SYS_bpf, BPF_PROG_LOAD, abuf, len(attr))
+    if fd < 0:
+        e = ct.get_errno()
+        hint = ""
+        if lsms is not None and "bpf" not in lsms.split(","):
+            hint = f" (lsm= does not include bpf; active: {lsms})"
+        elif e == errno.EPERM:
+            hint = " (lsm= does not include bpf?)"
+        return False, f"kernel refused BPF LSM program: {errno.errorcode.get(e, e)}{hint}"
+    try:
+        tattr = ct.create_string_buffer(struct.pack("<QI", 0, fd) + bytes(116), 128)
+        lfd = libc.syscall(_SYS_bpf, BPF_RAW_TRACEPOINT_OPEN, tattr, 128)
+        if lfd < 0:
+            e = ct.get_errno()
+            return False, f"kernel refused to attach BPF LSM program: {errno.errorcode.get(e, e)}"
+        os.close(lfd)
+    finally:
+        os.close(fd)
+    return True, "BPF LSM available" + (f" (lsm={lsms})" if lsms else "")
+
+
+# ---------------------------------------------------------------- policy compiler
+class Compiled:
+    """Map entries for one session: {ikey bytes: val bytes}, {pkey bytes: val bytes}."""
+
+    def __init__(self):
+        self.irules: dict[tuple[int, int], list] = {}
+        self.prules: dict[int, list] = {}
+        self.rules: list[tuple[str, str]] = []
+        self.max_pdepth = 0
+
+
+def _merge(table: dict, key, bit: int, slot: str, idx: int) -> None:
+    ent = table.setdefault(key, [0, 0, 0])   # bits, rd_rule, wr_rule
+    deny = bit in (RB_DENY_READ, RB_DENY_WRITE, RB_DENY_INODE)
+    if slot == "rd" and (deny or not ent[0] & (RB_DENY_READ | RB_ALLOW_READ | RB_DENY_INODE)):
+        ent[1] = idx
+    if slot == "wr" and (deny or not ent[0] & (RB_ALLOW_WRITE | RB_DENY_WRITE)):
+        ent[2] = idx
+    ent[0] |= bit
+
+
+def _norm(p: str) -> str:
+    if not isinstance(p, str) or not p.startswith("/"):
+        raise ValueError(f"file policy paths must be absolute: {p!r}")
+    return os.path.normpath(p).replace("//", "/")
+
+
+def _under(path: str, roots: list[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def compile_policy(seed: int, pol: dict) -> Compiled:
+    c = Compiled()
+    unknown = set(pol) - {k for k, _, _ in KINDS}
+    if unknown:
+        log.warning("file policy: ignoring unknown keys %s", sorted(unknown))
+    allow_read = [_norm(p) for p in pol.get("allow_read", []) or []]
+    allow_read += [os.path.realpath(p) for p in allow_read]
+    for kind, bit, slot in KINDS:
+        for raw in pol.get(kind, []) or []:
+            p = _norm(raw)
+            idx = len(c.rules)
+            if idx >= MAX_RULES:
+                raise ValueError(f"file policy: more than {MAX_RULES} rules")
+            c.rules.append((kind, p))
+            names = {p, os.path.realpath(p)}
+            for q in names:
+                comps = _comps(q)
+                if comps:
+                    _merge(c.prules, path_hash(seed, comps), bit, slot, idx)
+                    c.max_pdepth = max(c.max_pdepth, len(comps))
+                if bit in (RB_DENY_READ, RB_DENY_WRITE):
+                    for j in range(1, len(comps)):
+                        _merge(c.prules, path_hash(seed, comps[:j]), RB_ANCESTOR, "-", idx)
+                        anc = "/" + "/".join(os.fsdecode(x) for x in comps[:j])
+                        try:
+                            st = os.stat(anc)
+                            _merge(c.irules, (_kdev(st.st_dev), st.st_ino), RB_ANCESTOR, "-", idx)
+                        except OSError:
+                            pass
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            _merge(c.irules, (_kdev(st.st_dev), st.st_ino), bit, slot, idx)
+            if bit == RB_DENY_READ and stat.S_ISDIR(st.st_mode):
+                _scan_hardlinks(c, p, allow_read, idx)
+    return c
+
+
+def _scan_hardlinks(c: Compiled, root: str, allow_read: list[str], idx: int) -> None:
+    """Files under a deny_read tree that have other names (nlink > 1) are denied
+    by inode, so a hard link that predates the session can't leak them."""
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda e: None):
+        dirnames[:] = [d for d in dirnames if not _under(os.path.join(dirpath, d), allow_read)]
+        for fn in filenames:
+            seen += 1
+            full = os.path.join(dirpath, fn)
+            if _under(full, allow_read):
+                continue
+            try:
+                st = os.lstat(full)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                _merge(c.irules, (_kdev(st.st_dev), st.st_ino), RB_DENY_INODE, "rd", idx)
+        if seen > HARDLINK_SCAN_LIMIT:
+            log.warning("file policy: hard-link scan of %s stopped after %d files", root, seen)
+            return
+
+
+# ---------------------------------------------------------------- cgroups
+def cgroup2_mount() -> Path | None:
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            parts = line.split()
+            sep = parts.index("-")
+            if parts[sep + 1] == "cgroup2":
+                return Path(parts[4])
+    return None
+
+
+def cgroup_level(cgid: int) -> int:
+    """Depth of the cgroup with this id below the cgroup2 root (root = 0)."""
+    root = cgroup2_mount()
+    if root is None:
+        raise RuntimeError("no cgroup2 mount")
+    if os.stat(root).st_ino == cgid:
+        return 0
+    for dirpath, dirnames, _ in os.walk(root):
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            try:
+                if os.stat(full).st_ino == cgid:
+                    rel = os.path.relpath(full, root)
+                    return len(rel.split("/"))
+            except OSError:
+                pass
+    raise LookupError(f"no cgroup with id {cgid} under {root}")
+
+
+# ---------------------------------------------------------------- loader
+def _bpf_dir() -> Path:
+    for d in _BPF_CANDIDATES:
+        if (d / "file_lsm.c").exists():
+            return d
+    raise FileNotFoundError("bpf/file_lsm.c not found")
+
+
+def _version(src: bytes, common: bytes) -> str:
+    h = hashlib.sha256(src + b"\0" + common + f"\0{MAX_DEPTH}".encode())
+    return h.hexdigest()[:12]
+
+
+def _ensure_bpffs() -> None:
+    try:
+        with open("/proc/self/mounts") as fh:
+            for line in fh:
+                f = line.split()
+                if f[1] == str(BPFFS) and f[2] == "bpf":
+                    return
+    except OSError:
+        pass
+    BPFFS.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(BPFFS)], check=True)
+
+
+class FileLsm:
+    def __init__(self, force_btf_headers: bool = False):
+        _ensure_bpffs()
+        bdir = _bpf_dir()
+        src = (bdir / "file_lsm.c").read_bytes()
+        common = (bdir / "common.h").read_bytes()
+        self.version = _version(src, common)
+        self.pin_dir = PIN_ROOT / f"file_lsm-{self.version}"
+        self.header_mode = None
+        self.reused = self._pins_complete(self.pin_dir)
+        if not self.reused:
+            self._load_and_pin(bdir, src, force_btf_headers)
+        self._open_pins()
+        self._events_mgr = None
+        self._events_cb = None
+        self._keys: dict[int, tuple[set, set]] = {}
+        self._rules: dict[int, list] = {}
+        self._migrate_old_versions()
+
+    # -- loading / pinning
+    @staticmethod
+    def _pins_complete(d: Path) -> bool:
+        return all((d / m).exists() for m in MAPS) and all((d / f"link_{h}").exists() for h in HOOKS)
+
+    def _load_and_pin(self, bdir: Path, src: bytes, force_btf: bool) -> None:
+        from bcc import BPF  # imported late: reuse of pins needs no compiler
+        mode, path = kheaders.select(force_btf=force_btf)
+        self.header_mode = mode
+        cflags = [f"-I{bdir}", f"-DMAX_DEPTH={MAX_DEPTH}", "-Wno-unused-function"]
+        if mode == "btf":
+            cflags.append("-DCORRAL_BTF_HEADERS")
+        log.info("compiling file_lsm.c (%s headers: %s)", mode, path)
+        b = BPF(text=src.decode(), cflags=cflags)
+        try:
+            PIN_ROOT.mkdir(parents=True, exist_ok=True)
+            tmp = PIN_ROOT / f".file_lsm-{self.version}.tmp{os.getpid()}"
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            for m in MAPS:
+                _chk(_lib().bpf_obj_pin(b[m].map_fd, str(tmp / m).encode()), f"pin {m}")
+            seed = int.from_bytes(os.urandom(8), "little")
+            cfd = b["fconf_map"].map_fd
+            _chk(_lib().bpf_map_update_elem(cfd, struct.pack("<I", 0), struct.pack("<QQ", seed, 0), 0),
+                 "init fconf")
+            for h in HOOKS:
+                fd = b.lsm_fds.get(f"lsm__{h}".encode())
+                if fd is None:
+                    raise RuntimeError(f"LSM hook {h} not attached")
+                _chk(_lib().bpf_obj_pin(fd, str(tmp / f"link_{h}").encode()), f"pin link {h}")
+            if self.pin_dir.exists():
+                shutil.rmtree(self.pin_dir, ignore_errors=True)
+            os.rename(tmp, self.pin_dir)
+        finally:
+            b.cleanup()   # closes our fds; the pins keep programs attached
+
+    def _open_pins(self) -> None:
+        def get(name):
+            return _chk(_lib().bpf_obj_get(str(self.pin_dir / name).encode()), f"open pin {name}")
+        self.fconf = _Map(get("fconf_map"), 4, 16)
+        self.fsess = _Map(get("fsess"), 8, 40)
+        self.irules = _Map(get("irules"), 24, 8)
+        self.prules = _Map(get("prules"), 16, 8)
+        self.events_fd = get("file_events")
+        raw = self.fconf.lookup(struct.pack("<I", 0))
+        self.seed, self.level_mask = struct.unpack("<QQ", raw)
+
+    def _migrate_old_versions(self) -> None:
+        """Pinned programs from an older file_lsm.c: re-add the sessions they
+        enforce (from the recorded policies), then detach them."""
+        if not PIN_ROOT.exists():
+            return
+        for d in PIN_ROOT.iterdir():
+            if not d.name.startswith("file_lsm-") or d == self.pin_dir:
+                continue
+            log.warning("replacing pinned file LSM %s with %s", d.name, self.pin_dir.name)
+            for cgid, pol in self._recorded_policies():
+                if self.fsess.lookup(struct.pack("<Q", cgid)) is None:
+                    try:
+                        self.add_session(cgid, pol)
+                    except (LookupError, OSError, ValueError) as e:
+                        log.warning("could not migrate session %d: %s", cgid, e)
+            shutil.rmtree(d, ignore_errors=True)
+
+    # -- state records (for migration between versions)
+    def _record(self, cgid: int, pol: dict | None) -> None:
+        try:
+            STATE_DIR.mkdir(parents=True, exist_ok=True)
+            f = STATE_DIR / f"{cgid}.json"
+            if pol is None:
+                f.unlink(missing_ok=True)
+            else:
+                tmp = f.with_suffix(".tmp")
+                tmp.write_text(json.dumps(pol))
+                os.replace(tmp, f)
+        except OSError as e:
+            log.warning("could not record file policy of %d: %s", cgid, e)
+
+    def _recorded_policies(self):
+        if not STATE_DIR.exists():
+            return
+        for f in STATE_DIR.glob("*.json"):
+            try:
+                yield int(f.stem), json.loads(f.read_text())
+            except (ValueError, OSError):
+                continue
+
+    # -- sessions
+    def _current_keys(self, cgid: int) -> tuple[set, set]:
+        if cgid not in self._keys:
+            ik = {k for k in self.irules.keys() if struct.unpack_from("<Q", k)[0] == cgid}
+            pk = {k for k in self.prules.keys() if struct.unpack_from("<Q", k)[0] == cgid}
+            self._keys[cgid] = (ik, pk)
+        return self._keys[cgid]
+
+    def _install(self, cgid: int, fs_policy: dict) -> Compiled:
+        comp = compile_policy(self.seed, fs_policy or {})
+        level = cgroup_level(cgid)
+        if level >= 16:
+            raise ValueError(f"cgroup {cgid} is nested too deep (level {level} >= 16)")
+        if not self.level_mask & (1 << level):
+            self.level_mask |= 1 << level
+            self.fconf.update(struct.pack("<I", 0), struct.pack("<QQ", self.seed, self.level_mask))
+        old_i, old_p = self._current_keys(cgid)
+        new_i, new_p = set(), set()
+        for (dev, ino), (bits, rd, wr) in comp.irules.items():
+            k = struct.pack("<QQQ", cgid, dev, ino)
+            self.irules.update(k, struct.pack("<IHH", bits, rd, wr))
+            new_i.add(k)
+        for h, (bits, rd, wr) in comp.prules.items():
+            k = struct.pack("<QQ", cgid, h)
+            self.prules.update(k, struct.pack("<IHH", bits, rd, wr))
+            new_p.add(k)
+        skey = struct.pack("<Q", cgid)
+        cur = self.fsess.lookup(skey)
+        if cur:
+            flags, dns, tok, last, supp, _, _ = struct.unpack("<IIQQQII", cur)
+        else:
+            flags, dns, tok, last, supp = 0, 0, 100, 0, 0
+        self.fsess.update(skey, struct.pack("<IIQQQII", flags | SESS_FILE_ENFORCE, dns, tok, last,
+                                            supp, comp.max_pdepth, 0))
+        for k in old_i - new_i:
+            self.irules.delete(k)
+        for k in old_p - new_p:
+            self.prules.delete(k)
+        self._keys[cgid] = (new_i, new_p)
+        self._rules[cgid] = comp.rules
+        self._record(cgid, fs_policy)
+        return comp
+
+    def add_session(self, cgid: int, fs_policy: dict) -> None:
+        self._install(cgid, fs_policy)
+
+    def update_session(self, cgid: int, fs_policy: dict) -> None:
+        self._install(cgid, fs_policy)
+
+    def remove_session(self, cgid: int) -> None:
+        self.fsess.delete(struct.pack("<Q", cgid))
+        ik, pk = self._current_keys(cgid)
+        for k in ik:
+            self.irules.delete(k)
+        for k in pk:
+            self.prules.delete(k)
+        self._keys.pop(cgid, None)
+        self._rules.pop(cgid, None)
+        self._record(cgid, None)
+
+    def rule_for(self, cgid: int, rule: int) -> tuple[str, str] | None:
+        """(kind, path) for an event's rule id, if it names a user rule."""
+        rules = self._rules.get(cgid)
+        if rules is None:
+            for c, pol in self._recorded_policies() or []:
+                if c == cgid:
+                    rules = compile_policy(self.seed, pol).rules
+        if rules and rule >= RULE_USER and rule - RULE_USER < len(rules):
+            return rules[rule - RULE_USER]
+        return None
+
+    # -- events
+    def open_events(self, callback) -> None:
+        from bcc.libbcc import lib as bcclib, _RINGBUF_CB_TYPE
+
+        def _cb(ctx, data, size):
+            try:
+                callback(ct.string_at(data, size))
+            except Exception:  # never let an exception unwind into C
+                log.exception("file event callback failed")
+            return 0
+
+        self._events_cb = _RINGBUF_CB_TYPE(_cb)
+        if self._events_mgr is None:
+            mgr = bcclib.bpf_new_ringbuf(self.events_fd, self._events_cb, None)
+            if not mgr:
+                raise BpfError(errno.EINVAL, "could not open file event ring buffer")
+            self._events_mgr = mgr
+        else:
+            bcclib.bpf_add_ringbuf(self._events_mgr, self.events_fd, self._events_cb, None)
+
+    def poll(self, timeout_ms: int) -> None:
+        if self._events_mgr is None:
+            return
+        from bcc.libbcc import lib as bcclib
+        bcclib.bpf_poll_ringbuf(self._events_mgr, timeout_ms)
+
+    def close(self) -> None:
+        """Close our fds; pinned programs keep enforcing."""
+        if self._events_mgr is not None:
+            from bcc.libbcc import lib as bcclib
+            bcclib.bpf_free_ringbuf(self._events_mgr)
+            self._events_mgr = None
+        for m in (self.fconf, self.fsess, self.irules, self.prules):
+            try:
+                os.close(m.fd)
+            except OSError:
+                pass
+        try:
+            os.close(self.events_fd)
+        except OSError:
+            pass
+
+
+def unpin_all() -> None:
+    """Detach every corral file LSM program (removes the pins)."""
+    if PIN_ROOT.exists():
+        for d in PIN_ROOT.iterdir():
+            if d.name.startswith("file_lsm-") or d.name.startswith(".file_lsm-"):
+                shutil.rmtree(d, ignore_errors=True)

@@ -289,18 +289,21 @@ static __always_inline int unsteer6(struct bpf_sock_addr *ctx)
 {
     u64 cookie = bpf_get_socket_cookie(ctx);
     struct dns_orig *o = dns_socks.lookup(&cookie);
-    if (!o || o->family != AF_INET6)
-        return 1;
-    if ((u16)ctx->user_port != o->via)
+    if (!o || (u16)ctx->user_port != o->via)
         return 1;
     u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
     int lo6 = (a0 | a1 | a2) == 0 && a3 == bpf_htonl(1);
     int lo4 = (a0 | a1) == 0 && a2 == bpf_htonl(0xffff) && a3 == bpf_htonl(LOOPBACK4);
-    if (!lo6 && !lo4)
-        return 1;
-    ctx->user_ip6[0] = o->addr[0]; ctx->user_ip6[1] = o->addr[1];
-    ctx->user_ip6[2] = o->addr[2]; ctx->user_ip6[3] = o->addr[3];
-    ctx->user_port = o->port;
+    if (o->family == AF_INET6 && (lo6 || lo4)) {
+        ctx->user_ip6[0] = o->addr[0]; ctx->user_ip6[1] = o->addr[1];
+        ctx->user_ip6[2] = o->addr[2]; ctx->user_ip6[3] = o->addr[3];
+        ctx->user_port = o->port;
+    } else if (o->family == AF_INET && lo4) {
+        /* a dual-stack socket's sendto(::ffff:a.b.c.d) goes through the
+         * sendmsg4 hook; its replies come back through this one */
+        ctx->user_ip6[3] = o->addr[0];
+        ctx->user_port = o->port;
+    }
     return 1;
 }
 

@@ -1,0 +1,775 @@
+"""Kernel audit -> corral audit records (Landlock file denials, seccomp denials).
+
+Network denials reach corral from BPF ring buffers; file denials enforced by
+Landlock and syscall denials enforced by seccomp are only reported by the
+kernel's audit subsystem. :class:`AuditLink` listens on the NETLINK_AUDIT
+multicast group (AUDIT_NLGRP_READLOG, the same read-only feed journald uses;
+it needs CAP_AUDIT_READ, not the auditd role) and turns the kernel's text
+records into corral-shaped dicts.
+
+What the kernel sends (measured on 6.18, Landlock ABI 7, no auditd):
+
+* **Landlock** logs a denial only when kernel audit is *enabled*
+  (``audit_enabled``; ``auditctl -e 1`` / AUDIT_SET). With audit disabled
+  nothing is emitted at all, whatever the restrict_self flags. By default a
+  domain logs denials of the program that called landlock_restrict_self only;
+  ``LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON`` (what corral.landlock uses on ABI
+  7) is needed to log denials after the agent is exec'd. One denial is::
+
+      1423 audit(T:S): domain=1a1ec05e1 blockers=fs.read_file path="/x" dev="vda" ino=123
+      1424 audit(T:S): domain=1a1ec05e1 status=allocated mode=enforcing pid=.. uid=.. exe=.. comm=..
+      1300 audit(T:S): arch=c000003e syscall=257 success=no exit=-13 ... pid=.. uid=.. comm=.. exe=..
+      1327 audit(T:S): proctitle=...
+      1320 audit(T:S):
+
+  The ACCESS record (1423) carries no pid: the actor comes from the SYSCALL
+  record (1300) of the same serial. The DOMAIN record (1424, status=allocated)
+  appears with the first denial of a domain only and names the process that
+  created the domain (``corral run``, in the session cgroup). A task forked
+  before audit was first enabled has no audit context: its records come
+  without SYSCALL/EOE, each with its own serial; then the domain's creator
+  (remembered from its 1424 record) is the only link to a session.
+* **seccomp** logs ERRNO (and TRAP/TRACE/USER_NOTIF) actions only when the
+  filter was loaded with ``SECCOMP_FILTER_FLAG_LOG`` (libseccomp
+  ``SCMP_FLTATR_CTL_LOG``; ``confine.build_seccomp(log=True)``) *and* the
+  action is listed in /proc/sys/kernel/seccomp/actions_logged (default: all
+  but allow). This does **not** need audit to be enabled. Kill actions are
+  logged even without the flag. A SECCOMP record (1326) is complete on its own
+  (pid, uid, comm, exe, arch, syscall, code) and has its own serial, no EOE:
+  seccomp runs before the syscall's audit entry.
+
+Enabling audit (scoped). When the kernel's audit is disabled and no auditd is
+registered, AuditLink enables it (logged at WARNING) and first installs
+five ``never,exclude`` msgtype rules (``auditctl -l`` shows them as
+``-a never,exclude -F msgtype<1300`` ...) that drop every record type
+except SYSCALL (1300), EOE (1320), SECCOMP (1326), LANDLOCK_ACCESS (1423) and
+LANDLOCK_DOMAIN (1424). Without them, enabling audit makes the kernel also
+report every BPF program load/unload (1334 + SYSCALL, corrald loads dozens),
+netfilter changes, user-space PAM/login messages, config changes, our own
+netlink listener bind (1335), ... The exclude filter runs before a record is
+built, so an excluded record does not turn on SYSCALL/EOE records for its
+syscall either: what remains is Landlock denials (with their SYSCALL/EOE) and
+seccomp records. Other effects of audit_enabled=1, documented, not avoidable:
+
+* tasks created from then on get an audit context (syscall entry/exit take
+  the audit slow path; without audit rules this is cheap but not free);
+* with no auditd registered the kernel also printk()s each remaining record
+  to the kernel log, rate-limited by printk_ratelimit ("kauditd_printk_skb:
+  N callbacks suppressed"), then drops it (nothing is queued).
+
+AuditLink never touches the configuration when audit is already enabled or
+locked, or when an auditd is registered (its owner decides; auditd's
+``auditctl -D`` on start removes our exclude rules too). close() leaves audit
+enabled on purpose: other listeners (another corrald instance, journald) may
+depend on it; :func:`restore_audit` undoes it explicitly.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import re
+import socket
+import struct
+import time
+
+log = logging.getLogger("corrald.audit")
+
+__all__ = ["AuditLink", "probe", "status", "parse_fields", "syscall_name",
+           "restore_audit", "exclude_rules"]
+
+NETLINK_AUDIT = 9
+AUDIT_NLGRP_READLOG = 1
+
+AUDIT_GET = 1000
+AUDIT_SET = 1001
+AUDIT_LIST_RULES = 1013
+AUDIT_ADD_RULE = 1011
+AUDIT_DEL_RULE = 1012
+
+AUDIT_SYSCALL = 1300
+AUDIT_EOE = 1320
+AUDIT_SECCOMP = 1326
+AUDIT_PROCTITLE = 1327
+AUDIT_LANDLOCK_ACCESS = 1423
+AUDIT_LANDLOCK_DOMAIN = 1424
+
+AUDIT_STATUS_ENABLED = 0x0001
+
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLMSGHDR = struct.Struct("=IHHII")
+AUDIT_STATUS = struct.Struct("=11I")   # struct audit_status (all u32)
+
+# struct audit_rule_data
+AUDIT_BITMASK_SIZE = 64
+AUDIT_MAX_FIELDS = 64
+AUDIT_FILTER_EXCLUDE = 0x05
+AUDIT_NEVER = 0
+AUDIT_MSGTYPE = 12
+AUDIT_LESS_THAN = 0x10000000
+AUDIT_GREATER_THAN = 0x20000000
+
+# record types that survive our exclude rules (everything else is dropped)
+KEEP_TYPES = (AUDIT_SYSCALL, AUDIT_EOE, AUDIT_SECCOMP, AUDIT_LANDLOCK_ACCESS,
+              AUDIT_LANDLOCK_DOMAIN)
+
+GROUP_TIMEOUT = 0.5     # seconds to wait for the EOE of a Landlock record group
+MAX_PENDING = 4096      # serial groups held at most (then the oldest are flushed)
+DOMAIN_CACHE = 4096     # Landlock domains remembered (creator pid/cgroup)
+RCVBUF = 8 << 20
+
+# seccomp actions (SECCOMP_RET_*), as in the audit code= field
+SECCOMP_ACTIONS = {0x80000000: "kill_process", 0x00000000: "kill_thread",
+                   0x00030000: "trap", 0x00050000: "errno", 0x7fc00000: "user_notif",
+                   0x7ff00000: "trace", 0x7ffc0000: "log", 0x7fff0000: "allow"}
+
+# Landlock blockers -> (kind, op). fs ops use the names of events.FILE_OPS
+# where one exists.
+BLOCKER_OPS = {
+    "fs.execute": ("file", "exec"),
+    "fs.write_file": ("file", "open_write"),
+    "fs.read_file": ("file", "open_read"),
+    "fs.read_dir": ("file", "readdir"),
+    "fs.remove_dir": ("file", "rmdir"),
+    "fs.remove_file": ("file", "unlink"),
+    "fs.make_char": ("file", "mknod"),
+    "fs.make_dir": ("file", "mkdir"),
+    "fs.make_reg": ("file", "create"),
+    "fs.make_sock": ("file", "mknod"),
+    "fs.make_fifo": ("file", "mknod"),
+    "fs.make_block": ("file", "mknod"),
+    "fs.make_sym": ("file", "symlink"),
+    "fs.refer": ("file", "refer"),
+    "fs.truncate": ("file", "truncate"),
+    "fs.ioctl_dev": ("file", "ioctl"),
+    "fs.change_topology": ("file", "mount"),
+    "net.bind_tcp": ("net", "bind"),
+    "net.connect_tcp": ("net", "connect"),
+    "scope.abstract_unix_socket": ("net", "unix_connect"),
+    "scope.signal": ("signal", "kill"),
+}
+
+# fields the kernel writes with audit_log_untrustedstring(): "quoted" when
+# harmless, bare upper-case hex when they contain a space, quote, control or
+# non-ASCII byte.
+HEX_FIELDS = frozenset({"path", "name", "comm", "exe", "ocomm", "proctitle", "cwd",
+                        "key", "laddr", "faddr"})
+
+_HDR = re.compile(r"audit\((\d+)\.(\d+):(\d+)\):\s?")
+_HEX = re.compile(r"[0-9A-F]+")
+
+
+# ---- netlink plumbing ------------------------------------------------------
+def _nlmsg(typ: int, flags: int, seq: int, payload: bytes = b"") -> bytes:
+    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), typ, flags, seq, 0) + payload
+
+
+def _iter_msgs(data: bytes):
+    off = 0
+    while off + NLMSGHDR.size <= len(data):
+        ln, typ, flags, seq, pid = NLMSGHDR.unpack_from(data, off)
+        if ln < NLMSGHDR.size:
+            break
+        yield typ, data[off + NLMSGHDR.size:off + ln]
+        off += (ln + 3) & ~3
+
+
+class _Control:
+    """A unicast NETLINK_AUDIT socket for requests (status, rules)."""
+
+    def __init__(self):
+        self.s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
+        self.s.bind((0, 0))
+        self.s.settimeout(2.0)
+        self.seq = 0
+
+    def close(self):
+        self.s.close()
+
+    def request(self, typ: int, payload: bytes = b"", want: int | None = None,
+                multi: bool = False) -> list[bytes]:
+        """Send a request; return the payloads of the answer messages of type
+        ``want`` (after the ACK). Raises OSError for a negative ACK."""
+        self.seq += 1
+        self.s.send(_nlmsg(typ, NLM_F_REQUEST | NLM_F_ACK, self.seq, payload))
+        out: list[bytes] = []
+        acked = False
+        while True:
+            data = self.s.recv(1 << 16)
+            for t, body in _iter_msgs(data):
+                if t == NLMSG_ERROR:
+                    err = struct.unpack_from("=i", body)[0]
+                    if err:
+                        raise OSError(-err, f"audit netlink request {typ}: {os.strerror(-err)}")
+                    acked = True
+                elif t == NLMSG_DONE:
+                    return out
+                elif want is not None and t == want:
+                    out.append(body)
+            if acked and (want is None or (out and not multi)):
+                return out
+
+    def status(self) -> dict:
+        body = self.request(AUDIT_GET, want=AUDIT_GET)[0]
+        body = body.ljust(AUDIT_STATUS.size, b"\0")
+        names = ("mask", "enabled", "failure", "pid", "rate_limit", "backlog_limit",
+                 "lost", "backlog", "feature_bitmap", "backlog_wait_time",
+                 "backlog_wait_time_actual")
+        return dict(zip(names, AUDIT_STATUS.unpack_from(body)))
+
+    def set_enabled(self, on: bool) -> None:
+        vals = [0] * 11
+        vals[0] = AUDIT_STATUS_ENABLED
+        vals[1] = 1 if on else 0
+        self.request(AUDIT_SET, AUDIT_STATUS.pack(*vals))
+
+    def list_rules(self) -> list[bytes]:
+        return self.request(AUDIT_LIST_RULES, want=AUDIT_LIST_RULES, multi=True)
+
+
+RULE_HEAD = struct.Struct(f"=III{AUDIT_BITMASK_SIZE}I{AUDIT_MAX_FIELDS}I{AUDIT_MAX_FIELDS}I"
+                          f"{AUDIT_MAX_FIELDS}II")
+
+
+def _rule(conds: list[tuple[int, int]]) -> bytes:
+    """struct audit_rule_data for ``never,exclude`` with msgtype conditions
+    [(op, value)] ANDed. No filter key: the kernel's exclude filter
+    (audit_filter()) stops evaluating -- and keeps the record -- at the first
+    field that is not msgtype/pid/uid/..., a key included."""
+    n = len(conds)
+    pad = [0] * (AUDIT_MAX_FIELDS - n)
+    return RULE_HEAD.pack(AUDIT_FILTER_EXCLUDE, AUDIT_NEVER, n,
+                          *([0xFFFFFFFF] * AUDIT_BITMASK_SIZE),
+                          *([AUDIT_MSGTYPE] * n + pad), *([v for _, v in conds] + pad),
+                          *([op for op, _ in conds] + pad), 0)
+
+
+def _exclude_conds(keep=KEEP_TYPES) -> list[list[tuple[int, int]]]:
+    keep = sorted(set(keep))
+    out = [[(AUDIT_LESS_THAN, keep[0])]]
+    for lo, hi in zip(keep, keep[1:]):
+        if hi - lo > 1:
+            out.append([(AUDIT_GREATER_THAN, lo), (AUDIT_LESS_THAN, hi)])
+    out.append([(AUDIT_GREATER_THAN, keep[-1])])
+    return out
+
+
+def exclude_rules(keep=KEEP_TYPES) -> list[bytes]:
+    """never,exclude rules dropping every msgtype not in ``keep``."""
+    return [_rule(c) for c in _exclude_conds(keep)]
+
+
+def _install_exclude_rules(ctl: _Control) -> int:
+    n = 0
+    for r in exclude_rules():
+        try:
+            ctl.request(AUDIT_ADD_RULE, r)
+            n += 1
+        except OSError as e:
+            if e.errno != errno.EEXIST:
+                raise
+    return n
+
+
+def _our_rules(ctl: _Control) -> list[bytes]:
+    """Our exclude rules currently loaded (recognised by their exact conditions)."""
+    ours = {tuple(c) for c in _exclude_conds()}
+    out = []
+    for body in ctl.list_rules():
+        if len(body) < RULE_HEAD.size:
+            continue
+        v = RULE_HEAD.unpack_from(body)
+        flags, action, n = v[:3]
+        if flags != AUDIT_FILTER_EXCLUDE or action != AUDIT_NEVER or not 0 < n <= 2:
+            continue
+        off = 3 + AUDIT_BITMASK_SIZE
+        fields = v[off:off + n]
+        values = v[off + AUDIT_MAX_FIELDS:off + AUDIT_MAX_FIELDS + n]
+        ops = v[off + 2 * AUDIT_MAX_FIELDS:off + 2 * AUDIT_MAX_FIELDS + n]
+        if set(fields) == {AUDIT_MSGTYPE} and tuple(zip(ops, values)) in ours:
+            out.append(body[:RULE_HEAD.size])
+    return out
+
+
+def status() -> dict:
+    """The kernel's audit status (AUDIT_GET); raises OSError."""
+    ctl = _Control()
+    try:
+        return ctl.status()
+    finally:
+        ctl.close()
+
+
+def restore_audit() -> dict:
+    """Remove corral's exclude rules and disable audit again if no auditd is
+    registered. For administrators and tests; the daemon never calls it."""
+    ctl = _Control()
+    try:
+        removed = 0
+        for r in _our_rules(ctl):
+            try:
+                ctl.request(AUDIT_DEL_RULE, r)
+                removed += 1
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+        st = ctl.status()
+        disabled = False
+        if st["enabled"] == 1 and st["pid"] == 0:
+            ctl.set_enabled(False)
+            disabled = True
+        return {"rules_removed": removed, "disabled": disabled}
+    finally:
+        ctl.close()
+
+
+# ---- syscall names (libseccomp) ------------------------------------------------
+AUDIT_ARCH_X86_64 = 0xC000003E
+SCMP_ARCH_X32 = 0x4000003E
+X32_SYSCALL_BIT = 0x40000000
+
+_resolve = None
+_free = None
+
+
+def _seccomp_fn():
+    global _resolve, _free
+    if _resolve is None:
+        try:
+            lib = ctypes.CDLL("libseccomp.so.2")
+            f = lib.seccomp_syscall_resolve_num_arch
+            f.restype = ctypes.c_void_p
+            f.argtypes = [ctypes.c_uint32, ctypes.c_int]
+            libc = ctypes.CDLL(None)
+            libc.free.argtypes = [ctypes.c_void_p]
+            libc.free.restype = None
+            _resolve, _free = f, libc.free
+        except (OSError, AttributeError):
+            _resolve = False
+    return _resolve or None
+
+
+_names: dict = {}
+
+
+def syscall_name(nr: int, arch: int = 0) -> str | None:
+    """Name of syscall ``nr`` for the audit arch token ``arch`` (0: native),
+    from libseccomp; None when unknown."""
+    if arch == AUDIT_ARCH_X86_64 and nr & X32_SYSCALL_BIT:
+        arch = SCMP_ARCH_X32
+    k = (arch, nr)
+    if k in _names:
+        return _names[k]
+    f = _seccomp_fn()
+    name = None
+    if f is not None:
+        p = f(arch & 0xFFFFFFFF, nr)
+        if p:
+            name = ctypes.string_at(p).decode()
+            _free(p)
+    _names[k] = name
+    return name
+
+
+# ---- record parsing ----------------------------------------------------------
+def _unhex(v: str) -> str | None:
+    if len(v) % 2 or not _HEX.fullmatch(v):
+        return None
+    try:
+        return bytes.fromhex(v).decode("utf-8", errors="surrogateescape")
+    except ValueError:
+        return None
+
+
+def parse_fields(text: str) -> dict:
+    """``key=value`` pairs of one audit record body. Quoted values are
+    unquoted (the kernel never escapes inside quotes: anything needing escapes
+    is hex-encoded instead); bare hex in an untrusted-string field (path=,
+    comm=, exe=, ...) is decoded; the rest stays a string. A key seen twice
+    keeps its first value."""
+    out: dict = {}
+    i, n = 0, len(text)
+    while i < n:
+        while i < n and text[i] == " ":
+            i += 1
+        eq = text.find("=", i)
+        if eq < 0:
+            break
+        key = text[i:eq]
+        if " " in key:          # stray word without '=': skip it
+            i = text.index(" ", i) + 1
+            continue
+        j = eq + 1
+        if j < n and text[j] == '"':
+            end = text.find('"', j + 1)
+            if end < 0:
+                end = n
+            val = text[j + 1:end]
+            i = end + 1
+        elif j < n and text[j] == "'":     # user-space msg='...' blocks
+            end = text.find("'", j + 1)
+            if end < 0:
+                end = n
+            val = text[j + 1:end]
+            i = end + 1
+        else:
+            end = text.find(" ", j)
+            if end < 0:
+                end = n
+            val = text[j:end]
+            if key in HEX_FIELDS:
+                d = _unhex(val)
+                if d is not None:
+                    val = d
+            i = end
+        out.setdefault(key, val)
+    return out
+
+
+def _int(v, base=10):
+    try:
+        return int(v, base)
+    except (TypeError, ValueError):
+        return None
+
+
+def read_cgroup(pid: int | None) -> str | None:
+    """The cgroup2 path of a live process ("0::" line), None if gone."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as f:
+            for line in f.read().decode(errors="replace").splitlines():
+                if line.startswith("0::"):
+                    return line[3:]
+    except OSError:
+        return None
+    return None
+
+
+class _Group:
+    __slots__ = ("serial", "time", "first", "recs", "pid")
+
+    def __init__(self, serial: int, ts: float):
+        self.serial = serial
+        self.time = ts
+        self.first = time.monotonic()
+        self.recs: list[tuple[int, dict, str]] = []
+        self.pid = None
+
+
+# ---- the link ------------------------------------------------------------------
+class AuditLink:
+    """NETLINK_AUDIT multicast listener producing corral audit records.
+
+    ``enable`` (default True): if kernel audit is disabled and no auditd is
+    registered, install the scoped exclude rules and enable it (see the module
+    doc). ``cgroup_prefix``: when given, drop records whose actor's cgroup is
+    known and not under it (other tenants' Landlock/seccomp records).
+    Call :meth:`read` when :meth:`fileno` is readable *and* periodically
+    (e.g. every 0.2 s): Landlock records of tasks without an audit context
+    come without EOE and are flushed by time.
+    """
+
+    def __init__(self, *, enable: bool = True, cgroup_prefix: str | None = None):
+        self.enabled_by_us = False
+        self.rules_installed = 0
+        self.lost = 0
+        self.cgroup_prefix = cgroup_prefix.rstrip("/") if cgroup_prefix else None
+        self._pending: dict[int, _Group] = {}
+        self._domains: dict[str, dict] = {}
+        try:
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
+        except OSError as e:
+            raise OSError(e.errno, f"kernel audit netlink unavailable (CONFIG_AUDIT off?): "
+                                   f"{e.strerror}") from None
+        try:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)     # SO_RCVBUFFORCE
+            except OSError:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            try:
+                s.bind((0, 1 << (AUDIT_NLGRP_READLOG - 1)))
+            except OSError as e:
+                raise OSError(e.errno, "cannot join the audit multicast group "
+                                       f"(needs CAP_AUDIT_READ): {e.strerror}") from None
+            s.setblocking(False)
+        except BaseException:
+            s.close()
+            raise
+        self._sock = s
+        self.audit_status: dict = {}
+        try:
+            self._setup(enable)
+        except OSError as e:
+            # listening still works (seccomp records need no audit_enabled)
+            log.warning("kernel audit status/configuration not available: %s; "
+                        "Landlock denials are reported only if audit is enabled", e)
+
+    def _setup(self, enable: bool) -> None:
+        ctl = _Control()
+        try:
+            st = ctl.status()
+            self.audit_status = st
+            if st["enabled"] == 0 and enable:
+                if st["pid"]:
+                    log.warning("kernel audit is disabled while auditd (pid %d) is registered: "
+                                "not enabling it; Landlock file denials will not be reported",
+                                st["pid"])
+                    return
+                self.rules_installed = _install_exclude_rules(ctl)
+                ctl.set_enabled(True)
+                self.enabled_by_us = True
+                self.audit_status = ctl.status()
+                log.warning("enabled kernel audit (was disabled, no auditd) so that Landlock "
+                            "denials are reported; exclude rules keep only record "
+                            "types %s; with no auditd the kernel also prints these records "
+                            "to the kernel log (rate-limited)",
+                            ",".join(map(str, KEEP_TYPES)))
+            elif st["enabled"] == 0:
+                log.warning("kernel audit is disabled: Landlock file denials will not be reported")
+        finally:
+            ctl.close()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    # -- receive ---------------------------------------------------------
+    def read(self) -> list[dict]:
+        """Drain the socket; return the finished records (possibly none)."""
+        out: list[dict] = []
+        while self._sock is not None:
+            try:
+                data = self._sock.recv(1 << 17)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    self.lost += 1
+                    out.append({"time": time.time(), "kind": "lost", "op": "audit_overrun",
+                                "verdict": "info", "target": "kernel audit records",
+                                "rule": "audit netlink receive buffer full",
+                                "backend": "audit", "pid": None, "comm": None, "uid": None})
+                    continue
+                raise
+            if not data:
+                break
+            for typ, body in _iter_msgs(data):
+                self._feed(typ, body.rstrip(b"\0").decode("utf-8", errors="replace"), out)
+        self._flush(out, time.monotonic())
+        return out
+
+    def feed_text(self, typ: int, text: str) -> list[dict]:
+        """Process one record given as text (tests, replay)."""
+        out: list[dict] = []
+        self._feed(typ, text, out)
+        return out
+
+    def flush(self, force: bool = False) -> list[dict]:
+        out: list[dict] = []
+        self._flush(out, float("inf") if force else time.monotonic())
+        return out
+
+    def _feed(self, typ: int, text: str, out: list) -> None:
+        m = _HDR.match(text)
+        if not m:
+            return
+        ts = int(m.group(1)) + int(m.group(2)) / 1000.0
+        serial = int(m.group(3))
+        body = text[m.end():]
+        if typ == AUDIT_SECCOMP:
+            # complete on its own, own serial
+            f = parse_fields(body)
+            pid = _int(f.get("pid"))
+            r = self._seccomp_record(ts, f, f"type={typ} {text}", pid, read_cgroup(pid))
+            if r is not None:
+                out.append(r)
+            return
+        if typ not in (AUDIT_LANDLOCK_ACCESS, AUDIT_LANDLOCK_DOMAIN, AUDIT_SYSCALL,
+                       AUDIT_EOE, AUDIT_PROCTITLE):
+            return
+        g = self._pending.get(serial)
+        if g is None:
+            if typ in (AUDIT_EOE, AUDIT_SYSCALL, AUDIT_PROCTITLE):
+                # a group we have not seen start; only interesting if it has
+                # Landlock records, so open one for SYSCALL/PROCTITLE only
+                if typ == AUDIT_EOE:
+                    return
+            g = self._pending[serial] = _Group(serial, ts)
+            if len(self._pending) > MAX_PENDING:
+                oldest = min(self._pending.values(), key=lambda x: x.first)
+                self._finish(self._pending.pop(oldest.serial), out)
+        if typ == AUDIT_EOE:
+            self._finish(self._pending.pop(serial), out)
+            return
+        f = parse_fields(body)
+        g.recs.append((typ, f, text))
+        if typ == AUDIT_SYSCALL and g.pid is None:
+            g.pid = _int(f.get("pid"))
+            f["_cgroup"] = read_cgroup(g.pid)
+        elif typ == AUDIT_LANDLOCK_DOMAIN and f.get("status") == "allocated":
+            pid = _int(f.get("pid"))
+            self._domains[f.get("domain", "")] = {
+                "pid": pid, "uid": _int(f.get("uid")), "comm": f.get("comm"),
+                "exe": f.get("exe"), "cgroup": read_cgroup(pid)}
+            while len(self._domains) > DOMAIN_CACHE:
+                self._domains.pop(next(iter(self._domains)))
+        elif typ == AUDIT_LANDLOCK_DOMAIN and f.get("status") == "deallocated":
+            pass    # keep the entry: late records of the domain may still come
+
+    def _flush(self, out: list, now: float) -> None:
+        for serial in [s for s, g in self._pending.items() if now - g.first >= GROUP_TIMEOUT]:
+            self._finish(self._pending.pop(serial), out)
+
+    def _keep(self, cgroup: str | None) -> bool:
+        if self.cgroup_prefix is None or cgroup is None:
+            return True
+        return cgroup == self.cgroup_prefix or cgroup.startswith(self.cgroup_prefix + "/")
+
+    def _finish(self, g: _Group, out: list) -> None:
+        access = [(f, t) for typ, f, t in g.recs if typ == AUDIT_LANDLOCK_ACCESS]
+        if not access:
+            return
+        sc = next((f for typ, f, t in g.recs if typ == AUDIT_SYSCALL), None)
+        raw = "\n".join(f"type={typ} {t}" for typ, f, t in g.recs)
+        for f, _ in access:
+            r = self._landlock_record(g, f, sc, raw)
+            if r is not None:
+                out.append(r)
+
+    def _landlock_record(self, g: _Group, f: dict, sc: dict | None, raw: str) -> dict | None:
+        blockers = [b for b in f.get("blockers", "").split(",") if b]
+        kind, op = BLOCKER_OPS.get(blockers[0], ("file", blockers[0])) if blockers \
+            else ("file", "unknown")
+        dom = self._domains.get(f.get("domain", ""))
+        rec = {"time": g.time, "pid": None, "comm": None, "uid": None, "kind": kind, "op": op,
+               "target": None, "verdict": "deny",
+               "rule": "landlock: missing " + (",".join(blockers) or "?"),
+               "backend": "landlock", "raw": raw, "blockers": blockers,
+               "domain": f.get("domain"), "serial": g.serial, "cgroup": None}
+        if sc is not None:
+            rec["pid"] = _int(sc.get("pid"))
+            rec["comm"] = sc.get("comm")
+            rec["uid"] = _int(sc.get("uid"))
+            rec["exe"] = sc.get("exe")
+            rec["cgroup"] = sc.get("_cgroup")
+            nr = _int(sc.get("syscall"))
+            if nr is not None:
+                rec["syscall"] = syscall_name(nr, _int(sc.get("arch"), 16) or 0) or f"syscall {nr}"
+        elif dom is not None:
+            # no audit context: the only link is the domain's creator
+            rec["domain_pid"] = dom["pid"]
+            rec["cgroup"] = dom["cgroup"]
+        if dom is not None:
+            rec["domain_pid"] = dom["pid"]
+            if rec["cgroup"] is None:
+                rec["cgroup"] = dom["cgroup"]
+        if "path" in f:
+            rec["target"] = f["path"]
+        elif "name" in f:
+            rec["target"] = f["name"]
+        elif "opid" in f:
+            rec["target"] = f"pid {f['opid']}" + (f" ({f['ocomm']})" if "ocomm" in f else "")
+        elif "daddr" in f or "dport" in f or "lport" in f:
+            host = f.get("daddr") or f.get("saddr") or f.get("laddr") or ""
+            port = f.get("dport") or f.get("sport") or f.get("lport") or ""
+            rec["target"] = f"{host}:{port}"
+        for k in ("dev", "ino", "ioctlcmd"):
+            if k in f:
+                rec[k] = f[k]
+        if not self._keep(rec["cgroup"]):
+            return None
+        return rec
+
+    def _seccomp_record(self, ts: float, f: dict, text: str, pid, cgroup) -> dict | None:
+        code = _int(f.get("code"), 16)
+        action = SECCOMP_ACTIONS.get((code or 0) & 0xFFFF0000, f"code {f.get('code')}")
+        arch = _int(f.get("arch"), 16) or 0
+        nr = _int(f.get("syscall"))
+        name = syscall_name(nr, arch) if nr is not None else None
+        target = name or f"syscall {nr}"
+        rec = {"time": ts, "pid": pid, "comm": f.get("comm"), "uid": _int(f.get("uid")),
+               "kind": "syscall", "op": target, "target": target,
+               "verdict": "allow" if action in ("log", "allow") else "deny",
+               "rule": f"seccomp: {action}", "backend": "seccomp", "raw": text,
+               "action": action, "syscall_nr": nr, "arch": f.get("arch"),
+               "exe": f.get("exe"), "cgroup": cgroup}
+        if f.get("compat") == "1" or (arch == AUDIT_ARCH_X86_64 and nr and nr & X32_SYSCALL_BIT):
+            rec["compat"] = True
+        if not self._keep(cgroup):
+            return None
+        return rec
+
+
+# ---- probe ---------------------------------------------------------------------
+def _landlock_abi() -> int:
+    try:
+        from corral import landlock
+        return landlock.abi()
+    except Exception:
+        return 0
+
+
+def probe() -> tuple[bool, str]:
+    """Can this host deliver Landlock/seccomp denials to corrald?
+
+    True when the multicast group can be joined and Landlock records can
+    flow (audit enabled, or disabled-but-enableable by AuditLink). The text
+    says what is and is not reported, and why.
+    """
+    try:
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
+    except OSError as e:
+        return False, f"no kernel audit netlink (CONFIG_AUDIT off?): {e.strerror}"
+    try:
+        s.bind((0, 1 << (AUDIT_NLGRP_READLOG - 1)))
+    except OSError as e:
+        return False, f"cannot join the audit multicast group (needs CAP_AUDIT_READ): {e.strerror}"
+    finally:
+        s.close()
+    notes = []
+    try:
+        with open("/proc/sys/kernel/seccomp/actions_logged") as f:
+            logged = f.read().split()
+    except OSError:
+        logged = []
+    if "errno" in logged:
+        notes.append("seccomp errno denials logged (filters need SECCOMP_FILTER_FLAG_LOG)")
+    else:
+        notes.append("seccomp errno denials NOT logged: 'errno' missing from "
+                     "/proc/sys/kernel/seccomp/actions_logged")
+    abi = _landlock_abi()
+    try:
+        st = status()
+    except OSError as e:
+        return False, f"cannot read the audit status (needs CAP_AUDIT_CONTROL): {e}; " + "; ".join(notes)
+    if abi < 7:
+        return False, (f"Landlock ABI {abi} < 7: the kernel cannot log Landlock denials; "
+                       + "; ".join(notes))
+    if st["enabled"] == 0:
+        if st["pid"]:
+            return False, (f"kernel audit disabled while auditd (pid {st['pid']}) is registered: "
+                           "Landlock denials are not logged (enable it: auditctl -e 1); "
+                           + "; ".join(notes))
+        return True, ("kernel audit disabled, no auditd: AuditLink enables it with exclude rules "
+                      "(only Landlock/seccomp records); " + "; ".join(notes))
+    return True, (f"kernel audit enabled ({'locked' if st['enabled'] == 2 else 'on'}"
+                  f"{', auditd pid %d' % st['pid'] if st['pid'] else ''}); Landlock ABI {abi} "
+                  "logs denials; " + "; ".join(notes))

@@ -22,9 +22,11 @@ Durability. Records are written with one unbuffered write(2) each, so a crash
 of the daemon loses nothing that append() returned. Against a kernel crash or
 power loss, fsync policy (FSYNC_KINDS are control-plane, always fsynced):
 
-* records whose kind is in FSYNC_KINDS (session, policy, control, daemon, log,
-  lost, rate) are fsynced before append() returns;
-* kernel events (net, file, dns, ...) are fsynced in batches: when
+* records whose kind is in FSYNC_KINDS (session, policy, control, daemon, log:
+  the control plane -- who started what with which policy, who changed it) are
+  fsynced before append() returns;
+* kernel events (net, file, dns) and their bookkeeping (rate, lost), which
+  can arrive by the hundred per second, are fsynced in batches: when
   FSYNC_BATCH (default 64) are pending, or at most FSYNC_INTERVAL (default 1 s)
   after the first pending one (a flusher thread), and on close().
 
@@ -62,7 +64,7 @@ log = logging.getLogger("corral.eventlog")
 
 GENESIS = "0" * 64
 SEGMENT_RE = re.compile(r"^audit-(\d{12})\.msgpack$")
-FSYNC_KINDS = frozenset({"session", "policy", "control", "daemon", "log", "lost", "rate"})
+FSYNC_KINDS = frozenset({"session", "policy", "control", "daemon", "log"})
 
 
 def _env_int(name: str, default: int) -> int:

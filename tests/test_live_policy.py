@@ -131,3 +131,24 @@ def test_edit_policy_rules():
     p, notes = policycli.edit_policy({**base, "filesystem": fs}, "allow", writes=["/w/.git/hooks/x"])
     assert "/w/.git/hooks/x" in p["filesystem"]["allow_write"]
     assert any("deny_write" in n for n in notes)
+
+
+def test_session_cannot_widen_itself(daemon, tmp_path):
+    """`corral allow` from inside the session it targets is refused and logged."""
+    corral_bin = str(Path(sys.executable).parent / "corral")
+    p = daemon.corral("run", "--no-net", "--", "sh", "-c",
+                      f'echo "$CORRAL_SESSION"; {corral_bin} allow "$CORRAL_SESSION" --net 127.0.0.1:1; '
+                      'echo "rc=$?"', cwd=tmp_path)
+    sid, *rest = p.stdout.split()
+    assert rest == ["rc=1"], (p.stdout, p.stderr)
+    assert "refused" in p.stderr and "widen" in p.stderr, p.stderr
+    rec = daemon.wait_record(lambda r: r.get("kind") == "control" and r.get("session") == sid)
+    assert rec["verdict"] == "deny" and "127.0.0.1/32:1" in rec["reason"]
+    # narrowing from inside is allowed (and logged as a policy update)
+    p = daemon.corral("run", "--allow-net", "127.0.0.1:1", "--", "sh", "-c",
+                      f'{corral_bin} deny "$CORRAL_SESSION" --net 127.0.0.1:1 && echo "$CORRAL_SESSION"',
+                      cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    sid = p.stdout.split()[-1]
+    rec = daemon.wait_record(lambda r: r.get("kind") == "policy" and r.get("session") == sid)
+    assert rec["rule"].startswith("corral deny --net 127.0.0.1:1 by uid")

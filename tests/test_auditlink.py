@@ -327,8 +327,7 @@ def test_parse_fields_quoted_hex_and_plain():
 
 
 def test_group_without_eoe_flushes_after_timeout():
-    ln = auditlink.AuditLink.__new__(auditlink.AuditLink)
-    ln.__dict__.update(cgroup_prefix=None, _pending={}, _domains={}, lost=0)
+    ln = auditlink.AuditLink.detached()
     out = ln.feed_text(1424, "audit(1700000000.100:7): domain=abc status=allocated "
                              "mode=enforcing pid=4242 uid=1000 exe=\"/bin/x\" comm=\"x\"")
     out += ln.feed_text(1423, "audit(1700000000.101:8): domain=abc blockers=fs.write_file "
@@ -342,8 +341,7 @@ def test_group_without_eoe_flushes_after_timeout():
 
 
 def test_group_with_eoe_and_signal_scope():
-    ln = auditlink.AuditLink.__new__(auditlink.AuditLink)
-    ln.__dict__.update(cgroup_prefix=None, _pending={}, _domains={}, lost=0)
+    ln = auditlink.AuditLink.detached()
     assert ln.feed_text(1423, "audit(1700000000.200:9): domain=abc blockers=scope.signal "
                               "opid=1 ocomm=\"systemd\"") == []
     assert ln.feed_text(1300, "audit(1700000000.200:9): arch=c000003e syscall=62 success=no "
@@ -354,8 +352,7 @@ def test_group_with_eoe_and_signal_scope():
 
 
 def test_seccomp_record_names_syscalls_per_arch():
-    ln = auditlink.AuditLink.__new__(auditlink.AuditLink)
-    ln.__dict__.update(cgroup_prefix=None, _pending={}, _domains={}, lost=0)
+    ln = auditlink.AuditLink.detached()
     base = ("audit(1700000000.300:{s}): auid=4294967295 uid=0 gid=0 ses=4294967295 pid=5 "
             "comm=\"abi\" exe=\"/x\" sig={sig} arch={arch} syscall={nr} compat={c} ip=0x1 code={code}")
     r = ln.feed_text(1326, base.format(s=1, sig=0, arch="c000003e", nr=101, c=0, code="0x50000"))[0]
@@ -372,10 +369,49 @@ def test_seccomp_record_names_syscalls_per_arch():
 
 
 def test_cgroup_prefix_filters_other_tenants():
-    ln = auditlink.AuditLink.__new__(auditlink.AuditLink)
-    ln.__dict__.update(cgroup_prefix="/corral-x", _pending={}, _domains={}, lost=0)
+    ln = auditlink.AuditLink.detached(cgroup_prefix="/corral-x")
     rec = ("audit(1700000000.400:1): auid=0 uid=0 gid=0 ses=1 pid={pid} comm=\"a\" exe=\"/a\" "
            "sig=0 arch=c000003e syscall=101 compat=0 ip=0x1 code=0x50000")
     # our own process lives outside /corral-x: dropped; a dead pid (cgroup unknown): kept
     assert ln.feed_text(1326, rec.format(pid=os.getpid())) == []
     assert len(ln.feed_text(1326, rec.format(pid=2 ** 22 + 12345))) == 1
+
+
+def test_domain_remembers_cgroup_for_records_of_exited_tasks():
+    ln = auditlink.AuditLink.detached()
+    me = os.getpid()
+    ln.feed_text(1423, 'audit(1700000000.500:20): domain=d1 blockers=fs.read_file path="/a" dev="vda" ino=1')
+    ln.feed_text(1300, f'audit(1700000000.500:20): arch=c000003e syscall=257 pid={me} uid=0 comm="x" exe="/x"')
+    first = ln.feed_text(1320, "audit(1700000000.500:20): ")
+    assert first[0]["cgroup"] == auditlink.read_cgroup(me) is not None
+    # same domain, no SYSCALL record (task without audit context) -> flushed by time
+    ln.feed_text(1423, 'audit(1700000000.600:21): domain=d1 blockers=fs.make_reg path="/b" dev="vda" ino=2')
+    late = ln.flush(force=True)
+    assert [(r["pid"], r["cgroup"], r["op"], r["target"]) for r in late] == [
+        (None, first[0]["cgroup"], "create", "/b")]
+
+
+def test_rate_limit_summarises_a_flood():
+    ln = auditlink.AuditLink.detached(rate=1, burst=5)
+    rec = ("audit(1700000000.700:{s}): auid=0 uid=0 gid=0 ses=1 pid=424242 comm=\"a\" exe=\"/a\" "
+           "sig=0 arch=c000003e syscall=101 compat=0 ip=0x1 code=0x50000")
+    out = []
+    for i in range(50):
+        out += ln.feed_text(1326, rec.format(s=100 + i))
+    assert [r["kind"] for r in out] == ["syscall"] * 5
+    summary = []
+    ln._rate_summaries(summary, time.monotonic() + 1.5)
+    assert [(r["kind"], r["op"], r["count"], r["verdict"]) for r in summary] == [
+        ("rate", "suppressed", 45, "info")]
+    ln._rate_summaries(summary, time.monotonic() + 3)
+    assert len(summary) == 1                        # reported once
+
+
+def test_kernel_lost_counter_is_reported(link):
+    base = auditlink.status()["lost"]
+    link._kernel_lost = base - 3                    # as if 3 records were dropped since
+    link._lost_checked = 0.0
+    out = []
+    link._check_kernel_lost(out, time.monotonic())
+    assert [(r["kind"], r["op"]) for r in out] == [("lost", "audit_backlog")]
+    assert out[0]["count"] >= 3

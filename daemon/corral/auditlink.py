@@ -96,6 +96,7 @@ AUDIT_LANDLOCK_ACCESS = 1423
 AUDIT_LANDLOCK_DOMAIN = 1424
 
 AUDIT_STATUS_ENABLED = 0x0001
+AUDIT_STATUS_BACKLOG_LIMIT = 0x0010
 
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
@@ -121,6 +122,9 @@ GROUP_TIMEOUT = 0.5     # seconds to wait for the EOE of a Landlock record group
 MAX_PENDING = 4096      # serial groups held at most (then the oldest are flushed)
 DOMAIN_CACHE = 4096     # Landlock domains remembered (creator pid/cgroup)
 RCVBUF = 8 << 20
+RATE_PER_SEC = 200      # per-cgroup records/s (as bpf/net.c)
+RATE_BURST = 400
+BACKLOG_LIMIT = 8192    # kernel audit backlog when we enable audit (default 64)
 
 # seccomp actions (SECCOMP_RET_*), as in the audit code= field
 SECCOMP_ACTIONS = {0x80000000: "kill_process", 0x00000000: "kill_thread",
@@ -452,6 +456,7 @@ def read_cgroup(pid: int | None) -> str | None:
 
 
 class _Group:
+    """The records of one audit event (one serial number)."""
     __slots__ = ("serial", "time", "first", "recs", "pid")
 
     def __init__(self, serial: int, ts: float):
@@ -463,25 +468,39 @@ class _Group:
 
 
 # ---- the link ------------------------------------------------------------------
+class _Bucket:
+    __slots__ = ("tokens", "last", "suppressed", "since", "pid", "cgroup", "backend")
+
+    def __init__(self, burst: float, now: float):
+        self.tokens = burst
+        self.last = now
+        self.suppressed = 0
+        self.since = 0.0
+        self.pid = None
+        self.cgroup = None
+        self.backend = None
+
+
 class AuditLink:
     """NETLINK_AUDIT multicast listener producing corral audit records.
 
     ``enable`` (default True): if kernel audit is disabled and no auditd is
     registered, install the scoped exclude rules and enable it (see the module
-    doc). ``cgroup_prefix``: when given, drop records whose actor's cgroup is
-    known and not under it (other tenants' Landlock/seccomp records).
+    doc). ``cgroup_prefix``: when given (e.g. ``"/" + cgroups.ROOT_NAME``),
+    drop records whose actor's cgroup is known and not under it (other
+    tenants' Landlock/seccomp records). ``rate``/``burst``: per-cgroup token
+    bucket (the BPF events use 200/s, burst 400); the excess is summarised as
+    a ``kind="rate"`` record; None disables it.
+
     Call :meth:`read` when :meth:`fileno` is readable *and* periodically
     (e.g. every 0.2 s): Landlock records of tasks without an audit context
-    come without EOE and are flushed by time.
+    come without EOE and are flushed by time, rate summaries and the kernel's
+    lost-record counter are checked there too.
     """
 
-    def __init__(self, *, enable: bool = True, cgroup_prefix: str | None = None):
-        self.enabled_by_us = False
-        self.rules_installed = 0
-        self.lost = 0
-        self.cgroup_prefix = cgroup_prefix.rstrip("/") if cgroup_prefix else None
-        self._pending: dict[int, _Group] = {}
-        self._domains: dict[str, dict] = {}
+    def __init__(self, *, enable: bool = True, cgroup_prefix: str | None = None,
+                 rate: float | None = RATE_PER_SEC, burst: float = RATE_BURST):
+        self._init_state(cgroup_prefix, rate, burst)
         try:
             s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
         except OSError as e:
@@ -502,13 +521,36 @@ class AuditLink:
             s.close()
             raise
         self._sock = s
-        self.audit_status: dict = {}
         try:
             self._setup(enable)
         except OSError as e:
             # listening still works (seccomp records need no audit_enabled)
             log.warning("kernel audit status/configuration not available: %s; "
                         "Landlock denials are reported only if audit is enabled", e)
+
+    def _init_state(self, cgroup_prefix, rate, burst) -> None:
+        self.enabled_by_us = False
+        self.rules_installed = 0
+        self.lost = 0
+        self.audit_status: dict = {}
+        self.cgroup_prefix = cgroup_prefix.rstrip("/") if cgroup_prefix else None
+        self.rate = rate
+        self.burst = burst
+        self._pending: dict[int, _Group] = {}
+        self._domains: dict[str, dict] = {}
+        self._buckets: dict[str, _Bucket] = {}
+        self._kernel_lost: int | None = None
+        self._lost_checked = 0.0
+        self._sock = None
+
+    @classmethod
+    def detached(cls, *, cgroup_prefix: str | None = None, rate: float | None = RATE_PER_SEC,
+                 burst: float = RATE_BURST) -> "AuditLink":
+        """A link without a socket, fed with :meth:`feed_text` (tests, replay
+        of saved audit text)."""
+        self = cls.__new__(cls)
+        self._init_state(cgroup_prefix, rate, burst)
+        return self
 
     def _setup(self, enable: bool) -> None:
         ctl = _Control()
@@ -522,20 +564,27 @@ class AuditLink:
                                 st["pid"])
                     return
                 self.rules_installed = _install_exclude_rules(ctl)
+                if st["backlog_limit"] < BACKLOG_LIMIT:
+                    vals = [0] * 11
+                    vals[0], vals[5] = AUDIT_STATUS_BACKLOG_LIMIT, BACKLOG_LIMIT
+                    ctl.request(AUDIT_SET, AUDIT_STATUS.pack(*vals))
                 ctl.set_enabled(True)
                 self.enabled_by_us = True
                 self.audit_status = ctl.status()
                 log.warning("enabled kernel audit (was disabled, no auditd) so that Landlock "
-                            "denials are reported; exclude rules keep only record "
-                            "types %s; with no auditd the kernel also prints these records "
-                            "to the kernel log (rate-limited)",
-                            ",".join(map(str, KEEP_TYPES)))
+                            "denials are reported; exclude rules keep only record types %s "
+                            "(auditctl -l); backlog limit %d; with no auditd the kernel also "
+                            "prints these records to the kernel log (rate-limited)",
+                            ",".join(map(str, KEEP_TYPES)), self.audit_status["backlog_limit"])
             elif st["enabled"] == 0:
                 log.warning("kernel audit is disabled: Landlock file denials will not be reported")
+            self._kernel_lost = self.audit_status.get("lost")
         finally:
             ctl.close()
 
     def fileno(self) -> int:
+        if self._sock is None:
+            raise ValueError("AuditLink is closed/detached")
         return self._sock.fileno()
 
     def close(self) -> None:
@@ -561,19 +610,20 @@ class AuditLink:
             except InterruptedError:
                 continue
             except OSError as e:
-                if e.errno == errno.ENOBUFS:
+                if e.errno == errno.ENOBUFS:    # our receive buffer overflowed
                     self.lost += 1
-                    out.append({"time": time.time(), "kind": "lost", "op": "audit_overrun",
-                                "verdict": "info", "target": "kernel audit records",
-                                "rule": "audit netlink receive buffer full",
-                                "backend": "audit", "pid": None, "comm": None, "uid": None})
+                    out.append(_lost_record("audit_overrun", None,
+                                            "audit netlink receive buffer full"))
                     continue
                 raise
             if not data:
                 break
             for typ, body in _iter_msgs(data):
                 self._feed(typ, body.rstrip(b"\0").decode("utf-8", errors="replace"), out)
-        self._flush(out, time.monotonic())
+        now = time.monotonic()
+        self._flush(out, now)
+        self._rate_summaries(out, now)
+        self._check_kernel_lost(out, now)
         return out
 
     def feed_text(self, typ: int, text: str) -> list[dict]:
@@ -583,8 +633,12 @@ class AuditLink:
         return out
 
     def flush(self, force: bool = False) -> list[dict]:
+        """Finish Landlock groups still waiting for their EOE (all of them
+        with ``force``), and due rate summaries."""
         out: list[dict] = []
-        self._flush(out, float("inf") if force else time.monotonic())
+        now = float("inf") if force else time.monotonic()
+        self._flush(out, now)
+        self._rate_summaries(out, now)
         return out
 
     def _feed(self, typ: int, text: str, out: list) -> None:
@@ -595,23 +649,19 @@ class AuditLink:
         serial = int(m.group(3))
         body = text[m.end():]
         if typ == AUDIT_SECCOMP:
-            # complete on its own, own serial
+            # complete on its own: seccomp runs before the syscall's audit
+            # entry, so the record has its own serial and no SYSCALL/EOE
             f = parse_fields(body)
             pid = _int(f.get("pid"))
-            r = self._seccomp_record(ts, f, f"type={typ} {text}", pid, read_cgroup(pid))
-            if r is not None:
-                out.append(r)
+            self._emit(self._seccomp_record(ts, f, f"type={typ} {text}", pid,
+                                            read_cgroup(pid)), out)
             return
-        if typ not in (AUDIT_LANDLOCK_ACCESS, AUDIT_LANDLOCK_DOMAIN, AUDIT_SYSCALL,
-                       AUDIT_EOE, AUDIT_PROCTITLE):
-            return
+        if typ not in (AUDIT_LANDLOCK_ACCESS, AUDIT_LANDLOCK_DOMAIN, AUDIT_SYSCALL, AUDIT_EOE):
+            return          # PROCTITLE and anything an auditd's rules let through
         g = self._pending.get(serial)
         if g is None:
-            if typ in (AUDIT_EOE, AUDIT_SYSCALL, AUDIT_PROCTITLE):
-                # a group we have not seen start; only interesting if it has
-                # Landlock records, so open one for SYSCALL/PROCTITLE only
-                if typ == AUDIT_EOE:
-                    return
+            if typ in (AUDIT_SYSCALL, AUDIT_EOE):
+                return      # not a Landlock event: its ACCESS record would come first
             g = self._pending[serial] = _Group(serial, ts)
             if len(self._pending) > MAX_PENDING:
                 oldest = min(self._pending.values(), key=lambda x: x.first)
@@ -623,16 +673,26 @@ class AuditLink:
         g.recs.append((typ, f, text))
         if typ == AUDIT_SYSCALL and g.pid is None:
             g.pid = _int(f.get("pid"))
-            f["_cgroup"] = read_cgroup(g.pid)
+            f["_cgroup"] = read_cgroup(g.pid)     # now: the process may exit soon
         elif typ == AUDIT_LANDLOCK_DOMAIN and f.get("status") == "allocated":
             pid = _int(f.get("pid"))
-            self._domains[f.get("domain", "")] = {
+            self._remember_domain(f.get("domain"), {
                 "pid": pid, "uid": _int(f.get("uid")), "comm": f.get("comm"),
-                "exe": f.get("exe"), "cgroup": read_cgroup(pid)}
-            while len(self._domains) > DOMAIN_CACHE:
-                self._domains.pop(next(iter(self._domains)))
-        elif typ == AUDIT_LANDLOCK_DOMAIN and f.get("status") == "deallocated":
-            pass    # keep the entry: late records of the domain may still come
+                "exe": f.get("exe"), "cgroup": read_cgroup(pid)})
+        # status=deallocated: keep the entry, late records of the domain may still come
+
+    def _remember_domain(self, dom: str | None, info: dict) -> None:
+        if not dom:
+            return
+        old = self._domains.get(dom)
+        if old is not None:
+            for k, v in info.items():
+                if old.get(k) is None:
+                    old[k] = v
+            return
+        self._domains[dom] = info
+        while len(self._domains) > DOMAIN_CACHE:
+            self._domains.pop(next(iter(self._domains)))
 
     def _flush(self, out: list, now: float) -> None:
         for serial in [s for s, g in self._pending.items() if now - g.first >= GROUP_TIMEOUT]:
@@ -643,27 +703,82 @@ class AuditLink:
             return True
         return cgroup == self.cgroup_prefix or cgroup.startswith(self.cgroup_prefix + "/")
 
+    # -- rate limiting / loss ------------------------------------------------
+    def _emit(self, rec: dict | None, out: list) -> None:
+        if rec is None or not self._keep(rec.get("cgroup")):
+            return
+        if self.rate is None:
+            out.append(rec)
+            return
+        key = rec.get("cgroup") or (f"domain:{rec['domain']}" if rec.get("domain")
+                                    else f"pid:{rec.get('pid')}")
+        now = time.monotonic()
+        b = self._buckets.get(key)
+        if b is None:
+            b = self._buckets[key] = _Bucket(self.burst, now)
+            if len(self._buckets) > DOMAIN_CACHE:
+                for k in [k for k, x in self._buckets.items() if not x.suppressed][:1024]:
+                    del self._buckets[k]
+        b.tokens = min(self.burst, b.tokens + (now - b.last) * self.rate)
+        b.last = now
+        if b.tokens >= 1:
+            b.tokens -= 1
+            if b.suppressed:
+                out.append(self._rate_record(b))
+            out.append(rec)
+        else:
+            if not b.suppressed:
+                b.since = now
+            b.suppressed += 1
+            b.pid, b.cgroup, b.backend = rec.get("pid"), rec.get("cgroup"), rec.get("backend")
+
+    def _rate_record(self, b: _Bucket) -> dict:
+        n, b.suppressed = b.suppressed, 0
+        return {"time": time.time(), "pid": b.pid, "comm": None, "uid": None, "kind": "rate",
+                "op": "suppressed", "target": f"{n} event(s)", "count": n, "verdict": "info",
+                "rule": "per-session rate limit (kernel audit)", "backend": b.backend,
+                "cgroup": b.cgroup}
+
+    def _rate_summaries(self, out: list, now: float) -> None:
+        for b in self._buckets.values():
+            if b.suppressed and now - b.since >= 1.0:
+                out.append(self._rate_record(b))
+
+    def _check_kernel_lost(self, out: list, now: float) -> None:
+        """The kernel drops records beyond its backlog limit (a denial
+        flood); report its global lost counter's increase, at most 1/s."""
+        if now - self._lost_checked < 1.0 or self._kernel_lost is None:
+            return
+        self._lost_checked = now
+        try:
+            lost = status()["lost"]
+        except OSError:
+            return
+        if lost > self._kernel_lost:
+            out.append(_lost_record("audit_backlog", lost - self._kernel_lost,
+                                    "kernel audit backlog limit exceeded"))
+        self._kernel_lost = lost
+
+    # -- record building -------------------------------------------------------
     def _finish(self, g: _Group, out: list) -> None:
-        access = [(f, t) for typ, f, t in g.recs if typ == AUDIT_LANDLOCK_ACCESS]
+        access = [f for typ, f, t in g.recs if typ == AUDIT_LANDLOCK_ACCESS]
         if not access:
             return
         sc = next((f for typ, f, t in g.recs if typ == AUDIT_SYSCALL), None)
         raw = "\n".join(f"type={typ} {t}" for typ, f, t in g.recs)
-        for f, _ in access:
-            r = self._landlock_record(g, f, sc, raw)
-            if r is not None:
-                out.append(r)
+        for f in access:
+            self._emit(self._landlock_record(g, f, sc, raw), out)
 
-    def _landlock_record(self, g: _Group, f: dict, sc: dict | None, raw: str) -> dict | None:
+    def _landlock_record(self, g: _Group, f: dict, sc: dict | None, raw: str) -> dict:
         blockers = [b for b in f.get("blockers", "").split(",") if b]
         kind, op = BLOCKER_OPS.get(blockers[0], ("file", blockers[0])) if blockers \
             else ("file", "unknown")
-        dom = self._domains.get(f.get("domain", ""))
+        domain = f.get("domain")
         rec = {"time": g.time, "pid": None, "comm": None, "uid": None, "kind": kind, "op": op,
                "target": None, "verdict": "deny",
                "rule": "landlock: missing " + (",".join(blockers) or "?"),
                "backend": "landlock", "raw": raw, "blockers": blockers,
-               "domain": f.get("domain"), "serial": g.serial, "cgroup": None}
+               "domain": domain, "serial": g.serial, "cgroup": None}
         if sc is not None:
             rec["pid"] = _int(sc.get("pid"))
             rec["comm"] = sc.get("comm")
@@ -673,32 +788,32 @@ class AuditLink:
             nr = _int(sc.get("syscall"))
             if nr is not None:
                 rec["syscall"] = syscall_name(nr, _int(sc.get("arch"), 16) or 0) or f"syscall {nr}"
+        dom = self._domains.get(domain or "")
+        if rec["cgroup"] is not None:
+            # every task of a domain stays in the session cgroup (cgroupfs is
+            # write-protected by the file policy): remember it for records
+            # whose task is already gone
+            self._remember_domain(domain, {"cgroup": rec["cgroup"], "pid": None})
         elif dom is not None:
-            # no audit context: the only link is the domain's creator
+            rec["cgroup"] = dom.get("cgroup")
+        if dom is not None and dom.get("pid"):
             rec["domain_pid"] = dom["pid"]
-            rec["cgroup"] = dom["cgroup"]
-        if dom is not None:
-            rec["domain_pid"] = dom["pid"]
-            if rec["cgroup"] is None:
-                rec["cgroup"] = dom["cgroup"]
         if "path" in f:
             rec["target"] = f["path"]
         elif "name" in f:
             rec["target"] = f["name"]
         elif "opid" in f:
             rec["target"] = f"pid {f['opid']}" + (f" ({f['ocomm']})" if "ocomm" in f else "")
-        elif "daddr" in f or "dport" in f or "lport" in f:
+        elif "daddr" in f or "dport" in f or "lport" in f or "sport" in f:
             host = f.get("daddr") or f.get("saddr") or f.get("laddr") or ""
             port = f.get("dport") or f.get("sport") or f.get("lport") or ""
             rec["target"] = f"{host}:{port}"
         for k in ("dev", "ino", "ioctlcmd"):
             if k in f:
                 rec[k] = f[k]
-        if not self._keep(rec["cgroup"]):
-            return None
         return rec
 
-    def _seccomp_record(self, ts: float, f: dict, text: str, pid, cgroup) -> dict | None:
+    def _seccomp_record(self, ts: float, f: dict, text: str, pid, cgroup) -> dict:
         code = _int(f.get("code"), 16)
         action = SECCOMP_ACTIONS.get((code or 0) & 0xFFFF0000, f"code {f.get('code')}")
         arch = _int(f.get("arch"), 16) or 0
@@ -713,9 +828,14 @@ class AuditLink:
                "exe": f.get("exe"), "cgroup": cgroup}
         if f.get("compat") == "1" or (arch == AUDIT_ARCH_X86_64 and nr and nr & X32_SYSCALL_BIT):
             rec["compat"] = True
-        if not self._keep(cgroup):
-            return None
         return rec
+
+
+def _lost_record(op: str, count: int | None, why: str) -> dict:
+    return {"time": time.time(), "pid": None, "comm": None, "uid": None, "kind": "lost",
+            "op": op, "target": f"{count} kernel audit record(s)" if count else
+            "kernel audit records", "count": count, "verdict": "info", "rule": why,
+            "backend": "audit"}
 
 
 # ---- probe ---------------------------------------------------------------------

@@ -8,60 +8,12 @@
 
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
-/* ---- file policy (bpf/file_lsm.c, daemon/corral/filelsm.py) ---- */
-/* event.op for EV_FILE */
-#define FOP_OPEN_READ     1
-#define FOP_OPEN_WRITE    2
-#define FOP_OPEN_RDWR     3
-#define FOP_CREATE        4   /* mknod / open(O_CREAT) of a new file */
-#define FOP_MKDIR         5
-#define FOP_SYMLINK       6
-#define FOP_UNLINK        7
-#define FOP_RMDIR         8
-#define FOP_LINK_SRC      9
-#define FOP_LINK_DST      10
-#define FOP_RENAME_SRC    11
-#define FOP_RENAME_DST    12
-#define FOP_TRUNCATE      13
-#define FOP_SETATTR       14  /* chmod / chown */
-#define FOP_UNIX_CONNECT  15
-
-/* event.rule values for file denials that are not a user rule */
-#define RULE_FILE_TOO_DEEP           2   /* path deeper than the walk bound: fail closed */
-#define RULE_FILE_HARDLINK           3   /* inode of a read-denied file reached by another name */
-#define RULE_FILE_RACE               4   /* per-CPU scratch reused under preemption: fail closed */
-#define RULE_FILE_PROTECTED_ANCESTOR 5   /* moving/deleting a directory that holds deny rules */
-
 #endif
 
 #ifndef AF_INET
 #define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
-/* ---- file policy (bpf/file_lsm.c, daemon/corral/filelsm.py) ---- */
-/* event.op for EV_FILE */
-#define FOP_OPEN_READ     1
-#define FOP_OPEN_WRITE    2
-#define FOP_OPEN_RDWR     3
-#define FOP_CREATE        4   /* mknod / open(O_CREAT) of a new file */
-#define FOP_MKDIR         5
-#define FOP_SYMLINK       6
-#define FOP_UNLINK        7
-#define FOP_RMDIR         8
-#define FOP_LINK_SRC      9
-#define FOP_LINK_DST      10
-#define FOP_RENAME_SRC    11
-#define FOP_RENAME_DST    12
-#define FOP_TRUNCATE      13
-#define FOP_SETATTR       14  /* chmod / chown */
-#define FOP_UNIX_CONNECT  15
-
-/* event.rule values for file denials that are not a user rule */
-#define RULE_FILE_TOO_DEEP           2   /* path deeper than the walk bound: fail closed */
-#define RULE_FILE_HARDLINK           3   /* inode of a read-denied file reached by another name */
-#define RULE_FILE_RACE               4   /* per-CPU scratch reused under preemption: fail closed */
-#define RULE_FILE_PROTECTED_ANCESTOR 5   /* moving/deleting a directory that holds deny rules */
-
 #endif
 
 /* session_cfg.flags */
@@ -113,22 +65,22 @@ struct event {
 };
 
 /* ---- file policy (bpf/file_lsm.c, daemon/corral/filelsm.py) ---- */
-/* event.op for EV_FILE */
+/* event.op for EV_FILE (keep in sync with events.py FILE_OPS) */
 #define FOP_OPEN_READ     1
-#define FOP_OPEN_WRITE    2
-#define FOP_OPEN_RDWR     3
-#define FOP_CREATE        4   /* mknod / open(O_CREAT) of a new file */
-#define FOP_MKDIR         5
+#define FOP_OPEN_WRITE    2   /* also read+write opens */
+#define FOP_CREATE        3   /* regular file: open(O_CREAT) / mknod S_IFREG */
+#define FOP_MKDIR         4
+#define FOP_MKNOD         5   /* fifo, socket, device node */
 #define FOP_SYMLINK       6
-#define FOP_UNLINK        7
-#define FOP_RMDIR         8
-#define FOP_LINK_SRC      9
-#define FOP_LINK_DST      10
-#define FOP_RENAME_SRC    11
-#define FOP_RENAME_DST    12
-#define FOP_TRUNCATE      13
-#define FOP_SETATTR       14  /* chmod / chown */
-#define FOP_UNIX_CONNECT  15
+#define FOP_LINK          7
+#define FOP_UNLINK        8
+#define FOP_RMDIR         9
+#define FOP_RENAME_FROM   10
+#define FOP_RENAME_TO     11
+#define FOP_TRUNCATE      12
+#define FOP_SETATTR       13  /* chmod / chown */
+#define FOP_UNIX_CONNECT  14
+#define FOP_TOO_DEEP      15  /* path deeper than the walk bound (any op) */
 
 /* event.rule values for file denials that are not a user rule */
 #define RULE_FILE_TOO_DEEP           2   /* path deeper than the walk bound: fail closed */

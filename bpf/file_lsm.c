@@ -405,6 +405,7 @@ static __always_inline int check(struct fsess *s, u64 cgid, struct dentry *d,
     if (n < 0) {
         v.deny = 1;
         v.rule = RULE_FILE_TOO_DEEP;
+        op = FOP_TOO_DEEP;
         n = MAX_DEPTH;
     } else {
         evaluate(sc, n, cgid, s, c->seed, want, &v);
@@ -462,7 +463,7 @@ LSM_PROBE(file_open, struct file *file, int ret)
         want |= WANT_WRITE;
     if (!want)
         return 0;
-    u8 op = (want & WANT_WRITE) ? ((want & WANT_READ) ? FOP_OPEN_RDWR : FOP_OPEN_WRITE) : FOP_OPEN_READ;
+    u8 op = (want & WANT_WRITE) ? FOP_OPEN_WRITE : FOP_OPEN_READ;
     return check_path(s, cgid, &file->f_path, want, op);
 }
 
@@ -487,7 +488,8 @@ LSM_PROBE(path_chown, const struct path *path, u64 uid, u64 gid, int ret)
 LSM_PROBE(path_mknod, const struct path *dir, struct dentry *dentry, u64 mode, u64 dev, int ret)
 {
     SESSION_OR_ALLOW(ret);
-    return check_in_dir(s, cgid, dir, dentry, WANT_WRITE, FOP_CREATE);
+    u8 op = ((mode & 0170000) == 0100000 || (mode & 0170000) == 0) ? FOP_CREATE : FOP_MKNOD;
+    return check_in_dir(s, cgid, dir, dentry, WANT_WRITE, op);
 }
 
 LSM_PROBE(path_mkdir, const struct path *dir, struct dentry *dentry, u64 mode, int ret)
@@ -519,23 +521,23 @@ LSM_PROBE(path_link, struct dentry *old_dentry, const struct path *new_dir,
           struct dentry *new_dentry, int ret)
 {
     SESSION_OR_ALLOW(ret);
-    int r = check_in_dir(s, cgid, new_dir, old_dentry, WANT_READ | WANT_WRITE | WANT_MOVE, FOP_LINK_SRC);
+    int r = check_in_dir(s, cgid, new_dir, old_dentry, WANT_READ | WANT_WRITE | WANT_MOVE, FOP_LINK);
     if (r)
         return r;
-    return check_in_dir(s, cgid, new_dir, new_dentry, WANT_WRITE, FOP_LINK_DST);
+    return check_in_dir(s, cgid, new_dir, new_dentry, WANT_WRITE, FOP_LINK);
 }
 
 LSM_PROBE(path_rename, const struct path *old_dir, struct dentry *old_dentry,
           const struct path *new_dir, struct dentry *new_dentry, unsigned int flags, int ret)
 {
     SESSION_OR_ALLOW(ret);
-    int r = check_in_dir(s, cgid, old_dir, old_dentry, WANT_READ | WANT_WRITE | WANT_MOVE, FOP_RENAME_SRC);
+    int r = check_in_dir(s, cgid, old_dir, old_dentry, WANT_READ | WANT_WRITE | WANT_MOVE, FOP_RENAME_FROM);
     if (r)
         return r;
     int want = WANT_WRITE | WANT_MOVE;
     if (flags & 2 /* RENAME_EXCHANGE */)
         want |= WANT_READ;
-    return check_in_dir(s, cgid, new_dir, new_dentry, want, FOP_RENAME_DST);
+    return check_in_dir(s, cgid, new_dir, new_dentry, want, FOP_RENAME_TO);
 }
 
 /* AF_UNIX path sockets: connecting counts as writing the socket file (and

@@ -27,7 +27,7 @@ import hashlib
 import json
 import logging
 import os
-import platform
+import re
 import shutil
 import stat
 import struct
@@ -68,12 +68,16 @@ KINDS = [("deny_read", RB_DENY_READ, "rd"), ("allow_read", RB_ALLOW_READ, "rd"),
 
 _M64 = (1 << 64) - 1
 
+# same implicit rules as the Landlock backend (landlock.py)
+DEVICE_WRITE_PATHS = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random",
+                      "/dev/urandom", "/dev/tty", "/dev/ptmx", "/dev/pts")
+PROTECTED_FSTYPES = ("cgroup2", "cgroup", "bpf")
+
 EVENT_FMT = "<QQII16sBBHIIIQ16s256s"
 EVENT_SIZE = struct.calcsize(EVENT_FMT)
-FOP_NAMES = {1: "open_read", 2: "open_write", 3: "open_rdwr", 4: "create", 5: "mkdir",
-             6: "symlink", 7: "unlink", 8: "rmdir", 9: "link_src", 10: "link_dst",
-             11: "rename_src", 12: "rename_dst", 13: "truncate", 14: "setattr",
-             15: "unix_connect"}
+FOP_NAMES = {1: "open_read", 2: "open_write", 3: "create", 4: "mkdir", 5: "mknod",
+             6: "symlink", 7: "link", 8: "unlink", 9: "rmdir", 10: "rename_from",
+             11: "rename_to", 12: "truncate", 13: "setattr", 14: "unix_connect", 15: "too_deep"}
 RULE_NAMES = {0: "default_deny", 1: "unspecified", 2: "too_deep", 3: "hardlink",
               4: "race", 5: "protected_ancestor"}
 
@@ -266,20 +270,49 @@ def _under(path: str, roots: list[str]) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
-def compile_policy(seed: int, pol: dict) -> Compiled:
+def _unescape_mount(s: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+
+def protected_mounts() -> list[str]:
+    """Mount points of cgroup/bpf filesystems (never writable in a session)."""
+    out = []
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            for line in fh:
+                parts = line.split()
+                sep = parts.index("-")
+                if parts[sep + 1] in PROTECTED_FSTYPES:
+                    out.append(_unescape_mount(parts[4]))
+    except (OSError, ValueError):
+        pass
+    return sorted(set(out))
+
+
+def compile_policy(seed: int, pol: dict, implicit: bool = True) -> Compiled:
+    """Policy dict -> map entries. With `implicit` (the default, as the Landlock
+    backend does) a few character devices are always writable and cgroup/bpf
+    filesystems are never writable."""
     c = Compiled()
     unknown = set(pol) - {k for k, _, _ in KINDS}
     if unknown:
         log.warning("file policy: ignoring unknown keys %s", sorted(unknown))
     allow_read = [_norm(p) for p in pol.get("allow_read", []) or []]
     allow_read += [os.path.realpath(p) for p in allow_read]
-    for kind, bit, slot in KINDS:
-        for raw in pol.get(kind, []) or []:
+    items = [(kind, bit, slot, raw, kind) for kind, bit, slot in KINDS
+             for raw in pol.get(kind, []) or []]
+    if implicit:
+        items += [("allow_write", RB_ALLOW_WRITE, "wr", p, "implicit allow_write")
+                  for p in DEVICE_WRITE_PATHS]
+        items += [("deny_write", RB_DENY_WRITE, "wr", p, "implicit deny_write")
+                  for p in protected_mounts()]
+    for kind, bit, slot, raw, label in items:
+        if True:
             p = _norm(raw)
             idx = len(c.rules)
             if idx >= MAX_RULES:
                 raise ValueError(f"file policy: more than {MAX_RULES} rules")
-            c.rules.append((kind, p))
+            c.rules.append((label, p))
             names = {p, os.path.realpath(p)}
             for q in names:
                 comps = _comps(q)

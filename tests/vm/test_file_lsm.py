@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEV_W, REPO, Session, cgroup_root
+from vmhelpers import DEV_W, REPO, cgroup_root
 from corral import filelsm
 
 EPERM_RC = 1  # coreutils exit status on EPERM

@@ -1,4 +1,4 @@
-"""Guest-side fixtures for the VM tier (run by tests/vm/run_vm.py inside a VM
+"""Guest-side helpers and fixtures for the VM tier (run by tests/vm/run_vm.py inside a VM
 booted with lsm=...,bpf). Sessions are plain cgroups under the cgroup2 root;
 policy is installed with FileLsm directly (no daemon)."""
 from __future__ import annotations

@@ -300,6 +300,9 @@ def verify(directory: Path) -> VerifyResult:
                     return res
             if r.get("kind") == "log" and r.get("op") == "retention":
                 retention = r
+            if r.get("kind") == "log" and r.get("op") == "damaged":
+                res.warnings.append(f"seq {seq}: the daemon found damaged log data at start-up "
+                                    f"({r.get('target')}, {r.get('count')} bytes: {r.get('rule')})")
             prev_hash, prev_seq = r["hash"], seq
             res.records += 1
             if res.first_seq is None:
@@ -387,14 +390,19 @@ class EventLog:
                         "rule": "incomplete record at the end of a segment (crash while writing?)"
                         if it.problem == "torn" else "undecodable bytes in a segment"})
             if last is None:
-                if idx == len(segs) - 1 and not torn and seg.stat().st_size == 0:
-                    continue        # empty newest segment: will be reused below if it fits
+                # Empty (reused below: same name), or nothing whole in it: set it
+                # aside as evidence (out of the chain) and resume from the one before.
+                if seg.stat().st_size > 0:
+                    aside = seg.with_name(f"{seg.name}.damaged-{int(time.time())}")
+                    os.rename(seg, aside)
+                    log.warning("audit log: %s holds no whole record; kept as %s", seg.name, aside.name)
                 continue
             if idx == len(segs) - 1 and not torn:
                 self._cur = seg      # clean tail: keep appending to it
                 self._new_segment = False
-            if idx != len(segs) - 1 or torn:
-                log.warning("audit log: %s ends damaged; continuing the chain in a new segment", seg.name)
+            if torn or self._startup_notes:
+                log.warning("audit log: damaged records after seq %d (see the 'damaged' record); "
+                            "continuing the chain in a new segment", last["seq"])
             return last["seq"] + 1, last["hash"]
         return 0, GENESIS
 

@@ -415,3 +415,40 @@ def test_kernel_lost_counter_is_reported(link):
     link._check_kernel_lost(out, time.monotonic())
     assert [(r["kind"], r["op"]) for r in out] == [("lost", "audit_backlog")]
     assert out[0]["count"] >= 3
+
+
+# ---- through corrald + `corral run` (the session's real cgroup) ---------------------
+def test_corral_run_denial_carries_the_session_cgroup(link, daemon, denied_dir):
+    """What the daemon will resolve: a denial inside a `corral run` session
+    carries a cgroup "/<instance>/<session id>[/...]" even when the denied
+    process (cat) has already exited when the record is read (then it comes
+    from the Landlock domain's creator, the session leader)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    d, path = denied_dir
+    link.read()
+    env = dict(daemon.env)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "corral"), "run", "--no-net",
+                             "--deny-read", d, "--", "sh", "-c",
+                             f'echo "$CORRAL_SESSION"; cat "{path}"; echo "rc=$?"; sleep 1.5'],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        recs = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not recs:
+            select.select([link], [], [], 0.1)
+            recs = [r for r in link.read() if r.get("target") == path]
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    sid, rc = out.split()[:2]
+    assert rc == "rc=1", (out, err)
+    assert len(recs) == 1, recs
+    r = recs[0]
+    assert (r["kind"], r["op"], r["verdict"], r["comm"], r["backend"]) == (
+        "file", "open_read", "deny", "cat", "landlock")
+    parts = [p for p in (r["cgroup"] or "").split("/") if p]
+    assert parts[:2] == [daemon.instance, sid], r

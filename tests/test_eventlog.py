@@ -280,7 +280,8 @@ def test_audit_group_can_read_others_cannot(tmp_path):
 
 def test_daemon_log_verifies_after_crash_and_restart():
     """A SIGKILLed daemon with a torn record: the restarted daemon continues the chain."""
-    d = make_daemon("corral-logtest", extra_args=["--no-dns"])
+    d = make_daemon("corral-logtest", extra_args=["--no-dns"],
+                    extra_env={"CORRAL_LOG_SEGMENT_BYTES": "3000", "CORRAL_LOG_KEEP_SEGMENTS": "3"})
     try:
         d.start()
         with d.client() as c:
@@ -302,5 +303,12 @@ def test_daemon_log_verifies_after_crash_and_restart():
         p = d.corral("log", "verify")
         assert p.returncode == 0, p.stdout + p.stderr
         assert "incomplete final record" in p.stderr
+        # The daemon honours the rotation/retention settings from its environment.
+        for _ in range(8):
+            assert d.corral("run", "--no-net", "--", "true").returncode == 0
+        d.wait_record(lambda r: r.get("kind") == "log" and r.get("op") == "retention")
+        assert len(el.segments(d.log_dir)) == 3
+        p = d.corral("log", "verify")
+        assert p.returncode == 0 and "removed by retention" in p.stderr, p.stdout + p.stderr
     finally:
         d.cleanup()

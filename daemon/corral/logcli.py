@@ -167,6 +167,9 @@ def main(args) -> int:
         print(f"corral: cannot read the audit log in {directory}: permission denied "
               f"(root and members of group {config.AUDIT_GROUP} may read it)", file=sys.stderr)
         return 1
+    if (directory / "current.log").exists():
+        _warn(f"{directory}/current.log is a log from a corral version without a hash chain; "
+              "it is not read or verified (any msgpack reader can read it)")
     try:
         if args.action == "verify":
             res = verify(directory)

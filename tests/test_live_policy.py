@@ -152,3 +152,13 @@ def test_session_cannot_widen_itself(daemon, tmp_path):
     sid = p.stdout.split()[-1]
     rec = daemon.wait_record(lambda r: r.get("kind") == "policy" and r.get("session") == sid)
     assert rec["rule"].startswith("corral deny --net 127.0.0.1:1 by uid")
+
+
+def test_log_shows_what_a_policy_update_changed():
+    from corral.logcli import fmt_row, policy_diff
+    old = {"network": {"allow": ["10.0.0.0/8"], "deny": []}, "filesystem": None}
+    new = {"network": {"allow": ["10.0.0.0/8", "127.0.0.1/32:80"], "deny": []}, "filesystem": None}
+    assert policy_diff(old, new) == ["+network.allow 127.0.0.1/32:80"]
+    row = fmt_row({"kind": "policy", "op": "update", "verdict": "info", "session": "s", "uid": 0,
+                   "old": old, "policy": new, "rule": "corral allow --net 127.0.0.1:80 by uid 0"})
+    assert "+network.allow 127.0.0.1/32:80" in row and "by uid 0" in row

@@ -90,6 +90,24 @@ def fmt_time(t) -> str:
 HEADER = f"{'TIME':19} {'SEQ':>6} {'SESSION':8} {'KIND':7} {'OP':12} {'VERDICT':7} TARGET  [RULE]  WHO"
 
 
+def policy_diff(old, new) -> list[str]:
+    """What a policy update changed, e.g. ["+network.allow 10.0.0.1/32:443"]."""
+    out = []
+    old, new = old or {}, new or {}
+    for section in ("network", "filesystem", "syscalls"):
+        o, n = old.get(section), new.get(section)
+        if o is None and n is None:
+            continue
+        if o is None or n is None:
+            out.append(f"{'+' if o is None else '-'}{section} (section {'added' if o is None else 'removed'})")
+        o, n = o or {}, n or {}
+        for k in sorted(set(o) | set(n)):
+            ov, nv = o.get(k) or [], n.get(k) or []
+            out += [f"+{section}.{k} {x}" for x in nv if x not in ov]
+            out += [f"-{section}.{k} {x}" for x in ov if x not in nv]
+    return out
+
+
 def fmt_row(r: dict) -> str:
     who = []
     if r.get("pid"):
@@ -101,6 +119,8 @@ def fmt_row(r: dict) -> str:
     target = str(r.get("target") or "")
     if r.get("kind") == "rate" and r.get("count") is not None:
         target = f"{r['count']} event(s) suppressed"
+    if r.get("kind") == "policy" and r.get("op") == "update" and isinstance(r.get("policy"), dict):
+        target = ", ".join(policy_diff(r.get("old"), r.get("policy"))) or "(no change)"
     rule = r.get("rule") or ""
     return (f"{fmt_time(r.get('time')):19} {r.get('seq', ''):>6} {str(r.get('session') or '-'):8} "
             f"{str(r.get('kind') or '-'):7} {str(r.get('op') or '-'):12} "

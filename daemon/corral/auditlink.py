@@ -172,13 +172,14 @@ def _nlmsg(typ: int, flags: int, seq: int, payload: bytes = b"") -> bytes:
     return NLMSGHDR.pack(NLMSGHDR.size + len(payload), typ, flags, seq, 0) + payload
 
 
-def _iter_msgs(data: bytes):
+def _iter_msgs(data: bytes, with_seq: bool = False):
     off = 0
     while off + NLMSGHDR.size <= len(data):
         ln, typ, flags, seq, pid = NLMSGHDR.unpack_from(data, off)
         if ln < NLMSGHDR.size:
             break
-        yield typ, data[off + NLMSGHDR.size:off + ln]
+        body = data[off + NLMSGHDR.size:off + ln]
+        yield (typ, body, seq) if with_seq else (typ, body)
         off += (ln + 3) & ~3
 
 
@@ -204,7 +205,9 @@ class _Control:
         acked = False
         while True:
             data = self.s.recv(1 << 16)
-            for t, body in _iter_msgs(data):
+            for t, body, seq in _iter_msgs(data, with_seq=True):
+                if seq != self.seq:
+                    continue        # a late answer to an earlier (timed out) request
                 if t == NLMSG_ERROR:
                     err = struct.unpack_from("=i", body)[0]
                     if err:
@@ -542,6 +545,7 @@ class AuditLink:
         self._kernel_lost: int | None = None
         self._lost_checked = 0.0
         self._sock = None
+        self._ctl: _Control | None = None
 
     @classmethod
     def detached(cls, *, cgroup_prefix: str | None = None, rate: float | None = RATE_PER_SEC,
@@ -588,9 +592,13 @@ class AuditLink:
         return self._sock.fileno()
 
     def close(self) -> None:
+        """Stop listening. Kernel audit stays enabled (see the module doc)."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._ctl is not None:
+            self._ctl.close()
+            self._ctl = None
 
     def __enter__(self):
         return self
@@ -751,8 +759,13 @@ class AuditLink:
             return
         self._lost_checked = now
         try:
-            lost = status()["lost"]
-        except OSError:
+            if self._ctl is None:
+                self._ctl = _Control()
+            lost = self._ctl.status()["lost"]
+        except (OSError, IndexError):
+            if self._ctl is not None:
+                self._ctl.close()
+                self._ctl = None
             return
         if lost > self._kernel_lost:
             out.append(_lost_record("audit_backlog", lost - self._kernel_lost,

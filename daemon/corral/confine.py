@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 
 from corral import landlock, native
-from corral.seccomp_rules import OPS, rules_for
+from corral.seccomp_rules import OPS, QUIET, rules_for
 
 __all__ = ["ConfineError", "SeccompFilter", "build_seccomp", "close_inherited_fds",
            "drop_capabilities", "set_no_new_privs", "apply"]
@@ -38,34 +38,40 @@ class ConfineError(RuntimeError):
 
 # ---- seccomp (libseccomp through cffi) ------------------------------------
 class SeccompFilter:
-    """A compiled-but-not-loaded libseccomp filter context."""
+    """Compiled-but-not-loaded libseccomp filter context(s).
 
-    def __init__(self, ctx, nrules: int, log: bool):
-        self._ctx = ctx
+    Usually one context; with ``log=True`` a second, non-logging one holds the
+    QUIET rules (see seccomp_rules.QUIET)."""
+
+    def __init__(self, ctxs: list, nrules: int, log: bool):
+        self._ctxs = list(ctxs)
         self.nrules = nrules
         self.log = log
 
     def load(self) -> None:
         lib = native.load().lib
-        if self._ctx is None:
+        if not self._ctxs:
             raise ConfineError("seccomp filter already loaded/released")
-        r = lib.seccomp_load(self._ctx)
-        if r < 0:
-            raise ConfineError(f"seccomp_load failed: {os.strerror(-r)}")
+        for ctx in self._ctxs:
+            r = lib.seccomp_load(ctx)
+            if r < 0:
+                raise ConfineError(f"seccomp_load failed: {os.strerror(-r)}")
 
     def export_pfc(self) -> str:
         """Human-readable pseudo filter code (for debugging)."""
         import tempfile
         lib = native.load().lib
         with tempfile.TemporaryFile(mode="w+") as f:
-            lib.seccomp_export_pfc(self._ctx, f.fileno())
+            for ctx in self._ctxs:
+                lib.seccomp_export_pfc(ctx, f.fileno())
             f.seek(0)
             return f.read()
 
     def release(self) -> None:
-        if self._ctx is not None:
-            native.load().lib.seccomp_release(self._ctx)
-            self._ctx = None
+        lib = native.load().lib if self._ctxs else None
+        for ctx in self._ctxs:
+            lib.seccomp_release(ctx)
+        self._ctxs = []
 
     def __del__(self):  # pragma: no cover - best effort
         try:
@@ -80,8 +86,9 @@ def build_seccomp(syscalls_deny: list[str] | tuple[str, ...] = (), log: bool = F
     Only the native architecture is in the filter; libseccomp's bad-arch
     action (any other ABI: ia32 ``int 0x80``, x32) is KILL_PROCESS.
     ``log=True`` sets SECCOMP_FILTER_FLAG_LOG (SCMP_FLTATR_CTL_LOG) so that
-    ERRNO denials are audit-logged too (by default only kill actions are).
-    Raises ConfineError for an unknown syscall name.
+    ERRNO denials are audit-logged too (by default the kernel only logs kill
+    actions); the QUIET rules (clone3) then live in a second filter without
+    the flag. Raises ConfineError for an unknown syscall name.
     """
     try:
         mod = native.load()
@@ -92,43 +99,52 @@ def build_seccomp(syscalls_deny: list[str] | tuple[str, ...] = (), log: bool = F
         rules = rules_for(syscalls_deny)
     except ValueError as e:
         raise ConfineError(str(e)) from None
-    ctx = lib.seccomp_init(lib.corral_scmp_act_allow())
-    if ctx == ffi.NULL:
-        raise ConfineError("seccomp_init failed")
-    filt = SeccompFilter(ctx, len(rules), log)
-
-    def chk(r, what):
-        if r < 0:
-            filt.release()
-            raise ConfineError(f"{what}: {os.strerror(-r)}")
-
-    chk(lib.seccomp_attr_set(ctx, lib.SCMP_FLTATR_ACT_BADARCH, lib.corral_scmp_act_kill_process()),
-        "seccomp: set bad-arch action")
-    # we set no_new_privs ourselves (confine step 5); keep libseccomp's default
-    # (NNP on load) anyway so a standalone load() is still valid.
-    chk(lib.seccomp_attr_set(ctx, lib.SCMP_FLTATR_CTL_NNP, 1), "seccomp: set NNP")
+    groups = [rules]
     if log:
-        chk(lib.seccomp_attr_set(ctx, lib.SCMP_FLTATR_CTL_LOG, 1), "seccomp: set CTL_LOG")
+        groups = [[r for r in rules if r[0] not in QUIET], [r for r in rules if r[0] in QUIET]]
+    filt = SeccompFilter([], len(rules), log)
     opmap = {name: getattr(lib, "SCMP_CMP_" + name) for name in OPS}
-    for name, err, conds in rules:
-        nr = lib.seccomp_syscall_resolve_name(name.encode())
-        if nr < 0:
-            filt.release()
-            raise ConfineError(f"unknown syscall name {name!r} (not a syscall on this architecture)")
-        arr = ffi.new("struct scmp_arg_cmp[]", max(1, len(conds)))
-        for i, c in enumerate(conds):
-            arg, op, a = c[0], c[1], c[2]
-            b = c[3] if len(c) > 3 else 0
-            if op not in opmap:
-                filt.release()
-                raise ConfineError(f"bad seccomp comparison {op!r} in rule for {name}")
-            arr[i].arg = arg
-            arr[i].op = opmap[op]
-            arr[i].datum_a = a & 0xFFFFFFFFFFFFFFFF
-            arr[i].datum_b = b & 0xFFFFFFFFFFFFFFFF
-        chk(lib.seccomp_rule_add_array(ctx, lib.corral_scmp_act_errno(err), nr, len(conds),
-                                       arr if conds else ffi.NULL),
-            f"seccomp_rule_add({name})")
+
+    def fail(msg):
+        filt.release()
+        raise ConfineError(msg)
+
+    for gi, group in enumerate(groups):
+        if gi > 0 and not group:
+            continue
+        ctx = lib.seccomp_init(lib.corral_scmp_act_allow())
+        if ctx == ffi.NULL:
+            fail("seccomp_init failed")
+        filt._ctxs.append(ctx)
+
+        def chk(r, what):
+            if r < 0:
+                fail(f"{what}: {os.strerror(-r)}")
+
+        chk(lib.seccomp_attr_set(ctx, lib.SCMP_FLTATR_ACT_BADARCH,
+                                 lib.corral_scmp_act_kill_process()), "seccomp: set bad-arch action")
+        # we set no_new_privs ourselves (confine step 5); keep libseccomp's
+        # default (NNP on load) anyway so a standalone load() is still valid.
+        chk(lib.seccomp_attr_set(ctx, lib.SCMP_FLTATR_CTL_NNP, 1), "seccomp: set NNP")
+        if log and gi == 0:
+            chk(lib.seccomp_attr_set(ctx, lib.SCMP_FLTATR_CTL_LOG, 1), "seccomp: set CTL_LOG")
+        for name, err, conds in group:
+            nr = lib.seccomp_syscall_resolve_name(name.encode())
+            if nr < 0:
+                fail(f"unknown syscall name {name!r} (not a syscall on this architecture)")
+            arr = ffi.new("struct scmp_arg_cmp[]", max(1, len(conds)))
+            for i, c in enumerate(conds):
+                arg, op, a = c[0], c[1], c[2]
+                b = c[3] if len(c) > 3 else 0
+                if op not in opmap:
+                    fail(f"bad seccomp comparison {op!r} in rule for {name}")
+                arr[i].arg = arg
+                arr[i].op = opmap[op]
+                arr[i].datum_a = a & 0xFFFFFFFFFFFFFFFF
+                arr[i].datum_b = b & 0xFFFFFFFFFFFFFFFF
+            chk(lib.seccomp_rule_add_array(ctx, lib.corral_scmp_act_errno(err), nr, len(conds),
+                                           arr if conds else ffi.NULL),
+                f"seccomp_rule_add({name})")
     return filt
 
 

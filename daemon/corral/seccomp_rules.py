@@ -94,6 +94,13 @@ DEFAULT_RULES: list[Rule] = [
 # stop `corral run` itself from exec'ing the agent after the filter is loaded.
 UNDENIABLE = frozenset({"execve", "exit", "exit_group", "rt_sigreturn"})
 
+# Denials that ordinary programs trigger all the time (glibc tries clone3 on
+# every thread/posix_spawn before falling back): when audit logging of
+# denials is requested they go into a second, non-logging filter so the audit
+# log is not flooded. The kernel takes the action *and* its log flag from the
+# filter that produced the winning action.
+QUIET = frozenset({"clone3"})
+
 OPS = ("NE", "LT", "LE", "EQ", "GE", "GT", "MASKED_EQ")
 
 

@@ -19,16 +19,23 @@ What the kernel sends (measured on 6.18, Landlock ABI 7, no auditd):
       1423 audit(T:S): domain=1a1ec05e1 blockers=fs.read_file path="/x" dev="vda" ino=123
       1424 audit(T:S): domain=1a1ec05e1 status=allocated mode=enforcing pid=.. uid=.. exe=.. comm=..
       1300 audit(T:S): arch=c000003e syscall=257 success=no exit=-13 ... pid=.. uid=.. comm=.. exe=..
-      1327 audit(T:S): proctitle=...
+      1327 audit(T:S): proctitle=...          (dropped by our exclude rules)
       1320 audit(T:S):
+
+  For create/remove/mkdir denials (fs.make_*, fs.remove_*) ``path=`` is the
+  *parent directory* whose right is missing, not the new/removed entry.
+  Landlock denials and BPF-LSM denials never duplicate: LSM order here is
+  ``lockdown,capability,landlock,bpf`` and the first denying LSM ends the hook.
 
   The ACCESS record (1423) carries no pid: the actor comes from the SYSCALL
   record (1300) of the same serial. The DOMAIN record (1424, status=allocated)
   appears with the first denial of a domain only and names the process that
-  created the domain (``corral run``, in the session cgroup). A task forked
-  before audit was first enabled has no audit context: its records come
-  without SYSCALL/EOE, each with its own serial; then the domain's creator
-  (remembered from its 1424 record) is the only link to a session.
+  created the domain (``corral run``, i.e. the session leader, in the session
+  cgroup). Per the kernel source (audit_alloc), a task forked before audit
+  was first enabled has no audit context: its records come without
+  SYSCALL/EOE, each with its own serial; then the domain id -> cgroup memory
+  (from the 1424 record or an earlier record of the domain) is the only link
+  to a session.
 * **seccomp** logs ERRNO (and TRAP/TRACE/USER_NOTIF) actions only when the
   filter was loaded with ``SECCOMP_FILTER_FLAG_LOG`` (libseccomp
   ``SCMP_FLTATR_CTL_LOG``; ``confine.build_seccomp(log=True)``) *and* the
@@ -56,6 +63,16 @@ seccomp records. Other effects of audit_enabled=1, documented, not avoidable:
 * with no auditd registered the kernel also printk()s each remaining record
   to the kernel log, rate-limited by printk_ratelimit ("kauditd_printk_skb:
   N callbacks suppressed"), then drops it (nothing is queued).
+* a denial flood overruns the kernel's backlog (default 64 records): measured,
+  20000 denied opens in a tight loop delivered 4588 records, 15412 lost (the
+  kernel's ``lost`` counter). When AuditLink enables audit it raises the
+  backlog limit to 8192 (then 16455 delivered, 3545 lost; the flooding task
+  is slowed by the kernel's backlog wait). Losses are reported as
+  ``kind="lost"`` records; AuditLink also rate-limits per cgroup.
+
+Pitfall, measured: an exclude rule must have no filter key (``-k``): the
+kernel's exclude filter stops at the first field it does not evaluate and
+keeps the record, so a keyed rule silently excludes nothing.
 
 AuditLink never touches the configuration when audit is already enabled or
 locked, or when an auditd is registered (its owner decides; auditd's

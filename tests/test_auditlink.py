@@ -324,6 +324,9 @@ def test_parse_fields_quoted_hex_and_plain():
     assert f["syscall"] == "257"                  # numbers are not "hex strings"
     assert auditlink.parse_fields('path="/x/ABCD"')["path"] == "/x/ABCD"
     assert auditlink.parse_fields("path=ABC")["path"] == "ABC"   # odd length: not hex
+    # non-UTF-8 names stay printable and encodable (the audit log is msgpack)
+    weird = auditlink.parse_fields("path=2FFF20")["path"]
+    assert weird == "/\\xff " and weird.encode("utf-8")
 
 
 def test_group_without_eoe_flushes_after_timeout():

@@ -404,7 +404,7 @@ def _unhex(v: str) -> str | None:
     if len(v) % 2 or not _HEX.fullmatch(v):
         return None
     try:
-        return bytes.fromhex(v).decode("utf-8", errors="surrogateescape")
+        return bytes.fromhex(v).decode("utf-8", errors="backslashreplace")
     except ValueError:
         return None
 

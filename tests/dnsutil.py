@@ -34,13 +34,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 class Dnsmasq:
     """dnsmasq as the upstream, answering only from its command line, logging every query."""
 
-    def __init__(self, records: list[str], addr: str | None = None, local_ttl: int = 300):
+    def __init__(self, records: list[str], addr: str | None = None, local_ttl: int = 300,
+                 log_queries: bool = True):
         self.addr = addr or f"127.53.{random.randint(1, 250)}.{random.randint(1, 250)}"
         self.port = free_port(self.addr)
         self.dir = Path(tempfile.mkdtemp(prefix="corral-dnsmasq-"))
         self.logfile = self.dir / "queries.log"
         self.records = records
         self.local_ttl = local_ttl
+        self.log_queries = log_queries
         self.proc = None
 
     @property
@@ -50,9 +52,12 @@ class Dnsmasq:
     def start(self):
         cmd = [DNSMASQ, "-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
                "--no-poll", "--bind-interfaces", f"--listen-address={self.addr}",
-               f"--port={self.port}", "--log-queries", f"--log-facility={self.logfile}",
+               f"--port={self.port}", *(["--log-queries"] if self.log_queries else []),
+               f"--log-facility={self.logfile}",
                f"--pid-file={self.dir / 'pid'}", "--user=root", "--group=root",
-               f"--local-ttl={self.local_ttl}", "--cache-size=1000", *self.records]
+               f"--local-ttl={self.local_ttl}", *self.records]
+        if not any(r.startswith("--cache-size") for r in self.records):
+            cmd.append("--cache-size=1000")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

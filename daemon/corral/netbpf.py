@@ -100,6 +100,8 @@ class NetBpf:
         self.sessions = self.bpf["sessions"]
         self.tries = {k: self.bpf[k] for k in ("allow4", "deny4", "allow6", "deny6")}
         self.dns_socks = self.bpf["dns_socks"]
+        # cgid -> {(trie name, prefix): leaf bytes} as last written by install_rules
+        self._installed: dict[int, dict] = {}
         self.lost = self.bpf["lost"]
 
     # -- programs -----------------------------------------------------------
@@ -155,12 +157,14 @@ class NetBpf:
 
     def remove_session(self, cgid: int) -> None:
         self.clear_rules(cgid)
+        self._installed.pop(cgid, None)
         try:
             del self.sessions[self.sessions.Key(cgid)]
         except KeyError:
             pass
 
     def clear_rules(self, cgid: int) -> None:
+        self._installed.pop(cgid, None)
         lo, hi = cgid & 0xFFFFFFFF, cgid >> 32
         for trie in self.tries.values():
             for k in [k for k in trie.keys() if k.cg_lo == lo and k.cg_hi == hi]:
@@ -181,9 +185,25 @@ class NetBpf:
         # Write new entries first, then drop stale ones: a live update never
         # passes through an empty (wide-open or all-denied) state.
         lo, hi = cgid & 0xFFFFFFFF, cgid >> 32
+        prev = self._installed.get(cgid)
+        now = {k: bytes(leaf) for k, leaf in wanted.items()}
         for (tname, net), leaf in wanted.items():
+            if prev is not None and prev.get((tname, net)) == now[(tname, net)]:
+                continue              # unchanged: DNS-learned rules change one at a time
             trie = self.tries[tname]
             trie[self._key(trie, cgid, net)] = leaf
+        if prev is not None:
+            self._installed[cgid] = now
+            for tname, net in prev.keys() - now.keys():
+                trie = self.tries[tname]
+                try:
+                    del trie[self._key(trie, cgid, net)]
+                except KeyError:
+                    pass
+            return
+        # First install for this cgid in this daemon: the pinned tries may hold
+        # a previous daemon's entries; sweep them.
+        self._installed[cgid] = now
         for tname, trie in self.tries.items():
             for k in list(trie.keys()):
                 if k.cg_lo != lo or k.cg_hi != hi:
@@ -224,16 +244,37 @@ class NetBpf:
 def _merged_entries(rules: list[tuple[NetRule, int]]):
     """One trie entry per distinct prefix, carrying the port ranges of every
     rule whose prefix covers it: the LPM lookup returns only the longest match,
-    so a /16 must also answer for the /8 around it."""
-    nets = sorted({r.net for r, _ in rules}, key=lambda n: n.prefixlen)
-    for net in nets:
-        covering = [(r, rid) for r, rid in rules if net.subnet_of(r.net)]
+    so a /16 must also answer for the /8 around it.
+
+    Covering prefixes are found by masking each prefix down to the (few)
+    prefix lengths in use, not by comparing every pair: learned DNS rules make
+    thousands of /32s, and this runs before every DNS answer that adds one."""
+    groups: dict[tuple[int, int], list] = {}
+    nets = {}
+    for idx, (r, rid) in enumerate(rules):
+        key = (int(r.net.network_address), r.net.prefixlen)
+        groups.setdefault(key, []).append((idx, r, rid))
+        nets[key] = r.net
+    if not groups:
+        return
+    bits = next(iter(nets.values())).max_prefixlen
+    plens = sorted({p for _, p in groups})
+    for key in sorted(groups, key=lambda k: k[1]):
+        addr, plen = key
+        covering = []
+        for p in plens:
+            if p > plen:
+                break
+            mask = ((1 << p) - 1) << (bits - p)
+            covering.extend(groups.get((addr & mask, p), ()))
+        covering.sort(key=lambda c: c[0])          # rule order, as written
+        net = nets[key]
         if len(covering) > MAX_PORT_RANGES:
             raise PolicyError(f"{net}: {len(covering)} port rules cover this prefix; "
                               f"at most {MAX_PORT_RANGES} are supported — merge port ranges")
         leaf = PortRules()
         leaf.n = len(covering)
-        for i, (r, rid) in enumerate(covering):
+        for i, (_, r, rid) in enumerate(covering):
             leaf.rule[i] = rid
             leaf.lo[i] = r.port_lo
             leaf.hi[i] = r.port_hi

@@ -14,6 +14,7 @@ at registration, relative to the client's cwd and home.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -65,6 +66,19 @@ def parse_ports(text: str, what: str) -> tuple[int, int]:
 
 def parse_net_rule(text: str) -> NetRule:
     """CIDR[:PORT[-PORT]]; IPv6 with a port is written [addr/len]:PORT."""
+    if isinstance(text, str):
+        return _parse_net_rule_cached(text)
+    return _parse_net_rule(text)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_net_rule_cached(text: str) -> NetRule:
+    # Every policy install re-parses the session's DNS-learned rules (one per
+    # address); NetRule is immutable, so parse each text once.
+    return _parse_net_rule(text)
+
+
+def _parse_net_rule(text) -> NetRule:
     if not isinstance(text, str) or not text.strip():
         raise PolicyError(f"network rule {text!r}: expected a string like 10.0.0.0/8:443")
     s = text.strip()

@@ -135,10 +135,10 @@ class SessionTable:
             s.dns_rules = []
         # After the resolver has seen the policy: it drops what a removed domain
         # had learned from s.dns_rules, so this install already revokes it.
-        if net is not None:
-            learned = [pol.parse_net_rule(r) for r, _ in s.dns_rules]
-            s.rules[len(allow):len(allow)] = [f"allow {r} (from DNS)" for r in learned]
-            allow = allow + learned
+        # Learned rules get the last ids, so learning one never renumbers (and
+        # rewrites) the static rules' trie entries.
+        learned = [pol.parse_net_rule(r) for r, _ in s.dns_rules] if net is not None else []
+        s.rules += [f"allow {r} (from DNS)" for r in learned]
         fs = s.policy.get("filesystem")
         if self.filelsm is not None:
             if fs is not None:
@@ -159,6 +159,9 @@ class SessionTable:
         deny_ids = []
         for r in deny:
             deny_ids.append((r, rid))
+            rid += 1
+        for r in learned:
+            allow_ids.append((r, rid))
             rid += 1
         self.net.install_rules(s.cgid, allow_ids, deny_ids)
         self.net.set_session(s.cgid, flags, s.dns_port)

@@ -14,6 +14,7 @@ ports from what the name's allow rules grant.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -183,7 +184,8 @@ class DomainPolicy:
         return Decision(tuple(ports), desc)
 
 
-def rule_text(addr, lo: int, hi: int) -> str:
+@functools.lru_cache(maxsize=1 << 16)
+def rule_text(addr: str, lo: int, hi: int) -> str:
     """A learned address as a policy.parse_net_rule string."""
     a = ipaddress.ip_address(addr)
     net = f"{a}/{a.max_prefixlen}"

@@ -51,6 +51,7 @@ AUDIT_RATE, AUDIT_BURST = 100.0, 200.0     # dns audit events per second per ses
 _LABEL_OK = re.compile(rb"^[A-Za-z0-9_-]{1,63}$")
 A, AAAA, CNAME, OPT = QTYPE.A, QTYPE.AAAA, QTYPE.CNAME, 41
 STATE = RUN_DIR / "dns"
+SAVE_DELAY = 1.0            # learned state reaches disk at most this late (restart only)
 
 
 class SessionDns:
@@ -73,6 +74,7 @@ class SessionDns:
         self.pushed: frozenset | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
+        self.save_timer: asyncio.TimerHandle | None = None
         self.tcp_conns = 0
         self.inflight = 0
         self.tokens = AUDIT_BURST
@@ -184,9 +186,9 @@ class DnsSteering:
         sd.session = s
         self._refresh(sd)
         # add_session already wrote the revocations into s.dns_rules before the
-        # kernel install; if not (older SessionTable), push them right after.
-        if frozenset(r for r, _ in s.dns_rules) != frozenset(r for r, _ in self._rules(sd)):
-            self.loop.call_soon(self._push, sd) if self.loop else None
+        # kernel install; if something else replaced them, push ours right after.
+        if sd.pushed != frozenset(r for r, _ in s.dns_rules) and self.loop is not None:
+            self.loop.call_soon(self._push, sd)
 
     def remove_session(self, s) -> None:
         sd = self.by_id.pop(s.id, None)
@@ -269,9 +271,10 @@ class DnsSteering:
 
     def _close(self, sd: SessionDns) -> None:
         sd.closed = True
-        if sd.timer:
-            sd.timer.cancel()
-            sd.timer = None
+        for t in (sd.timer, sd.save_timer):
+            if t is not None:
+                t.cancel()
+        sd.timer = sd.save_timer = None
         for tr in sd.transports:
             tr.close()
         for srv in sd.servers:
@@ -413,7 +416,7 @@ class DnsSteering:
             ent[0].extend(ports)
             ent[1] = 0
         out = []
-        for addr, (ports, exp) in sorted(per_addr.items()):
+        for addr, (ports, exp) in per_addr.items():      # learning order: appends stay appends
             for lo, hi in names.union_ports(ports):
                 out.append((names.rule_text(addr, lo, hi), exp))
         return out
@@ -444,7 +447,8 @@ class DnsSteering:
             return False
         sd.pushed = texts
         self._schedule_expiry(sd)
-        self._save_state(sd)
+        if sd.save_timer is None and self.loop is not None:
+            sd.save_timer = self.loop.call_later(SAVE_DELAY, self._save_state, sd)
         return True
 
     def _schedule_expiry(self, sd) -> None:
@@ -479,6 +483,9 @@ class DnsSteering:
 
     def _save_state(self, sd) -> None:
         """So a restarted daemon knows which name taught which address."""
+        sd.save_timer = None
+        if sd.closed:
+            return
         try:
             STATE.mkdir(parents=True, exist_ok=True, mode=0o700)
             f = self._state_file(sd.session)

@@ -135,6 +135,13 @@ int corral_close_range_from(unsigned int first)
     return 0;
 }
 
+int corral_close_range(unsigned int first, unsigned int last)
+{
+    if (syscall(__NR_close_range, first, last, 0) != 0)
+        return -errno;
+    return 0;
+}
+
 int corral_last_cap(void)
 {
     FILE *f = fopen("/proc/sys/kernel/cap_last_cap", "re");

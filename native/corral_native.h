@@ -32,6 +32,7 @@ int corral_landlock_restrict_self(int ruleset_fd, uint32_t flags);
 int corral_set_no_new_privs(void);
 int corral_get_no_new_privs(void);
 int corral_close_range_from(unsigned int first);
+int corral_close_range(unsigned int first, unsigned int last);
 int corral_last_cap(void);
 int corral_drop_all_caps(int last_cap);
 int corral_set_securebits_noroot(void);

@@ -521,3 +521,24 @@ def test_seccomp_errno_denials_audit_logged_only_with_ctl_log():
     assert any("syscall=425" in l for l in mine)
     assert not any("syscall=435" in l for l in mine)          # clone3: quiet filter
     assert not [l for l in p.splitlines() if f"pid={quiet_pid} " in l and "type=1326" in l]
+
+
+def test_refuses_multithreaded_caller():
+    code = ("import threading, time\nfrom corral import confine\n"
+            "t = threading.Thread(target=time.sleep, args=(2,), daemon=True); t.start()\n"
+            "try:\n    confine.apply(None, [])\n    print('applied')\n"
+            "except confine.ConfineError as e:\n    print('refused', 'single-threaded' in str(e))\n")
+    p = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=ENV)
+    assert p.stdout.split() == ["refused", "True"], p.stdout + p.stderr
+
+
+def test_keep_fds(tmp_path):
+    code = ("import os\nfrom corral import confine\n"
+            "a = os.open('/dev/null', os.O_RDONLY); b = os.open('/dev/null', os.O_RDONLY)\n"
+            "c = os.open('/dev/null', os.O_RDONLY)\n"
+            "rep = confine.apply(None, [], keep_fds=(b,))\n"
+            "def is_open(fd):\n"
+            "    try:\n        os.fstat(fd); return 'open'\n    except OSError:\n        return 'closed'\n"
+            "print(is_open(a), is_open(b), is_open(c), rep['fds_closed'] >= 2)\n")
+    p = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=ENV)
+    assert p.stdout.split() == ["closed", "open", "closed", "True"], p.stdout + p.stderr

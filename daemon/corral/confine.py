@@ -149,27 +149,37 @@ def build_seccomp(syscalls_deny: list[str] | tuple[str, ...] = (), log: bool = F
 
 
 # ---- fds, caps, nnp --------------------------------------------------------
-def close_inherited_fds() -> int:
-    """Close every fd >= 3. Returns how many were open."""
-    try:
-        fds = [int(n) for n in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = []
-    # the listdir fd itself is already closed again
-    n = len([f for f in fds if f > 2 and _fd_open(f)])
+def _open_fds() -> list[int]:
+    fds = []
+    for n in os.listdir("/proc/self/fd"):
+        fd = int(n)
+        if _fd_open(fd):       # the listdir fd itself is closed by now
+            fds.append(fd)
+    return sorted(fds)
+
+
+def close_inherited_fds(keep: tuple[int, ...] | list[int] = ()) -> int:
+    """Close every fd >= 3 except those in ``keep``. Returns how many were closed."""
+    keep_set = {k for k in keep if k > 2}
+    before = [f for f in _open_fds() if f > 2 and f not in keep_set]
     lib = native.load().lib
-    if lib.corral_close_range_from(3) < 0:
-        for f in fds:
-            if f > 2:
-                try:
-                    os.close(f)
-                except OSError:
-                    pass
-        left = [int(x) for x in os.listdir("/proc/self/fd") if int(x) > 2]
-        # the listdir fd shows up in its own listing; anything else is a failure
-        if len(left) > 1:
-            raise ConfineError(f"could not close inherited fds: {left}")
-    return n
+    first = 3
+    for k in sorted(keep_set) + [None]:
+        last = (k - 1) if k is not None else 0xFFFFFFFF
+        if last >= first:
+            if lib.corral_close_range(first, last) < 0:      # pre-5.9 kernel
+                for f in before:
+                    if first <= f <= last:
+                        try:
+                            os.close(f)
+                        except OSError:
+                            pass
+        if k is not None:
+            first = k + 1
+    left = [f for f in _open_fds() if f > 2 and f not in keep_set]
+    if left:
+        raise ConfineError(f"could not close inherited fds: {left}")
+    return len(before)
 
 
 def _fd_open(fd: int) -> bool:
@@ -198,15 +208,27 @@ def set_no_new_privs() -> None:
 
 
 # ---- the sequence ------------------------------------------------------------
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
 def apply(file_policy: dict | None, syscalls_deny: list[str] | tuple[str, ...] = (),
           keep_caps: bool = False, *, allow_weaker: bool = False,
-          seccomp_log: bool = False) -> dict:
+          seccomp_log: bool = False, keep_fds: tuple[int, ...] = ()) -> dict:
     """Harden the calling process (single-threaded, about to exec).
 
     ``file_policy`` None means no file policy: Landlock is still installed
     (read all, write all except the protected mounts). Returns what was
     enforced, e.g. ``{"landlock_abi": 7, "landlock": True, "seccomp": True,
     "caps_dropped": True, "no_new_privs": True, "fds_closed": 2}``.
+
+    The caller must be single-threaded (Landlock and seccomp apply to the
+    calling thread; other threads would stay unconfined): ConfineError
+    otherwise. ``keep_fds`` are left open (e.g. a status pipe to the caller).
+    ``seccomp_log`` audit-logs ERRNO denials (see build_seccomp).
     """
     report: dict = {"landlock": False, "landlock_abi": 0, "seccomp": False,
                     "caps_dropped": False, "no_new_privs": False, "fds_closed": 0}
@@ -216,17 +238,22 @@ def apply(file_policy: dict | None, syscalls_deny: list[str] | tuple[str, ...] =
         raise ConfineError(str(e)) from None
     try:
         # 1. validate everything
+        if _threads() != 1:
+            raise ConfineError("confine.apply must run in a single-threaded process "
+                               f"({_threads()} threads): other threads would stay unconfined")
         filt = build_seccomp(syscalls_deny, log=seccomp_log)
         try:
             decision = landlock.file_policy_decision(file_policy, allow_weaker)
         except landlock.LandlockUnavailable as e:
             raise ConfineError(str(e)) from None
         pl = landlock.plan(file_policy) if decision["enforce"] else None
+        if pl is not None and pl.skipped:
+            report["landlock_unlisted"] = len(pl.skipped)
         report["landlock_abi"] = decision.get("abi", 0)
         if decision.get("weaker"):
             report["weaker"] = decision["reason"]
         # 2. inherited fds
-        report["fds_closed"] = close_inherited_fds()
+        report["fds_closed"] = close_inherited_fds(keep_fds)
         # 3. ruleset (still privileged)
         ruleset = None
         if pl is not None:

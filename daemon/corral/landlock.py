@@ -357,6 +357,7 @@ class Plan:
     rules: dict            # path -> access mask (before per-file masking)
     policy: dict           # the effective policy (with implicit entries)
     unreadable: list       # directories that could not be listed (denied)
+    skipped: list = field(default_factory=list)  # unlistable dirs + multi-link files: no rule
 
 
 def plan(file_policy: dict | None, ms: list[Mount] | None = None) -> Plan:
@@ -398,7 +399,8 @@ def plan(file_policy: dict | None, ms: list[Mount] | None = None) -> Plan:
             rules[p] = rules.get(p, 0) | FS_READ_DIR
     for p in ww.grants:
         rules[p] = rules.get(p, 0) | WRITE
-    return Plan(rules=rules, policy=eff, unreadable=rw.unreadable + ww.unreadable)
+    return Plan(rules=rules, policy=eff, unreadable=rw.unreadable + ww.unreadable,
+                skipped=rw.unreadable + ww.unreadable + rw.skipped_links + ww.skipped_links)
 
 
 # ---- kernel side -------------------------------------------------------------

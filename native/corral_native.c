@@ -184,7 +184,8 @@ int corral_get_securebits(void)
     return r < 0 ? -errno : r;
 }
 
-/* Drop every capability from every set. Order matters: the bounding set can
+/* Drop every capability from every set; returns 1, or 0 when the bounding
+ * set was left alone for lack of CAP_SETPCAP. Order matters: the bounding set can
  * only be shrunk while CAP_SETPCAP is still effective, so capset() is last. */
 int corral_drop_all_caps(int last_cap)
 {
@@ -192,9 +193,23 @@ int corral_drop_all_caps(int last_cap)
     struct __user_cap_data_struct data[2];
     int c;
 
+    int bounding_dropped = 1;
+
     if (last_cap < 0)
         last_cap = corral_last_cap();
-    for (c = 0; c <= last_cap; c++) {
+    /* Shrinking the bounding set needs CAP_SETPCAP. An unprivileged caller
+     * without it cannot gain anything through the bounding set anyway once
+     * no_new_privs is set (no setuid / file-capability gains on exec), so
+     * that case is reported (return 0) rather than treated as failure. */
+    if (prctl(PR_CAPBSET_READ, CAP_SETPCAP, 0, 0, 0) < 0)
+        return -errno;
+    memset(&hdr, 0, sizeof(hdr));
+    hdr.version = _LINUX_CAPABILITY_VERSION_3;
+    if (syscall(SYS_capget, &hdr, data) != 0)
+        return -errno;
+    if (!(data[0].effective & (1U << CAP_SETPCAP)))
+        bounding_dropped = 0;
+    for (c = 0; bounding_dropped && c <= last_cap; c++) {
         if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) != 0 && errno != EINVAL)
             return -errno;
     }
@@ -206,7 +221,7 @@ int corral_drop_all_caps(int last_cap)
     hdr.pid = 0;
     if (syscall(SYS_capset, &hdr, data) != 0)
         return -errno;
-    return 0;
+    return bounding_dropped;
 }
 
 /* 1 when the effective, permitted and inheritable sets are all empty. */

@@ -190,14 +190,19 @@ def _fd_open(fd: int) -> bool:
         return False
 
 
-def drop_capabilities() -> None:
+def drop_capabilities() -> dict:
+    """Lock securebits (NOROOT...), empty the bounding and ambient sets and the
+    effective/permitted/inheritable sets. Without CAP_SETPCAP (unprivileged
+    caller) securebits and the bounding set cannot be changed; no_new_privs
+    then guarantees exec gains nothing. Returns what was done."""
     lib = native.load().lib
     r = lib.corral_set_securebits_noroot()
-    if r < 0 and -r != 1:  # EPERM: no CAP_SETPCAP, nothing to lock for a non-root caller
+    if r < 0 and -r != 1:  # EPERM: no CAP_SETPCAP
         native.check(r, "prctl(PR_SET_SECUREBITS)")
-    native.check(lib.corral_drop_all_caps(-1), "drop capabilities")
+    b = native.check(lib.corral_drop_all_caps(-1), "drop capabilities")
     if lib.corral_caps_effective_is_zero() != 1:
         raise ConfineError("capabilities still present after capset")
+    return {"securebits_locked": r >= 0, "bounding_set_dropped": bool(b)}
 
 
 def set_no_new_privs() -> None:
@@ -261,7 +266,7 @@ def apply(file_policy: dict | None, syscalls_deny: list[str] | tuple[str, ...] =
             report["landlock_rules"] = stats["rules"]
         # 4. capabilities
         if not keep_caps:
-            drop_capabilities()
+            report.update(drop_capabilities())
             report["caps_dropped"] = True
         # 5. no_new_privs
         set_no_new_privs()

@@ -95,7 +95,8 @@ def cmd_run(args) -> int:
     try:
         report = confine.apply(session["policy"].get("filesystem"),
                                session["policy"]["syscalls"]["deny"],
-                               keep_caps=args.keep_caps, allow_weaker=args.allow_weaker)
+                               keep_caps=args.keep_caps, allow_weaker=args.allow_weaker,
+                               seccomp_log=True)
     except Exception as e:
         # Fail closed: the command never runs unconfined.
         try:

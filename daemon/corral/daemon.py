@@ -52,6 +52,7 @@ class Daemon:
         self.features: dict = {}
         self.filelsm = None
         self.dns = None
+        self.auditlink = None
         self._lost_seen = 0
 
     # -- start-up ----------------------------------------------------------
@@ -68,6 +69,7 @@ class Daemon:
         self.dns = self._load_dns()
         self.log = EventLog(LOG_DIR)
         self.sessions = SessionTable(self.net, self.filelsm, self.dns)
+        self.auditlink = self._load_auditlink()
         recovered = self.sessions.recover()
         self.api = Api(self)
         log.info("BPF loaded in %.1fs (headers: %s); %d session(s) recovered",
@@ -114,6 +116,38 @@ class Daemon:
         self.features["dns"] = {"active": True, "upstream": d.upstream_desc()}
         return d
 
+    def _load_auditlink(self):
+        """Landlock file denials and seccomp denials come from kernel audit."""
+        f = self.features.setdefault("audit", {})
+        try:
+            from . import auditlink
+        except ImportError as e:
+            f.update(active=False, why=f"not available: {e}")
+            return None
+        ok, why = auditlink.probe()
+        f.update(probe=why)
+        try:
+            link = auditlink.AuditLink(cgroup_prefix="/" + cgroups.ROOT_NAME)
+        except OSError as e:
+            f.update(active=False, why=str(e))
+            log.warning("kernel audit link: %s (Landlock/seccomp denials not logged)", e)
+            return None
+        f.update(active=True, landlock=ok, enabled_by_corral=link.enabled_by_us)
+        return link
+
+    def audit_link_read(self) -> None:
+        for rec in self.auditlink.read():
+            cg = rec.pop("cgroup", None)
+            parts = [p for p in (cg or "").split("/") if p]
+            sid = parts[1] if len(parts) >= 2 and parts[0] == cgroups.ROOT_NAME else None
+            if sid is None and rec.get("pid"):
+                s = self.sessions.for_pid(rec["pid"])
+                sid = s.id if s else None
+            rec["session"] = sid
+            if cg is not None:
+                rec["cgroup"] = cg
+            self.audit(rec)
+
     # -- events ------------------------------------------------------------
     def audit(self, rec: dict) -> None:
         """Every event reaches the log before any subscriber."""
@@ -153,6 +187,8 @@ class Daemon:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(SESSION_POLL)
+            if self.auditlink is not None:
+                self.audit_link_read()      # EOE-less groups, rate summaries, kernel losses
             for s in self.sessions.ended():
                 self.end_session(s, "cgroup empty", kill=False)
             lost = self.net.lost_events() + (self.filelsm.lost_events()
@@ -182,6 +218,8 @@ class Daemon:
         stop_pump = threading.Event()
         pump = threading.Thread(target=self._pump, args=(stop_pump,), daemon=True)
         pump.start()
+        if self.auditlink is not None:
+            self.loop.add_reader(self.auditlink.fileno(), self.audit_link_read)
         watcher = self.loop.create_task(self._watch())
         log.info("listening on %s", SOCKET)
         sd_notify("READY=1\nSTATUS=serving")
@@ -189,6 +227,10 @@ class Daemon:
         sd_notify("STOPPING=1")
         log.info("stopping")
         watcher.cancel()
+        if self.auditlink is not None:
+            self.loop.remove_reader(self.auditlink.fileno())
+            self.audit_link_read()
+            self.auditlink.close()
         await server.close()
         if self.dns is not None:
             await self.dns.stop()

@@ -37,6 +37,7 @@ CLONE_NEWNET = 0x40000000
 NAMESPACE_FLAGS = (CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER,
                    CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWCGROUP, CLONE_NEWTIME)
 
+AF_NETLINK = 16
 AF_PACKET = 17
 AF_VSOCK = 40
 SOCK_RAW = 3
@@ -87,7 +88,11 @@ DEFAULT_RULES: list[Rule] = [
     # raw/packet/vsock sockets (family is an int: mask to 32 bits)
     ("socket", EPERM, ((0, "MASKED_EQ", U32, AF_PACKET),)),
     ("socket", EPERM, ((0, "MASKED_EQ", U32, AF_VSOCK),)),
-    ("socket", EPERM, ((1, "MASKED_EQ", SOCK_TYPE_MASK, SOCK_RAW),)),
+    # SOCK_RAW in any family except AF_NETLINK: netlink sockets are SOCK_RAW by
+    # API convention and getifaddrs() needs one (Node os.networkInterfaces,
+    # Go net.Interfaces, ...); with capabilities dropped netlink can only
+    # read. NE is a full 64-bit compare, so (1<<32)|AF_NETLINK is denied too.
+    ("socket", EPERM, ((0, "NE", AF_NETLINK), (1, "MASKED_EQ", SOCK_TYPE_MASK, SOCK_RAW))),
 ]
 
 # Syscalls that policy["syscalls"]["deny"] may not name: denying them would

@@ -430,3 +430,36 @@ def test_etc_hosts_names_need_no_dns(session, ns, upstream, hosts_lines, loopbac
             break
         time.sleep(0.2)
     assert connect(b, ns.v4, 8081) == "ok 8081"
+
+
+def test_daemon_restart_keeps_resolver_and_learned_rules(upstream, ns):
+    """Sessions outlive corrald; the next daemon re-binds the same resolver
+    port and still knows which name taught which address."""
+    d = make_daemon("corral-dnsr", extra_args=["--dns-upstream", upstream.upstream,
+                                                "--dns-min-ttl", "1"])
+    b = None
+    try:
+        d.start()
+        b = Background(d, ["--allow-domain", "svc.test:8080", "--allow-domain", "nothing.test"])
+        port = b.info()["dns_port"]
+        assert addrs(dig(b, "svc.test")[1]) == [ns.v4]
+        time.sleep(1.5)                                # learned state reaches disk
+        d.stop()
+        assert connect(b, ns.v4, 8080) == "ok 8080"    # the kernel keeps enforcing
+        d.start()
+        deadline = time.monotonic() + 60
+        while d.stderr_text().count("listening on") < 2:
+            assert time.monotonic() < deadline, d.stderr_text()
+            time.sleep(0.1)
+        info = b.info()
+        assert info["dns_port"] == port
+        assert [r for r, _ in info["dns_rules"]] == [f"{ns.v4}/32:8080"]
+        assert connect(b, ns.v4, 8080) == "ok 8080"
+        assert dig(b, "svc.test")[0] == "NOERROR" and dig(b, "unknown.test")[0] == "REFUSED"
+        b.update({"allow_domains": ["nothing.test", "other.test"]})
+        assert b.info()["dns_rules"] == []
+        assert connect(b, ns.v4, 8080) == "EPERM"
+    finally:
+        if b is not None:
+            b.close()
+        d.cleanup()

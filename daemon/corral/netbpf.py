@@ -176,40 +176,46 @@ class NetBpf:
     def install_rules(self, cgid: int, allow: list[tuple[NetRule, int]],
                       deny: list[tuple[NetRule, int]]) -> None:
         """Replace the session's tries. Each rule comes with its id (for events)."""
+        # Keyed by (trie, address as int, prefix length): hashing ipaddress
+        # objects dominated installs with thousands of DNS-learned rules.
         wanted = {}
         for kind, rules in (("allow", allow), ("deny", deny)):
             for fam in (4, 6):
                 fam_rules = [(r, rid) for r, rid in rules if r.net.version == fam]
-                for entry in _merged_entries(fam_rules):
-                    wanted[(f"{kind}{fam}", entry[0])] = entry[1]
+                tname = f"{kind}{fam}"
+                for (addr, plen), net, leaf in _merged(fam_rules):
+                    wanted[(tname, addr, plen)] = (net, leaf)
         # Write new entries first, then drop stale ones: a live update never
         # passes through an empty (wide-open or all-denied) state.
         lo, hi = cgid & 0xFFFFFFFF, cgid >> 32
         prev = self._installed.get(cgid)
-        now = {k: bytes(leaf) for k, leaf in wanted.items()}
-        for (tname, net), leaf in wanted.items():
-            if prev is not None and prev.get((tname, net)) == now[(tname, net)]:
-                continue              # unchanged: DNS-learned rules change one at a time
-            trie = self.tries[tname]
+        now = {}
+        for k, (net, leaf) in wanted.items():
+            b = bytes(leaf)
+            now[k] = (net, b)
+            if prev is not None:
+                old = prev.get(k)
+                if old is not None and old[1] == b:
+                    continue          # unchanged: DNS-learned rules change one at a time
+            trie = self.tries[k[0]]
             trie[self._key(trie, cgid, net)] = leaf
+        self._installed[cgid] = now
         if prev is not None:
-            self._installed[cgid] = now
-            for tname, net in prev.keys() - now.keys():
-                trie = self.tries[tname]
+            for k in prev.keys() - now.keys():
+                trie = self.tries[k[0]]
                 try:
-                    del trie[self._key(trie, cgid, net)]
+                    del trie[self._key(trie, cgid, prev[k][0])]
                 except KeyError:
                     pass
             return
         # First install for this cgid in this daemon: the pinned tries may hold
         # a previous daemon's entries; sweep them.
-        self._installed[cgid] = now
         for tname, trie in self.tries.items():
             for k in list(trie.keys()):
                 if k.cg_lo != lo or k.cg_hi != hi:
                     continue
                 net = self._net_of(tname, k)
-                if (tname, net) not in wanted:
+                if (tname, int(net.network_address), net.prefixlen) not in wanted:
                     try:
                         del trie[k]
                     except KeyError:
@@ -242,7 +248,12 @@ class NetBpf:
 
 
 def _merged_entries(rules: list[tuple[NetRule, int]]):
-    """One trie entry per distinct prefix, carrying the port ranges of every
+    for _, net, leaf in _merged(rules):
+        yield net, leaf
+
+
+def _merged(rules: list[tuple[NetRule, int]]):
+    """(key, net, leaf): one trie entry per distinct prefix, carrying the port ranges of every
     rule whose prefix covers it: the LPM lookup returns only the longest match,
     so a /16 must also answer for the /8 around it.
 
@@ -278,4 +289,4 @@ def _merged_entries(rules: list[tuple[NetRule, int]]):
             leaf.rule[i] = rid
             leaf.lo[i] = r.port_lo
             leaf.hi[i] = r.port_hi
-        yield net, leaf
+        yield key, net, leaf

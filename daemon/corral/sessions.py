@@ -138,7 +138,7 @@ class SessionTable:
         # Learned rules get the last ids, so learning one never renumbers (and
         # rewrites) the static rules' trie entries.
         learned = [pol.parse_net_rule(r) for r, _ in s.dns_rules] if net is not None else []
-        s.rules += [f"allow {r} (from DNS)" for r in learned]
+        s.rules += [f"allow {t} (from DNS)" for t, _ in s.dns_rules] if learned else []
         fs = s.policy.get("filesystem")
         if self.filelsm is not None:
             if fs is not None:

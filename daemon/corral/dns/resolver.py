@@ -1,8 +1,9 @@
 """Forwarding to the upstream resolver, and a small answer cache.
 
-One UDP socket to the upstream is shared by every session: each forwarded
-query gets a fresh random ID (the client's is restored on the way back) and an
-answer is only accepted if its ID *and* question match an outstanding query.
+A small pool of UDP sockets to the upstream is shared by every session: each
+forwarded query gets a fresh random ID on a randomly chosen socket (sockets are
+replaced regularly, so source ports change) and an answer is only accepted if
+its socket, ID *and* question match an outstanding query.
 TCP queries are forwarded over a fresh TCP connection each.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import struct
 import time
 from collections import OrderedDict
 
-from dnslib import DNSError, DNSRecord
+from dnslib import DNSRecord
 
 log = logging.getLogger("corral.dns")
 
@@ -63,90 +64,127 @@ def _question_key(rec: DNSRecord) -> tuple:
     return (str(q.qname).lower(), q.qtype, q.qclass)
 
 
+class _Slot:
+    """One upstream UDP socket (its own random source port) and its queries."""
+
+    def __init__(self):
+        self.transport = None
+        self.pending: dict[int, tuple[asyncio.Future, tuple]] = {}
+        self.uses = 0
+        self.retired = False
+
+
 class _UdpUpstream(asyncio.DatagramProtocol):
-    def __init__(self, owner: "Upstream"):
-        self.owner = owner
+    def __init__(self, owner: "Upstream", slot: _Slot):
+        self.owner, self.slot = owner, slot
 
     def datagram_received(self, data, addr):
-        self.owner._udp_answer(data)
+        self.owner._udp_answer(self.slot, data)
 
     def error_received(self, exc):
-        # ICMP port unreachable and friends: fail what is outstanding now.
-        self.owner._udp_error(exc)
+        # ICMP port unreachable and friends: fail what is outstanding on it.
+        self.owner._udp_error(self.slot, exc)
 
 
 class Upstream:
+    """Forwarded UDP queries leave from a small pool of sockets that are
+    replaced after SLOT_USES queries each, so a spoofed answer has to guess a
+    random source port as well as a random 16-bit ID (and match the question)."""
+
+    SLOTS = 8
+    SLOT_USES = 64
+
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
         self.family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-        self.transport = None
-        self.pending: dict[int, tuple[asyncio.Future, tuple]] = {}
+        self.slots: list[_Slot] = []
         self.stats = {"udp": 0, "tcp": 0, "timeouts": 0, "errors": 0}
+        self.started = False
 
     def desc(self) -> str:
         return f"[{self.host}]:{self.port}" if self.family == socket.AF_INET6 else f"{self.host}:{self.port}"
 
-    async def start(self) -> None:
+    async def _open(self) -> _Slot:
+        slot = _Slot()
         loop = asyncio.get_running_loop()
-        self.transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpUpstream(self), remote_addr=(self.host, self.port), family=self.family)
+        slot.transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpUpstream(self, slot), remote_addr=(self.host, self.port), family=self.family)
+        return slot
+
+    async def start(self) -> None:
+        self.slots = [await self._open() for _ in range(self.SLOTS)]
+        self.started = True
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-            self.transport = None
-        for fut, _ in self.pending.values():
-            if not fut.done():
-                fut.set_exception(UpstreamError("resolver stopping"))
-        self.pending.clear()
+        self.started = False
+        for slot in self.slots:
+            if slot.transport is not None:
+                slot.transport.close()
+            for fut, _ in slot.pending.values():
+                if not fut.done():
+                    fut.set_exception(UpstreamError("resolver stopping"))
+            slot.pending.clear()
+        self.slots = []
 
     # -- UDP ---------------------------------------------------------------
-    def _udp_answer(self, data: bytes) -> None:
+    def _udp_answer(self, slot: _Slot, data: bytes) -> None:
         try:
             rec = DNSRecord.parse(data)
-        except (DNSError, Exception):
+        except Exception:
             self.stats["errors"] += 1
             return
-        ent = self.pending.get(rec.header.id)
+        ent = slot.pending.get(rec.header.id)
         if ent is None or not rec.header.qr:
             return
         fut, key = ent
         if not rec.questions or _question_key(rec) != key:
             return                       # not the answer to what we asked: ignore
-        self.pending.pop(rec.header.id, None)
+        slot.pending.pop(rec.header.id, None)
         if not fut.done():
             fut.set_result(rec)
 
-    def _udp_error(self, exc) -> None:
+    def _udp_error(self, slot: _Slot, exc) -> None:
         self.stats["errors"] += 1
-        for qid, (fut, _) in list(self.pending.items()):
+        for qid, (fut, _) in list(slot.pending.items()):
             if not fut.done():
                 fut.set_exception(UpstreamError(f"upstream {self.desc()}: {exc}"))
-            self.pending.pop(qid, None)
+            slot.pending.pop(qid, None)
 
-    def _new_id(self) -> int:
-        while True:
-            qid = secrets.randbits(16)
-            if qid not in self.pending:
-                return qid
+    async def _slot(self) -> _Slot:
+        i = secrets.randbelow(len(self.slots))
+        slot = self.slots[i]
+        if slot.uses >= self.SLOT_USES:
+            new = await self._open()
+            if self.slots and self.slots[i] is slot:
+                self.slots[i] = new
+                slot.retired = True
+                if not slot.pending:
+                    slot.transport.close()
+            slot = new
+        slot.uses += 1
+        return slot
 
     async def query_udp(self, query: DNSRecord) -> DNSRecord:
-        if self.transport is None:
+        if not self.started:
             raise UpstreamError("upstream not started")
+        slot = await self._slot()
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         client_id = query.header.id
-        qid = self._new_id()
+        while True:
+            qid = secrets.randbits(16)
+            if qid not in slot.pending:
+                break
         query.header.id = qid
         try:
             wire = query.pack()
         finally:
             query.header.id = client_id
-        self.pending[qid] = (fut, _question_key(query))
+        slot.pending[qid] = (fut, _question_key(query))
         self.stats["udp"] += 1
         try:
             for _ in range(UDP_TRIES):
-                self.transport.sendto(wire)
+                slot.transport.sendto(wire)
                 try:
                     return await asyncio.wait_for(asyncio.shield(fut), UDP_TRY)
                 except asyncio.TimeoutError:
@@ -154,9 +192,11 @@ class Upstream:
             self.stats["timeouts"] += 1
             raise UpstreamError(f"upstream {self.desc()} did not answer")
         finally:
-            self.pending.pop(qid, None)
+            slot.pending.pop(qid, None)
             if not fut.done():
                 fut.cancel()
+            if slot.retired and not slot.pending:
+                slot.transport.close()
 
     # -- TCP ---------------------------------------------------------------
     async def query_tcp(self, query: DNSRecord) -> DNSRecord:
@@ -198,7 +238,7 @@ class Cache:
 
     def __init__(self, size: int = 10000):
         self.size = size
-        self.data: OrderedDict[tuple, tuple[float, DNSRecord]] = OrderedDict()
+        self.data: OrderedDict[tuple, tuple[float, DNSRecord, float]] = OrderedDict()
         self.hits = self.misses = 0
 
     @staticmethod

@@ -70,7 +70,9 @@ class SessionDns:
         self.static_allow: list[pol.NetRule] = []
         # (qname or None if recovered, address) -> [ports, expiry epoch, chain names]
         self.learned: dict[tuple, list] = {}
+        self.by_addr: dict[str, set] = {}    # address -> qnames in learned
         self.hosts: dict[tuple, tuple] = {}  # (name, address) -> ports; never expire
+        self.hosts_addr: dict[str, tuple] = {}  # address -> ports, from hosts
         self.pushed: frozenset | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
@@ -142,6 +144,9 @@ class DnsSteering:
             await self._activate(sd)
             self._schedule_expiry(sd)
         self._hosts_task = asyncio.get_running_loop().create_task(self._watch_hosts())
+        for f in STATE.glob("*.json") if STATE.is_dir() else ():
+            if f.stem not in self.by_id:          # a session that ended while we were down
+                f.unlink(missing_ok=True)
         log.info("DNS resolver: upstream %s, learned TTL %g-%gs", self.upstream_desc(),
                  self.min_ttl, self.max_ttl)
 
@@ -309,14 +314,14 @@ class DnsSteering:
             if qname is None:
                 if narrowed:
                     revoked.append((None, addr, "policy narrowed"))
-                    del sd.learned[key]
+                    self._del_entry(sd, key)
                 continue
             ports, why = self._ports_for(sd, qname, ent[2])
             if ports and self._rebinding(sd, addr):
                 ports, why = (), "rebinding protection"
             if not ports:
                 revoked.append((qname, addr, why))
-                del sd.learned[key]
+                self._del_entry(sd, key)
             else:
                 ent[0] = ports
         self._hosts_entries(sd)
@@ -330,6 +335,26 @@ class DnsSteering:
                              "rule": "policy update: " + "; ".join(sorted({w for _, _, w in revoked})),
                              "addresses": sorted({a for _, a, _ in revoked})}, force=True)
         return True
+
+    @staticmethod
+    def _set_entry(sd, key, ent) -> None:
+        sd.learned[key] = ent
+        sd.by_addr.setdefault(key[1], set()).add(key[0])
+
+    @staticmethod
+    def _del_entry(sd, key) -> None:
+        sd.learned.pop(key, None)
+        qs = sd.by_addr.get(key[1])
+        if qs is not None:
+            qs.discard(key[0])
+            if not qs:
+                del sd.by_addr[key[1]]
+
+    @staticmethod
+    def _addr_ports(sd, addr) -> tuple:
+        """The ports the kernel allows to ADDR for this session's DNS rules."""
+        return names.union_ports(sd.hosts_addr.get(addr, ()),
+                                 *(sd.learned[(q, addr)][0] for q in sd.by_addr.get(addr, ())))
 
     def _ports_for(self, sd, qname: str, chain) -> tuple[tuple, str]:
         dec = sd.policy.decide(qname)
@@ -359,7 +384,9 @@ class DnsSteering:
             return
         addr = str(r.net.network_address)
         key = (None, addr)
-        ent = sd.learned.setdefault(key, [(), exp or 0, ()])
+        if key not in sd.learned:
+            self._set_entry(sd, key, [(), exp or 0, ()])
+        ent = sd.learned[key]
         ent[0] = names.union_ports(ent[0], [(r.port_lo, r.port_hi)])
         ent[1] = max(ent[1], exp or 0) if ent[1] else 0
 
@@ -381,13 +408,15 @@ class DnsSteering:
         return True
 
     def _hosts_entries(self, sd) -> None:
-        out = {}
+        out, by_addr = {}, {}
         for name, addrs in self.hosts_map.items():
             dec = sd.policy.decide(name)
             if dec.ports:
                 for a in addrs:
                     out[(name, a)] = dec.ports
+                    by_addr[a] = names.union_ports(by_addr.get(a, ()), dec.ports)
         sd.hosts = out
+        sd.hosts_addr = by_addr
 
     async def _watch_hosts(self) -> None:
         while True:
@@ -403,22 +432,28 @@ class DnsSteering:
 
     # -- learned rules -> kernel -------------------------------------------
     def _rules(self, sd) -> list[tuple[str, float]]:
-        now = time.time()
+        """Everything learned (the expiry timer, not this, drops what expired:
+        the kernel must always hold exactly what this returns)."""
         per_addr: dict[str, list] = {}
         for (_, addr), (ports, exp, _) in sd.learned.items():
-            if exp and exp <= now:
+            ent = per_addr.get(addr)
+            if ent is None:
+                per_addr[addr] = [ports, exp, False]
                 continue
-            ent = per_addr.setdefault(addr, [[], exp])
-            ent[0].extend(ports)
+            ent[0] = ent[0] + ports
             ent[1] = 0 if (ent[1] == 0 or exp == 0) else max(ent[1], exp)
-        for (_, addr), ports in sd.hosts.items():
-            ent = per_addr.setdefault(addr, [[], 0])
-            ent[0].extend(ports)
-            ent[1] = 0
+            ent[2] = True
+        for addr, ports in sd.hosts_addr.items():
+            ent = per_addr.get(addr)
+            if ent is None:
+                per_addr[addr] = [ports, 0, False]
+            else:
+                ent[0], ent[1], ent[2] = ent[0] + ports, 0, True
         out = []
-        for addr, (ports, exp) in per_addr.items():      # learning order: appends stay appends
-            for lo, hi in names.union_ports(ports):
-                out.append((names.rule_text(addr, lo, hi), exp))
+        rule_text = names.rule_text
+        for addr, (ports, exp, mixed) in per_addr.items():   # learning order: appends stay appends
+            for lo, hi in (names.union_ports(ports) if mixed else ports):
+                out.append((rule_text(addr, lo, hi), exp))
         return out
 
     def _push(self, sd: SessionDns) -> bool:
@@ -433,9 +468,11 @@ class DnsSteering:
             self._schedule_expiry(sd)
             return True
         before = list(s.dns_rules)
+        pushed_before, sd.pushed = sd.pushed, texts    # what update_session will see
         try:
             self.d.sessions.set_dns_rules(s, rules)
         except pol.PolicyError as e:
+            sd.pushed = pushed_before
             log.warning("session %s: learned rules refused: %s", s.id, e)
             s.dns_rules = before
             try:
@@ -447,9 +484,20 @@ class DnsSteering:
             return False
         sd.pushed = texts
         self._schedule_expiry(sd)
+        self._save_later(sd)
+        return True
+
+    def _save_later(self, sd) -> None:
         if sd.save_timer is None and self.loop is not None:
             sd.save_timer = self.loop.call_later(SAVE_DELAY, self._save_state, sd)
-        return True
+
+    def _note_expiry(self, sd, exp: float) -> None:
+        if self.loop is None or sd.closed or (sd.timer is not None and sd.timer_at <= exp):
+            return
+        if sd.timer is not None:
+            sd.timer.cancel()
+        sd.timer_at = exp
+        sd.timer = self.loop.call_later(max(0.0, exp - time.time()) + 0.005, self._expire, sd)
 
     def _schedule_expiry(self, sd) -> None:
         if self.loop is None or sd.closed:
@@ -472,7 +520,7 @@ class DnsSteering:
         now = time.time()
         gone = [k for k, (_, e, _) in sd.learned.items() if e and e <= now]
         for k in gone:
-            del sd.learned[k]
+            self._del_entry(sd, k)
         if gone:
             self._push(sd)
             log.debug("session %s: %d learned address(es) expired", sd.session.id, len(gone))
@@ -486,6 +534,10 @@ class DnsSteering:
         sd.save_timer = None
         if sd.closed:
             return
+        s = sd.session
+        rules = self._rules(sd)
+        if frozenset(r for r, _ in rules) == sd.pushed:
+            s.dns_rules[:] = [[r, e] for r, e in rules]      # refreshed expiries, for `corral ps`
         try:
             STATE.mkdir(parents=True, exist_ok=True, mode=0o700)
             f = self._state_file(sd.session)
@@ -504,7 +556,7 @@ class DnsSteering:
             for qname, addr, ports, exp, chain in data:
                 if exp and exp <= now:
                     continue
-                sd.learned[(qname, addr)] = [tuple(map(tuple, ports)), exp, tuple(chain)]
+                self._set_entry(sd, (qname, addr), [tuple(map(tuple, ports)), exp, tuple(chain)])
         except (OSError, ValueError, TypeError):
             return False
         return True
@@ -640,17 +692,25 @@ class DnsSteering:
         client_edns = any(rr.rtype == OPT for rr in query.ar)
         extra = [rr for rr in rec.ar if rr.rtype == OPT] if client_edns else []
         new = []
+        via = tuple(chain[1:])
         for addr, ttl in learned:
             k = (qname, addr)
             exp = now + min(max(ttl, self.min_ttl), self.max_ttl)
+            before = self._addr_ports(sd, addr)
             ent = sd.learned.get(k)
             if ent is None:
-                new.append(addr)
-                sd.learned[k] = [dec.ports, exp, tuple(chain[1:])]
+                self._set_entry(sd, k, [dec.ports, exp, via])
             else:
-                ent[0], ent[1], ent[2] = dec.ports, max(ent[1], exp), tuple(chain[1:])
-        if learned and not self._push(sd):
-            return self._reply(query, RCODE.SERVFAIL)
+                ent[0], ent[1], ent[2] = dec.ports, max(ent[1], exp), via
+            if self._addr_ports(sd, addr) != before:
+                new.append(addr)
+            self._note_expiry(sd, exp)
+        if new:
+            # The kernel must allow it before the client can see the answer.
+            if not self._push(sd):
+                return self._reply(query, RCODE.SERVFAIL)
+        elif learned:
+            self._save_later(sd)     # only expiries moved: nothing for the kernel
         if new:
             self._audit(sd, {"op": "learn", "verdict": "allow", "target": qname, "rule": dec.rule,
                              "addresses": new, "chain": chain, "proto": proto})

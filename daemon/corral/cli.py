@@ -93,10 +93,18 @@ def cmd_run(args) -> int:
     c.close()
     sid = session["id"]
     try:
-        report = confine.apply(session["policy"].get("filesystem"),
+        from . import mountguard
+        guard = mountguard.apply(session["policy"].get("filesystem"))
+        report = confine.apply(guard["policy"],
                                session["policy"]["syscalls"]["deny"],
                                keep_caps=args.keep_caps, allow_weaker=args.allow_weaker,
                                seccomp_log=True)
+        if guard["mountguard"]:
+            report["read_only_mounts"] = guard["read_only"]
+            report["mount_namespace"] = guard["namespace"]
+        frozen = _frozen_dirs(guard["policy"])
+        if frozen and report.get("landlock"):
+            report["frozen_dirs"] = frozen
     except Exception as e:
         # Fail closed: the command never runs unconfined.
         try:
@@ -116,12 +124,32 @@ def cmd_run(args) -> int:
     if args.verbose:
         print(f"corral: session {sid}: {json.dumps(session['enforcement'])} {json.dumps(verified)}",
               file=sys.stderr)
+    if report.get("frozen_dirs"):
+        print("corral: note: protected paths that do not exist yet can only be guarded by "
+              "Landlock by refusing new entries directly in: " + ", ".join(report["frozen_dirs"]) +
+              " (create them before the session, or see `corral policy show mandatory`)",
+              file=sys.stderr)
     os.environ["CORRAL_SESSION"] = sid
     try:
         os.execvp(args.cmd[0], args.cmd)
     except OSError as e:
         die(f"{args.cmd[0]}: {e.strerror}", EXIT_NOT_FOUND)
     return 0
+
+
+def _frozen_dirs(fs: dict | None) -> list[str]:
+    """Directories where Landlock's complement refuses new entries: the nearest
+    existing ancestor of each deny_write path that does not exist yet."""
+    out: list[str] = []
+    for p in (fs or {}).get("deny_write") or []:
+        if os.path.lexists(p):
+            continue
+        d = os.path.dirname(p)
+        while d != "/" and not os.path.isdir(d):
+            d = os.path.dirname(d)
+        if d not in out:
+            out.append(d)
+    return out
 
 
 def _client() -> Client:

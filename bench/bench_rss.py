@@ -44,8 +44,9 @@ def map_memlock(instance: str) -> int:
 def batch(d: B.Daemon, n: int, policy: dict) -> tuple[list, list]:
     """Fork n children that each register a session and wait; returns (pids, go pipes)."""
     from corral.client import Client
-    pids, gos, errors = [], [], []
+    pids, gos, errors, lat = [], [], [], []
     for _ in range(n):
+        t0 = time.perf_counter()
         st_r, st_w = os.pipe()
         go_r, go_w = os.pipe()
         pid = os.fork()
@@ -64,12 +65,13 @@ def batch(d: B.Daemon, n: int, policy: dict) -> tuple[list, list]:
         os.close(st_w)
         os.close(go_r)
         msg = os.read(st_r, 600)
+        lat.append(time.perf_counter() - t0)
         os.close(st_r)
         if msg != b"ok":
             errors.append(msg.decode(errors="replace"))
         pids.append(pid)
         gos.append(go_w)
-    return pids, gos, errors
+    return pids, gos, errors, lat
 
 
 def release(pids, gos) -> None:
@@ -96,7 +98,15 @@ def main() -> int:
         results["map_memlock_bytes"] = map_memlock(d.instance)
         for b in range(1, args.batches + 1):
             t0 = time.monotonic()
-            pids, gos, errs = batch(d, args.n, policy)
+            pids, gos, errs, lat = batch(d, args.n, policy)
+            k = max(1, min(20, len(lat) // 4))
+            first, last = B.median(lat[:k]) * 1000, B.median(lat[-k:]) * 1000
+            results[f"batch {b} register ms (fork+connect+register), first {k} / last {k}"] = [first, last]
+            print(f"[bench_rss] batch {b}: fork+register median {first:.1f} ms for the first {k} sessions, "
+                  f"{last:.1f} ms for the last {k} (growth = per-session cost rising with live sessions)",
+                  file=sys.stderr)
+            summary.append(B.row("rss", f"register_session (+fork) ms, batch {b}: first {k} -> last {k}",
+                                 round(last, 1), "ms", "", f"first {k}: {first:.1f} ms"))
             reg_s = time.monotonic() - t0
             results["errors"] += errs
             with d.client() as c:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """bench_rss: corrald's memory.
 
-Always a fresh private daemon (--no-dns). Reports VmRSS (and its anon/file
+Always a fresh private daemon (DNS resolver on, upstream a closed loopback port). Reports VmRSS (and its anon/file
 split) of the corrald process:
   * after start, BPF programs compiled, loaded and attached;
   * with 200 live sessions (each registered over corral.client.Client by a

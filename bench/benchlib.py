@@ -155,13 +155,18 @@ class Daemon:
         self.stop()
 
 
-def daemon(name: str = "corral-bench", fresh: bool = False) -> Daemon:
+# The resolver runs (so profiles with domain rules, e.g. `agent`, can start) but
+# its upstream is a closed loopback port: nothing in the benches resolves names.
+DNS_ARGS = ("--dns-upstream", "127.0.0.1:9")
+
+
+def daemon(name: str = "corral-bench", fresh: bool = False, extra_args=DNS_ARGS) -> Daemon:
     """The shared daemon run_all.py started (BENCH_DAEMON_ENV), or a new private one.
     Use as a context manager; a shared daemon is left running."""
     shared = os.environ.get("BENCH_DAEMON_ENV")
     if shared and not fresh:
         return Daemon(env=json.loads(shared))
-    return Daemon(name)
+    return Daemon(name, extra_args=extra_args)
 
 
 # -- results ------------------------------------------------------------------------

@@ -4,7 +4,8 @@ write bench/results/latest.json.
 
     .venv/bin/python bench/run_all.py [--only net,run] [--skip peers] [--quick]
 
-One private corrald (own CORRAL_INSTANCE, cgroup, pins, socket, log) is started
+One private corrald (own CORRAL_INSTANCE, cgroup, pins, socket, log; its DNS
+resolver pointed at a closed loopback port) is started
 for the run and handed to the benches through BENCH_DAEMON_ENV; bench_rss
 starts its own fresh one. Each bench runs as a subprocess; one that fails is
 reported as FAILED with its exit status and last lines of output, the others
@@ -192,7 +193,7 @@ def main() -> int:
             if p.returncode != 0:
                 print(f"!! peers.sh exited {p.returncode}; bench_peers records what is missing", flush=True)
 
-    d = B.Daemon("corral-bench")
+    d = B.Daemon("corral-bench", extra_args=B.DNS_ARGS)
     failed = []
     try:
         try:

@@ -29,8 +29,15 @@ if [ "${1:-}" = "--check" ]; then
 fi
 
 if ! command -v npm >/dev/null 2>&1; then
-    echo "peers.sh: npm not found (apt-get install nodejs npm)" >&2
-    exit 1
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "peers.sh: installing nodejs npm" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >&2 || \
+            { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >&2; }
+    fi
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "peers.sh: npm not found (apt-get install nodejs npm)" >&2
+        exit 1
+    fi
 fi
 
 missing=""
@@ -40,7 +47,7 @@ done
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "peers.sh: installing srt's host tools:$missing" >&2
-        apt-get install -y bubblewrap socat ripgrep >&2 || \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap socat ripgrep >&2 || \
             echo "peers.sh: apt-get failed; srt may not run" >&2
     else
         echo "peers.sh: srt needs$missing (apt-get install bubblewrap socat ripgrep)" >&2

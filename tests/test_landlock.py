@@ -199,3 +199,46 @@ def test_abstract_unix_socket_scope():
         assert out.strip() == "EPERM"
     finally:
         srv.close()
+
+
+SYSCTL_PROBE = """
+import errno
+def w(path):
+    try:
+        v = open(path).read()
+        with open(path, "w") as f:
+            f.write(v)           # same value back: harmless
+        print("OK")
+    except OSError as e:
+        print(errno.errorcode[e.errno])
+w("/proc/sys/vm/swappiness")
+w("/proc/sys/kernel/core_pattern")
+"""
+
+
+def test_sysctls_not_writable_by_capless_root_even_with_allow_write_root():
+    """uid 0 without capabilities passes DAC on most sysctls; kernel.core_pattern
+    would be a full escape. The protected pseudo filesystems stop it."""
+    code = SYSCTL_PROBE
+    # control: uid 0 with *no capabilities at all* (empty bounding set) and no
+    # Landlock can write them
+    ctl = (["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+           if subprocess.run(["which", "setpriv"], capture_output=True).returncode == 0 else [])
+    u = subprocess.run(ctl + [PY, "-c", code], capture_output=True, text=True)
+    assert u.stdout.split() == ["OK", "OK"], u.stderr
+    for policy in ({"allow_write": ["/"]}, None):
+        rc, out, err = landlock_runner(policy, [PY, "-c", code])
+        assert rc == 0, err
+        assert out.split() == ["EACCES", "EACCES"], (policy, out)
+
+
+def test_more_specific_allow_write_reopens_dev_shm():
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    code = ("import os, errno\np = '/dev/shm/corral-test-%d' % os.getpid()\n"
+            "try:\n    open(p, 'w').close(); os.unlink(p); print('OK')\n"
+            "except OSError as e:\n    print(errno.errorcode[e.errno])\n")
+    rc, out, _ = landlock_runner({"allow_write": ["/"]}, [PY, "-c", code])
+    assert out.split() == ["EACCES"]
+    rc, out, err = landlock_runner({"allow_write": ["/tmp", "/dev/shm"]}, [PY, "-c", code])
+    assert out.split() == ["OK"], err

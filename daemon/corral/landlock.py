@@ -35,7 +35,15 @@ policy, in which case the policy is "read everything, write everything"):
 
 * implicit ``deny_write`` of every cgroup2 and bpf filesystem mount (from
   /proc/self/mountinfo; cgroup v1 mounts too): the agent must not be able to
-  move itself out of its session cgroup or pin/alter BPF objects.
+  move itself out of its session cgroup or pin/alter BPF objects. Absolute.
+* /proc, /sys, /dev and every mount of a kernel pseudo filesystem
+  (PSEUDO_FSTYPES) are not writable unless a *more specific* allow_write
+  names a subtree (e.g. /dev/shm): uid 0 without capabilities can still write
+  root-owned sysctls (kernel.core_pattern = escape), /proc/sysrq-trigger,
+  sysfs attributes, tracefs... because only DAC guards them. Consequence:
+  writes into /proc/self/* (oom_score_adj, attr/...) fail; /dev/stdout and
+  /proc/self/fd/N still work since the reopened target is checked at its real
+  path, not under /proc.
 * implicit ``allow_write`` of a few character devices (DEVICE_WRITE_PATHS):
   /dev/null, /dev/zero, /dev/full, /dev/tty, /dev/ptmx, /dev/pts, /dev/random,
   /dev/urandom, with LANDLOCK_ACCESS_FS_IOCTL_DEV so terminals keep working.
@@ -105,8 +113,19 @@ FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL
 DEVICE_WRITE_PATHS = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random",
                       "/dev/urandom", "/dev/tty", "/dev/ptmx", "/dev/pts")
 
-# filesystem types the session must never write to
+# filesystem types the session must never write to, whatever the policy says
 PROTECTED_FSTYPES = ("cgroup2", "cgroup", "bpf")
+
+# Kernel interfaces where uid 0 *without capabilities* can still do damage
+# because only DAC (owner root, mode 0644/0200) guards them: sysctls such as
+# kernel.core_pattern (a pipe handler runs as full root outside the sandbox),
+# /proc/sysrq-trigger, many sysfs attributes, tracefs kprobe_events, device
+# nodes. Not writable by default, not even with allow_write "/"; a *more
+# specific* allow_write (e.g. "/dev/shm") re-opens a subtree. DEVICE_WRITE_PATHS
+# stay writable. Mounts of these types elsewhere are protected the same way.
+PROTECTED_PATHS = ("/proc", "/sys", "/dev")
+PSEUDO_FSTYPES = ("proc", "sysfs", "devtmpfs", "debugfs", "tracefs", "securityfs",
+                  "configfs", "pstore", "efivarfs", "fusectl", "binfmt_misc")
 
 POLICY_KEYS = ("deny_read", "allow_read", "allow_write", "deny_write")
 
@@ -206,6 +225,16 @@ def protected_mounts(ms: list[Mount] | None = None) -> list[str]:
     return seen
 
 
+def pseudo_mounts(ms: list[Mount] | None = None) -> list[str]:
+    """PROTECTED_PATHS plus every mount of a PSEUDO_FSTYPES filesystem."""
+    ms = mounts() if ms is None else ms
+    out = list(PROTECTED_PATHS)
+    for m in ms:
+        if m.fstype in PSEUDO_FSTYPES and not any(_under(m.mountpoint, q) for q in out):
+            out.append(m.mountpoint)
+    return out
+
+
 def _under(p: str, root: str) -> bool:
     """p equals root or lies beneath it (component-wise)."""
     if root == "/":
@@ -280,11 +309,25 @@ def _decide_read(deny: list[str], allow: list[str]):
     return decide
 
 
-def _decide_write(allow: list[str], deny: list[str]):
+def _longest(p: str, roots: list[str]) -> int:
+    return max((len(q) for q in roots if _under(p, q)), default=-1)
+
+
+def _decide_write(allow: list[str], deny: list[str], mandatory: list[str] = (),
+                  devices: list[str] = (), protected: list[str] = ()):
+    """Precedence: deny_write > mandatory (cgroup/bpf) > device allowances >
+    protected pseudo filesystems (unless a more specific allow_write) >
+    allow_write > default deny."""
     def decide(p: str) -> bool:
-        if any(_under(p, q) for q in deny):
+        if any(_under(p, q) for q in deny) or any(_under(p, q) for q in mandatory):
             return False
-        return any(_under(p, q) for q in allow)
+        if any(_under(p, q) for q in devices):
+            return True
+        a = _longest(p, allow)
+        prot = _longest(p, protected)
+        if prot >= 0:
+            return a > prot
+        return a >= 0
     return decide
 
 
@@ -374,18 +417,19 @@ def plan(file_policy: dict | None, ms: list[Mount] | None = None) -> Plan:
         deny_read += [a for a in aliases(p, ms) if a not in deny_read]
     for p in list(deny_write):
         deny_write += [a for a in aliases(p, ms) if a not in deny_write]
-    for p in protected_mounts(ms):
-        if p not in deny_write:
-            deny_write.append(p)
-    allow_write = list(fp["allow_write"]) + [d for d in DEVICE_WRITE_PATHS
-                                              if d not in fp["allow_write"]]
+    mandatory = protected_mounts(ms)
+    protected = pseudo_mounts(ms)
+    devices = list(DEVICE_WRITE_PATHS)
+    allow_write = list(fp["allow_write"])
     eff = {"deny_read": deny_read, "allow_read": list(fp["allow_read"]),
-           "allow_write": allow_write, "deny_write": deny_write}
+           "allow_write": allow_write, "deny_write": deny_write,
+           "implicit_deny_write": mandatory, "protected_write": protected,
+           "implicit_allow_write": devices}
 
     rd = _decide_read(deny_read, eff["allow_read"])
     rw = _complement(rd, deny_read + eff["allow_read"])
-    wd = _decide_write(allow_write, deny_write)
-    ww = _complement(wd, allow_write + deny_write)
+    wd = _decide_write(allow_write, deny_write, mandatory, devices, protected)
+    ww = _complement(wd, allow_write + deny_write + mandatory + devices + protected)
 
     rules: dict[str, int] = {}
     for p in rw.grants:

@@ -36,6 +36,9 @@ policy, in which case the policy is "read everything, write everything"):
 * implicit ``deny_write`` of every cgroup2 and bpf filesystem mount (from
   /proc/self/mountinfo; cgroup v1 mounts too): the agent must not be able to
   move itself out of its session cgroup or pin/alter BPF objects. Absolute.
+  Same for corral's own run/log/cache directories, its package and venv
+  (corral_paths()). bpf mounts are not *readable* either (pinned maps hold
+  every session's policy); their names stay listable.
 * /proc, /sys, /dev and every mount of a kernel pseudo filesystem
   (PSEUDO_FSTYPES) are not writable unless a *more specific* allow_write
   names a subtree (e.g. /dev/shm): uid 0 without capabilities can still write
@@ -222,6 +225,32 @@ def protected_mounts(ms: list[Mount] | None = None) -> list[str]:
     for m in ms:
         if m.fstype in PROTECTED_FSTYPES and m.mountpoint not in seen:
             seen.append(m.mountpoint)
+    return seen
+
+
+def corral_paths() -> list[str]:
+    """corral's own state, log, cache and code: never writable by a session
+    (a root agent could otherwise forge the audit log, remove the socket, or
+    poison the cached kernel headers / the daemon's code it runs as root).
+    Nonexistent entries are kept (complemented at their parent, fail closed)
+    except the optional /etc/corral."""
+    import sys
+    out = []
+    try:
+        from corral import config
+        out += [str(config.RUN_DIR), str(config.LOG_DIR), str(config.CACHE_DIR)]
+    except Exception:   # pragma: no cover - config is part of the package
+        out += ["/run/corral", "/var/log/corral", "/var/cache/corral"]
+    if os.path.exists("/etc/corral"):
+        out.append("/etc/corral")
+    out.append(os.path.dirname(os.path.realpath(__file__)))      # the corral package
+    if sys.prefix != sys.base_prefix:                             # corral's venv
+        out.append(os.path.realpath(sys.prefix))
+    seen = []
+    for p in out:
+        p = os.path.normpath(p)
+        if p.startswith("/") and p != "/" and p not in seen:
+            seen.append(p)
     return seen
 
 
@@ -417,7 +446,7 @@ def plan(file_policy: dict | None, ms: list[Mount] | None = None) -> Plan:
         deny_read += [a for a in aliases(p, ms) if a not in deny_read]
     for p in list(deny_write):
         deny_write += [a for a in aliases(p, ms) if a not in deny_write]
-    mandatory = protected_mounts(ms)
+    mandatory = protected_mounts(ms) + [p for p in corral_paths() if p not in deny_write]
     protected = pseudo_mounts(ms)
     devices = list(DEVICE_WRITE_PATHS)
     allow_write = list(fp["allow_write"])
@@ -426,8 +455,14 @@ def plan(file_policy: dict | None, ms: list[Mount] | None = None) -> Plan:
            "implicit_deny_write": mandatory, "protected_write": protected,
            "implicit_allow_write": devices}
 
-    rd = _decide_read(deny_read, eff["allow_read"])
-    rw = _complement(rd, deny_read + eff["allow_read"])
+    # pinned BPF objects (corral's maps: every session's policy) are not
+    # readable either; absolute, like the write side
+    bpf_mounts = [m.mountpoint for m in ms if m.fstype == "bpf"]
+    bpf_mounts = [b for b in dict.fromkeys(bpf_mounts) if b not in deny_read]
+    eff["implicit_deny_read"] = bpf_mounts
+    rd_user = _decide_read(deny_read, eff["allow_read"])
+    rd = lambda p: rd_user(p) and not any(_under(p, b) for b in bpf_mounts)  # noqa: E731
+    rw = _complement(rd, deny_read + eff["allow_read"] + bpf_mounts)
     wd = _decide_write(allow_write, deny_write, mandatory, devices, protected)
     ww = _complement(wd, allow_write + deny_write + mandatory + devices + protected)
 
@@ -435,10 +470,11 @@ def plan(file_policy: dict | None, ms: list[Mount] | None = None) -> Plan:
     for p in rw.grants:
         rules[p] = rules.get(p, 0) | READ
     # directories on a read-complement path: keep READ_DIR unless a denied
-    # directory lies beneath (it would become listable).
+    # directory (of the policy) lies beneath: it would become listable. The
+    # bpffs mount may be listed (pin names only), so `ls /` keeps working.
     for p in rw.partial:
         denied_dirs_below = any(
-            q != p and _under(q, p) and not rd(q) and os.path.isdir(q) for q in deny_read)
+            q != p and _under(q, p) and not rd_user(q) and os.path.isdir(q) for q in deny_read)
         if not denied_dirs_below:
             rules[p] = rules.get(p, 0) | FS_READ_DIR
     for p in ww.grants:

@@ -503,8 +503,8 @@ def build_ruleset(pl: Plan, abi_version: int | None = None) -> tuple[int, dict]:
         for path, mask in sorted(pl.rules.items()):
             try:
                 pfd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except FileNotFoundError:
-                skipped += 1            # vanished since plan(): no rule, fail closed
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
+                skipped += 1            # vanished / not reachable by us: no rule, fail closed
                 continue
             try:
                 st = os.fstat(pfd)

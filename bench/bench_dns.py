@@ -119,7 +119,7 @@ def latency(run, server, port, n, warm, pattern):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-n", type=int, default=2000, help="timed queries per latency condition")
+    ap.add_argument("-n", type=int, default=1000, help="timed queries per latency condition")
     ap.add_argument("--sessions", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--window", type=int, default=4)

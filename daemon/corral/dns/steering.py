@@ -71,6 +71,8 @@ class SessionDns:
         # (qname or None if recovered, address) -> [ports, expiry epoch, chain names]
         self.learned: dict[tuple, list] = {}
         self.by_addr: dict[str, set] = {}    # address -> qnames in learned
+        self.addr_union: dict[str, tuple] = {}  # address -> union of its learned ports
+        self.union_stale: set[str] = set()       # ... needing a recount
         self.hosts: dict[tuple, tuple] = {}  # (name, address) -> ports; never expire
         self.hosts_addr: dict[str, tuple] = {}  # address -> ports, from hosts
         self.pushed: frozenset | None = None
@@ -323,7 +325,7 @@ class DnsSteering:
                 revoked.append((qname, addr, why))
                 self._del_entry(sd, key)
             else:
-                ent[0] = ports
+                self._set_ports(sd, key, ports)
         self._hosts_entries(sd)
         rules = self._rules(sd)
         s.dns_rules = [[r, e] for r, e in rules]
@@ -336,25 +338,52 @@ class DnsSteering:
                              "addresses": sorted({a for _, a, _ in revoked})}, force=True)
         return True
 
+    # sd.learned is only changed through these, which keep the per-address
+    # indexes right: a popular address (one CDN IP behind thousands of names)
+    # must not make every answer cost O(names).
     @staticmethod
     def _set_entry(sd, key, ent) -> None:
+        addr = key[1]
+        old = sd.learned.get(key)
         sd.learned[key] = ent
-        sd.by_addr.setdefault(key[1], set()).add(key[0])
+        sd.by_addr.setdefault(addr, set()).add(key[0])
+        if old is not None and old[0] != ent[0]:
+            sd.union_stale.add(addr)
+        elif addr not in sd.union_stale:
+            sd.addr_union[addr] = names.union_ports(sd.addr_union.get(addr, ()), ent[0])
+
+    @staticmethod
+    def _set_ports(sd, key, ports) -> None:
+        ent = sd.learned[key]
+        if ent[0] != ports:
+            ent[0] = ports
+            sd.union_stale.add(key[1])
 
     @staticmethod
     def _del_entry(sd, key) -> None:
-        sd.learned.pop(key, None)
-        qs = sd.by_addr.get(key[1])
+        addr = key[1]
+        if sd.learned.pop(key, None) is None:
+            return
+        qs = sd.by_addr.get(addr)
         if qs is not None:
             qs.discard(key[0])
             if not qs:
-                del sd.by_addr[key[1]]
+                del sd.by_addr[addr]
+                sd.addr_union.pop(addr, None)
+                sd.union_stale.discard(addr)
+                return
+        sd.union_stale.add(addr)
 
     @staticmethod
     def _addr_ports(sd, addr) -> tuple:
         """The ports the kernel allows to ADDR for this session's DNS rules."""
-        return names.union_ports(sd.hosts_addr.get(addr, ()),
-                                 *(sd.learned[(q, addr)][0] for q in sd.by_addr.get(addr, ())))
+        if addr in sd.union_stale:
+            sd.union_stale.discard(addr)
+            sd.addr_union[addr] = names.union_ports(
+                *(sd.learned[(q, addr)][0] for q in sd.by_addr.get(addr, ())))
+        learned = sd.addr_union.get(addr, ())
+        hosts = sd.hosts_addr.get(addr)
+        return names.union_ports(hosts, learned) if hosts else learned
 
     def _ports_for(self, sd, qname: str, chain) -> tuple[tuple, str]:
         dec = sd.policy.decide(qname)
@@ -387,7 +416,7 @@ class DnsSteering:
         if key not in sd.learned:
             self._set_entry(sd, key, [(), exp or 0, ()])
         ent = sd.learned[key]
-        ent[0] = names.union_ports(ent[0], [(r.port_lo, r.port_hi)])
+        self._set_ports(sd, key, names.union_ports(ent[0], [(r.port_lo, r.port_hi)]))
         ent[1] = max(ent[1], exp or 0) if ent[1] else 0
 
     # -- /etc/hosts ---------------------------------------------------------
@@ -701,7 +730,8 @@ class DnsSteering:
             if ent is None:
                 self._set_entry(sd, k, [dec.ports, exp, via])
             else:
-                ent[0], ent[1], ent[2] = dec.ports, max(ent[1], exp), via
+                self._set_ports(sd, k, dec.ports)
+                ent[1], ent[2] = max(ent[1], exp), via
             if self._addr_ports(sd, addr) != before:
                 new.append(addr)
             self._note_expiry(sd, exp)

@@ -66,10 +66,12 @@ LATENCY_CLIENT = textwrap.dedent("""
 LOAD_CLIENT = textwrap.dedent("""
     import json, select, socket, sys, time
     from dnslib import DNSRecord
-    server, port, start, secs, window, names = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), sys.argv[6].split(",")
+    server, port, secs, window, names = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5].split(",")
     qs = [DNSRecord.question(n).pack() for n in names]
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setblocking(False)
+    print("ready", flush=True)
+    start = float(sys.stdin.readline())     # all clients start together, once all are up
     while time.time() < start:
         time.sleep(0.005)
     end = start + secs
@@ -182,16 +184,23 @@ def main() -> int:
         names = ",".join(f"n{i}.bench.test" for i in range(20))
         for s in sessions:     # warm the cache
             s.run(["dig", "+short", "@127.0.0.99", "n0.bench.test"])
-        start = time.time() + 2.0
         procs = []
         for s in sessions:
             wrapper = ['sh', '-c', f'echo $$ > {s.cgroup}/cgroup.procs && exec "$@"', "sh",
-                       sys.executable, "-c", LOAD_CLIENT, "127.0.0.99", "53", str(start),
+                       sys.executable, "-c", LOAD_CLIENT, "127.0.0.99", "53",
                        str(args.seconds), str(args.window), names]
-            procs.append(subprocess.Popen(wrapper, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            procs.append(subprocess.Popen(wrapper, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        start = time.time() + 0.5
+        for p in procs:
+            p.stdin.write(f"{start}\n")
+            p.stdin.close()
         tot_sent = tot_got = 0
         for p in procs:
-            out, err = p.communicate(timeout=args.seconds + 60)
+            out, err = p.stdout.read(), p.stderr.read()
+            p.wait(timeout=args.seconds + 60)
             if p.returncode != 0:
                 raise RuntimeError(f"load client failed: {err}")
             r = json.loads(out)

@@ -463,3 +463,29 @@ def test_daemon_restart_keeps_resolver_and_learned_rules(upstream, ns):
         if b is not None:
             b.close()
         d.cleanup()
+
+
+def test_corral_allow_and_deny_domain_live(session, ns, upstream, dnsd):
+    """`corral allow/deny SESSION --domain` (policycli) go through the same path."""
+    b = session("--allow-domain", "nothing.test")
+    assert dig(b, "svc.test")[0] == "REFUSED"
+    p = dnsd.corral("allow", b.id, "--domain", "svc.test:8080")
+    assert p.returncode == 0, p.stderr
+    assert addrs(dig(b, "svc.test")[1]) == [ns.v4]
+    assert connect(b, ns.v4, 8080) == "ok 8080"
+    p = dnsd.corral("deny", b.id, "--domain", "svc.test:8080")
+    assert p.returncode == 0, p.stderr
+    assert connect(b, ns.v4, 8080) == "EPERM"
+    assert dig(b, "svc.test")[0] == "REFUSED"
+
+
+def test_deny_domains_only_resolves_the_rest_and_grants_nothing(session, ns, upstream):
+    """Only deny rules (e.g. `corral deny --domain` on an open network): other
+    names resolve, denied ones do not, and no answer grants a connection."""
+    b = session("--deny-domain", "denied.test", "--allow-net", f"{ns.v4}/32:8081")
+    assert dig(b, "denied.test")[0] == "REFUSED"
+    assert not upstream.queried("denied.test")
+    assert addrs(dig(b, "svc.test")[1]) == [ns.v4]
+    assert b.info()["dns_rules"] == []
+    assert connect(b, ns.v4, 8080) == "EPERM"
+    assert connect(b, ns.v4, 8081) == "ok 8081"

@@ -150,6 +150,7 @@ def union_ports(*range_lists) -> tuple[tuple[int, int], ...]:
 class Decision:
     ports: tuple[tuple[int, int], ...]   # empty: refused
     rule: str                            # what decided, for the audit log
+    learn: bool = True                   # answers become allow rules
 
 
 class DomainPolicy:
@@ -172,6 +173,10 @@ class DomainPolicy:
         full_deny = next((r for r in denies if r.any_port), None)
         if full_deny is not None:
             return Decision((), f"deny_domains {full_deny}")
+        if not self.allow:
+            # Only deny rules (e.g. `corral deny --domain` on an open network):
+            # other names resolve, but grant nothing; the CIDR rules decide.
+            return Decision(ANY_PORTS, "no allow_domains: answered, nothing learned", learn=False)
         if not allows:
             return Decision((), "not in allow_domains")
         ports = _union([(r.port_lo, r.port_hi) for r in allows])

@@ -112,8 +112,13 @@ class Upstream:
         return slot
 
     async def start(self) -> None:
-        self.slots = [await self._open() for _ in range(self.SLOTS)]
         self.started = True
+        try:
+            self.slots = [await self._open() for _ in range(self.SLOTS)]
+        except OSError as e:
+            # Not fatal: queries get SERVFAIL and the sockets are retried on use.
+            log.error("DNS upstream %s: %s", self.desc(), e)
+            self.slots = []
 
     def close(self) -> None:
         self.started = False
@@ -151,10 +156,18 @@ class Upstream:
             slot.pending.pop(qid, None)
 
     async def _slot(self) -> _Slot:
+        if not self.slots:
+            try:
+                self.slots = [await self._open() for _ in range(self.SLOTS)]
+            except OSError as e:
+                raise UpstreamError(f"upstream {self.desc()}: {e}") from None
         i = secrets.randbelow(len(self.slots))
         slot = self.slots[i]
         if slot.uses >= self.SLOT_USES:
-            new = await self._open()
+            try:
+                new = await self._open()
+            except OSError as e:
+                raise UpstreamError(f"upstream {self.desc()}: {e}") from None
             if self.slots and self.slots[i] is slot:
                 self.slots[i] = new
                 slot.retired = True

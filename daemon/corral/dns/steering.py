@@ -387,7 +387,7 @@ class DnsSteering:
 
     def _ports_for(self, sd, qname: str, chain) -> tuple[tuple, str]:
         dec = sd.policy.decide(qname)
-        if not dec.ports:
+        if not dec.ports or not dec.learn:
             return (), dec.rule
         for n in chain:
             r = sd.policy.denied_by(n)
@@ -440,7 +440,7 @@ class DnsSteering:
         out, by_addr = {}, {}
         for name, addrs in self.hosts_map.items():
             dec = sd.policy.decide(name)
-            if dec.ports:
+            if dec.ports and dec.learn:
                 for a in addrs:
                     out[(name, a)] = dec.ports
                     by_addr[a] = names.union_ports(by_addr.get(a, ()), dec.ports)
@@ -712,7 +712,8 @@ class DnsSteering:
                 if why:
                     blocked.append((addr, why))
                     continue
-                learned.append((addr, ttl))
+                if dec.learn:
+                    learned.append((addr, ttl))
             elif rr.rtype == CNAME and rn not in seen:
                 continue
             answers.append(RR(rr.rname, rr.rtype, rr.rclass, ttl, rr.rdata))

@@ -55,6 +55,8 @@ def upstream(ns):
         "--host-record=ula.test,fd00::1",
         "--host-record=loop.test,127.0.0.1",
         f"--address=/mixed.test/{v4}", "--address=/mixed.test/192.168.1.1",
+        *[f"--address=/f{i}.fast.test/198.18.77.{i}" for i in range(1, 6)],
+        "--address=/f6.fast.test/2001:2:77::6",
     ])
     dm.start()
     yield dm
@@ -489,3 +491,27 @@ def test_deny_domains_only_resolves_the_rest_and_grants_nothing(session, ns, ups
     assert b.info()["dns_rules"] == []
     assert connect(b, ns.v4, 8080) == "EPERM"
     assert connect(b, ns.v4, 8081) == "ok 8081"
+
+
+def _dump_tries(d):
+    out = {}
+    for name in ("allow4", "allow6", "deny4", "deny6"):
+        p = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", f"/sys/fs/bpf/{d.instance}/{name}"],
+                           capture_output=True, text=True, check=True)
+        out[name] = sorted(str(e) for e in __import__("json").loads(p.stdout))
+    return out
+
+
+def test_learned_rule_fast_path_matches_full_install(session, upstream, dnsd):
+    """New addresses are appended to the tries without a full reinstall; the
+    result must be exactly what a full install writes."""
+    b = session("--allow-domain", "*.fast.test:443", "--allow-net", "198.18.77.0/24:9999",
+                "--allow-net", "198.18.77.3/32:22", "--deny-net", "198.18.77.5/32")
+    for i in range(1, 6):
+        assert dig(b, f"f{i}.fast.test")[0] == "NOERROR"
+    assert addrs(dig(b, "f6.fast.test", "AAAA")[1]) == ["2001:2:77::6"]
+    fast = _dump_tries(dnsd)
+    rules = [r for r, _ in b.info()["dns_rules"]]
+    assert rules == [f"198.18.77.{i}/32:443" for i in range(1, 6)] + ["[2001:2:77::6/128]:443"]
+    b.update(b.info()["policy"]["network"])            # a full install of the same policy
+    assert _dump_tries(dnsd) == fast

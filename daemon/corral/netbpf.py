@@ -221,6 +221,15 @@ class NetBpf:
                     except KeyError:
                         pass
 
+    def add_entries(self, cgid: int, entries: list) -> None:
+        """Write (trie name, prefix, leaf) entries for a session that
+        install_rules already set up (SessionTable's learned-rule fast path)."""
+        cache = self._installed[cgid]
+        for tname, net, leaf in entries:
+            trie = self.tries[tname]
+            trie[self._key(trie, cgid, net)] = leaf
+            cache[(tname, int(net.network_address), net.prefixlen)] = (net, bytes(leaf))
+
     @staticmethod
     def _key(trie, cgid: int, net) -> object:
         k = trie.Key()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import cgroups, policy as pol
 from .config import STATE_DIR
-from .netbpf import RULE_USER, SESS_DNS_STEER, SESS_FILE_ENFORCE, SESS_NET_ENFORCE
+from .netbpf import RULE_USER, SESS_DNS_STEER, SESS_FILE_ENFORCE, SESS_NET_ENFORCE, PortRules
 
 log = logging.getLogger("corral.sessions")
 
@@ -48,6 +48,7 @@ class SessionTable:
         self.dns = dns                      # DNS steering backend (issue 6), optional
         self.by_id: dict[str, Session] = {}
         self.by_cgid: dict[int, Session] = {}
+        self._dns_fast: dict[int, dict] = {}   # cgid -> what set_dns_rules may append to
         STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # -- lifecycle ----------------------------------------------------------
@@ -108,8 +109,56 @@ class SessionTable:
     def set_dns_rules(self, s: Session, rules: list[tuple[str, float]]) -> None:
         """Replace the session's DNS-learned allow rules ("CIDR[:PORT[-PORT]]", expiry)
         and push them to the kernel. Called by the resolver (issue 6)."""
-        s.dns_rules = [[r, exp] for r, exp in rules]
+        new = [[r, exp] for r, exp in rules]
+        if self._append_dns_rules(s, new):
+            return
+        s.dns_rules = new
         self._install(s)
+
+    def _append_dns_rules(self, s: Session, new: list) -> bool:
+        """Fast path for the common case, one more address learned: when the
+        policy is unchanged and the new learned list only appends host
+        prefixes not already in the allow tries, write just their trie
+        entries (the full install is O(all rules) per DNS answer)."""
+        st = self._dns_fast.get(s.cgid)
+        old = [r for r, _ in s.dns_rules]
+        texts = [r for r, _ in new]
+        if st is None or st["policy"] is not s.policy or texts[:len(old)] != old:
+            return False
+        if len(texts) == len(old):
+            s.dns_rules = new                   # only expiries changed
+            return True
+        try:
+            added = [pol.parse_net_rule(t) for t in texts[len(old):]]
+        except pol.PolicyError:
+            return False                        # the full install reports it
+        groups: dict[tuple, list] = {}
+        rid = st["next_rid"]
+        for r in added:
+            if r.net.prefixlen != r.net.max_prefixlen:
+                return False
+            key = (r.net.version, int(r.net.network_address))
+            if key in st["hosts"]:
+                return False                    # would change an existing entry
+            groups.setdefault(key, []).append((r, rid))
+            rid += 1
+        entries = []
+        for (ver, a), learned in groups.items():
+            covering = [(r, i) for v, net, mask, r, i in st["static"] if v == ver and a & mask == net]
+            covering += learned
+            if len(covering) > pol.MAX_PORT_RANGES:
+                return False
+            leaf = PortRules()
+            leaf.n = len(covering)
+            for j, (r, i) in enumerate(covering):
+                leaf.rule[j], leaf.lo[j], leaf.hi[j] = i, r.port_lo, r.port_hi
+            entries.append((f"allow{ver}", learned[0][0].net, leaf))
+        self.net.add_entries(s.cgid, entries)
+        s.dns_rules = new
+        s.rules += [f"allow {t} (from DNS)" for t in texts[len(old):]]
+        st["hosts"].update(groups)
+        st["next_rid"] = rid
+        return True
 
     def _install(self, s: Session) -> None:
         allow, deny = pol.net_rules(s.policy)
@@ -163,8 +212,18 @@ class SessionTable:
         for r in learned:
             allow_ids.append((r, rid))
             rid += 1
+        self._dns_fast.pop(s.cgid, None)
         self.net.install_rules(s.cgid, allow_ids, deny_ids)
         self.net.set_session(s.cgid, flags, s.dns_port)
+        n_static = len(allow_ids) - len(learned)
+        self._dns_fast[s.cgid] = {
+            "policy": s.policy, "next_rid": rid,
+            "static": [(r.net.version, int(r.net.network_address),
+                        ((1 << r.net.prefixlen) - 1) << (r.net.max_prefixlen - r.net.prefixlen), r, i)
+                       for r, i in allow_ids[:n_static]],
+            "hosts": {(r.net.version, int(r.net.network_address)) for r, _ in allow_ids
+                      if r.net.prefixlen == r.net.max_prefixlen},
+        }
         if self.dns is not None and s.dns_port:
             self.dns.update_session(s)
         s.enforcement.update(enforcement)
@@ -172,6 +231,7 @@ class SessionTable:
             del s.enforcement[k]
 
     def _uninstall(self, s: Session) -> None:
+        self._dns_fast.pop(s.cgid, None)
         try:
             self.net.remove_session(s.cgid)
         except Exception as e:  # keep tearing down

@@ -72,6 +72,7 @@ class SessionDns:
         self.learned: dict[tuple, list] = {}
         self.by_addr: dict[str, set] = {}    # address -> qnames in learned
         self.addr_union: dict[str, tuple] = {}  # address -> union of its learned ports
+        self.addr_exp: dict[str, float] = {}    # address -> latest expiry (0: none)
         self.union_stale: set[str] = set()       # ... needing a recount
         self.hosts: dict[tuple, tuple] = {}  # (name, address) -> ports; never expire
         self.hosts_addr: dict[str, tuple] = {}  # address -> ports, from hosts
@@ -347,10 +348,17 @@ class DnsSteering:
         old = sd.learned.get(key)
         sd.learned[key] = ent
         sd.by_addr.setdefault(addr, set()).add(key[0])
-        if old is not None and old[0] != ent[0]:
+        if old is not None and (old[0] != ent[0] or old[1] != ent[1]):
             sd.union_stale.add(addr)
         elif addr not in sd.union_stale:
             sd.addr_union[addr] = names.union_ports(sd.addr_union.get(addr, ()), ent[0])
+            DnsSteering._bump_exp(sd, addr, ent[1])
+
+    @staticmethod
+    def _bump_exp(sd, addr, exp) -> None:
+        cur = sd.addr_exp.get(addr)
+        if cur is None or (cur != 0 and (exp == 0 or exp > cur)):
+            sd.addr_exp[addr] = exp
 
     @staticmethod
     def _set_ports(sd, key, ports) -> None:
@@ -370,6 +378,7 @@ class DnsSteering:
             if not qs:
                 del sd.by_addr[addr]
                 sd.addr_union.pop(addr, None)
+                sd.addr_exp.pop(addr, None)
                 sd.union_stale.discard(addr)
                 return
         sd.union_stale.add(addr)
@@ -379,8 +388,10 @@ class DnsSteering:
         """The ports the kernel allows to ADDR for this session's DNS rules."""
         if addr in sd.union_stale:
             sd.union_stale.discard(addr)
-            sd.addr_union[addr] = names.union_ports(
-                *(sd.learned[(q, addr)][0] for q in sd.by_addr.get(addr, ())))
+            ents = [sd.learned[(q, addr)] for q in sd.by_addr.get(addr, ())]
+            sd.addr_union[addr] = names.union_ports(*(e[0] for e in ents))
+            exps = [e[1] for e in ents]
+            sd.addr_exp[addr] = 0 if (not exps or 0 in exps) else max(exps)
         learned = sd.addr_union.get(addr, ())
         hosts = sd.hosts_addr.get(addr)
         return names.union_ports(hosts, learned) if hosts else learned
@@ -418,6 +429,7 @@ class DnsSteering:
         ent = sd.learned[key]
         self._set_ports(sd, key, names.union_ports(ent[0], [(r.port_lo, r.port_hi)]))
         ent[1] = max(ent[1], exp or 0) if ent[1] else 0
+        sd.union_stale.add(addr)
 
     # -- /etc/hosts ---------------------------------------------------------
     def _check_hosts(self) -> bool:
@@ -461,28 +473,21 @@ class DnsSteering:
 
     # -- learned rules -> kernel -------------------------------------------
     def _rules(self, sd) -> list[tuple[str, float]]:
-        """Everything learned (the expiry timer, not this, drops what expired:
-        the kernel must always hold exactly what this returns)."""
-        per_addr: dict[str, list] = {}
-        for (_, addr), (ports, exp, _) in sd.learned.items():
-            ent = per_addr.get(addr)
-            if ent is None:
-                per_addr[addr] = [ports, exp, False]
-                continue
-            ent[0] = ent[0] + ports
-            ent[1] = 0 if (ent[1] == 0 or exp == 0) else max(ent[1], exp)
-            ent[2] = True
-        for addr, ports in sd.hosts_addr.items():
-            ent = per_addr.get(addr)
-            if ent is None:
-                per_addr[addr] = [ports, 0, False]
-            else:
-                ent[0], ent[1], ent[2] = ent[0] + ports, 0, True
+        """Everything learned, one rule per address and port range, in the
+        order addresses were first learned (so learning one more is an append
+        for SessionTable). The expiry timer, not this, drops what expired: the
+        kernel must always hold exactly what this returns."""
         out = []
         rule_text = names.rule_text
-        for addr, (ports, exp, mixed) in per_addr.items():   # learning order: appends stay appends
-            for lo, hi in (names.union_ports(ports) if mixed else ports):
+        for addr in sd.by_addr:
+            ports = self._addr_ports(sd, addr)
+            exp = 0 if addr in sd.hosts_addr else sd.addr_exp.get(addr, 0)
+            for lo, hi in ports:
                 out.append((rule_text(addr, lo, hi), exp))
+        for addr, ports in sd.hosts_addr.items():
+            if addr not in sd.by_addr:
+                for lo, hi in ports:
+                    out.append((rule_text(addr, lo, hi), 0))
         return out
 
     def _push(self, sd: SessionDns) -> bool:
@@ -732,7 +737,11 @@ class DnsSteering:
                 self._set_entry(sd, k, [dec.ports, exp, via])
             else:
                 self._set_ports(sd, k, dec.ports)
-                ent[1], ent[2] = max(ent[1], exp), via
+                if ent[1]:
+                    ent[1] = max(ent[1], exp)
+                    if k[1] not in sd.union_stale:
+                        self._bump_exp(sd, k[1], ent[1])
+                ent[2] = via
             if self._addr_ports(sd, addr) != before:
                 new.append(addr)
             self._note_expiry(sd, exp)

@@ -2,7 +2,7 @@
 """Cost of corral's Landlock ruleset on path lookups.
 
 A tiny C program (compiled now) times open(O_RDONLY)+close on a shallow path
-and on a 14-component path. It runs plain, and under a wrapper that installs
+and on a 14-component path (thread CPU time, best of many reps). It runs plain, and under a wrapper that installs
 *only* corral's Landlock ruleset (landlock.plan/build_ruleset/restrict with a
 realistic policy: deny_read of a secrets dir, allow_write of the bench dir,
 the implicit protections). Landlock walks from the opened file up to the root
@@ -24,12 +24,12 @@ SRC = r"""
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e9 + t.tv_nsec; }
+static double now(void) { struct timespec t; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t); return t.tv_sec * 1e9 + t.tv_nsec; }
 int main(int argc, char **argv) {
     long n = atol(argv[1]);
     for (int p = 2; p < argc; p++) {
         double best = 1e18;
-        for (int rep = 0; rep < 5; rep++) {
+        for (int rep = 0; rep < 20; rep++) {
             double t0 = now();
             for (long i = 0; i < n; i++) { int fd = open(argv[p], O_RDONLY); if (fd < 0) { perror(argv[p]); return 1; } close(fd); }
             double t = (now() - t0) / n;
@@ -49,8 +49,8 @@ WRAP = ("import json, os, sys\nfrom corral import landlock, native\n"
 
 
 def main() -> int:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 7
     d = os.path.realpath(tempfile.mkdtemp(prefix="corral-bench-ll-"))
     src, exe = os.path.join(d, "open.c"), os.path.join(d, "open")
     with open(src, "w") as f:
@@ -80,7 +80,7 @@ def main() -> int:
         ll.append(run(True))
     ps, pd = min(x[0] for x in plain), min(x[1] for x in plain)
     ls, ld = min(x[0] for x in ll), min(x[1] for x in ll)
-    print(f"open+close, {n} iterations, best of {rounds} interleaved runs x 5 reps")
+    print(f"open+close, {n} iterations, best of {rounds} interleaved runs x 20 reps")
     print(f"shallow ({len([c for c in shallow.split('/') if c])} components): "
           f"{ps:7.1f} ns plain  {ls:7.1f} ns landlock  ratio {ls / ps:.2f}")
     print(f"deep    (14 components): {pd:7.1f} ns plain  {ld:7.1f} ns landlock  ratio {ld / pd:.2f}")

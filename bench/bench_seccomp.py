@@ -2,7 +2,8 @@
 """Cost of corral's seccomp filter per syscall.
 
 A tiny C program (compiled now with gcc) times N getppid() calls and N
-open+close pairs with clock_gettime. It runs once plain and once under a
+open+close pairs with clock_gettime(CLOCK_THREAD_CPUTIME_ID) -- CPU time, so
+preemption by other load on the host does not count; best of many reps. It runs once plain and once under a
 wrapper that loads *only* corral's seccomp filter (confine.build_seccomp)
 before exec'ing it; the difference is the filter's cost. getppid is not in the
 deny list and has no argument rules, so the kernel's seccomp action cache
@@ -28,12 +29,12 @@ SRC = r"""
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e9 + t.tv_nsec; }
+static double now(void) { struct timespec t; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t); return t.tv_sec * 1e9 + t.tv_nsec; }
 int main(int argc, char **argv) {
     long n = atol(argv[1]);
     double best_ppid = 1e18, best_open = 1e18, best_ioctl = 1e18;
     int nfd = open("/dev/null", O_RDONLY); int avail;
-    for (int rep = 0; rep < 5; rep++) {
+    for (int rep = 0; rep < 20; rep++) {
         double t0 = now();
         for (long i = 0; i < n; i++) syscall(SYS_getppid);
         double t1 = now();
@@ -61,7 +62,7 @@ WRAP_EMPTY = ("import os, sys\nfrom corral import native\nm = native.load(); l =
 
 
 def main() -> int:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 300_000
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 15
     d = tempfile.mkdtemp(prefix="corral-bench-")
     src, exe = os.path.join(d, "loop.c"), os.path.join(d, "loop")
@@ -82,7 +83,7 @@ def main() -> int:
         res["corral filter"].append(run(WRAP))
     best = {k: tuple(min(x[i] for x in v) for i in range(3)) for k, v in res.items()}
     b_ppid, b_open, b_ioctl = best["plain"]
-    print(f"iterations: {n} getppid, {n // 10} open+close; best of {rounds} interleaved runs x 5 reps")
+    print(f"iterations: {n} getppid, {n // 10} open+close; best of {rounds} interleaved runs x 20 reps")
     for k, (pp, op, io) in best.items():
         print(f"{k:16s} getppid {pp:7.1f} ns (+{pp - b_ppid:5.1f})   "
               f"open+close {op:7.1f} ns (+{(op - b_open) / 2:5.1f} per syscall)   "

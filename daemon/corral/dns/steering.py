@@ -499,7 +499,6 @@ class DnsSteering:
         texts = frozenset(r for r, _ in rules)
         if texts == sd.pushed and texts == frozenset(r for r, _ in s.dns_rules):
             s.dns_rules[:] = [[r, e] for r, e in rules]     # only expiries moved
-            self._schedule_expiry(sd)
             return True
         before = list(s.dns_rules)
         pushed_before, sd.pushed = sd.pushed, texts    # what update_session will see
@@ -517,8 +516,7 @@ class DnsSteering:
                              "rule": f"kernel rules refused: {e}"}, force=True)
             return False
         sd.pushed = texts
-        self._schedule_expiry(sd)
-        self._save_later(sd)
+        self._save_later(sd)            # (expiry timers: _note_expiry / _expire)
         return True
 
     def _save_later(self, sd) -> None:
@@ -726,7 +724,7 @@ class DnsSteering:
                 for rr in rec.auth if rr.rtype not in (A, AAAA)]
         client_edns = any(rr.rtype == OPT for rr in query.ar)
         extra = [rr for rr in rec.ar if rr.rtype == OPT] if client_edns else []
-        new = []
+        new, created = [], []
         via = tuple(chain[1:])
         for addr, ttl in learned:
             k = (qname, addr)
@@ -734,6 +732,7 @@ class DnsSteering:
             before = self._addr_ports(sd, addr)
             ent = sd.learned.get(k)
             if ent is None:
+                created.append(k)
                 self._set_entry(sd, k, [dec.ports, exp, via])
             else:
                 self._set_ports(sd, k, dec.ports)
@@ -748,6 +747,8 @@ class DnsSteering:
         if new:
             # The kernel must allow it before the client can see the answer.
             if not self._push(sd):
+                for k in created:            # the kernel refused them: forget them
+                    self._del_entry(sd, k)
                 return self._reply(query, RCODE.SERVFAIL)
         elif learned:
             self._save_later(sd)     # only expiries moved: nothing for the kernel

@@ -62,6 +62,7 @@ class Case:
     expect: str | list            # "OK"/"DENIED" or a list for multi-result probes
     doc: str = ""
     during: Callable | None = field(default=None, repr=False)  # run outside while the probe waits
+    policy_update: dict | None = None   # merged into the layout's policy (lists extended)
 
 
 OBSERVED: dict[str, dict[str, list]] = {}
@@ -242,6 +243,24 @@ CASES: list[Case] = [
          'rec(lambda: os.rmdir("{B}/work/.git/hooks"))\n'
          'rec(lambda: os.unlink("{B}/work/src/a.txt"))',
          ["DENIED", "DENIED", "DENIED", "OK"]),
+    Case("kernel_interfaces_protected_under_allow_write_root",
+         'def same_back(p):\n'
+         '    v = open(p).read()\n'
+         '    with open(p, "w") as f:\n'
+         '        f.write(v)\n'
+         'rec(lambda: same_back("/proc/sys/vm/swappiness"))\n'
+         'def cg():\n'
+         '    mnt = [l.split(" - ")[0].split()[4] for l in open("/proc/self/mountinfo")\n'
+         '           if l.split(" - ")[1].split()[0] == "cgroup2"][0]\n'
+         '    rel = [l.split("::", 1)[1].strip() for l in open("/proc/self/cgroup") if l.startswith("0::")][0]\n'
+         '    with open(mnt + rel.rstrip("/") + "/cgroup.procs", "w") as f:\n'
+         '        f.write(str(os.getpid()))\n'
+         'rec(cg)\n'
+         'rec(lambda: append("/dev/null"))\n'
+         'rec(lambda: create("{B}/ro/now-writable.txt"))',
+         ["DENIED", "DENIED", "OK", "OK"], policy_update={"allow_write": ["/"]},
+         doc="sysctls (kernel.core_pattern!) and the cgroup tree stay read-only even for "
+             "allow_write=/ : uid 0 without capabilities passes DAC there"),
     Case("devices_usable",
          'rec(lambda: append("/dev/null")); rec(lambda: read("/dev/zero")); rec(lambda: read("/dev/urandom"))',
          ["OK", "OK", "OK"]),
@@ -266,6 +285,8 @@ def run_case(case: Case, runner: Runner, backend: str, tmp_path,
     """Run one case; raises AssertionError on a mismatch. Returns the results."""
     B = os.path.realpath(str(tmp_path))
     policy = layout(B)
+    for k, v in (case.policy_update or {}).items():
+        policy[k] = list(policy.get(k, [])) + [p.format(B=B) for p in v]
     code = PROBE_PRELUDE + case.code.format(B=B) + "\nprint(json.dumps(RESULTS))\n"
     argv = [python or sys.executable, "-c", code]
     helper = None

@@ -266,7 +266,8 @@ def abi_helper(tmp_path_factory):
                                           (26, 0, "ptrace"), (20, 0, "getpid")])
 def test_ia32_int80_refused(abi_helper, nr, arg, what):
     u = subprocess.run([abi_helper, "ia32", str(nr), str(arg)], capture_output=True, text=True)
-    assert u.returncode == 0          # the kernel has ia32 emulation (control)
+    if u.returncode != 0:             # control: int 0x80 needs CONFIG_IA32_EMULATION
+        pytest.skip(f"no ia32 emulation on this kernel (rc={u.returncode})")
     c = confined([abi_helper, "ia32", str(nr), str(arg)], keep_caps=True)
     # bad-arch action: the process is killed with SIGSYS before the syscall runs
     assert c.returncode == -signal.SIGSYS, (what, c.returncode, c.stdout, c.stderr)

@@ -27,6 +27,7 @@ import errno
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -524,6 +525,7 @@ class DnsSteering:
             sd.save_timer = self.loop.call_later(SAVE_DELAY, self._save_state, sd)
 
     def _note_expiry(self, sd, exp: float) -> None:
+        exp = math.ceil(exp)     # whole seconds: what expires together costs one reinstall
         if self.loop is None or sd.closed or (sd.timer is not None and sd.timer_at <= exp):
             return
         if sd.timer is not None:
@@ -537,7 +539,7 @@ class DnsSteering:
         exps = [e for _, e, _ in sd.learned.values() if e]
         if not exps:
             return
-        at = min(exps)
+        at = math.ceil(min(exps))
         if sd.timer is not None and sd.timer_at <= at:
             return
         if sd.timer is not None:
@@ -640,6 +642,8 @@ class DnsSteering:
             qname = str(query.q.qname)
         elif query.q.qclass != CLASS.IN:
             dec = names.Decision((), f"class {CLASS.get(query.q.qclass)}: only IN is forwarded")
+        elif query.q.qtype in (QTYPE.AXFR, QTYPE.IXFR):
+            dec = names.Decision((), "zone transfers are not forwarded")
         else:
             dec = sd.policy.decide(qname)
         if not dec.ports:

@@ -5,7 +5,8 @@ Measures an open(O_RDONLY)/close loop on a shallow path and on a 14-component
 path: before any corral program is attached (baseline), outside any session
 with the programs attached, and inside a session with 10 and 10,000 rules.
 Needs root and a kernel with BPF LSM (run it in the VM tier:
-`tests/vm/run_vm.py --bench-only`). Uses a tiny C loop when a C compiler is
+`tests/vm/run_vm.py --bench-only`). --keep-pins leaves the programs attached
+(the VM tier then reuses them for pytest instead of compiling again). Uses a tiny C loop when a C compiler is
 available (python's own overhead otherwise hides the hook cost).
 """
 from __future__ import annotations
@@ -120,7 +121,8 @@ def main():
     finally:
         cg.rmdir()
         lsm.close()
-        filelsm.unpin_all()
+        if "--keep-pins" not in sys.argv:
+            filelsm.unpin_all()
         shutil.rmtree(tmp, ignore_errors=True)
     base = ns["baseline"]
     res["ratio_vs_baseline"] = {k: {p: round(v[p] / base[p], 2) for p in v} for k, v in ns.items()}

@@ -40,6 +40,9 @@
 #define MAX_DEPTH 64          /* dentry levels walked (incl. mount roots) */
 #endif
 #define MAX_LEVELS 16         /* cgroup levels a session may live at */
+#ifndef MAX_PDEPTH
+#define MAX_PDEPTH 24         /* components of a by-name rule path (filelsm.py enforces) */
+#endif
 #define MNT_INTERNAL_FLAG 0x4000
 #define CORRAL_FMODE_READ  0x1
 #define CORRAL_FMODE_WRITE 0x2
@@ -81,10 +84,22 @@ struct fsess {
     u32 pad;
 };
 
+/* Per-CPU scratch. Loop state lives here rather than in registers on
+ * purpose: map memory is not value-tracked by the verifier, so paths through
+ * the bounded loops converge instead of multiplying. */
 struct scratch {
     u64 owner;                      /* pid_tgid of the invocation using it */
+    u64 n;                          /* levels recorded by walk_up */
+    u64 H;                          /* running path-prefix hash */
+    u32 comp, rd_deny, rd_rule, has_aw, aw_rule, has_dw, dw_rule, leaf_bits, pos, pad;
     u64 dent[MAX_DEPTH];
     u64 named[MAX_DEPTH];           /* 1: level contributes a path component */
+    u32 pbits[MAX_DEPTH];           /* by-name rule bits per level */
+    u32 prr[MAX_DEPTH];
+    u32 pwr[MAX_DEPTH];
+    u32 comp_level[MAX_DEPTH];      /* level index of each component, bottom-up */
+    u32 ncomp;
+    u32 pad2;
     char name[264];
     char pbuf[512];
 };
@@ -157,7 +172,7 @@ static __always_inline int rate_ok(struct fsess *s)
 }
 
 static __always_inline void emit(struct fsess *s, u64 cgid, u8 op, u32 rule,
-                                 struct scratch *sc, u32 n, u32 deny)
+                                 struct scratch *sc, u32 deny)
 {
     if (!rate_ok(s))
         return;
@@ -194,56 +209,59 @@ static __always_inline void emit(struct fsess *s, u64 cgid, u8 op, u32 rule,
     /* Path from the walk: top-down component names (the real object's
      * location in the mount tree, not what the caller typed). Built in a
      * 512-byte scratch so every write has a constant bound. */
-    u32 pos = 0;
-    if (n > MAX_DEPTH)
-        n = MAX_DEPTH;
+    sc->pos = 0;
+    sc->pbuf[0] = '/';
+    sc->pbuf[1] = 0;
     for (int k = 0; k < MAX_DEPTH; k++) {
-        int i = (int)n - 1 - k;
-        if (i < 0 || pos >= 255)
+        int i = (int)sc->n - 1 - k;
+        if (i < 0 || sc->pos >= 255)
             break;
-        if (!sc->named[i & (MAX_DEPTH - 1)])
+        i &= MAX_DEPTH - 1;
+        if (!sc->named[i])
             continue;
-        struct dentry *d = (struct dentry *)sc->dent[i & (MAX_DEPTH - 1)];
+        struct dentry *d = (struct dentry *)sc->dent[i];
         const unsigned char *nm = 0;
         RD(nm, d->d_name.name);
-        sc->pbuf[pos & 255] = '/';
-        pos++;
-        long got = bpf_probe_read_kernel_str(&sc->pbuf[pos & 255], 256, nm);
-        if (got > 1)
-            pos += ((u32)(got - 1)) & 255;
+        /* pos is kept in map memory (not value-tracked) and masked on use,
+         * so the verifier does not fork a state per possible length */
+        u32 off = sc->pos;
+        asm volatile("%[o] &= 255" : [o] "+r"(off));
+        sc->pbuf[off] = '/';
+        off += 1;
+        asm volatile("%[o] &= 255" : [o] "+r"(off));
+        long got = bpf_probe_read_kernel_str(&sc->pbuf[off], 256, nm);
+        if (got < 1)
+            got = 1;
+        sc->pos = off + (((u32)got - 1) & 255);
     }
-    if (pos == 0) {
-        sc->pbuf[0] = '/';
-        sc->pbuf[1] = 0;
-    }
-    /* every bpf_probe_read_kernel_str above NUL-terminated the buffer */
     bpf_probe_read_kernel(e->path, sizeof(e->path), sc->pbuf);
     e->path[sizeof(e->path) - 1] = 0;
     file_events.ringbuf_submit(e, 0);
 }
 
 /* Walk from (dentry, vfsmount) up to the top of the mount tree, recording the
- * levels in sc. Returns number of levels, 0 for "not a policy object" (kernel
- * internal mounts: pipes, sockets, memfd), -1 when too deep. */
+ * levels in sc (sc->n of them). Returns 1 for a policy object, 0 for "not a
+ * policy object" (kernel-internal mounts: pipes, sockets, memfd), -1 when the
+ * path is deeper than MAX_DEPTH (caller fails closed). */
 static __always_inline int walk_up(struct scratch *sc, struct dentry *d, struct vfsmount *vm)
 {
     struct corral_mount *m = (struct corral_mount *)((char *)vm - __builtin_offsetof(struct corral_mount, mnt));
     struct dentry *mroot = 0;
     RD(mroot, vm->mnt_root);
-    int n = 0;
+    sc->n = MAX_DEPTH;
+    sc->ncomp = 0;
     for (int i = 0; i < MAX_DEPTH; i++) {
+        sc->dent[i] = (u64)d;
+        sc->named[i] = 0;
+        sc->pbits[i] = 0;
+        sc->n = i + 1;
         if (d == mroot) {
             struct corral_mount *pm = 0;
             RD(pm, m->mnt_parent);
-            sc->dent[i] = (u64)d;
-            sc->named[i] = 0;
-            n = i + 1;
             if (pm == m || !pm) {
                 int fl = 0;
                 RD(fl, m->mnt.mnt_flags);
-                if (fl & MNT_INTERNAL_FLAG)
-                    return 0;
-                return n;
+                return (fl & MNT_INTERNAL_FLAG) ? 0 : 1;
             }
             RD(d, m->mnt_mountpoint);
             m = pm;
@@ -252,18 +270,20 @@ static __always_inline int walk_up(struct scratch *sc, struct dentry *d, struct 
         }
         struct dentry *p = 0;
         RD(p, d->d_parent);
-        sc->dent[i] = (u64)d;
-        if (p == d || !p) {
-            /* fs root that is not the mount root: detached/internal */
-            sc->named[i] = 0;
-            return i + 1;
-        }
+        if (p == d || !p)
+            return 1;   /* fs root that is not the mount root: detached tree */
         sc->named[i] = 1;
+        u32 c = sc->ncomp;
+        sc->comp_level[c & (MAX_DEPTH - 1)] = i;
+        sc->ncomp = c + 1;
         d = p;
     }
     return -1;
 }
 
+/* Keyed hash of one name: the name zero-padded to 64 bytes (256 if longer),
+ * in little-endian u64 words, plus its length. Fixed trip counts, no
+ * data-dependent branches inside the loops: the verifier walks them once. */
 static __always_inline u64 name_hash(struct scratch *sc, struct dentry *d, u64 seed)
 {
     u32 len = 0;
@@ -273,43 +293,66 @@ static __always_inline u64 name_hash(struct scratch *sc, struct dentry *d, u64 s
     if (len > 255)
         len = 255;
     u64 h = mix(seed, (u64)len * 0x9E3779B97F4A7C15ULL);
-    if (len == 0)
-        return h;
-    bpf_probe_read_kernel(&sc->name[0], len & 255, nm);
-    for (int w = 0; w < 32; w++) {
-        u32 off = w * 8;
-        if (off >= len)
-            break;
-        u64 v = *(u64 *)&sc->name[off];
-        u32 rem = len - off;
-        if (rem < 8)
-            v &= (1ULL << (rem * 8)) - 1;
-        h = mix(h, v);
+    u64 *wds = (u64 *)&sc->name[0];
+    if (len <= 64) {
+#pragma unroll
+        for (int w = 0; w < 8; w++)
+            wds[w] = 0;
+        bpf_probe_read_kernel(&sc->name[0], len & 127, nm);
+        for (int w = 0; w < 8; w++)
+            h = mix(h, wds[w]);
+    } else {
+        for (int w = 0; w < 32; w++)
+            wds[w] = 0;
+        bpf_probe_read_kernel(&sc->name[0], len & 255, nm);
+        for (int w = 0; w < 32; w++)
+            h = mix(h, wds[w]);
     }
     return h;
 }
 
-/* Evaluate walk levels top-down. */
-static __always_inline void evaluate(struct scratch *sc, int n, u64 cgid, struct fsess *s,
+/* Evaluate walk levels top-down, in three bounded passes so the verifier's
+ * work stays linear: (1) index the components from the top, (2) hash the
+ * first max_pdepth components (indexed by walk_up) and look up by-name rules, (3) look up
+ * by-object rules on every level and fold everything into the verdict. */
+static __always_inline void evaluate(struct scratch *sc, u64 cgid, struct fsess *s,
                                      u64 seed, int want, struct verdict *v)
 {
-    u32 rd_deny = 0, rd_rule = RULE_UNSPECIFIED;
-    u32 has_aw = 0, aw_rule = RULE_DEFAULT_DENY;
-    u32 has_dw = 0, dw_rule = 0;
-    u32 leaf_bits = 0;
-    u64 H = seed;
-    u32 comp = 0;
     u32 maxp = s->max_pdepth;
-    struct ikey ik = { .cgid = cgid };
     struct pkey pk = { .cgid = cgid };
+    u64 H = seed;
+    for (int j = 0; j < MAX_PDEPTH; j++) {
+        u32 nn = sc->ncomp;
+        if (j >= nn || j >= maxp)
+            break;
+        u32 i = sc->comp_level[(nn - 1 - j) & (MAX_DEPTH - 1)] & (MAX_DEPTH - 1);
+        struct dentry *d = (struct dentry *)sc->dent[i];
+        H = mix(H * 0xc4ceb9fe1a85ec53ULL, name_hash(sc, d, seed));
+        pk.hash = H;
+        struct rule_val *r = prules.lookup(&pk);
+        if (r) {
+            sc->pbits[i] = r->bits;
+            sc->prr[i] = r->rd_rule;
+            sc->pwr[i] = r->wr_rule;
+        }
+    }
 
+    sc->rd_deny = 0;
+    sc->rd_rule = RULE_UNSPECIFIED;
+    sc->has_aw = 0;
+    sc->aw_rule = RULE_DEFAULT_DENY;
+    sc->has_dw = 0;
+    sc->dw_rule = 0;
+    sc->leaf_bits = 0;
+    struct ikey ik = { .cgid = cgid };
     for (int k = 0; k < MAX_DEPTH; k++) {
-        int i = n - 1 - k;
+        int i = (int)sc->n - 1 - k;
         if (i < 0)
             break;
-        struct dentry *d = (struct dentry *)sc->dent[i & (MAX_DEPTH - 1)];
+        i &= MAX_DEPTH - 1;
+        struct dentry *d = (struct dentry *)sc->dent[i];
         u32 bits = 0;
-        u16 rr = 0, wr = 0;
+        u32 rr = 0, wr = 0;
         struct inode *ino = 0;
         RD(ino, d->d_inode);
         if (ino) {
@@ -323,65 +366,59 @@ static __always_inline void evaluate(struct scratch *sc, int n, u64 cgid, struct
             ik.ino = inum;
             struct rule_val *r = irules.lookup(&ik);
             if (r) {
-                bits |= r->bits;
+                bits = r->bits;
                 rr = r->rd_rule;
                 wr = r->wr_rule;
             }
         }
-        if (sc->named[i & (MAX_DEPTH - 1)] && comp < maxp) {
-            comp++;
-            H = mix(H * 0xc4ceb9fe1a85ec53ULL, name_hash(sc, d, seed));
-            pk.hash = H;
-            struct rule_val *r = prules.lookup(&pk);
-            if (r) {
-                /* deny-type bits win for rule attribution */
-                if (!rr || (r->bits & (RB_DENY_READ)))
-                    rr = r->rd_rule;
-                if (!wr || (r->bits & (RB_DENY_WRITE)))
-                    wr = r->wr_rule;
-                bits |= r->bits;
-            }
+        u32 pb = sc->pbits[i];
+        if (pb) {
+            /* deny-type rules win the attribution */
+            if (!(bits & (RB_DENY_READ | RB_ALLOW_READ)) || (pb & RB_DENY_READ))
+                rr = sc->prr[i];
+            if (!(bits & (RB_DENY_WRITE | RB_ALLOW_WRITE)) || (pb & RB_DENY_WRITE))
+                wr = sc->pwr[i];
+            bits |= pb;
         }
         if (bits & (RB_DENY_READ | RB_ALLOW_READ)) {
-            rd_deny = (bits & RB_DENY_READ) ? 1 : 0;
-            rd_rule = RULE_USER + rr;
+            sc->rd_deny = bits & RB_DENY_READ;
+            sc->rd_rule = RULE_USER + rr;
         }
-        if (bits & RB_ALLOW_WRITE) {
-            if (!has_aw)
-                aw_rule = RULE_USER + wr;
-            has_aw = 1;
+        if ((bits & RB_ALLOW_WRITE) && !sc->has_aw) {
+            sc->has_aw = 1;
+            sc->aw_rule = RULE_USER + wr;
         }
-        if ((bits & RB_DENY_WRITE) && !has_dw) {
-            has_dw = 1;
-            dw_rule = RULE_USER + wr;
+        if ((bits & RB_DENY_WRITE) && !sc->has_dw) {
+            sc->has_dw = 1;
+            sc->dw_rule = RULE_USER + wr;
         }
-        if (i == 0)
-            leaf_bits = bits;
+        sc->leaf_bits = bits;   /* the last level evaluated is the object itself */
     }
-    if (leaf_bits & RB_DENY_INODE) {
-        rd_deny = 1;
-        rd_rule = RULE_FILE_HARDLINK;
+    u32 leaf = sc->leaf_bits;
+    if (leaf & RB_DENY_INODE) {
+        sc->rd_deny = 1;
+        sc->rd_rule = RULE_FILE_HARDLINK;
     }
     v->deny = 0;
     v->rule = 0;
-    if ((want & WANT_READ) && rd_deny) {
+    if ((want & WANT_READ) && sc->rd_deny) {
         v->deny = 1;
-        v->rule = rd_rule;
+        v->rule = sc->rd_rule;
         return;
     }
     if (want & WANT_WRITE) {
-        if (has_dw) {
+        if (sc->has_dw) {
             v->deny = 1;
-            v->rule = dw_rule;
+            v->rule = sc->dw_rule;
             return;
         }
-        if (!has_aw) {
+        if (!sc->has_aw) {
             v->deny = 1;
             v->rule = RULE_DEFAULT_DENY;
             return;
         }
     }
-    if ((want & WANT_MOVE) && (leaf_bits & RB_ANCESTOR)) {
+    if ((want & WANT_MOVE) && (leaf & RB_ANCESTOR)) {
         v->deny = 1;
         v->rule = RULE_FILE_PROTECTED_ANCESTOR;
     }
@@ -398,17 +435,16 @@ static __always_inline int check(struct fsess *s, u64 cgid, struct dentry *d,
         return -CORRAL_EPERM;
     u64 me = bpf_get_current_pid_tgid();
     sc->owner = me;
-    int n = walk_up(sc, d, vm);
+    int st = walk_up(sc, d, vm);
     struct verdict v = {};
-    if (n == 0)
+    if (st == 0)
         return 0;               /* pipe/socket/anon inode: not a path object */
-    if (n < 0) {
+    if (st < 0) {
         v.deny = 1;
         v.rule = RULE_FILE_TOO_DEEP;
         op = FOP_TOO_DEEP;
-        n = MAX_DEPTH;
     } else {
-        evaluate(sc, n, cgid, s, c->seed, want, &v);
+        evaluate(sc, cgid, s, c->seed, want, &v);
     }
     if (sc->owner != me) {
         /* another invocation preempted us on this CPU and reused the
@@ -418,7 +454,7 @@ static __always_inline int check(struct fsess *s, u64 cgid, struct dentry *d,
     }
     if (!v.deny)
         return 0;
-    emit(s, cgid, op, v.rule, sc, n, 1);
+    emit(s, cgid, op, v.rule, sc, 1);
     return -CORRAL_EPERM;
 }
 

@@ -44,7 +44,8 @@ BPFFS = Path(os.environ.get("CORRAL_BPFFS", "/sys/fs/bpf"))
 PIN_ROOT = BPFFS / "corral"
 STATE_DIR = Path(os.environ.get("CORRAL_RUN_DIR", "/run/corral")) / "filelsm"
 
-MAX_DEPTH = 64
+MAX_DEPTH = 64        # dentry levels walked; deeper paths are denied (fail closed)
+MAX_PDEPTH = 24       # components of a rule path (by-name matching)
 MAX_RULES = 65535
 HARDLINK_SCAN_LIMIT = 200_000
 
@@ -101,10 +102,12 @@ def _mix(h: int, v: int) -> int:
 
 
 def name_hash(seed: int, name: bytes) -> int:
+    """Same as name_hash() in bpf/file_lsm.c."""
     n = min(len(name), 255)
     h = _mix(seed, (n * 0x9E3779B97F4A7C15) & _M64)
-    for off in range(0, n, 8):
-        h = _mix(h, int.from_bytes(name[off:off + 8].ljust(8, b"\0"), "little"))
+    padded = name[:n].ljust(64 if n <= 64 else 256, b"\0")
+    for off in range(0, len(padded), 8):
+        h = _mix(h, int.from_bytes(padded[off:off + 8], "little"))
     return h
 
 
@@ -316,6 +319,8 @@ def compile_policy(seed: int, pol: dict, implicit: bool = True) -> Compiled:
             names = {p, os.path.realpath(p)}
             for q in names:
                 comps = _comps(q)
+                if len(comps) > MAX_PDEPTH:
+                    raise ValueError(f"file policy path has more than {MAX_PDEPTH} components: {q}")
                 if comps:
                     _merge(c.prules, path_hash(seed, comps), bit, slot, idx)
                     c.max_pdepth = max(c.max_pdepth, len(comps))
@@ -399,7 +404,7 @@ def _bpf_dir() -> Path:
 
 
 def _version(src: bytes, common: bytes) -> str:
-    h = hashlib.sha256(src + b"\0" + common + f"\0{MAX_DEPTH}".encode())
+    h = hashlib.sha256(src + b"\0" + common + f"\0{MAX_DEPTH}/{MAX_PDEPTH}".encode())
     return h.hexdigest()[:12]
 
 
@@ -444,7 +449,8 @@ class FileLsm:
         from bcc import BPF  # imported late: reuse of pins needs no compiler
         mode, path = kheaders.select(force_btf=force_btf)
         self.header_mode = mode
-        cflags = [f"-I{bdir}", f"-DMAX_DEPTH={MAX_DEPTH}", "-Wno-unused-function"]
+        cflags = [f"-I{bdir}", f"-DMAX_DEPTH={MAX_DEPTH}", f"-DMAX_PDEPTH={MAX_PDEPTH}",
+                  "-Wno-unused-function"]
         if mode == "btf":
             cflags.append("-DCORRAL_BTF_HEADERS")
         log.info("compiling file_lsm.c (%s headers: %s)", mode, path)

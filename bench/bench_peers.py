@@ -13,7 +13,8 @@ working directory (and /tmp) writable.
   srt --settings {allowedDomains: [], allowWrite: ["."]} -c CMD
   codex sandbox -c sandbox_mode="workspace-write" -- CMD
 
-Workloads (hyperfine -N, ratio of means vs bare):
+Workloads (timed interleaved: the tools take turns, round-robin, median wall time
+of --runs rounds; --hyperfine to use hyperfine -N instead; ratio vs bare):
   true        start-up cost
   git status  in a repository of 5000 files (a few modified)
   rg          search the same tree
@@ -80,6 +81,9 @@ def main() -> int:
     ap.add_argument("--true-runs", type=int, default=30)
     ap.add_argument("-n", type=int, default=20000, help="connects per connect-loop run")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the connect loop")
+    ap.add_argument("--hyperfine", action="store_true",
+                    help="time with hyperfine (each command's runs back to back) instead of the "
+                         "default interleaved runner (tools take turns: fairer on a shared machine)")
     args = ap.parse_args()
 
     results: dict = {"tools": {}, "workloads": {}, "errors": {}}
@@ -137,9 +141,13 @@ def main() -> int:
                     print(f"[bench_peers] {t} / {wname}: NOT MEASURED: {why}", file=sys.stderr)
                     continue
                 cmds[t] = argv
-            # rg exits 1 when nothing matches; hyperfine must not treat that as failure
-            extra = ["-i"] if cmd[0] == rg else []
-            hf = B.hyperfine(cmds, runs=runs, warmup=2, env=env, cwd=str(repo), extra=extra)
+            # rg exits 1 when nothing matches; that is not a failure
+            ok = (0, 1) if cmd[0] == rg else (0,)
+            if args.hyperfine:
+                hf = B.hyperfine(cmds, runs=runs, warmup=2, env=env, cwd=str(repo),
+                                 extra=["-i"] if cmd[0] == rg else [])
+            else:
+                hf = B.interleaved(cmds, rounds=runs, warmup=2, env=env, cwd=str(repo), ok_codes=ok)
             results["workloads"][wname] = hf
         # connect loop
         with socket.socket() as s:
@@ -184,12 +192,12 @@ def main() -> int:
 
     # -- report ---------------------------------------------------------------------
     names = ["bare", "corral", "srt", "codex"]
-    print("\nSame work, same run; mean time (ms) and ratio vs bare "
+    print("\nSame work, same run; median wall time (ms) and ratio vs bare "
           "(connect loop: median ns per connect inside the program)")
     print(f"{'workload':28}" + "".join(f"{n:>22}" for n in names))
     for wname, res in results["workloads"].items():
         is_conn = wname.startswith("connect")
-        key = "median_ns" if is_conn else "mean"
+        key = "median_ns" if is_conn else "median"
         base = res.get("bare", {}).get(key)
         cells = []
         for n in names:
@@ -213,17 +221,17 @@ def main() -> int:
     for wname, res in results["workloads"].items():
         if wname in ("true",) or wname.startswith("connect") or "bare" not in res or "bare" not in tr:
             continue
-        b = res["bare"]["mean"] - tr["bare"]["mean"]
+        b = res["bare"]["median"] - tr["bare"]["median"]
         cells = []
         for n in names:
             if n not in res or n not in tr:
                 cells.append(f"{'—':>22}")
                 continue
-            v = (res[n]["mean"] - tr[n]["mean"]) / b if b > 0 else float("nan")
+            v = (res[n]["median"] - tr[n]["median"]) / b if b > 0 else float("nan")
             cells.append(f"{f'{v:.2f}x':>22}")
             if n != "bare":
                 summary.append(B.row("peers", f"{wname}: {n} / bare, start-up subtracted", round(v, 3), "x", "",
-                                     f"{(res[n]['mean'] - tr[n]['mean']) * 1000:.1f} ms of work"))
+                                     f"{(res[n]['median'] - tr[n]['median']) * 1000:.1f} ms of work"))
         print(f"{wname:28}" + "".join(cells))
     if results["errors"]:
         print("\nNot measured (the error is the result):")

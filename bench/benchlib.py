@@ -315,3 +315,24 @@ if __name__ == "__main__":
         sys.exit(_in_session_main(sys.argv[2:]))
     print("usage: benchlib.py in-session POLICY_JSON CMD...", file=sys.stderr)
     sys.exit(2)
+
+
+def interleaved(commands: dict[str, list[str]], rounds: int = 20, warmup: int = 2,
+                env: dict | None = None, cwd: str | None = None,
+                ok_codes: tuple[int, ...] = (0,)) -> dict[str, dict]:
+    """Wall time of each command, the commands taking turns (round-robin) so a load change
+    on a shared machine hits them all alike; {name: {"median","mean","min","max","runs"}}
+    in seconds. Includes the fork+exec of the harness (~1 ms, the same for every command)."""
+    samples: dict[str, list[float]] = {n: [] for n in commands}
+    for r in range(warmup + rounds):
+        for name, argv in commands.items():
+            t0 = time.perf_counter()
+            p = subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+            dt_ = time.perf_counter() - t0
+            if p.returncode not in ok_codes:
+                raise RuntimeError(f"{name}: exit {p.returncode} in round {r}")
+            if r >= warmup:
+                samples[name].append(dt_)
+    return {n: {"median": statistics.median(v), "mean": statistics.fmean(v), "min": min(v),
+                "max": max(v), "runs": len(v)} for n, v in samples.items()}

@@ -64,3 +64,40 @@ def test_read_only_binds_guard_existing_paths_and_keep_project_writable(daemon, 
     assert (proj / ".git" / "config").read_text() == "[core]\n"
     assert not (proj / ".git" / "hooks" / "pre-push").exists()
     assert "read_only_mounts" in p.stderr
+
+
+CONNECT = r"""
+import errno, json, socket, sys
+res = {}
+for path in sys.argv[1:]:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path); res[path] = "ok"
+    except OSError as e:
+        res[path] = errno.errorcode.get(e.errno, str(e.errno))
+print(json.dumps(res))
+"""
+
+
+def test_denied_unix_socket_cannot_be_connected_even_by_root(daemon, tmp_path):
+    """Landlock does not mediate connect(); a root agent would reach a root-owned
+    socket (think /run/docker.sock). A denied socket is masked in the session."""
+    import socket as s_
+    denied, allowed = str(tmp_path / "runtime.sock"), str(tmp_path / "other.sock")
+    servers = []
+    for path in (denied, allowed):
+        srv = s_.socket(s_.AF_UNIX)
+        srv.bind(path)
+        srv.listen(4)
+        servers.append(srv)
+    try:
+        p = subprocess.run([str(Path(sys.executable).parent / "corral"), "run", "--deny-read", denied,
+                            "--", sys.executable, "-c", CONNECT, denied, allowed],
+                           env=daemon.env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        res = json.loads(p.stdout)
+        assert res[denied] != "ok", res
+        assert res[allowed] == "ok", res
+    finally:
+        for srv in servers:
+            srv.close()

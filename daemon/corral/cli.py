@@ -101,6 +101,7 @@ def cmd_run(args) -> int:
                                seccomp_log=True)
         if guard["mountguard"]:
             report["read_only_mounts"] = guard["read_only"]
+            report["masked_sockets"] = guard["masked_sockets"]
             report["mount_namespace"] = guard["namespace"]
         frozen = _frozen_dirs(guard["policy"])
         if frozen and report.get("landlock"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import stat
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -55,6 +56,21 @@ def _mount(src, dst, flags, what):
 
 def _under(p: str, root: str) -> bool:
     return root == "/" or p == root or p.startswith(root.rstrip("/") + "/")
+
+
+def sockets(fs: dict | None) -> list[str]:
+    """Denied paths that are Unix sockets: Landlock (ABI < 8) does not mediate
+    connect(), so a capability-less root agent could still reach e.g. the Docker
+    socket. They get /dev/null bound over them."""
+    out = []
+    for k in ("deny_read", "deny_write"):
+        for p in (fs or {}).get(k) or []:
+            try:
+                if stat.S_ISSOCK(os.stat(p).st_mode) and p not in out:
+                    out.append(p)
+            except OSError:
+                pass
+    return out
 
 
 def plan(fs: dict | None) -> tuple[list[str], list[str]]:
@@ -115,7 +131,8 @@ def apply(fs: dict | None) -> dict:
     """Set up the namespace; returns what was done and the file policy Landlock
     still has to enforce (deny_write entries handled here are removed)."""
     pins, ro = plan(fs)
-    if not ro:
+    masked = sockets(fs)
+    if not ro and not masked:
         return {"mountguard": False, "policy": fs}
     how = _enter_namespace()
     # Nothing we mount may leak back to the host's mount table.
@@ -124,10 +141,15 @@ def apply(fs: dict | None) -> dict:
         _bind(d, readonly=False)
     for p in ro:
         _bind(p, readonly=True)
+    for p in masked:
+        _mount("/dev/null", p, MS_BIND, f"mask socket {p}")
+        _mount(None, p, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+               f"read-only mask {p}")
     # Our cwd still points into the old mounts; relative paths must see the new ones.
     os.chdir(os.getcwd())
     done = set(ro)
     rest = dict(fs)
     rest["deny_write"] = [p for p in fs.get("deny_write") or []
                           if p not in done and not any(_under(p, r) for r in done)]
-    return {"mountguard": True, "namespace": how, "read_only": ro, "pinned": pins, "policy": rest}
+    return {"mountguard": True, "namespace": how, "read_only": ro, "pinned": pins,
+            "masked_sockets": masked, "policy": rest}

@@ -364,6 +364,13 @@ class Mandatory:
 SHELL_STARTUP = ("~/.bashrc", "~/.bash_profile", "~/.bash_login", "~/.profile", "~/.zshrc",
                  "~/.zprofile", "~/.zshenv", "~/.config/fish/config.fish")
 
+# Only those that exist are added: Landlock would have to freeze /run for the rest.
+CONTAINER_SOCKETS = ("/run/docker.sock", "/run/containerd/containerd.sock",
+                     "/run/podman/podman.sock", "/run/crio/crio.sock", "/run/buildkit/buildkitd.sock")
+# With no file section, a session may write its working directory and the temp
+# dirs: "/" would let a capability-less root agent rewrite /etc (cron, systemd units).
+DEFAULT_ALLOW_WRITE = [".", "/tmp", "/var/tmp", "/dev/shm"]
+
 MANDATORY: tuple[Mandatory, ...] = (
     Mandatory("shell-startup", "deny_write", SHELL_STARTUP,
               "code in shell startup files runs in every later shell, outside the sandbox"),
@@ -389,6 +396,8 @@ MANDATORY: tuple[Mandatory, ...] = (
     Mandatory("kube", "deny_read", ("~/.kube",), "Kubernetes credentials"),
     Mandatory("netrc", "deny_read", ("~/.netrc",), "passwords for FTP/HTTP/git"),
     Mandatory("docker-config", "deny_read", ("~/.docker/config.json",), "registry credentials"),
+    Mandatory("container-sockets", "deny_read", CONTAINER_SOCKETS,
+              "whoever talks to a container runtime socket is root on the host"),
 )
 MANDATORY_NAMES = tuple(m.name for m in MANDATORY)
 
@@ -398,6 +407,8 @@ def mandatory_paths(m: Mandatory, cwd: str | None = None, files: list[str] | Non
     cwd = cwd or os.getcwd()
     if m.name == "policy-files":
         return list(files if files is not None else _loaded_files)
+    if m.name == "container-sockets":
+        return [p for p in m.paths if os.path.exists(p)]
     out = []
     for p in m.paths:
         if GLOB_CHARS & set(p):
@@ -420,8 +431,7 @@ def apply_mandatory(policy: dict, dropped: set[str], cwd: str | None = None,
                     files: list[str] | None = None) -> dict:
     """Add every mandatory protection not named in `dropped`.
 
-    No filesystem section: one is created that restricts nothing else
-    (allow_write ["/"]). allow_read exceptions inside a mandatory deny_read path
+    No filesystem section: one is created with DEFAULT_ALLOW_WRITE. allow_read exceptions inside a mandatory deny_read path
     are removed (they would otherwise win as the more specific rule); deny_write
     already wins over allow_write."""
     unknown = set(dropped) - set(MANDATORY_NAMES)
@@ -441,7 +451,8 @@ def apply_mandatory(policy: dict, dropped: set[str], cwd: str | None = None,
         return out
     fs = out.get("filesystem")
     if fs is None:
-        fs = out["filesystem"] = {"allow_write": ["/"], "deny_read": [], "deny_write": []}
+        fs = out["filesystem"] = {"allow_write": list(DEFAULT_ALLOW_WRITE), "deny_read": [],
+                                  "deny_write": []}
     for k in ("deny_read", "deny_write"):
         lst = fs.setdefault(k, [])
         for p in add[k]:

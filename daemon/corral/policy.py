@@ -212,12 +212,16 @@ def narrowing_violations(old: dict, new: dict) -> list[str]:
             for d in od:
                 if not any(x.covers(d) for x in nd):
                     why.append(f"drops the deny rule {d}")
-            for key in ("allow_domains",):
-                for dom in nn.get(key, []):
-                    if dom not in on.get(key, []):
-                        why.append(f"allows domain {dom} which the current policy does not")
+            from .dns.names import parse_domain_rule
+            old_allow = [parse_domain_rule(d) for d in on.get("allow_domains", [])]
+            for dom in nn.get("allow_domains", []):
+                r = parse_domain_rule(dom)
+                if not any(o.covers(r) for o in old_allow):
+                    why.append(f"allows domain {dom} which the current policy does not")
+            new_deny = [parse_domain_rule(d, "deny_domains") for d in nn.get("deny_domains", [])]
             for dom in on.get("deny_domains", []):
-                if dom not in nn.get("deny_domains", []):
+                r = parse_domain_rule(dom, "deny_domains")
+                if not any(x.covers(r) for x in new_deny):
                     why.append(f"drops the denied domain {dom}")
     of, nf = old.get("filesystem"), new.get("filesystem")
     if of is not None:

@@ -212,6 +212,7 @@ static __always_inline void emit(struct fsess *s, u64 cgid, u8 op, u32 rule,
     sc->pos = 0;
     sc->pbuf[0] = '/';
     sc->pbuf[1] = 0;
+#pragma clang loop unroll(disable)
     for (int k = 0; k < MAX_DEPTH; k++) {
         int i = (int)sc->n - 1 - k;
         if (i < 0 || sc->pos >= 255)
@@ -250,11 +251,15 @@ static __always_inline int walk_up(struct scratch *sc, struct dentry *d, struct 
     RD(mroot, vm->mnt_root);
     sc->n = MAX_DEPTH;
     sc->ncomp = 0;
+    /* one latch, no `continue`: 6.1's CFG check rejects loops whose back
+     * edge is a fall-through, which clang produces for multi-latch loops */
+#pragma clang loop unroll(disable)
     for (int i = 0; i < MAX_DEPTH; i++) {
         sc->dent[i] = (u64)d;
         sc->named[i] = 0;
         sc->pbits[i] = 0;
         sc->n = i + 1;
+        struct dentry *next = 0;
         if (d == mroot) {
             struct corral_mount *pm = 0;
             RD(pm, m->mnt_parent);
@@ -263,20 +268,19 @@ static __always_inline int walk_up(struct scratch *sc, struct dentry *d, struct 
                 RD(fl, m->mnt.mnt_flags);
                 return (fl & MNT_INTERNAL_FLAG) ? 0 : 1;
             }
-            RD(d, m->mnt_mountpoint);
+            RD(next, m->mnt_mountpoint);
             m = pm;
             RD(mroot, m->mnt.mnt_root);
-            continue;
+        } else {
+            RD(next, d->d_parent);
+            if (next == d || !next)
+                return 1;   /* fs root that is not the mount root: detached tree */
+            sc->named[i] = 1;
+            u32 c = sc->ncomp;
+            sc->comp_level[c & (MAX_DEPTH - 1)] = i;
+            sc->ncomp = c + 1;
         }
-        struct dentry *p = 0;
-        RD(p, d->d_parent);
-        if (p == d || !p)
-            return 1;   /* fs root that is not the mount root: detached tree */
-        sc->named[i] = 1;
-        u32 c = sc->ncomp;
-        sc->comp_level[c & (MAX_DEPTH - 1)] = i;
-        sc->ncomp = c + 1;
-        d = p;
+        d = next;
     }
     return -1;
 }
@@ -321,6 +325,7 @@ static __always_inline void evaluate(struct scratch *sc, u64 cgid, struct fsess 
     u32 maxp = s->max_pdepth;
     struct pkey pk = { .cgid = cgid };
     u64 H = seed;
+#pragma clang loop unroll(disable)
     for (int j = 0; j < MAX_PDEPTH; j++) {
         u32 nn = sc->ncomp;
         if (j >= nn || j >= maxp)
@@ -345,6 +350,7 @@ static __always_inline void evaluate(struct scratch *sc, u64 cgid, struct fsess 
     sc->dw_rule = 0;
     sc->leaf_bits = 0;
     struct ikey ik = { .cgid = cgid };
+#pragma clang loop unroll(disable)
     for (int k = 0; k < MAX_DEPTH; k++) {
         int i = (int)sc->n - 1 - k;
         if (i < 0)

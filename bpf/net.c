@@ -56,13 +56,14 @@ BPF_PERCPU_ARRAY(lost, u64, 1);
 
 static __always_inline int rate_take(struct session_cfg *cfg, u64 *suppressed)
 {
+    const u64 interval = 1000000000ULL / RATE_PER_SEC;
     u64 now = bpf_ktime_get_ns();
-    u64 elapsed = now - cfg->rate_last_ns;
-    u64 tokens = cfg->rate_tokens + elapsed / (1000000000ULL / RATE_PER_SEC);
+    u64 earned = (now - cfg->rate_last_ns) / interval;
+    u64 tokens = cfg->rate_tokens + earned;
+    /* Advance by whole tokens only, so partial intervals are not thrown away. */
+    cfg->rate_last_ns = tokens > RATE_BURST ? now : cfg->rate_last_ns + earned * interval;
     if (tokens > RATE_BURST)
         tokens = RATE_BURST;
-    if (elapsed >= 1000000000ULL / RATE_PER_SEC)
-        cfg->rate_last_ns = now;
     if (tokens == 0) {
         cfg->rate_tokens = 0;
         __sync_fetch_and_add(&cfg->rate_suppressed, 1);
@@ -92,6 +93,8 @@ static __always_inline void emit(u64 cgid, struct session_cfg *cfg, u8 op, u32 f
     struct event *e = events.ringbuf_reserve(sizeof(struct event));
     if (!e) {
         count_lost();
+        if (suppressed)   /* give the count back: it rides on the next event */
+            __sync_fetch_and_add(&cfg->rate_suppressed, suppressed);
         return;
     }
     u64 pid_tgid = bpf_get_current_pid_tgid();

@@ -123,8 +123,8 @@ def main() -> int:
     rg = shutil.which("rg") or "rg"
     workloads = {
         "true": (["/bin/true"], args.true_runs),
-        "git status (5000 files)": (["git", "status", "--short"], args.runs),
-        "rg over 5000 files": ([rg, "-c", "needle", "."], args.runs),
+        f"git status ({args.files} files)": (["git", "status", "--short"], args.runs),
+        f"rg over {args.files} files": ([rg, "-c", "needle", "."], args.runs),
     }
     with B.daemon("corral-bench-peers") as d:
         env = dict(d.env)

@@ -18,6 +18,33 @@ now (follows renames, bind mounts and hard links), and by name, (cgid,
 H(path components)) for every rule path (covers paths created later and
 delete-and-recreate). H is keyed with a random per-instance seed that lives in
 the pinned config map.
+
+Like the Landlock backend, every session implicitly may write a few character
+devices (DEVICE_WRITE_PATHS) and may never write cgroup/bpf filesystems.
+
+Hooks: file_open (read/write from f_mode), path_mknod/mkdir/symlink/link/
+unlink/rmdir/rename (both ends; the source of a rename or link needs read and
+write, so a read-denied file can't be moved or linked out of its tree)/
+truncate/chmod/chown (the path_* hooks: they carry the vfsmount, so the walk
+crosses mounts; needs CONFIG_SECURITY_PATH, which Debian has), and
+unix_stream_connect/unix_may_send (the *bound socket's* own path, i.e. the
+real object; connecting needs read and write on the socket file).
+
+Known limits:
+* walks are bounded (MAX_DEPTH = 64 levels incl. mount roots): deeper paths
+  are denied and logged (rule id RULE_FILE_TOO_DEEP, op too_deep);
+  rule paths may have at most MAX_PDEPTH = 24 components (ValueError).
+* not mediated: utimensat (timestamps only), xattrs, stat(), chdir, mount in
+  a private mount namespace (a bind mount of a denied tree is still denied:
+  the walk meets the denied directory's inode).
+* by-name rules use the path from the top of the mount tree the object
+  lives in; pivot_root in a private mount namespace or detached mount trees
+  (open_tree) only keep the by-object rules. Files hard-linked *later, by
+  someone outside the session* into an allowed place are not deny-listed.
+* (dev, ino) come from stat(): on btrfs subvolumes/overlayfs st_dev may
+  differ from the superblock's s_dev (by-name rules still apply).
+* per-CPU scratch: if a program is preempted and the scratch reused on the
+  same CPU (PREEMPT kernels only), the check fails closed (RULE_FILE_RACE).
 """
 from __future__ import annotations
 
@@ -403,6 +430,23 @@ def _bpf_dir() -> Path:
     raise FileNotFoundError("bpf/file_lsm.c not found")
 
 
+def btf_cflags(mode: str, path) -> list[str]:
+    """Extra cflags for a BTF-generated header tree. bcc 0.26's helpers.h names
+    helper ids newer than some kernels (6.1 has no cgrp_storage helpers); the
+    uapi enum then comes from vmlinux.h and lacks them."""
+    if mode != "btf":
+        return []
+    flags = ["-DCORRAL_BTF_HEADERS"]
+    try:
+        text = (Path(path) / "vmlinux.h").read_text(errors="replace")
+    except OSError:
+        return flags
+    for name, val in (("BPF_FUNC_cgrp_storage_get", 210), ("BPF_FUNC_cgrp_storage_delete", 211)):
+        if name not in text:
+            flags.append(f"-D{name}={val}")
+    return flags
+
+
 def _version(src: bytes, common: bytes) -> str:
     h = hashlib.sha256(src + b"\0" + common + f"\0{MAX_DEPTH}/{MAX_PDEPTH}".encode())
     return h.hexdigest()[:12]
@@ -450,14 +494,13 @@ class FileLsm:
         mode, path = kheaders.select(force_btf=force_btf)
         self.header_mode = mode
         cflags = [f"-I{bdir}", f"-DMAX_DEPTH={MAX_DEPTH}", f"-DMAX_PDEPTH={MAX_PDEPTH}",
-                  "-Wno-unused-function"]
-        if mode == "btf":
-            cflags.append("-DCORRAL_BTF_HEADERS")
+                  "-Wno-unused-function"] + btf_cflags(mode, path)
         log.info("compiling file_lsm.c (%s headers: %s)", mode, path)
         b = BPF(text=src.decode(), cflags=cflags)
         try:
             PIN_ROOT.mkdir(parents=True, exist_ok=True)
-            tmp = PIN_ROOT / f".file_lsm-{self.version}.tmp{os.getpid()}"
+            # bpffs refuses names with dots
+            tmp = PIN_ROOT / f"tmp_file_lsm_{self.version}_{os.getpid()}"
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
@@ -474,7 +517,17 @@ class FileLsm:
                 _chk(_lib().bpf_obj_pin(fd, str(tmp / f"link_{h}").encode()), f"pin link {h}")
             if self.pin_dir.exists():
                 shutil.rmtree(self.pin_dir, ignore_errors=True)
-            os.rename(tmp, self.pin_dir)
+            try:
+                os.rename(tmp, self.pin_dir)   # all-or-nothing for a restarted reader
+            except OSError:
+                self.pin_dir.mkdir(parents=True, exist_ok=True)
+                for f in tmp.iterdir():
+                    fd = _chk(_lib().bpf_obj_get(str(f).encode()), f"reopen {f.name}")
+                    try:
+                        _chk(_lib().bpf_obj_pin(fd, str(self.pin_dir / f.name).encode()), f"pin {f.name}")
+                    finally:
+                        os.close(fd)
+                shutil.rmtree(tmp, ignore_errors=True)
         finally:
             b.cleanup()   # closes our fds; the pins keep programs attached
 
@@ -647,5 +700,5 @@ def unpin_all() -> None:
     """Detach every corral file LSM program (removes the pins)."""
     if PIN_ROOT.exists():
         for d in PIN_ROOT.iterdir():
-            if d.name.startswith("file_lsm-") or d.name.startswith(".file_lsm-"):
+            if d.name.startswith("file_lsm-") or d.name.startswith("tmp_file_lsm_"):
                 shutil.rmtree(d, ignore_errors=True)

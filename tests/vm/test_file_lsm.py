@@ -350,7 +350,7 @@ def test_btf_generated_headers_compile():
         assert mode == "btf"
         bdir = REPO / "bpf"
         b = BPF(text=(bdir / "file_lsm.c").read_text(),
-                cflags=[f"-I{bdir}", "-DCORRAL_BTF_HEADERS", "-Wno-unused-function"])
+                cflags=[f"-I{bdir}", "-Wno-unused-function"] + filelsm.btf_cflags(mode, path))
         try:
             assert len(b.lsm_fds) == len(filelsm.HOOKS)
         finally:

@@ -124,6 +124,44 @@ def run_breakdown(d: B.Daemon, argv: list[str], k: int) -> dict:
     return {k2: B.median([smp.get(k2, 0.0) for smp in samples]) for k2 in keys}
 
 
+def cgroup_move_cost(n: int = 12) -> dict:
+    """Kernel cost of what register_session does to the caller: write a pid into a new
+    cgroup's cgroup.procs. A migration takes cgroup_threadgroup_rwsem for writing, whose
+    rcu_sync pays a full RCU grace period unless another migration happened just before;
+    so: after 0.3 s idle vs back to back. Uses its own top-level probe cgroup."""
+    import subprocess
+    from corral import cgroups
+    root = cgroups.cgroup2_mount() / f"corral-benchprobe-{os.getpid()}"
+    root.mkdir()
+    out = {}
+    try:
+        for label, gap in (("after 0.3 s idle", 0.3), ("back to back", 0.0)):
+            ts = []
+            for i in range(n):
+                p = subprocess.Popen(["sleep", "30"])
+                d = root / f"c{i}"
+                d.mkdir()
+                time.sleep(gap)
+                t0 = time.perf_counter()
+                with open(d / "cgroup.procs", "w") as f:
+                    f.write(str(p.pid))
+                ts.append(time.perf_counter() - t0)
+                p.kill()
+                p.wait()
+            for i in range(n):
+                (root / f"c{i}").rmdir()
+            out[label] = B.median(ts)
+    finally:
+        for d in root.iterdir() if root.exists() else []:
+            if d.is_dir():
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
+        root.rmdir()
+    return out
+
+
 def import_times(env) -> dict:
     """Cumulative import time of each top-level module `corral run` loads (site included)."""
     import subprocess
@@ -214,6 +252,17 @@ def main() -> int:
             imp = (hf["python import corral"]["mean"] - hf["python -c pass"]["mean"]) * 1000
             print(f"\n  Python start-up (python -c pass - bare): {(hf['python -c pass']['mean'] - base) * 1000:.2f} ms;"
                   f" importing corral.cli/client/confine: {imp:.2f} ms")
+        try:
+            mv = cgroup_move_cost()
+            results["cgroup_move_ms"] = {k: v * 1000 for k, v in mv.items()}
+            print("\nKernel: moving a process into a new cgroup (part of register_session), median ms:")
+            for k, v in mv.items():
+                print(f"  {k:55} {v * 1000:8.2f}")
+                summary.append(B.row("run", f"  kernel: pid into new cgroup, {k}", round(v * 1000, 2), "ms", "",
+                                     "cgroup_threadgroup_rwsem write: an RCU grace period unless "
+                                     "migrations are back to back"))
+        except OSError as e:
+            results["errors"]["cgroup move probe"] = str(e)
         imp = import_times(env)
         results["import_times_ms"] = imp
         print("\nTop-level import cost of the CLI (python -X importtime, cumulative ms, one run):")

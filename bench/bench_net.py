@@ -146,6 +146,8 @@ def main() -> int:
     finally:
         server.kill()
         server.wait()
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
 
     base = B.median(times["bare"])
     base10 = pct(times["bare"], 0.1)

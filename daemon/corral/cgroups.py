@@ -5,6 +5,7 @@ cgroup directory (the kernfs node id)."""
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ class CgroupError(RuntimeError):
     pass
 
 
+@functools.lru_cache(maxsize=1)
 def cgroup2_mount() -> Path:
     """Find the cgroup2 mount (unified or hybrid layout); never assume a path."""
     with open("/proc/self/mountinfo") as fh:

@@ -218,7 +218,9 @@ def cmd_adjust(args) -> int:
     return policycli.adjust(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI, or (for speed: `corral run` is on every agent's start-up
+    path) just the subcommand `only`, without importing the others' modules."""
     ap = argparse.ArgumentParser(prog="corral", description="kernel-enforced sandboxes for AI agents")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -244,25 +246,27 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--json", action="store_true")
     doc.set_defaults(func=cmd_doctor)
 
-    lg = sub.add_parser("log", help="read the audit log")
-    from . import logcli
-    logcli.add_arguments(lg)
-    lg.set_defaults(func=cmd_log)
-
-    pc = sub.add_parser("policy", help="show or check policies and profiles")
-    from . import policycli
-    policycli.add_arguments(pc)
-    pc.set_defaults(func=cmd_policy)
-
-    for verb in ("allow", "deny"):
-        a = sub.add_parser(verb, help=f"{verb} something in a running session (logged)")
-        policycli.add_adjust_arguments(a)
-        a.set_defaults(func=cmd_adjust, verb=verb)
+    if only in (None, "log"):
+        lg = sub.add_parser("log", help="read the audit log")
+        from . import logcli
+        logcli.add_arguments(lg)
+        lg.set_defaults(func=cmd_log)
+    if only in (None, "policy", "allow", "deny"):
+        pc = sub.add_parser("policy", help="show or check policies and profiles")
+        from . import policycli
+        policycli.add_arguments(pc)
+        pc.set_defaults(func=cmd_policy)
+        for verb in ("allow", "deny"):
+            a = sub.add_parser(verb, help=f"{verb} something in a running session (logged)")
+            policycli.add_adjust_arguments(a)
+            a.set_defaults(func=cmd_adjust, verb=verb)
     return ap
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    fast = "run" if argv[:1] == ["run"] else None
+    args = build_parser(fast).parse_args(argv)
     if getattr(args, "cmd", None) and args.cmd[:1] == ["--"]:
         args.cmd = args.cmd[1:]
     try:

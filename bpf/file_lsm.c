@@ -54,6 +54,8 @@
 #define RB_DENY_WRITE  (1 << 3)
 #define RB_DENY_INODE  (1 << 4)  /* this inode is read-denied wherever it is reached */
 #define RB_ANCESTOR    (1 << 5)  /* strict ancestor of a deny rule: can't be moved */
+#define RB_PSEUDO      (1 << 6)  /* kernel interface tree (/proc, /sys, /dev...): not
+                                  * writable unless a deeper allow_write reopens it */
 
 /* intent */
 #define WANT_READ  1
@@ -91,7 +93,7 @@ struct scratch {
     u64 owner;                      /* pid_tgid of the invocation using it */
     u64 n;                          /* levels recorded by walk_up */
     u64 H;                          /* running path-prefix hash */
-    u32 comp, rd_deny, rd_rule, has_aw, aw_rule, has_dw, dw_rule, leaf_bits, pos, pad;
+    u32 comp, rd_deny, rd_rule, has_aw, aw_rule, has_dw, dw_rule, leaf_bits, pos, soft, soft_rule, pad;
     u64 dent[MAX_DEPTH];
     u64 named[MAX_DEPTH];           /* 1: level contributes a path component */
     u32 pbits[MAX_DEPTH];           /* by-name rule bits per level */
@@ -348,6 +350,8 @@ static __always_inline void evaluate(struct scratch *sc, u64 cgid, struct fsess 
     sc->aw_rule = RULE_DEFAULT_DENY;
     sc->has_dw = 0;
     sc->dw_rule = 0;
+    sc->soft = 0;
+    sc->soft_rule = 0;
     sc->leaf_bits = 0;
     struct ikey ik = { .cgid = cgid };
 #pragma clang loop unroll(disable)
@@ -390,9 +394,15 @@ static __always_inline void evaluate(struct scratch *sc, u64 cgid, struct fsess 
             sc->rd_deny = bits & RB_DENY_READ;
             sc->rd_rule = RULE_USER + rr;
         }
-        if ((bits & RB_ALLOW_WRITE) && !sc->has_aw) {
+        if (bits & RB_ALLOW_WRITE) {
+            if (!sc->has_aw)
+                sc->aw_rule = RULE_USER + wr;
             sc->has_aw = 1;
-            sc->aw_rule = RULE_USER + wr;
+            sc->soft = 0;            /* a deeper allow_write reopens a pseudo tree */
+        }
+        if (bits & RB_PSEUDO) {
+            sc->soft = 1;
+            sc->soft_rule = RULE_USER + wr;
         }
         if ((bits & RB_DENY_WRITE) && !sc->has_dw) {
             sc->has_dw = 1;
@@ -421,6 +431,11 @@ static __always_inline void evaluate(struct scratch *sc, u64 cgid, struct fsess 
         if (!sc->has_aw) {
             v->deny = 1;
             v->rule = RULE_DEFAULT_DENY;
+            return;
+        }
+        if (sc->soft) {
+            v->deny = 1;
+            v->rule = sc->soft_rule;
             return;
         }
     }

@@ -19,8 +19,11 @@ H(path components)) for every rule path (covers paths created later and
 delete-and-recreate). H is keyed with a random per-instance seed that lives in
 the pinned config map.
 
-Like the Landlock backend, every session implicitly may write a few character
-devices (DEVICE_WRITE_PATHS) and may never write cgroup/bpf filesystems.
+Implicit rules, as in the Landlock backend: a few character devices are
+always writable (DEVICE_WRITE_PATHS); /proc, /sys, /dev and other kernel
+pseudo filesystems are not writable unless a *deeper* allow_write reopens a
+subtree (RB_PSEUDO); cgroup/bpf filesystems and corral's own state, code and
+venv are never writable; bpffs is not readable.
 
 Hooks: file_open (read/write from f_mode), path_mknod/mkdir/symlink/link/
 unlink/rmdir/rename (both ends; the source of a rename or link needs read and
@@ -41,8 +44,8 @@ Known limits:
   lives in; pivot_root in a private mount namespace or detached mount trees
   (open_tree) only keep the by-object rules. Files hard-linked *later, by
   someone outside the session* into an allowed place are not deny-listed.
-* (dev, ino) come from stat(): on btrfs subvolumes/overlayfs st_dev may
-  differ from the superblock's s_dev (by-name rules still apply).
+* dev is the superblock's (from mountinfo, not st_dev, which differs on
+  overlayfs and btrfs); btrfs inode numbers are only unique per subvolume.
 * per-CPU scratch: if a program is preempted and the scratch reused on the
   same CPU (PREEMPT kernels only), the check fails closed (RULE_FILE_RACE).
 """
@@ -87,6 +90,7 @@ RB_ALLOW_WRITE = 1 << 2
 RB_DENY_WRITE = 1 << 3
 RB_DENY_INODE = 1 << 4
 RB_ANCESTOR = 1 << 5
+RB_PSEUDO = 1 << 6
 
 SESS_FILE_ENFORCE = 1 << 1
 RULE_USER = 16
@@ -100,6 +104,9 @@ _M64 = (1 << 64) - 1
 DEVICE_WRITE_PATHS = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random",
                       "/dev/urandom", "/dev/tty", "/dev/ptmx", "/dev/pts")
 PROTECTED_FSTYPES = ("cgroup2", "cgroup", "bpf")
+PROTECTED_PATHS = ("/proc", "/sys", "/dev")
+PSEUDO_FSTYPES = ("proc", "sysfs", "devtmpfs", "debugfs", "tracefs", "securityfs",
+                  "configfs", "pstore", "efivarfs", "fusectl", "binfmt_misc")
 
 EVENT_FMT = "<QQII16sBBHIIIQ16s256s"
 EVENT_SIZE = struct.calcsize(EVENT_FMT)
@@ -151,6 +158,33 @@ def _comps(path: str) -> list[bytes]:
 
 def _kdev(st_dev: int) -> int:
     return ((os.major(st_dev) << 20) | os.minor(st_dev)) & 0xFFFFFFFF
+
+
+class _DevMap:
+    """The kernel's dev for a path = its superblock's s_dev, taken from the
+    mount the path lives on (/proc/self/mountinfo field 3). stat()'s st_dev is
+    not it on overlayfs (non-directories report the layer's dev) or btrfs
+    (subvolumes report their own anonymous dev)."""
+
+    def __init__(self):
+        self.mounts = []
+        try:
+            with open("/proc/self/mountinfo") as fh:
+                for line in fh:
+                    f = line.split()
+                    major, minor = (int(x) for x in f[2].split(":"))
+                    self.mounts.append((_unescape_mount(f[4]), (major << 20) | minor))
+        except (OSError, ValueError):
+            pass
+
+    def key(self, path: str, st) -> tuple[int, int]:
+        real = os.path.realpath(path)
+        best, dev = -1, None
+        for mp, d in self.mounts:          # later entries stack on earlier ones
+            if real == mp or real.startswith(mp.rstrip("/") + "/"):
+                if len(mp) >= best:
+                    best, dev = len(mp), d
+        return (dev if dev is not None else _kdev(st.st_dev), st.st_ino)
 
 
 # ---------------------------------------------------------------- libbpf
@@ -304,19 +338,48 @@ def _unescape_mount(s: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
 
 
-def protected_mounts() -> list[str]:
-    """Mount points of cgroup/bpf filesystems (never writable in a session)."""
+def _mounts() -> list[tuple[str, str]]:
     out = []
     try:
         with open("/proc/self/mountinfo") as fh:
             for line in fh:
                 parts = line.split()
                 sep = parts.index("-")
-                if parts[sep + 1] in PROTECTED_FSTYPES:
-                    out.append(_unescape_mount(parts[4]))
+                out.append((_unescape_mount(parts[4]), parts[sep + 1]))
     except (OSError, ValueError):
         pass
-    return sorted(set(out))
+    return out
+
+
+def protected_mounts() -> list[str]:
+    """Mount points of cgroup/bpf filesystems (never writable in a session)."""
+    return sorted({mp for mp, fs in _mounts() if fs in PROTECTED_FSTYPES})
+
+
+def bpf_mounts() -> list[str]:
+    return sorted({mp for mp, fs in _mounts() if fs == "bpf"})
+
+
+def pseudo_paths() -> list[str]:
+    """/proc, /sys, /dev and every other mount of a kernel pseudo filesystem."""
+    out = list(PROTECTED_PATHS)
+    for mp, fs in _mounts():
+        if fs in PSEUDO_FSTYPES and not _under(mp, out) and mp not in out:
+            out.append(mp)
+    return out
+
+
+def corral_paths() -> list[str]:
+    """corral's own state/log/cache/code (same list as the Landlock backend)."""
+    try:
+        from .landlock import corral_paths as lp
+        return lp()
+    except Exception:
+        import sys
+        out = ["/run/corral", "/var/log/corral", "/var/cache/corral", str(ROOT)]
+        if sys.prefix != sys.base_prefix:
+            out.append(os.path.realpath(sys.prefix))
+        return out
 
 
 def compile_policy(seed: int, pol: dict, implicit: bool = True) -> Compiled:
@@ -324,6 +387,7 @@ def compile_policy(seed: int, pol: dict, implicit: bool = True) -> Compiled:
     backend does) a few character devices are always writable and cgroup/bpf
     filesystems are never writable."""
     c = Compiled()
+    devs = _DevMap()
     unknown = set(pol) - {k for k, _, _ in KINDS}
     if unknown:
         log.warning("file policy: ignoring unknown keys %s", sorted(unknown))
@@ -332,10 +396,14 @@ def compile_policy(seed: int, pol: dict, implicit: bool = True) -> Compiled:
     items = [(kind, bit, slot, raw, kind) for kind, bit, slot in KINDS
              for raw in pol.get(kind, []) or []]
     if implicit:
-        items += [("allow_write", RB_ALLOW_WRITE, "wr", p, "implicit allow_write")
+        items += [("allow_write", RB_ALLOW_WRITE, "wr", p, "implicit allow_write (device)")
                   for p in DEVICE_WRITE_PATHS]
+        items += [("pseudo", RB_PSEUDO, "wr", p, "implicit: kernel interface, not writable")
+                  for p in pseudo_paths()]
         items += [("deny_write", RB_DENY_WRITE, "wr", p, "implicit deny_write")
-                  for p in protected_mounts()]
+                  for p in protected_mounts() + corral_paths()]
+        items += [("deny_read", RB_DENY_READ, "rd", p, "implicit deny_read (bpffs)")
+                  for p in bpf_mounts()]
     for kind, bit, slot, raw, label in items:
         if True:
             p = _norm(raw)
@@ -357,20 +425,20 @@ def compile_policy(seed: int, pol: dict, implicit: bool = True) -> Compiled:
                         anc = "/" + "/".join(os.fsdecode(x) for x in comps[:j])
                         try:
                             st = os.stat(anc)
-                            _merge(c.irules, (_kdev(st.st_dev), st.st_ino), RB_ANCESTOR, "-", idx)
+                            _merge(c.irules, devs.key(anc, st), RB_ANCESTOR, "-", idx)
                         except OSError:
                             pass
             try:
                 st = os.stat(p)
             except OSError:
                 continue
-            _merge(c.irules, (_kdev(st.st_dev), st.st_ino), bit, slot, idx)
+            _merge(c.irules, devs.key(p, st), bit, slot, idx)
             if bit == RB_DENY_READ and stat.S_ISDIR(st.st_mode):
-                _scan_hardlinks(c, p, allow_read, idx)
+                _scan_hardlinks(c, p, allow_read, idx, devs)
     return c
 
 
-def _scan_hardlinks(c: Compiled, root: str, allow_read: list[str], idx: int) -> None:
+def _scan_hardlinks(c: Compiled, root: str, allow_read: list[str], idx: int, devs) -> None:
     """Files under a deny_read tree that have other names (nlink > 1) are denied
     by inode, so a hard link that predates the session can't leak them."""
     seen = 0
@@ -386,7 +454,7 @@ def _scan_hardlinks(c: Compiled, root: str, allow_read: list[str], idx: int) -> 
             except OSError:
                 continue
             if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                _merge(c.irules, (_kdev(st.st_dev), st.st_ino), RB_DENY_INODE, "rd", idx)
+                _merge(c.irules, devs.key(full, st), RB_DENY_INODE, "rd", idx)
         if seen > HARDLINK_SCAN_LIMIT:
             log.warning("file policy: hard-link scan of %s stopped after %d files", root, seen)
             return

@@ -564,7 +564,7 @@ class FileLsm:
         cflags = [f"-I{bdir}", f"-DMAX_DEPTH={MAX_DEPTH}", f"-DMAX_PDEPTH={MAX_PDEPTH}",
                   "-Wno-unused-function"] + btf_cflags(mode, path)
         log.info("compiling file_lsm.c (%s headers: %s)", mode, path)
-        b = BPF(text=src.decode(), cflags=cflags)
+        b = BPF(text=src, cflags=cflags)
         try:
             PIN_ROOT.mkdir(parents=True, exist_ok=True)
             # bpffs refuses names with dots

@@ -349,7 +349,7 @@ def test_btf_generated_headers_compile():
         mode, path = kheaders.select(force_btf=True)
         assert mode == "btf"
         bdir = REPO / "bpf"
-        b = BPF(text=(bdir / "file_lsm.c").read_text(),
+        b = BPF(text=(bdir / "file_lsm.c").read_bytes(),
                 cflags=[f"-I{bdir}", "-Wno-unused-function"] + filelsm.btf_cflags(mode, path))
         try:
             assert len(b.lsm_fds) == len(filelsm.HOOKS)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vmhelpers import DEV_W, REPO, cgroup_root
+from vmhelpers import DEV_W, REPO, _require_env, cgroup_root
 from corral import filelsm
 
 EPERM_RC = 1  # coreutils exit status on EPERM
@@ -40,6 +40,7 @@ def denied(res):
 
 
 def test_probe():
+    _require_env()
     ok_, why = filelsm.probe()
     assert ok_, why
 
@@ -340,6 +341,7 @@ def test_survives_sigkill_of_user_space(lsm, ws):
 def test_btf_generated_headers_compile():
     """The same program compiles against the BTF-generated header tree and
     passes the real verifier (loaded, attached, then dropped)."""
+    _require_env()
     if os.environ.get("CORRAL_VMTEST_SKIP_BTF") == "1":
         pytest.skip("CORRAL_VMTEST_SKIP_BTF=1")
     from bcc import BPF

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := python3-bpfcc bpftool libseccomp-dev python3-venv python3-dev libffi-dev \
 	gcc make git kmod iproute2 dnsutils dnsmasq-base procps util-linux
 # The VM tier: a stock Debian kernel with BPF LSM, booted under qemu.
-VM_APT_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64
+VM_APT_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static
 BENCH_APT_PACKAGES := hyperfine bubblewrap socat ripgrep
 
 .PHONY: install apt venv demo start stop test vmtest bench clean

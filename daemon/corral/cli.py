@@ -80,10 +80,6 @@ def cmd_run(args) -> int:
     except ImportError as e:
         die(f"{e}", 1)
     try:
-        landlock.file_policy_decision(policy.get("filesystem"), args.allow_weaker)
-    except landlock.LandlockUnavailable as e:
-        die(str(e), 1)
-    try:
         c = Client()
         session = c.call("register_session", policy=policy)
     except DaemonNotRunning as e:
@@ -92,9 +88,20 @@ def cmd_run(args) -> int:
         die(f"cannot start session: {e.message}")
     c.close()
     sid = session["id"]
+    if session["enforcement"].get("filesystem") != "bpf-lsm":
+        try:
+            landlock.file_policy_decision(session["policy"].get("filesystem"), args.allow_weaker)
+        except landlock.LandlockUnavailable as e:
+            die(str(e), 1)      # we are the session's only process: it ends with us
     try:
         from . import mountguard
-        guard = mountguard.apply(session["policy"].get("filesystem"))
+        fs = session["policy"].get("filesystem")
+        if session["enforcement"].get("filesystem") == "bpf-lsm":
+            # The kernel decides on the daemon's maps (live, exact); Landlock
+            # then only keeps the always-on protections, or a live widening
+            # would be blocked by rules frozen at exec.
+            fs = None
+        guard = mountguard.apply(fs)
         report = confine.apply(guard["policy"],
                                session["policy"]["syscalls"]["deny"],
                                keep_caps=args.keep_caps, allow_weaker=args.allow_weaker,
@@ -107,12 +114,8 @@ def cmd_run(args) -> int:
         if frozen and report.get("landlock"):
             report["frozen_dirs"] = frozen
     except Exception as e:
-        # Fail closed: the command never runs unconfined.
-        try:
-            with Client() as c:
-                c.call("end_session", session=sid)
-        except CorralError:
-            pass
+        # Fail closed: the command never runs unconfined (and the session,
+        # whose only process we are, ends when we exit).
         die(f"confinement failed, command not started: {e}")
     # Reported from inside the confinement; the daemon checks it against /proc.
     try:

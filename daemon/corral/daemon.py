@@ -162,13 +162,20 @@ class Daemon:
         rec = events.decode(raw)
         s = self.sessions.by_cgid.get(rec["cgid"])
         rec["session"] = s.id if s else None
-        rec["rule"] = events.describe_rule(rec.pop("rule_id"), s.rules if s else [])
+        rule_id = rec.pop("rule_id")
+        if rec["kind"] == "file":
+            rec["backend"] = "bpf-lsm"
+            rule = self.filelsm.rule_for(rec["cgid"], rule_id) if self.filelsm else None
+            rec["rule"] = events.describe_file_rule(rule_id, rule)
+        else:
+            rec["rule"] = events.describe_rule(rule_id, s.rules if s else [])
         suppressed = rec.pop("suppressed_before")
         if suppressed:
             self.audit({"kind": "rate", "op": "suppressed", "verdict": "info",
                         "session": rec["session"], "target": f"{suppressed} event(s)",
                         "count": suppressed, "rule": "per-session rate limit", "time": rec["time"]})
-        self.audit(rec)
+        if rec["kind"] != "rate":     # a bare rate record only carries the count
+            self.audit(rec)
 
     def _pump(self, stop: threading.Event) -> None:
         """Ring buffers are polled on a thread; records go to the loop."""

@@ -56,6 +56,19 @@ def decode(raw: bytes) -> dict:
     return rec
 
 
+FILE_RULES = {RULE_DEFAULT_DENY: "default-deny (not under allow_write)",
+              2: "path deeper than the walk bound (fail closed)",
+              3: "hard link to a read-denied file",
+              4: "check interrupted (fail closed)",
+              5: "moves a directory that holds protected paths"}
+
+
+def describe_file_rule(rule_id: int, rule: tuple[str, str] | None) -> str:
+    if rule is not None:
+        return f"{rule[0]} {rule[1]}"
+    return FILE_RULES.get(rule_id, f"rule#{rule_id}")
+
+
 def describe_rule(rule_id: int, rules: list[str]) -> str:
     if rule_id == RULE_DEFAULT_DENY:
         return "default-deny"

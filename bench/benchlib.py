@@ -45,7 +45,7 @@ class Daemon:
             self.env.update(env)
             self.instance = env["CORRAL_INSTANCE"]
             self.tmp = Path(env["CORRAL_RUN_DIR"]).parent
-            self.socket = Path(env["CORRAL_RUN_DIR"]) / "corral.sock"
+            self.socket = Path(env.get("CORRAL_SOCKET") or Path(env["CORRAL_RUN_DIR"]).parent / (Path(env["CORRAL_RUN_DIR"]).name + ".sock"))
             self.pid = int(env.get("CORRAL_BENCH_PID", "0")) or None
             return
         self.instance = f"{name}-{os.getpid()}"
@@ -57,7 +57,7 @@ class Daemon:
             "CORRAL_LOG_DIR": str(self.tmp / "log"),
             "PYTHONUNBUFFERED": "1",
         })
-        self.socket = self.tmp / "run" / "corral.sock"
+        self.socket = self.tmp / "run.sock"
         self.extra_args = list(extra_args)
         self.stderr_path = self.tmp / "corrald.stderr"
         self.pid = None

@@ -3,7 +3,7 @@
 # otherwise as a background process with its stderr in /var/log/corral/.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-sock=/run/corral/corral.sock
+sock=/run/corral.sock
 pidfile=/run/corral/corrald.pid
 errlog=/var/log/corral/corrald.stderr
 

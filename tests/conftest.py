@@ -36,7 +36,7 @@ class Daemon:
             "PYTHONUNBUFFERED": "1",
         })
         self.env.update(extra_env or {})
-        self.socket = tmp / "run" / "corral.sock"
+        self.socket = tmp / "run.sock"
         self.log_dir = tmp / "log"
         self.extra_args = list(extra_args)
         self.proc = None

@@ -16,7 +16,9 @@ def _path(var: str, default: str) -> Path:
 
 
 RUN_DIR = _path("CORRAL_RUN_DIR", f"/run/{INSTANCE}")
-SOCKET = _path("CORRAL_SOCKET", f"{RUN_DIR}/corral.sock")
+# Beside the run directory, not in it: sessions may never write corral's state,
+# but connecting to the socket counts as a write for the BPF LSM backend.
+SOCKET = _path("CORRAL_SOCKET", f"{RUN_DIR.parent}/{RUN_DIR.name}.sock")
 STATE_DIR = RUN_DIR / "sessions"
 LOG_DIR = _path("CORRAL_LOG_DIR", f"/var/log/{INSTANCE}")
 PIN_DIR = _path("CORRAL_PIN_DIR", f"/sys/fs/bpf/{INSTANCE}")

@@ -100,13 +100,9 @@ KINDS = [("deny_read", RB_DENY_READ, "rd"), ("allow_read", RB_ALLOW_READ, "rd"),
 
 _M64 = (1 << 64) - 1
 
-# same implicit rules as the Landlock backend (landlock.py)
-DEVICE_WRITE_PATHS = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random",
-                      "/dev/urandom", "/dev/tty", "/dev/ptmx", "/dev/pts")
-PROTECTED_FSTYPES = ("cgroup2", "cgroup", "bpf")
-PROTECTED_PATHS = ("/proc", "/sys", "/dev")
-PSEUDO_FSTYPES = ("proc", "sysfs", "devtmpfs", "debugfs", "tracefs", "securityfs",
-                  "configfs", "pstore", "efivarfs", "fusectl", "binfmt_misc")
+# The implicit rules are the Landlock backend's: both backends must agree.
+from .landlock import (DEVICE_WRITE_PATHS, PROTECTED_FSTYPES, PROTECTED_PATHS,  # noqa: E402
+                       PSEUDO_FSTYPES)
 
 EVENT_FMT = "<QQII16sBBHIIIQ16s256s"
 EVENT_SIZE = struct.calcsize(EVENT_FMT)
@@ -398,6 +394,10 @@ def compile_policy(seed: int, pol: dict, implicit: bool = True) -> Compiled:
     if implicit:
         items += [("allow_write", RB_ALLOW_WRITE, "wr", p, "implicit allow_write (device)")
                   for p in DEVICE_WRITE_PATHS]
+        # corral's own socket: a session may always talk to the daemon (which
+        # decides what it may do), and connect() counts as a write here.
+        from .config import SOCKET
+        items += [("allow_write", RB_ALLOW_WRITE, "wr", str(SOCKET), "implicit: corral's socket")]
         items += [("pseudo", RB_PSEUDO, "wr", p, "implicit: kernel interface, not writable")
                   for p in pseudo_paths()]
         items += [("deny_write", RB_DENY_WRITE, "wr", p, "implicit deny_write")

@@ -122,6 +122,22 @@ def _expand_path(p: str, cwd: str, home: str) -> str:
     return os.path.realpath(p)
 
 
+def _section(policy: dict, name: str, keys) -> dict | None:
+    """A section's table, checked for unknown keys and list values; None if absent."""
+    sec = policy.get(name)
+    if sec is None:
+        return None
+    if not isinstance(sec, dict):
+        raise PolicyError(f"{name}: expected a table")
+    bad = set(sec) - set(keys)
+    if bad:
+        raise PolicyError(f"{name}: unknown key(s) {sorted(bad)}: expected {list(keys)}")
+    for k in keys:
+        if not isinstance(sec.get(k) or [], list):
+            raise PolicyError(f"{name}.{k}: expected a list")
+    return sec
+
+
 def normalize(policy: dict | None, cwd: str = "/", home: str = "/root") -> dict:
     """Validate and canonicalise a policy dict. Raises PolicyError."""
     if policy is None:
@@ -134,16 +150,8 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root") -> dict:
         raise PolicyError(f"unknown policy section(s) {sorted(unknown)}: "
                           "expected network, filesystem, syscalls")
     out: dict = {"network": None, "filesystem": None, "syscalls": {"deny": []}}
-    net = policy.get("network")
+    net = _section(policy, "network", NET_LIST_KEYS)
     if net is not None:
-        if not isinstance(net, dict):
-            raise PolicyError("network: expected a table")
-        bad = set(net) - set(NET_LIST_KEYS)
-        if bad:
-            raise PolicyError(f"network: unknown key(s) {sorted(bad)}: expected {list(NET_LIST_KEYS)}")
-        for k in NET_LIST_KEYS:
-            if not isinstance(net.get(k) or [], list):
-                raise PolicyError(f"network.{k}: expected a list")
         n = {k: list(net.get(k) or []) for k in NET_LIST_KEYS}
         n["allow"] = [str(parse_net_rule(r)) for r in n["allow"]]
         n["deny"] = [str(parse_net_rule(r)) for r in n["deny"]]
@@ -156,16 +164,8 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root") -> dict:
         for key in ("allow_domains", "deny_domains"):
             n[key] = normalize_rules(n[key], key)
         out["network"] = n
-    fs = policy.get("filesystem")
+    fs = _section(policy, "filesystem", FS_KEYS)
     if fs is not None:
-        if not isinstance(fs, dict):
-            raise PolicyError("filesystem: expected a table")
-        bad = set(fs) - set(FS_KEYS)
-        if bad:
-            raise PolicyError(f"filesystem: unknown key(s) {sorted(bad)}: expected {list(FS_KEYS)}")
-        for k in FS_KEYS:
-            if not isinstance(fs.get(k) or [], list):
-                raise PolicyError(f"filesystem.{k}: expected a list of paths")
         out["filesystem"] = {k: sorted({_expand_path(p, cwd, home) for p in (fs.get(k) or [])})
                              for k in FS_KEYS}
     sc = policy.get("syscalls") or {}

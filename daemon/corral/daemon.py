@@ -54,6 +54,9 @@ class Daemon:
         self.dns = None
         self.auditlink = None
         self._lost_seen = 0
+        # Kernel events can still be in flight when a session's cgroup empties:
+        # remember ended sessions briefly so those events keep their session and rule.
+        self._ended: dict[int, tuple[float, str, list, list | None]] = {}
 
     # -- start-up ----------------------------------------------------------
     def load(self) -> None:
@@ -161,14 +164,24 @@ class Daemon:
     def kernel_event(self, raw: bytes) -> None:
         rec = events.decode(raw)
         s = self.sessions.by_cgid.get(rec["cgid"])
-        rec["session"] = s.id if s else None
+        if s is not None:
+            sid, rules = s.id, s.rules
+            file_rules = None
+        else:
+            _, sid, rules, file_rules = self._ended.get(rec["cgid"], (0, None, [], None))
+        rec["session"] = sid
         rule_id = rec.pop("rule_id")
         if rec["kind"] == "file":
             rec["backend"] = "bpf-lsm"
-            rule = self.filelsm.rule_for(rec["cgid"], rule_id) if self.filelsm else None
+            if s is not None and self.filelsm is not None:
+                rule = self.filelsm.rule_for(rec["cgid"], rule_id)
+            elif file_rules and 0 <= rule_id - events.RULE_USER < len(file_rules):
+                rule = file_rules[rule_id - events.RULE_USER]
+            else:
+                rule = None
             rec["rule"] = events.describe_file_rule(rule_id, rule)
         else:
-            rec["rule"] = events.describe_rule(rule_id, s.rules if s else [])
+            rec["rule"] = events.describe_rule(rule_id, rules)
         suppressed = rec.pop("suppressed_before")
         if suppressed:
             self.audit({"kind": "rate", "op": "suppressed", "verdict": "info",
@@ -208,6 +221,10 @@ class Daemon:
                 self._lost_seen = lost
 
     def end_session(self, s, why: str, kill: bool = True) -> None:
+        now = time.monotonic()
+        self._ended = {k: v for k, v in self._ended.items() if v[0] > now - 60}
+        file_rules = self.filelsm.rules_snapshot(s.cgid) if self.filelsm is not None else None
+        self._ended[s.cgid] = (now, s.id, list(s.rules), file_rules)
         self.sessions.end(s, kill=kill)
         self.audit({"kind": "session", "op": "end", "verdict": "info", "session": s.id,
                     "target": s.cgroup, "rule": why, "uid": s.owner_uid})

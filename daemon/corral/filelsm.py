@@ -710,6 +710,11 @@ class FileLsm:
         self._rules.pop(cgid, None)
         self._record(cgid, None)
 
+    def rules_snapshot(self, cgid: int) -> list | None:
+        """The session's compiled rule list (for events that arrive after it ended)."""
+        rules = self._rules.get(cgid)
+        return list(rules) if rules is not None else None
+
     def rule_for(self, cgid: int, rule: int) -> tuple[str, str] | None:
         """(kind, path) for an event's rule id, if it names a user rule."""
         rules = self._rules.get(cgid)

@@ -436,6 +436,18 @@ class EventLog:
             pass
 
     # -- append --
+    def _chain_write(self, rec: dict) -> None:
+        """Link rec to the chain (seq, prev, hash) and write it. Caller holds the lock."""
+        rec["seq"] = self._seq
+        rec["prev"] = self._prev
+        rec["hash"] = record_hash(rec)
+        data = msgpack.packb(rec, use_bin_type=True)
+        self._write_all(data)
+        self._seq += 1
+        self._prev = rec["hash"]
+        self._size += len(data)
+        self._pending += 1
+
     def append(self, record: dict) -> dict:
         rec = _clean(dict(record))
         rec.setdefault("time", time.time())
@@ -446,15 +458,7 @@ class EventLog:
                 raise ValueError("audit log is closed")
             if self._size >= self.segment_bytes:
                 self._rotate()
-            rec["seq"] = self._seq
-            rec["prev"] = self._prev
-            rec["hash"] = record_hash(rec)
-            data = msgpack.packb(rec, use_bin_type=True)
-            self._write_all(data)
-            self._seq += 1
-            self._prev = rec["hash"]
-            self._size += len(data)
-            self._pending += 1
+            self._chain_write(rec)
             if self._pending == 1:
                 self._pending_since = time.monotonic()
             if rec.get("kind") in FSYNC_KINDS or self._pending >= self.fsync_batch:
@@ -504,15 +508,7 @@ class EventLog:
                     "time": time.time(),
                     "removed_through": last["seq"] if last else None,
                     "removed_last_hash": last["hash"] if last else None}
-            note["seq"] = self._seq
-            note["prev"] = self._prev
-            note["hash"] = record_hash(note)
-            data = msgpack.packb(note, use_bin_type=True)
-            self._write_all(data)
-            self._seq += 1
-            self._prev = note["hash"]
-            self._size += len(data)
-            self._pending += 1
+            self._chain_write(note)
         self._fsync_dir()
         self._sync()
 

@@ -64,7 +64,8 @@ import struct
 import subprocess
 from pathlib import Path
 
-from . import kheaders
+from . import cgroups, kheaders
+from .netbpf import ensure_bpffs
 
 log = logging.getLogger("corral.filelsm")
 
@@ -462,13 +463,10 @@ def _scan_hardlinks(c: Compiled, root: str, allow_read: list[str], idx: int, dev
 
 # ---------------------------------------------------------------- cgroups
 def cgroup2_mount() -> Path | None:
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            parts = line.split()
-            sep = parts.index("-")
-            if parts[sep + 1] == "cgroup2":
-                return Path(parts[4])
-    return None
+    try:
+        return cgroups.cgroup2_mount()
+    except cgroups.CgroupError:
+        return None
 
 
 def cgroup_level(cgid: int) -> int:
@@ -520,22 +518,9 @@ def _version(src: bytes, common: bytes) -> str:
     return h.hexdigest()[:12]
 
 
-def _ensure_bpffs() -> None:
-    try:
-        with open("/proc/self/mounts") as fh:
-            for line in fh:
-                f = line.split()
-                if f[1] == str(BPFFS) and f[2] == "bpf":
-                    return
-    except OSError:
-        pass
-    BPFFS.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "bpf", "bpf", str(BPFFS)], check=True)
-
-
 class FileLsm:
     def __init__(self, force_btf_headers: bool = False):
-        _ensure_bpffs()
+        ensure_bpffs(BPFFS)
         bdir = _bpf_dir()
         src = (bdir / "file_lsm.c").read_bytes()
         common = (bdir / "common.h").read_bytes()

@@ -45,16 +45,14 @@ def bpf_dir() -> Path:
     raise FileNotFoundError("corral BPF sources not found (set CORRAL_BPF_DIR)")
 
 
-def ensure_bpffs() -> None:
-    base = PIN_DIR.parent
-    with open("/proc/self/mountinfo") as fh:
-        if any(line.split(" - ")[1].startswith("bpf ") and line.split()[4] == str(base)
-               for line in fh if " - " in line):
-            PIN_DIR.mkdir(mode=0o700, exist_ok=True)
-            return
-    base.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "bpf", "bpf", str(base)], check=True)
-    PIN_DIR.mkdir(mode=0o700, exist_ok=True)
+def ensure_bpffs(base: Path | None = None) -> None:
+    """Mount bpffs at `base` (default: where our pins live) unless it is there."""
+    base = Path(base) if base is not None else PIN_DIR.parent
+    with open("/proc/self/mounts") as fh:
+        mounted = any(f[1] == str(base) and f[2] == "bpf" for f in (l.split() for l in fh))
+    if not mounted:
+        base.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "bpf", "bpf", str(base)], check=True)
 
 
 def _pinned_source(src: str) -> str:
@@ -91,6 +89,7 @@ class NetBpf:
         self.cgroup_root = cgroup_root
         self.header_mode, _ = kheaders.select()
         ensure_bpffs()
+        PIN_DIR.mkdir(mode=0o700, exist_ok=True)
         src = _pinned_source((bpf_dir() / "net.c").read_text())
         cflags = [f"-I{bpf_dir()}", "-Wno-unused-function"]
         if self.header_mode == "btf":

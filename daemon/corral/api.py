@@ -19,6 +19,8 @@ class Api:
     def __init__(self, daemon):
         self.d = daemon
         self.subscribers: dict = {}   # Connection -> filter dict
+        from . import protected
+        self.protected_write = protected.code_paths()
 
     # -- helpers -----------------------------------------------------------
     def _caller_session(self, conn):
@@ -59,7 +61,7 @@ class Api:
         except OSError:
             cwd = "/"
         try:
-            return pol.normalize(policy, cwd=cwd, home=home)
+            return pol.normalize(policy, cwd=cwd, home=home, protected_write=self.protected_write)
         except pol.PolicyError as e:
             raise ProtocolError(P.E_BAD_POLICY, str(e)) from None
 

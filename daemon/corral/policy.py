@@ -138,7 +138,8 @@ def _section(policy: dict, name: str, keys) -> dict | None:
     return sec
 
 
-def normalize(policy: dict | None, cwd: str = "/", home: str = "/root") -> dict:
+def normalize(policy: dict | None, cwd: str = "/", home: str = "/root",
+              protected_write=()) -> dict:
     """Validate and canonicalise a policy dict. Raises PolicyError."""
     if policy is None:
         policy = {}

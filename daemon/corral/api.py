@@ -1,108 +1,212 @@
 """The daemon's operations and who may call them.
 
-Authority comes from the peer's credentials and cgroup, never from the message:
+Authority comes from the kernel, never from the message: the peer is pinned by
+a pidfd when the connection is accepted (peer.py), and on every request its
+cgroup is read through that pin.
+- a peer that has exited, or cannot be identified, may do nothing;
 - a process inside a session may read its own session and narrow it, nothing else;
-- outside sessions, a user may manage the sessions it owns; root manages all."""
+- a process in corral's cgroup tree but in no live session may do nothing but hello;
+- outside sessions, a user may manage the sessions it owns; root manages all.
+
+Every change is logged before it is made: if its record cannot be written
+durably, nothing changes and the caller gets E_LOG."""
 from __future__ import annotations
 
 import logging
-import os
 import pwd
+from dataclasses import dataclass
 
-from . import cgroups, policy as pol, protocol as P
+from . import cgroups, limits as L, policy as pol, protocol as P
+from .eventlog import LogUnavailable
+from .peer import Peer, PeerGone
 from .protocol import ProtocolError
 
 log = logging.getLogger("corral.api")
+
+
+@dataclass
+class Caller:
+    peer: Peer
+    session: object | None       # the live Session the peer is in
+    confined: bool               # inside corral's cgroup tree (session or not)
 
 
 class Api:
     def __init__(self, daemon):
         self.d = daemon
         self.subscribers: dict = {}   # Connection -> filter dict
+        self.refusal_log = L.Buckets(L.REFUSAL_LOG_RATE, L.REFUSAL_LOG_BURST)
         from . import protected
         self.protected_write = protected.code_paths()
 
-    # -- helpers -----------------------------------------------------------
-    def _caller_session(self, conn):
-        return self.d.sessions.for_pid(conn.peer.pid)
+    # -- who is asking -------------------------------------------------------
+    def principal(self, peer: Peer) -> str:
+        """What per-principal limits count against (see limits.py)."""
+        try:
+            cgid, path = peer.cgroup()
+        except PeerGone:
+            return f"uid:{peer.uid}"
+        s = self.d.sessions.for_cgroup(cgid, path)
+        if s is not None:
+            return f"session:{s.id}"
+        if cgroups.in_tree(path):
+            return f"cgroup:{path}"
+        return f"uid:{peer.uid}"
 
-    def _target(self, conn, req, write: bool):
+    def _caller(self, conn) -> Caller:
+        peer = conn.peer
+        try:
+            cgid, path = peer.cgroup()
+        except PeerGone as e:
+            self._refuse(conn, "act through a connection whose process has exited",
+                         code=P.E_PEER_GONE, detail=str(e))
+        s = self.d.sessions.for_cgroup(cgid, path)
+        return Caller(peer, s, s is not None or cgroups.in_tree(path))
+
+    def _target(self, conn, req, caller: Caller | None = None):
+        caller = caller or self._caller(conn)
         sid = req.get("session")
         if not isinstance(sid, str):
             raise ProtocolError(P.E_BAD_REQUEST, "request needs 'session': a session id")
+        if caller.confined and caller.session is None:
+            self._refuse(conn, "act from a corral cgroup with no live session", sid)
         s = self.d.sessions.by_id.get(sid)
-        if s is None:
-            raise ProtocolError(P.E_NOT_FOUND, f"no session {sid!r} (see `corral ps`)")
-        own = self._caller_session(conn)
-        if own is not None:
-            if own.id != sid:
+        if caller.session is not None:
+            if caller.session.id != sid:
+                # Inside a session, other sessions do not exist.
                 self._refuse(conn, "touch another session", sid)
             return s, True
+        if s is None:
+            raise ProtocolError(P.E_NOT_FOUND, f"no session {sid!r} (see `corral ps`)")
         if conn.peer.uid != 0 and conn.peer.uid != s.owner_uid:
             self._refuse(conn, "touch another user's session", sid)
         return s, False
+
+    # -- refusals: always raised, logged at a bounded rate ---------------------
+    def refused(self, peer: Peer, what: str, sid=None, detail: str = "", log_only=False) -> None:
+        b = self.refusal_log.get(peer.principal or f"uid:{peer.uid}")
+        if not b.take():
+            return
+        rec = {"kind": "control", "op": what, "verdict": "deny", "session": sid,
+               "pid": peer.pid, "uid": peer.uid, "target": sid or "",
+               "rule": "caller authority", "reason": detail, "principal": peer.principal}
+        suppressed, b.refused = b.refused, 0
+        if suppressed:
+            rec["suppressed_before"] = suppressed
+        self.d.audit(rec, must=False)
+
+    def flush_refusals(self) -> None:
+        """Refusals that were only counted get one record each principal."""
+        for principal, n in self.refusal_log.prune():
+            self.d.audit({"kind": "control", "op": "refusals_suppressed", "verdict": "deny",
+                          "target": principal, "count": n, "principal": principal,
+                          "rule": f"refusal log rate limit ({L.REFUSAL_LOG_RATE}/s)"}, must=False)
 
     def _refuse(self, conn, what: str, sid=None, code=P.E_FORBIDDEN, detail=""):
         msg = f"refused: pid {conn.peer.pid} (uid {conn.peer.uid}) may not {what}"
         if detail:
             msg += f": {detail}"
-        self.d.audit({"kind": "control", "op": what, "verdict": "deny", "session": sid,
-                      "pid": conn.peer.pid, "uid": conn.peer.uid, "target": sid or "",
-                      "rule": "caller authority", "reason": detail})
+        self.refused(conn.peer, what, sid, detail)
         raise ProtocolError(code, msg)
 
+    def _log_first(self, rec: dict) -> dict:
+        """Write a change's record durably before the change is made."""
+        try:
+            return self.d.audit(rec, must=True)
+        except LogUnavailable as e:
+            raise ProtocolError(P.E_LOG, f"refused: the change was not made because its audit "
+                                         f"record could not be written: {e}") from None
+
+    # -- input ---------------------------------------------------------------
     def _normalize(self, conn, policy):
+        P.check_shape(policy, L.MAX_POLICY_DEPTH, L.MAX_ITEMS, L.MAX_STR, "policy", P.E_BAD_POLICY)
         try:
             home = pwd.getpwuid(conn.peer.uid).pw_dir
         except KeyError:
             home = "/"
-        try:
-            cwd = os.readlink(f"/proc/{conn.peer.pid}/cwd")
-        except OSError:
-            cwd = "/"
+        cwd = conn.peer.cwd()
         try:
             return pol.normalize(policy, cwd=cwd, home=home, protected_write=self.protected_write)
         except pol.PolicyError as e:
             raise ProtocolError(P.E_BAD_POLICY, str(e)) from None
 
+    @staticmethod
+    def _reason(req) -> str:
+        r = req.get("reason", "")
+        if not isinstance(r, str) or len(r) > L.MAX_REASON:
+            raise ProtocolError(P.E_BAD_REQUEST, f"'reason' must be a string of at most "
+                                                 f"{L.MAX_REASON} characters")
+        return r
+
+    def _check_user_limits(self, conn, uid: int, policy: dict, replacing=None) -> None:
+        owned = self.d.sessions.owned_by(uid)
+        if replacing is None and len(owned) >= L.session_limit(uid):
+            self._refuse(conn, "start another session", code=P.E_LIMIT,
+                         detail=f"uid {uid} has {len(owned)} sessions (limit {L.session_limit(uid)})")
+        used = sum(pol.rule_count(s.policy) for s in owned if s is not replacing)
+        need = pol.rule_count(policy)
+        if used + need > L.rule_limit(uid):
+            self._refuse(conn, "install more network rules", code=P.E_LIMIT,
+                         detail=f"uid {uid}'s sessions hold {used} rules, this policy needs {need} "
+                                f"(limit {L.rule_limit(uid)} per user)")
+
     # -- ops ---------------------------------------------------------------
     def op_hello(self, conn, req):
+        alive = conn.peer.alive()
+        caller = self._caller(conn) if alive else None
         return {"daemon": "corrald", "protocol": P.VERSION, "version": self.d.version,
-                "features": self.d.features, "peer": vars(conn.peer),
-                "session": getattr(self._caller_session(conn), "id", None)}
+                "features": self.d.features, "peer": conn.peer.public() | {"alive": alive},
+                "log": self.d.log.status(),
+                "session": getattr(caller and caller.session, "id", None)}
 
     def op_register_session(self, conn, req):
+        caller = self._caller(conn)
+        parent = caller.session
+        if caller.confined and parent is None:
+            self._refuse(conn, "start a session from a corral cgroup with no live session")
         policy = self._normalize(conn, req.get("policy"))
-        parent = self._caller_session(conn)
         if parent is not None:
             why = pol.narrowing_violations(parent.policy, policy)
             if why:
                 self._refuse(conn, "register a session broader than its own", parent.id,
                              P.E_WIDENS, "; ".join(why))
-        if cgroups.session_of(conn.peer.pid) and parent is None:
-            raise ProtocolError(P.E_FORBIDDEN, "caller is in a corral cgroup with no live session")
+        uid = conn.peer.uid
+        self._check_user_limits(conn, uid, policy)
         try:
-            s = self.d.sessions.create(policy, conn.peer.pid, conn.peer.uid, conn.peer.gid,
-                                       parent.id if parent else None)
+            s = self.d.sessions.prepare(policy, uid, conn.peer.gid,
+                                        parent.id if parent else None, conn.peer.pid)
         except pol.PolicyError as e:
             raise ProtocolError(P.E_BAD_POLICY, str(e)) from None
-        self.d.audit({"kind": "session", "op": "start", "verdict": "info", "session": s.id,
-                      "pid": conn.peer.pid, "uid": conn.peer.uid, "target": s.cgroup,
-                      "cgid": s.cgid, "policy": s.policy, "enforcement": s.enforcement, "rule": "",
-                      "parent": s.parent})
+        try:
+            self._log_first({"kind": "session", "op": "start", "verdict": "info", "session": s.id,
+                             "pid": conn.peer.pid, "uid": uid, "target": s.cgroup,
+                             "cgid": s.cgid, "policy": s.policy, "enforcement": s.enforcement,
+                             "rule": "", "parent": s.parent})
+            self.d.sessions.admit(s, conn.peer)
+        except BaseException as e:
+            self.d.sessions.discard(s)
+            if isinstance(e, PeerGone):
+                self.d.audit({"kind": "session", "op": "abort", "verdict": "info",
+                              "session": s.id, "uid": uid, "target": s.cgroup,
+                              "rule": str(e)}, must=False)
+            raise
         return s.public()
 
     def op_report_confinement(self, conn, req):
         """The client says what it installed in itself (Landlock, seccomp) before
         exec; what /proc can show is checked rather than believed."""
-        s, _ = self._target(conn, req, write=False)
+        caller = self._caller(conn)
+        s, _ = self._target(conn, req, caller)
+        if caller.session is not s:
+            raise ProtocolError(P.E_FORBIDDEN, "only a process inside the session may report "
+                                "its confinement")
         report = req.get("report")
         if not isinstance(report, dict):
             raise ProtocolError(P.E_BAD_REQUEST, "'report' must be a map")
-        if self._caller_session(conn) is not s:
-            raise ProtocolError(P.E_FORBIDDEN, "only a process inside the session may report "
-                                "its confinement")
-        status = _proc_status(conn.peer.pid)
+        P.check_shape(report, 3, 4096, 4096, "report")
+        if len(P.encode(report)) > L.MAX_REPORT_BYTES:
+            raise ProtocolError(P.E_LIMIT, f"'report' exceeds {L.MAX_REPORT_BYTES} bytes")
+        status = conn.peer.proc_status()
         checked = {
             "seccomp": status.get("Seccomp") == "2",
             "no_new_privs": status.get("NoNewPrivs") == "1",
@@ -116,59 +220,70 @@ class Api:
         self.d.sessions._save(s)
         self.d.audit({"kind": "session", "op": "confined", "verdict": "info" if not mismatch
                       else "warn", "session": s.id, "pid": conn.peer.pid, "uid": conn.peer.uid,
-                      "target": s.cgroup, "rule": "", "report": report})
+                      "target": s.cgroup, "rule": "", "report": report}, must=False)
         return report
 
     def op_session_info(self, conn, req):
+        caller = self._caller(conn)
         if req.get("session") is None:
-            own = self._caller_session(conn)
-            if own is None:
+            if caller.session is None:
                 raise ProtocolError(P.E_NOT_FOUND, "caller is not in a session; name one")
-            return own.public()
-        s, _ = self._target(conn, req, write=False)
+            return caller.session.public()
+        s, _ = self._target(conn, req, caller)
         return s.public()
 
     def op_list_sessions(self, conn, req):
-        own = self._caller_session(conn)
-        out = []
-        for s in self.d.sessions.by_id.values():
-            if own is not None and s.id != own.id:
-                continue
-            if own is None and conn.peer.uid not in (0, s.owner_uid):
-                continue
-            out.append(s.public())
-        return out
+        caller = self._caller(conn)
+        if caller.confined:
+            return [caller.session.public()] if caller.session is not None else []
+        return [s.public() for s in self.d.sessions.by_id.values()
+                if conn.peer.uid in (0, s.owner_uid)]
 
     def op_update_policy(self, conn, req):
-        s, inside = self._target(conn, req, write=True)
+        caller = self._caller(conn)
+        s, inside = self._target(conn, req, caller)
+        reason = self._reason(req)
         new = self._normalize(conn, req.get("policy"))
         if inside:
             why = pol.narrowing_violations(s.policy, new)
             if why:
                 self._refuse(conn, "widen its own policy", s.id, P.E_WIDENS, "; ".join(why))
+        self._check_user_limits(conn, s.owner_uid, new, replacing=s)
         old = s.policy
+        self._log_first({"kind": "policy", "op": "update", "verdict": "info", "session": s.id,
+                         "pid": conn.peer.pid, "uid": conn.peer.uid, "target": s.cgroup,
+                         "rule": reason, "old": old, "policy": new})
         try:
             self.d.sessions.update(s, new)
-        except pol.PolicyError as e:
-            raise ProtocolError(P.E_BAD_POLICY, str(e)) from None
-        self.d.audit({"kind": "policy", "op": "update", "verdict": "info", "session": s.id,
-                      "pid": conn.peer.pid, "uid": conn.peer.uid, "target": s.cgroup,
-                      "rule": req.get("reason", ""), "old": old, "policy": new})
+        except Exception as e:
+            # The record above announced a change that did not happen: say so.
+            self.d.audit({"kind": "policy", "op": "update_failed", "verdict": "info",
+                          "session": s.id, "uid": conn.peer.uid, "target": s.cgroup,
+                          "rule": f"{type(e).__name__}: {e}: the policy stays as it was"},
+                         must=False)
+            if isinstance(e, pol.PolicyError):
+                raise ProtocolError(P.E_BAD_POLICY, str(e)) from None
+            raise
         return s.public()
 
     def op_end_session(self, conn, req):
-        s, _ = self._target(conn, req, write=True)
-        self.d.end_session(s, f"ended by pid {conn.peer.pid} uid {conn.peer.uid}")
+        s, _ = self._target(conn, req)
+        self.d.end_session(s, f"ended by pid {conn.peer.pid} uid {conn.peer.uid}", must=True)
         return True
 
     def op_subscribe_events(self, conn, req):
-        own = self._caller_session(conn)
+        caller = self._caller(conn)
+        if caller.confined and caller.session is None:
+            self._refuse(conn, "subscribe from a corral cgroup with no live session")
         flt = {"session": req.get("session")}
-        if own is not None:
-            flt["session"] = own.id
+        if not isinstance(flt["session"], (str, type(None))):
+            raise ProtocolError(P.E_BAD_REQUEST, "'session' must be a session id")
+        if caller.session is not None:
+            flt["session"] = caller.session.id
         elif conn.peer.uid != 0:
             flt["uid"] = conn.peer.uid
         self.subscribers[conn] = flt
+        conn.subscribed = True
         return True
 
     def disconnected(self, conn):
@@ -176,7 +291,8 @@ class Api:
 
     def publish(self, rec: dict) -> None:
         for conn, flt in list(self.subscribers.items()):
-            if conn.closed:
+            if conn.closed or not conn.peer.alive():
+                # A subscription ends with the process that made it.
                 self.subscribers.pop(conn, None)
                 continue
             if flt.get("session") and rec.get("session") != flt["session"]:
@@ -186,15 +302,3 @@ class Api:
                 if s is None or s.owner_uid != flt["uid"]:
                     continue
             self.d.loop.create_task(conn.send({"event": rec}))
-
-
-def _proc_status(pid: int) -> dict:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                k, _, v = line.partition(":")
-                out[k] = v.strip()
-    except OSError:
-        pass
-    return out

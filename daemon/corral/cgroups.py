@@ -123,7 +123,17 @@ def cgroup_of(pid: int) -> str | None:
 
 def session_of(pid: int) -> str | None:
     """The corral session id a process belongs to, or None."""
-    path = cgroup_of(pid)
+    return session_of_path(cgroup_of(pid))
+
+
+def in_tree(path: str | None) -> bool:
+    """Whether a cgroup path (relative to the mount) lies in corral's tree."""
+    parts = [p for p in (path or "").split("/") if p]
+    return bool(parts) and parts[0] == ROOT_NAME
+
+
+def session_of_path(path: str | None) -> str | None:
+    """The session id in a cgroup path like '/corral/ab12', or None."""
     if not path:
         return None
     parts = [p for p in path.split("/") if p]

@@ -20,7 +20,7 @@ import time
 from . import __version__, cgroups, events, probes
 from .api import Api
 from .config import LOG_DIR, SOCKET
-from .eventlog import EventLog
+from .eventlog import EventLog, LogUnavailable
 from .netbpf import NetBpf
 from .server import Server
 from .sessions import SessionTable
@@ -57,6 +57,8 @@ class Daemon:
         # Kernel events can still be in flight when a session's cgroup empties:
         # remember ended sessions briefly so those events keep their session and rule.
         self._ended: dict[int, tuple[float, str, list, list | None]] = {}
+        self._step_errors: dict[str, float] = {}
+        self._refusals_flushed = 0.0
 
     # -- start-up ----------------------------------------------------------
     def load(self) -> None:
@@ -152,14 +154,25 @@ class Daemon:
             self.audit(rec)
 
     # -- events ------------------------------------------------------------
-    def audit(self, rec: dict) -> None:
-        """Every event reaches the log before any subscriber."""
+    def audit(self, rec: dict, must: bool = False) -> dict:
+        """Every event reaches the log before any subscriber.
+
+        must=True: the record is the proof of a change about to be made; if it
+        cannot be written durably, LogUnavailable is raised and the caller makes
+        no change. Otherwise a record that cannot be written is counted as lost
+        by the log (reported when it recovers) and the daemon carries on."""
         rec.setdefault("time", time.time())
         for k in ("session", "pid", "comm", "uid", "kind", "op", "target", "verdict", "rule"):
             rec.setdefault(k, None)
-        rec = self.log.append(rec)
+        try:
+            rec = self.log.append(rec)
+        except LogUnavailable:
+            if must:
+                raise
+            self.log.count_lost(1)
         if hasattr(self, "api"):
             self.api.publish(rec)
+        return rec
 
     def kernel_event(self, raw: bytes) -> None:
         rec = events.decode(raw)
@@ -199,35 +212,103 @@ class Daemon:
         self.net.bpf["events"].open_ring_buffer(on_raw)
         if self.filelsm is not None:
             self.filelsm.open_events(lambda raw: self.loop.call_soon_threadsafe(self.kernel_event, raw))
+        last_error = -1e9
         while not stop.is_set():
-            self.net.bpf.ring_buffer_poll(200)
-            if self.filelsm is not None:
-                self.filelsm.poll(0)
+            try:
+                self.net.bpf.ring_buffer_poll(200)
+                if self.filelsm is not None:
+                    self.filelsm.poll(0)
+            except Exception as e:      # never let the event path die silently
+                if time.monotonic() - last_error >= 60:
+                    last_error = time.monotonic()
+                    log.error("kernel event pump: %s: %s (retrying)", type(e).__name__, e)
+                stop.wait(0.2)
 
     async def _watch(self) -> None:
+        """Housekeeping every SESSION_POLL s. Each step fails on its own: one that
+        raises is logged (once a minute) and the others, and the next round, go on."""
         while True:
             await asyncio.sleep(SESSION_POLL)
-            if self.auditlink is not None:
-                self.audit_link_read()      # EOE-less groups, rate summaries, kernel losses
-            for s in self.sessions.ended():
-                self.end_session(s, "cgroup empty", kill=False)
-            lost = self.net.lost_events() + (self.filelsm.lost_events()
-                                             if hasattr(self.filelsm, "lost_events") else 0)
-            if lost > self._lost_seen:
-                self.audit({"kind": "lost", "op": "ringbuf_overrun", "verdict": "info",
-                            "target": f"{lost - self._lost_seen} event(s)",
-                            "count": lost - self._lost_seen, "rule": "ring buffer full"})
-                log.warning("%d kernel event(s) lost to ring-buffer overrun", lost - self._lost_seen)
-                self._lost_seen = lost
+            for name, step in (("audit link", self._read_audit_link), ("sessions", self._reap),
+                               ("lost events", self._count_lost), ("log", self.log.retry),
+                               ("refusals", self._flush_refusals)):
+                try:
+                    step()
+                except Exception as e:
+                    self._step_failed(name, e)
 
-    def end_session(self, s, why: str, kill: bool = True) -> None:
+    def _step_failed(self, name: str, e: Exception) -> None:
+        now = time.monotonic()
+        if now - self._step_errors.get(name, -1e9) >= 60:
+            self._step_errors[name] = now
+            log.error("housekeeping step %r failed: %s: %s (retrying every %.1f s)",
+                      name, type(e).__name__, e, SESSION_POLL)
+
+    def _read_audit_link(self) -> None:
+        if self.auditlink is not None:
+            self.audit_link_read()      # EOE-less groups, rate summaries, kernel losses
+
+    def _read_audit_link_guarded(self) -> None:
+        try:
+            self.audit_link_read()
+        except Exception as e:
+            self._step_failed("audit link", e)
+
+    def _reap(self) -> None:
+        for s in self.sessions.ended():
+            try:
+                self.end_session(s, "cgroup empty", kill=False)
+            except Exception as e:      # the next session still gets cleaned up
+                self._step_failed(f"end session {s.id}", e)
+
+    def _flush_refusals(self) -> None:
+        now = time.monotonic()
+        if now - self._refusals_flushed >= 5:
+            self._refusals_flushed = now
+            self.api.flush_refusals()
+
+    def _count_lost(self) -> None:
+        lost = self.net.lost_events() + (self.filelsm.lost_events()
+                                         if hasattr(self.filelsm, "lost_events") else 0)
+        if lost > self._lost_seen:
+            self.audit({"kind": "lost", "op": "ringbuf_overrun", "verdict": "info",
+                        "target": f"{lost - self._lost_seen} event(s)",
+                        "count": lost - self._lost_seen, "rule": "ring buffer full"})
+            log.warning("%d kernel event(s) lost to ring-buffer overrun", lost - self._lost_seen)
+            self._lost_seen = lost
+
+    async def _supervise(self, name: str, fn) -> None:
+        """Run a daemon task forever: restarted, with the reason logged, if it dies."""
+        delay = 0.5
+        while True:
+            started = time.monotonic()
+            try:
+                await fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.error("task %s died: %s: %s; restarting in %.1f s", name,
+                          type(e).__name__, e, delay)
+                self.audit({"kind": "daemon", "op": "task_restart", "verdict": "info",
+                            "target": name, "rule": f"{type(e).__name__}: {e}"})
+            await asyncio.sleep(delay)
+            delay = 0.5 if time.monotonic() - started > 60 else min(delay * 2, 30)
+
+    def end_session(self, s, why: str, kill: bool = True, must: bool = False) -> None:
+        """End a session. Asked for (must=True): logged first, refused if the log
+        cannot take it. Found empty by the watcher: cleaned up whatever the log says."""
+        rec = {"kind": "session", "op": "end", "verdict": "info", "session": s.id,
+               "target": s.cgroup, "rule": why, "uid": s.owner_uid}
+        if must:
+            rec = self.audit(rec, must=True)
         now = time.monotonic()
         self._ended = {k: v for k, v in self._ended.items() if v[0] > now - 60}
         file_rules = self.filelsm.rules_snapshot(s.cgid) if self.filelsm is not None else None
         self._ended[s.cgid] = (now, s.id, list(s.rules), file_rules)
         self.sessions.end(s, kill=kill)
-        self.audit({"kind": "session", "op": "end", "verdict": "info", "session": s.id,
-                    "target": s.cgroup, "rule": why, "uid": s.owner_uid})
+        if not must:
+            self.audit(rec)
 
     # -- run ---------------------------------------------------------------
     async def serve(self) -> None:
@@ -243,8 +324,8 @@ class Daemon:
         pump = threading.Thread(target=self._pump, args=(stop_pump,), daemon=True)
         pump.start()
         if self.auditlink is not None:
-            self.loop.add_reader(self.auditlink.fileno(), self.audit_link_read)
-        watcher = self.loop.create_task(self._watch())
+            self.loop.add_reader(self.auditlink.fileno(), self._read_audit_link_guarded)
+        watcher = self.loop.create_task(self._supervise("watcher", self._watch))
         log.info("listening on %s", SOCKET)
         sd_notify("READY=1\nSTATUS=serving")
         await self.stop_event.wait()
@@ -269,6 +350,20 @@ class Daemon:
         self.log.close()
 
 
+def raise_fd_limit() -> None:
+    """Connections are bounded per principal and in all (limits.py); make sure
+    the descriptor limit is well above that total, whatever started us."""
+    import resource
+    from .limits import MAX_CONN_TOTAL
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(soft, min(hard, 65536))
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < MAX_CONN_TOTAL + 512:
+        log.warning("RLIMIT_NOFILE is %d: below the %d connections corrald may hold "
+                    "(set LimitNOFILE=65536)", want, MAX_CONN_TOTAL)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="corrald", description="corral sandbox daemon")
     ap.add_argument("--verbose", "-v", action="store_true")
@@ -287,6 +382,7 @@ def main(argv=None) -> int:
     if os.geteuid() != 0:
         print("corrald: must run as root (it loads BPF programs and manages cgroups)", file=sys.stderr)
         return 1
+    raise_fd_limit()
     d = Daemon(args)
     try:
         d.load()

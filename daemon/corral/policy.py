@@ -245,3 +245,11 @@ def narrowing_violations(old: dict, new: dict) -> list[str]:
         if s not in (new.get("syscalls") or {}).get("deny", []):
             why.append(f"no longer denies syscall {s}")
     return why
+
+
+def rule_count(policy: dict) -> int:
+    """Kernel trie entries a policy's network section needs (per-user accounting):
+    allow + deny rules, and two (IPv4 and IPv6 loopback) per localhost port range."""
+    net = (policy or {}).get("network") or {}
+    return (len(net.get("allow") or []) + len(net.get("deny") or [])
+            + 2 * len(net.get("allow_localhost_ports") or []))

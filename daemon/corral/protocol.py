@@ -25,6 +25,10 @@ E_FORBIDDEN = "forbidden"
 E_WIDENS = "widens_policy"
 E_UNSUPPORTED = "unsupported"
 E_INTERNAL = "internal"
+E_LIMIT = "limit"             # a per-principal limit (connections, sessions, rules, sizes)
+E_RATE = "rate_limited"       # too many requests a second: slow down and retry
+E_PEER_GONE = "peer_gone"     # the process that opened the connection has exited
+E_LOG = "log_unavailable"     # the change could not be logged, so it was not made
 
 
 class ProtocolError(Exception):
@@ -57,3 +61,31 @@ def error(req_id, code: str, message: str) -> dict:
 
 def answer(req_id, result) -> dict:
     return {"id": req_id, "ok": True, "result": result}
+
+
+def check_shape(obj, max_depth: int, max_items: int, max_str: int, what: str = "request",
+                code: str = E_BAD_REQUEST) -> None:
+    """Refuse a value nested deeper than max_depth, with more than max_items
+    entries in all, or a string/bytes longer than max_str. Iterative: a hostile
+    value must not reach Python's recursion limit anywhere later."""
+    stack = [(obj, 0)]
+    items = 0
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (str, bytes)):
+            if len(v) > max_str:
+                raise ProtocolError(code, f"{what}: a string of {len(v)} bytes exceeds the "
+                                          f"{max_str}-byte limit")
+            continue
+        if isinstance(v, dict):
+            children = [x for kv in v.items() for x in kv]
+        elif isinstance(v, (list, tuple)):
+            children = v
+        else:
+            continue
+        if depth >= max_depth:
+            raise ProtocolError(code, f"{what}: nested deeper than {max_depth} levels")
+        items += len(children)
+        if items > max_items:
+            raise ProtocolError(code, f"{what}: more than {max_items} entries")
+        stack.extend((c, depth + 1) for c in children)

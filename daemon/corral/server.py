@@ -2,27 +2,20 @@
 
 A client that sends garbage gets an error answer (or, for a frame we cannot
 even delimit, a closed connection); it never blocks or takes down the others.
-Who is asking comes from SO_PEERCRED, never from the message."""
+Who is asking comes from the kernel, pinned when the connection is accepted
+(peer.Peer), never from the message. What one principal may hold or send is
+bounded (limits.py): connections, idle time, request rate, value shapes."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import socket
-import struct
-from dataclasses import dataclass
+import time
 
-from . import protocol as P
+from . import limits as L, protocol as P
+from .peer import Peer, PeerGone
 
 log = logging.getLogger("corral.server")
-READ_TIMEOUT = 30.0          # a half-sent frame may not hold a task forever
-
-
-@dataclass
-class Peer:
-    pid: int
-    uid: int
-    gid: int
 
 
 class Connection:
@@ -30,6 +23,7 @@ class Connection:
         self.reader, self.writer, self.peer = reader, writer, peer
         self.lock = asyncio.Lock()
         self.closed = False
+        self.subscribed = False      # event subscribers may stay idle
 
     async def send(self, obj: dict) -> None:
         if self.closed:
@@ -37,7 +31,9 @@ class Connection:
         try:
             data = P.encode(obj)
         except P.ProtocolError as e:
-            data = P.encode(P.error(obj.get("id"), e.code, e.message))
+            # An answer too large for a frame: say so, with an id that fits.
+            data = P.encode(P.error(_safe_id(obj.get("id")), P.E_INTERNAL,
+                                    f"the answer could not be sent: {e.message}"))
         async with self.lock:
             try:
                 self.writer.write(data)
@@ -46,11 +42,25 @@ class Connection:
                 self.closed = True
 
 
+def _safe_id(req_id):
+    """A request id we may echo: an int or a short string; anything else is None."""
+    if isinstance(req_id, bool):
+        return None
+    if isinstance(req_id, int) and -2**63 <= req_id < 2**64:
+        return req_id
+    if isinstance(req_id, str) and len(req_id) <= L.MAX_ID:
+        return req_id
+    return None
+
+
 class Server:
     def __init__(self, path, api):
         self.path = str(path)
         self.api = api
         self.server: asyncio.base_events.Server | None = None
+        self.conns: dict[str, int] = {}      # principal -> open connections
+        self.total = 0
+        self.rate = L.Buckets(L.REQ_RATE, L.REQ_BURST)
 
     async def start(self) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -58,10 +68,24 @@ class Server:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        self._quiet_until = 0.0
+        asyncio.get_running_loop().set_exception_handler(self._loop_error)
         self.server = await asyncio.start_unix_server(self._client, path=self.path,
-                                                      limit=P.MAX_FRAME + 8)
+                                                      limit=P.MAX_FRAME + 8, backlog=512)
         # Anyone may ask for a sandbox; what each peer may do is decided per request.
         os.chmod(self.path, 0o666)
+
+    def _loop_error(self, loop, ctx) -> None:
+        """asyncio reports a failing accept() (descriptors exhausted) once a
+        second with a traceback; one line a minute says the same."""
+        if "accept" in str(ctx.get("message", "")):
+            now = time.monotonic()
+            if now >= self._quiet_until:
+                self._quiet_until = now + 60
+                log.error("accept() fails: %s; new connections wait until descriptors free up",
+                          ctx.get("exception"))
+            return
+        loop.default_exception_handler(ctx)
 
     async def close(self) -> None:
         if self.server:
@@ -74,44 +98,96 @@ class Server:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, gid = struct.unpack("3i", creds)
-        conn = Connection(reader, writer, Peer(pid, uid, gid))
         try:
-            while True:
-                try:
-                    header = await reader.readexactly(P.HEADER.size)
-                except asyncio.IncompleteReadError:
-                    return
-                (length,) = P.HEADER.unpack(header)
-                if length > P.MAX_FRAME:
-                    # We cannot skip that many bytes safely: answer, then hang up.
-                    await conn.send(P.error(None, P.E_BAD_FRAME,
-                                            f"frame length {length} exceeds the {P.MAX_FRAME}-byte limit"))
-                    return
-                try:
-                    body = await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT)
-                except (asyncio.IncompleteReadError, asyncio.TimeoutError):
-                    await conn.send(P.error(None, P.E_BAD_FRAME, "truncated frame"))
-                    return
-                try:
-                    req = P.decode_body(body)
-                except P.ProtocolError as e:
-                    await conn.send(P.error(None, e.code, e.message))
-                    continue
-                await self._dispatch(conn, req)
+            peer = Peer.from_socket(sock)
+        except OSError as e:
+            log.warning("cannot identify a new peer: %s", e)
+            writer.close()
+            return
+        conn = Connection(reader, writer, peer)
+        peer.principal = self.api.principal(peer)
+        held = self.conns.get(peer.principal, 0)
+        limit = L.conn_limit(peer.uid, peer.principal)
+        if held >= limit or self.total >= L.MAX_CONN_TOTAL:
+            what = (f"{held} connections of {peer.principal} are open (limit {limit})"
+                    if held >= limit else f"the daemon holds {self.total} connections "
+                    f"(limit {L.MAX_CONN_TOTAL})")
+            self.api.refused(peer, "open another connection", detail=what)
+            await conn.send(P.error(None, P.E_LIMIT, f"refused: {what}: close idle connections"))
+            conn.closed = True
+            peer.close()
+            writer.close()
+            return
+        self.conns[peer.principal] = held + 1
+        self.total += 1
+        try:
+            await self._serve(conn)
         except Exception:
             log.exception("client %s: unexpected error", conn.peer)
         finally:
             conn.closed = True
+            self.total -= 1
+            left = self.conns.get(peer.principal, 1) - 1
+            if left > 0:
+                self.conns[peer.principal] = left
+            else:
+                self.conns.pop(peer.principal, None)
             self.api.disconnected(conn)
+            peer.close()
             try:
                 writer.close()
             except Exception:
                 pass
 
+    async def _serve(self, conn: Connection) -> None:
+        reader = conn.reader
+        while True:
+            try:
+                if conn.subscribed:
+                    header = await reader.readexactly(P.HEADER.size)
+                else:
+                    header = await asyncio.wait_for(reader.readexactly(P.HEADER.size),
+                                                    L.IDLE_TIMEOUT)
+            except asyncio.IncompleteReadError:
+                return
+            except asyncio.TimeoutError:
+                await conn.send(P.error(None, P.E_LIMIT, f"idle for {L.IDLE_TIMEOUT:.0f} s "
+                                        "without a request: connection closed"))
+                return
+            (length,) = P.HEADER.unpack(header)
+            if length > P.MAX_FRAME:
+                # We cannot skip that many bytes safely: answer, then hang up.
+                await conn.send(P.error(None, P.E_BAD_FRAME,
+                                        f"frame length {length} exceeds the {P.MAX_FRAME}-byte limit"))
+                return
+            try:
+                body = await asyncio.wait_for(reader.readexactly(length), L.BODY_TIMEOUT)
+            except (asyncio.IncompleteReadError, asyncio.TimeoutError):
+                await conn.send(P.error(None, P.E_BAD_FRAME, "truncated frame"))
+                return
+            if not self.rate.get(conn.peer.principal).take():
+                self.api.refused(conn.peer, "send more requests",
+                                 detail=f"over {L.REQ_RATE} requests/s", log_only=True)
+                await conn.send(P.error(None, P.E_RATE, f"refused: more than {L.REQ_RATE} "
+                                        "requests a second from "
+                                        f"{conn.peer.principal}: slow down and retry"))
+                continue
+            req = None
+            try:
+                req = P.decode_body(body)
+                P.check_shape(req, L.MAX_DEPTH, L.MAX_ITEMS, L.MAX_STR)
+            except P.ProtocolError as e:
+                rid = _safe_id(req.get("id")) if isinstance(req, dict) else None
+                await conn.send(P.error(rid, e.code, e.message))
+                continue
+            await self._dispatch(conn, req)
+
     async def _dispatch(self, conn: Connection, req: dict) -> None:
-        req_id = req.get("id")
+        req_id = _safe_id(req.get("id"))
+        if req_id is None and req.get("id") is not None:
+            await conn.send(P.error(None, P.E_BAD_REQUEST, "'id' must be an integer or a string "
+                                    f"of at most {L.MAX_ID} characters"))
+            return
         op = req.get("op")
         if not isinstance(op, str):
             await conn.send(P.error(req_id, P.E_BAD_REQUEST, "request needs a string 'op'"))
@@ -127,6 +203,9 @@ class Server:
             await conn.send(P.answer(req_id, result))
         except P.ProtocolError as e:
             await conn.send(P.error(req_id, e.code, e.message))
+        except PeerGone as e:
+            await conn.send(P.error(req_id, P.E_PEER_GONE, f"refused: {e}: a connection has "
+                                    "no authority once the process that opened it has exited"))
         except Exception as e:
             log.exception("op %s failed", op)
             await conn.send(P.error(req_id, P.E_INTERNAL, f"{type(e).__name__}: {e}"))

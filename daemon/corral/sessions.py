@@ -52,27 +52,57 @@ class SessionTable:
         STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # -- lifecycle ----------------------------------------------------------
-    def create(self, policy: dict, pid: int, uid: int, gid: int, parent: str | None) -> Session:
+    def prepare(self, policy: dict, uid: int, gid: int, parent: str | None,
+                leader_pid: int) -> Session:
+        """A new session's cgroup with its policy in the kernel maps, nobody in it
+        yet (so nothing is enforced on anyone, and nothing is decided, until admit())."""
         sid = secrets.token_hex(4)
-        while sid in self.by_id:
+        while sid in self.by_id or (cgroups.root() / sid).exists():
             sid = secrets.token_hex(4)
         path = cgroups.create(sid)
         s = Session(id=sid, cgid=cgroups.cgroup_id(path), cgroup=str(path), owner_uid=uid,
-                    owner_gid=gid, leader_pid=pid, policy=policy, created=time.time(),
+                    owner_gid=gid, leader_pid=leader_pid, policy=policy, created=time.time(),
                     parent=parent)
         try:
             self._install(s)
-            # Policy first, then the move: the process is never inside an
-            # unprotected session cgroup.
-            cgroups.move(pid, path)
         except Exception:
-            self._uninstall(s)
-            cgroups.remove(path)
+            self.discard(s)
             raise
-        self.by_id[sid] = s
+        return s
+
+    def admit(self, s: Session, peer) -> None:
+        """Move the peer (pinned by its pidfd) into the prepared session.
+
+        cgroup.procs takes a pid number, not a pidfd. If the peer is alive after
+        the write, the number named it throughout (a pid is not reused while its
+        process lives), so the right process moved. If it died meanwhile, the
+        number may now name someone else: whatever landed in the cgroup goes
+        back where the peer came from, and the session is refused."""
+        _, origin = peer.cgroup()            # raises PeerGone
+        cgroups.move(peer.pid, Path(s.cgroup))
+        if not peer.alive():
+            back = cgroups.cgroup2_mount() / (origin or "/").lstrip("/")
+            for pid in cgroups.pids(Path(s.cgroup)):
+                try:
+                    cgroups.move(pid, back)
+                except OSError as e:
+                    log.warning("cannot move pid %d back out of %s: %s", pid, s.id, e)
+            from .peer import PeerGone
+            raise PeerGone(f"pid {peer.pid} exited while it was being moved into its session")
+        self.by_id[s.id] = s
         self.by_cgid[s.cgid] = s
         self._save(s)
-        return s
+
+    def discard(self, s: Session) -> None:
+        """Undo prepare() (or a failed admit())."""
+        self._uninstall(s)
+        try:
+            cgroups.remove(Path(s.cgroup))
+        except cgroups.CgroupError as e:
+            log.warning("%s", e)
+
+    def owned_by(self, uid: int) -> list[Session]:
+        return [s for s in self.by_id.values() if s.owner_uid == uid]
 
     def update(self, s: Session, policy: dict) -> None:
         old = s.policy
@@ -280,5 +310,15 @@ class SessionTable:
         return out
 
     def for_pid(self, pid: int) -> Session | None:
+        """By pid: only for records the kernel already tied to a pid (audit)."""
         sid = cgroups.session_of(pid)
         return self.by_id.get(sid) if sid else None
+
+    def for_cgroup(self, cgid: int | None, path: str | None) -> Session | None:
+        """The live session a cgroup is; with the kernel's cgroup id they must agree
+        (anything else, e.g. a cgroup nested in a session, gets no session: no authority)."""
+        sid = cgroups.session_of_path(path)
+        s = self.by_id.get(sid) if sid else None
+        if s is not None and cgid is not None and s.cgid != cgid:
+            return None
+        return s

@@ -8,6 +8,22 @@
  * because that is where the kernel delivers them. */
 #include "common.h"
 
+/* bcc 0.26 pins any map whose section is "maps/<type>:<path>" (that is all
+ * BPF_TABLE_PINNED does), but BPF_RINGBUF_OUTPUT has no pinned form: this is
+ * BPF_RINGBUF_OUTPUT with the pin path in its section. */
+#define BPF_RINGBUF_PINNED(_name, _num_pages, _pinned) \
+struct _name##_table_t { \
+  int key; \
+  u32 leaf; \
+  int (*ringbuf_output) (void *, u64, u64); \
+  void* (*ringbuf_reserve) (u64); \
+  void (*ringbuf_discard) (void *, u64); \
+  void (*ringbuf_submit) (void *, u64); \
+  u32 max_entries; \
+}; \
+__attribute__((section("maps/ringbuf:" _pinned))) \
+struct _name##_table_t _name = { .max_entries = ((_num_pages) * PAGE_SIZE) }
+
 #define MAX_PORT_RANGES 16
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
@@ -46,8 +62,16 @@ BPF_LPM_TRIE(deny6, struct lpm6_key, struct port_rules, 65536);
  * so the oldest steered sockets make room (a plain hash would fill up and
  * silently stop un-steering replies after 64k lookups). */
 BPF_TABLE("lru_hash", u64, struct dns_orig, dns_socks, 65536);
+/* Denials and what could not be reported. netbpf pins all three (see
+ * _pinned_source), so what the kernel emits while no daemon reads -- the
+ * daemon was killed, or is starting -- waits here for the next daemon:
+ *   events     the records themselves (a full buffer counts into `lost`);
+ *   lost       events dropped because `events` was full (per cpu, kernel only);
+ *   lost_seen  how much of `lost` a daemon has already reported (user space
+ *              only), so a restarted daemon reports the rest exactly once. */
 BPF_RINGBUF_OUTPUT(events, 64);
 BPF_PERCPU_ARRAY(lost, u64, 1);
+BPF_ARRAY(lost_seen, u64, 1);
 
 /* Token bucket per session so a looping agent cannot flood the log; what it
  * suppresses is counted and reported with the next event that gets through. */

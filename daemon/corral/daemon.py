@@ -76,6 +76,7 @@ class Daemon:
         self.sessions = SessionTable(self.net, self.filelsm, self.dns)
         self.auditlink = self._load_auditlink()
         recovered = self.sessions.recover()
+        self._replay_downtime()
         self.api = Api(self)
         log.info("BPF loaded in %.1fs (headers: %s); %d session(s) recovered",
                  time.monotonic() - t0, self.net.header_mode, len(recovered))
@@ -202,6 +203,43 @@ class Daemon:
                         "count": suppressed, "rule": "per-session rate limit", "time": rec["time"]})
         if rec["kind"] != "rate":     # a bare rate record only carries the count
             self.audit(rec)
+
+    def _replay_downtime(self) -> None:
+        """Log what the kernel emitted while no daemon read the pinned ring
+        buffer (the previous daemon was killed, or this one was starting).
+        Each record is decoded by kernel_event and marked "while_down": True
+        (rate-limit summaries too); a session that ended meanwhile keeps its
+        cgid, with session None. Events the full buffer dropped, and records
+        of an older layout, become one {"kind": "lost", "op": "while_down"} record."""
+        down = self.net.take_downtime()
+        audit = self.audit
+        bad = 0
+
+        def while_down(rec: dict, *args, **kw):
+            rec["while_down"] = True
+            return audit(rec, *args, **kw)
+        self.audit = while_down         # shadows the method for kernel_event only
+        try:
+            for raw in down["records"]:
+                try:
+                    self.kernel_event(raw)
+                except Exception:       # one bad record must not keep the daemon down
+                    log.exception("cannot log a kernel event left from downtime")
+                    bad += 1
+        finally:
+            del self.audit
+        down["undecodable"] += bad
+        n = down["lost"] + down["undecodable"]
+        if n:
+            self.audit({"kind": "lost", "op": "while_down", "verdict": "info",
+                        "target": f"{n} event(s)", "count": n, "overrun": down["lost"],
+                        "undecodable": down["undecodable"],
+                        "rule": "ring buffer full while no daemon read it"})
+            log.warning("%d kernel event(s) lost while no daemon read the ring buffer", n)
+        if down["replaced"]:
+            self.audit({"kind": "daemon", "op": "pins_replaced", "verdict": "info",
+                        "target": ", ".join(down["replaced"]),
+                        "rule": "pinned event maps of another layout (older corral)"})
 
     def _pump(self, stop: threading.Event) -> None:
         """Ring buffers are polled on a thread; records go to the loop."""

@@ -20,7 +20,7 @@ import time
 from . import __version__, cgroups, events, probes
 from .api import Api
 from .config import LOG_DIR, SOCKET
-from .eventlog import EventLog, LogUnavailable
+from .eventlog import EventLog
 from .netbpf import NetBpf
 from .server import Server
 from .sessions import SessionTable
@@ -165,12 +165,7 @@ class Daemon:
         rec.setdefault("time", time.time())
         for k in ("session", "pid", "comm", "uid", "kind", "op", "target", "verdict", "rule"):
             rec.setdefault(k, None)
-        try:
-            rec = self.log.append(rec)
-        except LogUnavailable:
-            if must:
-                raise
-            self.log.count_lost(1)
+        rec = self.log.append(rec, must=must)
         if hasattr(self, "api"):
             self.api.publish(rec)
         return rec

@@ -11,11 +11,11 @@ from . import probes
 from .client import Client, CorralError
 
 
-def _daemon_features() -> tuple[dict | None, str]:
+def _daemon_hello() -> tuple[dict | None, str]:
     try:
         with Client(timeout=5) as c:
             hello = c.call("hello")
-        return hello.get("features", {}), "running"
+        return hello, "running"
     except CorralError as e:
         return None, e.message
 
@@ -36,9 +36,12 @@ def _bpf_lsm() -> dict:
 
 def report() -> dict:
     feats = probes.kernel_features()
-    daemon, status = _daemon_features()
+    hello, status = _daemon_hello()
+    daemon = hello.get("features", {}) if hello is not None else None
     rep: dict = {"kernel": feats["kernel"], "cgroup2": feats["cgroup2"],
                  "lsm_list": feats["lsm_list"], "daemon": status}
+    rep["audit_log"] = (hello or {}).get("log") or {"state": "unknown",
+                                                     "error": f"daemon not running: {status}"}
     if daemon is None:
         rep["network"] = {"active": False, "why": f"daemon not running: {status}"}
     else:
@@ -76,6 +79,16 @@ def _mark(d: dict) -> str:
     return "active     " if d.get("active") else "UNAVAILABLE"
 
 
+def _log_line(st: dict) -> str:
+    if st.get("state") == "ok":
+        return f"audit log   ok          {st.get('dir', '')}"
+    if st.get("state") == "degraded":
+        return (f"audit log   DEGRADED    {st.get('dir', '')}: {st.get('error')}; "
+                f"{st.get('lost', 0)} record(s) lost, {st.get('refused', 0)} change(s) refused "
+                "so far (enforcement goes on; changes wait until the log is writable)")
+    return f"audit log   {st.get('state')}     {st.get('error', '')}"
+
+
 def render(rep: dict) -> str:
     fs = rep["filesystem"]
     lines = [
@@ -90,6 +103,7 @@ def render(rep: dict) -> str:
         f"seccomp     {_mark(rep['seccomp'])}",
         f"native ext  {_mark(rep['native_extension'])} {rep['native_extension'].get('why', '')}",
         f"dns         {_mark(rep['dns'])} {rep['dns'].get('why') or rep['dns'].get('upstream', '')}",
+        _log_line(rep["audit_log"]),
         "limits:",
     ]
     lines += [f"  - {x}" for x in rep["limits"]]

@@ -749,26 +749,30 @@ class EventLog:
                 "segment": self._cur.name if self._cur else None, "next_seq": self._seq}
 
     # -- append --
-    def append(self, record: dict) -> dict:
+    def append(self, record: dict, must: bool | None = None) -> dict:
         """Write one record; return it with seq/prev/hash when written.
 
         Control-plane kinds (FSYNC_KINDS) are written and fsynced, or
         LogUnavailable is raised and nothing of the record is on disk. Other
         kinds never raise: if unwritten, the record is counted as lost and
-        returned without seq/prev/hash."""
+        returned without seq/prev/hash. must=False: a control-plane record
+        that only reports what already happened (a session found empty, the
+        daemon starting): fsynced like the others, but counted as lost
+        rather than raised when it cannot be written."""
         rec = _clean(dict(record))
         rec.setdefault("time", time.time())
         for k in ("seq", "prev", "hash"):
             rec.pop(k, None)
         durable = rec.get("kind") in FSYNC_KINDS
+        refuse = durable and must is not False
         with self._lock:
             if self._closed:
                 raise ValueError("audit log is closed")
             if self._state != "ok":
                 # Kernel events between attempts are only counted (no syscalls);
                 # a control-plane change is always worth an attempt.
-                if (not durable and time.monotonic() < self._next_try) or not self._recover():
-                    if durable:
+                if (not refuse and time.monotonic() < self._next_try) or not self._recover():
+                    if refuse:
                         self._refused += 1
                         raise self._unavailable()
                     self._count_lost()
@@ -779,7 +783,7 @@ class EventLog:
                 self._put(rec, durable)
             except OSError as e:
                 self._fail(e)
-                if durable:
+                if refuse:
                     self._refused += 1
                     raise self._unavailable() from e
                 self._count_lost()

@@ -175,7 +175,11 @@ class Server:
             req = None
             try:
                 req = P.decode_body(body)
-                P.check_shape(req, L.MAX_DEPTH, L.MAX_ITEMS, L.MAX_STR)
+                # The policy is judged on its own, so a malformed one is bad_policy.
+                P.check_shape({k: v for k, v in req.items() if k != "policy"},
+                              L.MAX_DEPTH, L.MAX_ITEMS, L.MAX_STR)
+                P.check_shape(req.get("policy"), L.MAX_POLICY_DEPTH, L.MAX_ITEMS, L.MAX_STR,
+                              "policy", P.E_BAD_POLICY)
             except P.ProtocolError as e:
                 rid = _safe_id(req.get("id")) if isinstance(req, dict) else None
                 await conn.send(P.error(rid, e.code, e.message))

@@ -40,6 +40,12 @@ def report() -> dict:
     daemon = hello.get("features", {}) if hello is not None else None
     rep: dict = {"kernel": feats["kernel"], "cgroup2": feats["cgroup2"],
                  "lsm_list": feats["lsm_list"], "daemon": status}
+    pinned = ((hello or {}).get("peer") or {}).get("pinned_by")
+    rep["peer_identity"] = {"active": pinned == "SO_PEERPIDFD", "pinned_by": pinned,
+                            "why": "pidfd from SO_PEERPIDFD at accept" if pinned == "SO_PEERPIDFD"
+                            else "pidfd_open after accept: a pid reused between connect() and "
+                                 "accept() is not detected" if pinned == "pidfd_open"
+                            else "daemon not running" if hello is None else "peer not pinned"}
     rep["audit_log"] = (hello or {}).get("log") or {"state": "unknown",
                                                      "error": f"daemon not running: {status}"}
     if daemon is None:
@@ -103,6 +109,7 @@ def render(rep: dict) -> str:
         f"seccomp     {_mark(rep['seccomp'])}",
         f"native ext  {_mark(rep['native_extension'])} {rep['native_extension'].get('why', '')}",
         f"dns         {_mark(rep['dns'])} {rep['dns'].get('why') or rep['dns'].get('upstream', '')}",
+        f"peer id     {_mark(rep['peer_identity'])} {rep['peer_identity']['why']}",
         _log_line(rep["audit_log"]),
         "limits:",
     ]

@@ -35,12 +35,18 @@ def add_policy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-read", action="append", default=[], metavar="PATH")
     p.add_argument("--allow-write", action="append", default=[], metavar="PATH")
     p.add_argument("--deny-write", action="append", default=[], metavar="PATH")
+    p.add_argument("--allow-system-write", action="store_true",
+                   help="let --allow-write name system trees (/, /usr, /etc, /var/lib...): the "
+                        "session could rewrite system binaries and configuration; corral's own "
+                        "code stays read-only")
     p.add_argument("--deny-syscall", action="append", default=[], metavar="NAME")
     p.add_argument("--no-mandatory", action="append", default=[], metavar="NAME",
                    help="drop one named mandatory protection (see corral policy show)")
 
 
 def policy_from_args(args) -> dict:
+    """The policy the flags and files describe, checked here the way the daemon will
+    check it (limits, paths, rules), so a bad one fails before anything starts."""
     from . import policyfile
     base: dict = {}
     if args.profile:
@@ -63,8 +69,39 @@ def policy_from_args(args) -> dict:
         flags["filesystem"] = {k: v for k, v in fs_flags.items() if v}
     if args.deny_syscall:
         flags["syscalls"] = {"deny": args.deny_syscall}
+    # Counts and lengths before merging (merging is quadratic in the list sizes).
+    pol.check_limits(flags, lambda section, key, msg: pol.PolicyError(
+        f"{_FLAG_OF.get((section, key), f'{section}.{key}')}: {msg}"))
     merged = policyfile.merge(base, flags)
-    return policyfile.apply_mandatory(merged, set(args.no_mandatory))
+    out = policyfile.apply_mandatory(merged, set(args.no_mandatory))
+    if getattr(args, "allow_system_write", False):
+        # Not a section of its own: --allow-system-write alone keeps the default
+        # writable places (it only permits system trees in allow_write).
+        if out.get("filesystem") is not None:
+            out["filesystem"]["allow_system_write"] = True
+        else:
+            out["allow_system_write"] = True
+    import pwd
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        home = os.path.expanduser("~")
+    pol.normalize(out, cwd=os.getcwd(), home=home)     # raises what the daemon would refuse
+    if pol.system_write_flag(out):
+        print("corral: note: --allow-system-write: this session may write system trees (/, /usr, "
+              "/etc, /var/lib...) where its allow_write says: it could rewrite system binaries and "
+              "configuration (cron, systemd units); corral's own code paths stay read-only",
+              file=sys.stderr)
+    return out
+
+
+_FLAG_OF = {("network", "allow"): "--allow-net", ("network", "deny"): "--deny-net",
+            ("network", "allow_domains"): "--allow-domain",
+            ("network", "deny_domains"): "--deny-domain",
+            ("network", "allow_localhost_ports"): "--allow-localhost-port",
+            ("filesystem", "deny_read"): "--deny-read", ("filesystem", "allow_read"): "--allow-read",
+            ("filesystem", "allow_write"): "--allow-write",
+            ("filesystem", "deny_write"): "--deny-write", ("syscalls", "deny"): "--deny-syscall"}
 
 
 # -- commands -------------------------------------------------------------------

@@ -367,16 +367,13 @@ def pseudo_paths() -> list[str]:
 
 
 def corral_paths() -> list[str]:
-    """corral's own state/log/cache/code (same list as the Landlock backend)."""
+    """corral's own state/log/cache/package (same list as the Landlock backend;
+    the daemon's code paths come in the policy's deny_write, protected.py)."""
     try:
         from .landlock import corral_paths as lp
         return lp()
     except Exception:
-        import sys
-        out = ["/run/corral", "/var/log/corral", "/var/cache/corral", str(ROOT)]
-        if sys.prefix != sys.base_prefix:
-            out.append(os.path.realpath(sys.prefix))
-        return out
+        return ["/run/corral", "/var/log/corral", "/var/cache/corral", str(ROOT)]
 
 
 def compile_policy(seed: int, pol: dict, implicit: bool = True) -> Compiled:

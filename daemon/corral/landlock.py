@@ -229,12 +229,33 @@ def protected_mounts(ms: list[Mount] | None = None) -> list[str]:
 
 
 def corral_paths() -> list[str]:
-    """corral's own state, log, cache and code: never writable by a session
+    """corral's own state, log, cache and package: never writable by a session
     (a root agent could otherwise forge the audit log, remove the socket, or
     poison the cached kernel headers / the daemon's code it runs as root).
     Nonexistent entries are kept (complemented at their parent, fail closed)
-    except the optional /etc/corral."""
-    import sys
+    except the optional /etc/corral.
+
+    This runs in the client, which cannot know what the daemon runs (under
+    `python -S` it cannot even tell it is in a venv): the authoritative list of
+    the daemon's code (venv, interpreter, stdlib, bcc, BPF sources, tools) is
+    computed in the daemon (protected.code_paths) and arrives in the session
+    policy's deny_write."""
+    def _read_only_here(p: str) -> bool:
+        """p lies on a read-only mount of the private mount namespace this process
+        made (mountguard's binds, made before Landlock; our parent's namespace is
+        another one): no write reaches it and, the namespace being private and
+        mount() forbidden by seccomp, nothing makes it writable again. A Landlock
+        rule would add nothing but a complement, which refuses new entries in every
+        directory above p (the project root, for an editable install). False
+        whenever in doubt (the rule is kept)."""
+        try:
+            ours = os.stat("/proc/self/ns/mnt").st_ino
+            if ours == os.stat(f"/proc/{os.getppid()}/ns/mnt").st_ino:
+                return False
+            return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+        except OSError:
+            return False
+
     out = []
     try:
         from corral import config
@@ -244,12 +265,10 @@ def corral_paths() -> list[str]:
     if os.path.exists("/etc/corral"):
         out.append("/etc/corral")
     out.append(os.path.dirname(os.path.realpath(__file__)))      # the corral package
-    if sys.prefix != sys.base_prefix:                             # corral's venv
-        out.append(os.path.realpath(sys.prefix))
     seen = []
     for p in out:
         p = os.path.normpath(p)
-        if p.startswith("/") and p != "/" and p not in seen:
+        if p.startswith("/") and p != "/" and p not in seen and not _read_only_here(p):
             seen.append(p)
     return seen
 

@@ -4,28 +4,90 @@
       "network":    None | {"allow": [rule], "deny": [rule], "allow_domains": [...],
                             "deny_domains": [...], "allow_localhost_ports": [...]},
       "filesystem": None | {"deny_read": [path], "allow_read": [...],
-                            "allow_write": [...], "deny_write": [...]},
+                            "allow_write": [...], "deny_write": [...],
+                            "allow_system_write": bool},          # input only, see below
       "syscalls":   {"deny": [name]},
+      "allow_system_write": bool,                                 # normalize() output
     }
 
-A missing section means "not restricted by corral" for that kind. A present
+A missing network section means "network not restricted by corral". A present
 network section is default-deny. Paths are made absolute and canonical once,
 at registration, relative to the client's cwd and home.
+
+Files. The filesystem section that normalize() returns holds exactly the four
+lists (both file backends take it as it is). Two things are always true of it:
+
+* corral's own code (the daemon's ``protected_write``: its package, venv,
+  interpreter, stdlib, bcc, BPF sources, the tools and libraries it runs, see
+  protected.py) is in ``deny_write``, whatever the policy says. deny_write beats
+  allow_write in both backends, and nothing is removed from the other lists.
+* ``allow_write`` names no system tree (SYSTEM_TREES, SYSTEM_ROOTS: "/", /usr,
+  /etc, /boot, /lib*, /bin, /sbin, /var/lib, /var/spool, /run/systemd, and /opt,
+  /srv, /var, /run themselves) unless the policy says
+  ``filesystem.allow_system_write = true`` (CLI ``--allow-system-write``): a
+  session that may write there could rewrite system binaries and configuration,
+  e.g. cron and systemd units, and so get out of any sandbox. The temp dirs,
+  homes and projects (/tmp, /var/tmp, /dev/shm, /home/..., /opt/x, /srv/x) are not
+  system trees. The flag comes back at the top level of the normalized policy
+  (``"allow_system_write": true``), not in the section, so the section stays
+  the four lists; normalize() accepts it in either place, so a policy the
+  daemon returned can be sent back as it is.
+
+A policy with no filesystem section (raw API clients; it used to mean "files
+unrestricted") is normalized to what that always meant, made explicit:
+``allow_write = ["/"]`` with ``allow_system_write`` on, plus the protected
+``deny_write``; so corral's code is read-only in every session, and the client
+applies the section the daemon returns.
+
+Limits (MAX_*): counts and lengths are checked before anything is parsed, so a
+huge policy costs a length check, not a parse, and leaves no state behind.
+Paths may not contain ".." components (say the path you mean).
 """
 from __future__ import annotations
 
-import functools
 import ipaddress
 import os
+import threading
+from collections import OrderedDict, namedtuple
 from dataclasses import dataclass
 
 NET_LIST_KEYS = ("allow", "deny", "allow_domains", "deny_domains", "allow_localhost_ports")
 FS_KEYS = ("deny_read", "allow_read", "allow_write", "deny_write")
+FS_FLAG_KEYS = ("allow_system_write",)
 MAX_PORT_RANGES = 16
+
+# -- limits (README.md, "Policy limits") ---------------------------------------------
+MAX_NET_RULES = 1024      # kernel rules of one policy: allow + deny + 2 per localhost port entry
+MAX_DOMAINS = 512         # allow_domains + deny_domains
+MAX_PATHS = 512           # entries in each filesystem list
+MAX_SYSCALLS = 512        # syscalls.deny
+MAX_NET_RULE_LEN = 100    # characters of one network rule (the longest valid one is 63)
+MAX_DOMAIN_LEN = 2 + 253 + 1 + 12   # "*." + name + "." + ":65535-65535"
+MAX_PORT_LEN = 11         # "65535-65535"
+MAX_PATH_BYTES = 4096     # PATH_MAX, the terminating NUL included: at most 4095 bytes
+MAX_SYSCALL_LEN = 64
+
+# allow_write of one of these, of anything inside one, or of anything that
+# contains one ("/") needs allow_system_write.
+SYSTEM_TREES = ("/usr", "/etc", "/boot", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
+                "/libx32", "/var/lib", "/var/spool", "/run/systemd")
+# These themselves (or what contains them) need it; their subdirectories do not
+# (/opt/app, /srv/www, /var/tmp, /var/www, /run/user/1000 are ordinary places).
+SYSTEM_ROOTS = ("/opt", "/srv", "/var", "/run")
+SYSTEM_WRITE_MEANS = ("a session could rewrite system binaries and configuration, e.g. cron "
+                      "and systemd units, and run code as root outside the sandbox")
+SYSTEM_WRITE_HOW = ("pass --allow-system-write (allow_system_write = true in [filesystem]) to "
+                    "allow it anyway; corral's own code paths stay read-only")
 
 
 class PolicyError(ValueError):
     """A policy that cannot be enforced as written. The message names the fix."""
+
+
+def _short(x, n: int = 48) -> str:
+    """repr of a client value for a message, cut: a refusal never echoes a megabyte."""
+    r = repr(x)
+    return r if len(r) <= n else f"{r[:n]}...' ({len(x) if isinstance(x, str) else len(r)} chars)"
 
 
 @dataclass(frozen=True)
@@ -53,6 +115,8 @@ class NetRule:
 
 
 def parse_ports(text: str, what: str) -> tuple[int, int]:
+    if len(text) > MAX_PORT_LEN:
+        raise PolicyError(f"{what}: bad port {_short(text)}: use PORT or PORT-PORT (1-65535)")
     lo_s, sep, hi_s = text.partition("-")
     try:
         lo = int(lo_s)
@@ -64,23 +128,83 @@ def parse_ports(text: str, what: str) -> tuple[int, int]:
     return lo, hi
 
 
+# -- network rules --------------------------------------------------------------------
+CacheInfo = namedtuple("CacheInfo", "hits misses maxsize currsize")
+
+
+class _RuleCache:
+    """A bounded LRU of parsed rules that only the daemon's own texts enter."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._d: OrderedDict[str, NetRule] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, text: str) -> NetRule | None:
+        with self._lock:
+            r = self._d.get(text)
+            if r is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._d.move_to_end(text)
+            return r
+
+    def put(self, text: str, rule: NetRule) -> None:
+        with self._lock:
+            self._d[text] = rule
+            self._d.move_to_end(text)
+            while len(self._d) > self.maxsize:
+                self._d.popitem(last=False)
+
+    def cache_info(self) -> CacheInfo:
+        return CacheInfo(self.hits, self.misses, self.maxsize, len(self._d))
+
+    def cache_clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+            self.hits = self.misses = 0
+
+
+# Rules the daemon generated itself: the addresses its resolver learned
+# (dns.names.rule_text). Every policy install re-parses a session's learned rules
+# (one per address); those texts are canonical and bounded, so they are parsed
+# once. A client's text is never added: a padded or bogus rule costs its parse
+# and is gone.
+LEARNED_RULES = _RuleCache(1 << 16)
+
+
+def parse_learned_rule(text: str) -> NetRule:
+    """parse_net_rule for a text the daemon made (cached). Not for client input."""
+    r = LEARNED_RULES.get(text)
+    if r is None:
+        r = _parse_net_rule(text)
+        LEARNED_RULES.put(text, r)
+    return r
+
+
 def parse_net_rule(text: str) -> NetRule:
-    """CIDR[:PORT[-PORT]]; IPv6 with a port is written [addr/len]:PORT."""
+    """CIDR[:PORT[-PORT]]; IPv6 with a port is written [addr/len]:PORT.
+
+    A text the daemon learned (parse_learned_rule) comes from the cache; any
+    other is parsed and not kept."""
     if isinstance(text, str):
-        return _parse_net_rule_cached(text)
-    return _parse_net_rule(text)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _parse_net_rule_cached(text: str) -> NetRule:
-    # Every policy install re-parses the session's DNS-learned rules (one per
-    # address); NetRule is immutable, so parse each text once.
+        if len(text) > MAX_NET_RULE_LEN:
+            raise PolicyError(f"network rule {_short(text)}: {len(text)} characters, more than "
+                              f"the limit of {MAX_NET_RULE_LEN}")
+        r = LEARNED_RULES.get(text)
+        if r is not None:
+            return r
     return _parse_net_rule(text)
 
 
 def _parse_net_rule(text) -> NetRule:
     if not isinstance(text, str) or not text.strip():
-        raise PolicyError(f"network rule {text!r}: expected a string like 10.0.0.0/8:443")
+        raise PolicyError(f"network rule {_short(text)}: expected a string like 10.0.0.0/8:443")
+    if len(text) > MAX_NET_RULE_LEN:
+        raise PolicyError(f"network rule {_short(text)}: {len(text)} characters, more than "
+                          f"the limit of {MAX_NET_RULE_LEN}")
     s = text.strip()
     ports = None
     if s.startswith("["):
@@ -95,6 +219,7 @@ def _parse_net_rule(text) -> NetRule:
         addr, _, ports = s.partition(":")
     else:
         addr = s
+        _refuse_ambiguous_v6(text, s)
     try:
         net = ipaddress.ip_network(addr, strict=False)
     except ValueError:
@@ -108,50 +233,194 @@ def _parse_net_rule(text) -> NetRule:
     return NetRule(net, lo, hi)
 
 
-def _expand_path(p: str, cwd: str, home: str) -> str:
+def _refuse_ambiguous_v6(text: str, s: str) -> None:
+    """`::1:80` is the address ::1:80 on every port, but reads as port 80 on ::1."""
+    base, _, last = s.rpartition(":")
+    if not (last.isdigit() and last.isascii() and len(last) <= 5 and base):
+        return
+    try:
+        ipaddress.IPv6Address(base)
+        ipaddress.IPv6Address(s)
+    except ValueError:
+        return
+    raise PolicyError(f"network rule {text!r}: ambiguous: write [{base}]:{last} for port {last} "
+                      f"on {base}, or [{s}] for the address {s} on every port")
+
+
+# -- paths ------------------------------------------------------------------------------
+def _expand_path(p: str, cwd: str, home: str, what: str = "path") -> str:
     if not isinstance(p, str) or not p or "\0" in p:
-        raise PolicyError(f"path {p!r}: expected a non-empty path string")
+        raise PolicyError(f"{what} {_short(p)}: expected a non-empty path string")
+    if len(p.encode("utf-8", "surrogatepass")) >= MAX_PATH_BYTES:
+        raise PolicyError(f"{what} {_short(p)}: {len(p.encode('utf-8', 'surrogatepass'))} bytes, "
+                          f"more than the limit of {MAX_PATH_BYTES - 1} (PATH_MAX)")
+    orig = p
     if p == "~" or p.startswith("~/"):
         p = home + p[1:]
     elif p.startswith("~"):
-        raise PolicyError(f"path {p!r}: only '~' (the caller's home) is supported, not ~user")
+        raise PolicyError(f"{what} {p!r}: only '~' (the caller's home) is supported, not ~user")
     if not os.path.isabs(p):
         p = os.path.join(cwd, p)
+    if ".." in p.split("/"):
+        raise PolicyError(f"{what} {orig!r}: '..' is not accepted in policy paths; it would "
+                          f"resolve to {os.path.realpath(p)}: write that path if you mean it")
     # Resolve symlinks of the part that exists; a rule for a path not yet
     # created keeps its (normalised) tail.
     return os.path.realpath(p)
 
 
-def _section(policy: dict, name: str, keys) -> dict | None:
-    """A section's table, checked for unknown keys and list values; None if absent."""
+def system_tree(path: str) -> str | None:
+    """Why a canonical allow_write path would open a system tree ("/usr is a system
+    tree", "/ contains the system trees /usr, /etc, ..."), or None."""
+    for t in SYSTEM_TREES + SYSTEM_ROOTS:
+        if path == t:
+            return f"{path} is a system tree"
+    for t in SYSTEM_TREES:
+        if _under(path, t):
+            return f"{path} is inside the system tree {t}"
+    inside = [t for t in SYSTEM_TREES + SYSTEM_ROOTS if _under(t, path)]
+    if inside:
+        more = ", ..." if len(inside) > 4 else ""
+        return f"{path} contains the system tree{'s' if len(inside) > 1 else ''} " \
+               f"{', '.join(inside[:4])}{more}"
+    return None
+
+
+# -- limits -------------------------------------------------------------------------------
+def _n(v) -> int:
+    return len(v) if isinstance(v, list) else 0
+
+
+def check_limits(policy: dict, err=None, protected=()) -> None:
+    """Counts and lengths of a raw policy dict, before anything is parsed.
+
+    `err(section, key, message)` makes the exception (policy files add file:line);
+    lists that are not lists are left to the structure checks. Entries equal to a
+    `protected` path (the daemon's own, in a policy it returned) are not counted."""
+    if err is None:
+        def err(section, key, msg):
+            return PolicyError(f"{section}.{key}: {msg}")
+    if not isinstance(policy, dict):
+        return
+    net = policy.get("network")
+    if isinstance(net, dict):
+        na, nd, npo = _n(net.get("allow")), _n(net.get("deny")), _n(net.get("allow_localhost_ports"))
+        total = na + nd + 2 * npo
+        if total > MAX_NET_RULES:
+            key = max((("allow", na), ("deny", nd), ("allow_localhost_ports", 2 * npo)),
+                      key=lambda kv: kv[1])[0]
+            raise err("network", key, f"{total} kernel rules ({na} allow + {nd} deny + 2 x {npo} "
+                                      f"allow_localhost_ports): more than the limit of "
+                                      f"{MAX_NET_RULES} per policy (use CIDR ranges or domains)")
+        ndom = _n(net.get("allow_domains")) + _n(net.get("deny_domains"))
+        if ndom > MAX_DOMAINS:
+            key = "allow_domains" if _n(net.get("allow_domains")) >= _n(net.get("deny_domains")) \
+                else "deny_domains"
+            raise err("network", key, f"{ndom} domain rules (allow_domains + deny_domains): more "
+                                      f"than the limit of {MAX_DOMAINS} (use *.example.com)")
+        for key, limit in (("allow", MAX_NET_RULE_LEN), ("deny", MAX_NET_RULE_LEN),
+                           ("allow_domains", MAX_DOMAIN_LEN), ("deny_domains", MAX_DOMAIN_LEN),
+                           ("allow_localhost_ports", MAX_PORT_LEN)):
+            for x in net.get(key) if isinstance(net.get(key), list) else ():
+                if isinstance(x, str) and len(x) > limit:
+                    raise err("network", key, f"{_short(x)} is {len(x)} characters: more than "
+                                              f"the limit of {limit}")
+    fs = policy.get("filesystem")
+    if isinstance(fs, dict):
+        for key in FS_KEYS:
+            v = fs.get(key)
+            count = _n(v)
+            if count > MAX_PATHS and protected:
+                count = sum(1 for p in v if not (isinstance(p, str) and p in protected))
+            if count > MAX_PATHS:
+                raise err("filesystem", key, f"{count} paths: more than the limit of {MAX_PATHS} "
+                                             "(a rule for a directory covers everything under it)")
+            for p in v if isinstance(v, list) else ():
+                if isinstance(p, str) and (len(p) >= MAX_PATH_BYTES or
+                                           len(p.encode("utf-8", "surrogatepass")) >= MAX_PATH_BYTES):
+                    raise err("filesystem", key, f"path {_short(p)} is "
+                                                 f"{len(p.encode('utf-8', 'surrogatepass'))} bytes: "
+                                                 f"more than the limit of {MAX_PATH_BYTES - 1} (PATH_MAX)")
+    sc = policy.get("syscalls")
+    if isinstance(sc, dict):
+        v = sc.get("deny")
+        if _n(v) > MAX_SYSCALLS:
+            raise err("syscalls", "deny", f"{len(v)} syscalls: more than the limit of {MAX_SYSCALLS}")
+        for x in v if isinstance(v, list) else ():
+            if isinstance(x, str) and len(x) > MAX_SYSCALL_LEN:
+                raise err("syscalls", "deny", f"{_short(x)} is {len(x)} characters: more than the "
+                                              f"limit of {MAX_SYSCALL_LEN}")
+
+
+def rule_count(policy: dict | None) -> int:
+    """Kernel rule entries a (normalized) policy installs: network allow + deny +
+    2 per allow_localhost_ports entry (127.0.0.0/8 and ::1). DNS-learned rules are
+    not counted (they come and go with answers)."""
+    net = (policy or {}).get("network")
+    if not isinstance(net, dict):
+        return 0
+    return _n(net.get("allow")) + _n(net.get("deny")) + 2 * _n(net.get("allow_localhost_ports"))
+
+
+# -- normalize ------------------------------------------------------------------------------
+def _section(policy: dict, name: str, keys, flags=()) -> dict | None:
+    """A section's table, checked for unknown keys, list values and bool flags; None if absent."""
     sec = policy.get(name)
     if sec is None:
         return None
     if not isinstance(sec, dict):
         raise PolicyError(f"{name}: expected a table")
-    bad = set(sec) - set(keys)
+    bad = set(sec) - set(keys) - set(flags)
     if bad:
-        raise PolicyError(f"{name}: unknown key(s) {sorted(bad)}: expected {list(keys)}")
+        shown = sorted(_short(b, 40) for b in bad)
+        more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+        raise PolicyError(f"{name}: unknown key(s) [{', '.join(shown[:5])}{more}]: expected "
+                          f"{list(keys) + list(flags)}")
     for k in keys:
         if not isinstance(sec.get(k) or [], list):
             raise PolicyError(f"{name}.{k}: expected a list")
+    for k in flags:
+        if not isinstance(sec.get(k, False), bool):
+            raise PolicyError(f"{name}.{k}: expected true or false")
     return sec
+
+
+def system_write_flag(policy: dict | None) -> bool:
+    """allow_system_write, wherever the policy carries it (top level: normalized)."""
+    policy = policy or {}
+    fs = policy.get("filesystem")
+    return bool(policy.get("allow_system_write")) or \
+        (isinstance(fs, dict) and bool(fs.get("allow_system_write")))
 
 
 def normalize(policy: dict | None, cwd: str = "/", home: str = "/root",
               protected_write=()) -> dict:
-    """Validate and canonicalise a policy dict. Raises PolicyError."""
+    """Validate and canonicalise a policy dict. Raises PolicyError.
+
+    `protected_write`: canonical paths (the daemon's own code, protected.py)
+    added to filesystem.deny_write whatever the policy says."""
     if policy is None:
         policy = {}
     if not isinstance(policy, dict):
         raise PolicyError(f"policy must be a map of sections, not {type(policy).__name__}")
     policy = dict(policy)
-    unknown = set(policy) - {"network", "filesystem", "syscalls"}
+    unknown = set(policy) - {"network", "filesystem", "syscalls", "allow_system_write"}
     if unknown:
-        raise PolicyError(f"unknown policy section(s) {sorted(unknown)}: "
-                          "expected network, filesystem, syscalls")
-    out: dict = {"network": None, "filesystem": None, "syscalls": {"deny": []}}
+        shown = sorted(_short(u, 40) for u in unknown)
+        raise PolicyError(f"unknown policy section(s) [{', '.join(shown[:5])}"
+                          f"{' ...' if len(shown) > 5 else ''}]: expected network, filesystem, syscalls")
+    if not isinstance(policy.get("allow_system_write", False), bool):
+        raise PolicyError("allow_system_write: expected true or false")
+    # Structure, then counts and lengths, then parsing.
     net = _section(policy, "network", NET_LIST_KEYS)
+    fs = _section(policy, "filesystem", FS_KEYS, FS_FLAG_KEYS)
+    sc = policy.get("syscalls") or {}
+    if not isinstance(sc, dict) or set(sc) - {"deny"} or not isinstance(sc.get("deny") or [], list):
+        raise PolicyError("syscalls: expected a table with one key, deny = [names]")
+    check_limits(policy, protected=frozenset(protected_write))
+
+    out: dict = {"network": None, "filesystem": None, "syscalls": {"deny": []},
+                 "allow_system_write": False}
     if net is not None:
         n = {k: list(net.get(k) or []) for k in NET_LIST_KEYS}
         n["allow"] = [str(parse_net_rule(r)) for r in n["allow"]]
@@ -165,13 +434,32 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root",
         for key in ("allow_domains", "deny_domains"):
             n[key] = normalize_rules(n[key], key)
         out["network"] = n
-    fs = _section(policy, "filesystem", FS_KEYS)
-    if fs is not None:
-        out["filesystem"] = {k: sorted({_expand_path(p, cwd, home) for p in (fs.get(k) or [])})
-                             for k in FS_KEYS}
-    sc = policy.get("syscalls") or {}
-    if not isinstance(sc, dict) or set(sc) - {"deny"} or not isinstance(sc.get("deny") or [], list):
-        raise PolicyError("syscalls: expected a table with one key, deny = [names]")
+
+    if fs is None:
+        # "Files unrestricted", said explicitly: everything writable but corral's code.
+        f = {"deny_read": [], "allow_read": [], "allow_write": ["/"], "deny_write": []}
+        system_ok = True
+    else:
+        system_ok = system_write_flag(policy)
+        f = {}
+        for k in FS_KEYS:
+            f[k] = set()
+            for p in fs.get(k) or []:
+                canon = _expand_path(p, cwd, home, f"filesystem.{k}")
+                if k == "allow_write" and not system_ok:
+                    why = system_tree(canon)
+                    if why is not None:
+                        shown = p if p == canon else f"{p} (= {canon})"
+                        raise PolicyError(
+                            f"filesystem.allow_write {shown}: {why}: {SYSTEM_WRITE_MEANS}. "
+                            f"Refused: {SYSTEM_WRITE_HOW}")
+                f[k].add(canon)
+            f[k] = sorted(f[k])
+    if protected_write:
+        f["deny_write"] = sorted(set(f["deny_write"]) | {os.path.normpath(p) for p in protected_write})
+    out["filesystem"] = f
+    out["allow_system_write"] = system_ok
+
     out["syscalls"] = {"deny": sorted({str(s) for s in sc.get("deny") or []})}
     return out
 
@@ -229,6 +517,9 @@ def narrowing_violations(old: dict, new: dict) -> list[str]:
         if nf is None:
             why.append("removes the filesystem policy")
         else:
+            if system_write_flag(new) and not system_write_flag(old):
+                why.append("turns on allow_system_write (writes to system trees), which the "
+                           "current policy does not allow")
             for p in of["deny_read"]:
                 if not any(_under(p, q) for q in nf["deny_read"]):
                     why.append(f"no longer denies reading {p}")
@@ -245,11 +536,3 @@ def narrowing_violations(old: dict, new: dict) -> list[str]:
         if s not in (new.get("syscalls") or {}).get("deny", []):
             why.append(f"no longer denies syscall {s}")
     return why
-
-
-def rule_count(policy: dict) -> int:
-    """Kernel trie entries a policy's network section needs (per-user accounting):
-    allow + deny rules, and two (IPv4 and IPv6 loopback) per localhost port range."""
-    net = (policy or {}).get("network") or {}
-    return (len(net.get("allow") or []) + len(net.get("deny") or [])
-            + 2 * len(net.get("allow_localhost_ports") or []))

@@ -10,6 +10,8 @@ Policy file (TOML)::
     allow_read  = []             # exceptions inside deny_read (most specific wins)
     allow_write = [".", "/tmp"]  # writes are denied everywhere else
     deny_write  = [".env"]       # wins over allow_write
+    allow_system_write = false   # true: allow_write may name "/", /usr, /etc... (see policy.py);
+                                 # corral's own code stays read-only anyway
 
     [network]                    # absent: network not restricted; present: default deny
     allow = ["10.0.0.0/8:443", "[2001:db8::/32]:80-89"]
@@ -23,6 +25,9 @@ Policy file (TOML)::
 
 Every error names the file, the line and the key. Nothing is ignored: an
 unknown key, a wrong type, a path or CIDR that cannot be parsed is an error.
+The limits of policy.py (MAX_NET_RULES, MAX_DOMAINS, MAX_PATHS, MAX_SYSCALLS and
+the lengths) are checked first, before any entry is parsed, with the daemon's
+messages; paths may not contain "..".
 
 Precedence when several sources are given (`corral run --profile P --policy F
 --srt-settings S --allow-...`): they are merged (merge()): list entries are
@@ -41,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import policy as pol
-from .policy import FS_KEYS, NET_LIST_KEYS, PolicyError
+from .policy import FS_FLAG_KEYS, FS_KEYS, NET_LIST_KEYS, PolicyError
 
 DOMAIN_RE = re.compile(r"^(\*\.)?([A-Za-z0-9_]([A-Za-z0-9_-]{0,62})?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})?)*\.?"
                        r"(:\d{1,5}(-\d{1,5})?)?$")
@@ -207,12 +212,20 @@ def validate(data: dict, src: _Src) -> dict:
                 src.err(top, None, f"unknown section [{top}]: expected [filesystem], [network], [syscalls]")
         if not isinstance(val, dict):
             raise src.err(None, top, f"expected a table [{top}], got {type(val).__name__}")
+    # Counts and lengths first: a huge file fails here, before any entry is parsed.
+    pol.check_limits(data, lambda section, key, msg: src.err(section, key, msg))
     fs = data.get("filesystem")
     if fs is not None:
         o = {}
         for k, v in fs.items():
+            if k in FS_FLAG_KEYS:
+                if not isinstance(v, bool):
+                    raise src.err("filesystem", k, f"expected true or false, got {v!r}")
+                o[k] = v
+                continue
             if k not in FS_KEYS:
-                raise src.err("filesystem", k, f"unknown key {k!r}: expected one of {', '.join(FS_KEYS)}")
+                raise src.err("filesystem", k, f"unknown key {k!r}: expected one of "
+                                               f"{', '.join(FS_KEYS + FS_FLAG_KEYS)}")
             for p in _list(src, "filesystem", k, v):
                 _check_path(src, "filesystem", k, p)
             o[k] = list(v)
@@ -341,10 +354,16 @@ def merge(base: dict, extra: dict) -> dict:
             if vals is None:
                 out.setdefault(section, None)
                 continue
+            if not isinstance(vals, dict):          # a top-level flag (allow_system_write)
+                out[section] = bool(out.get(section)) or bool(vals)
+                continue
             cur = out.get(section)
             if cur is None:
                 cur = out[section] = {}
             for k, v in vals.items():
+                if isinstance(v, bool):               # a flag: on if any source turns it on
+                    cur[k] = bool(cur.get(k)) or v
+                    continue
                 lst = cur.setdefault(k, [])
                 for x in v or []:
                     if x not in lst:
@@ -704,6 +723,7 @@ def import_srt_settings(path: str, cwd: str | None = None) -> tuple[dict, list[s
     if ap not in _loaded_files:
         _loaded_files.append(ap)
     # Check the result the way the daemon will.
+    pol.check_limits(out, lambda section, key, msg: PolicyError(f"{path}: {section}.{key}: {msg}"))
     for k in ("allow", "deny"):
         for r in out["network"][k]:
             pol.parse_net_rule(r)

@@ -19,7 +19,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from ..policy import NetRule, PolicyError, parse_ports
+from ..policy import NetRule, PolicyError, parse_learned_rule, parse_ports
 
 ANY_PORTS = ((0, 65535),)
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
@@ -190,14 +190,23 @@ class DomainPolicy:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def rule_text(addr: str, lo: int, hi: int) -> str:
-    """A learned address as a policy.parse_net_rule string."""
+def _rule_text(addr: str, lo: int, hi: int) -> str:
     a = ipaddress.ip_address(addr)
     net = f"{a}/{a.max_prefixlen}"
     if (lo, hi) == (0, 65535):
         return net if a.version == 4 else f"[{net}]"
     ports = str(lo) if lo == hi else f"{lo}-{hi}"
     return f"{net}:{ports}" if a.version == 4 else f"[{net}]:{ports}"
+
+
+def rule_text(addr: str, lo: int, hi: int) -> str:
+    """A learned address as a policy.parse_net_rule string. The address comes
+    from a DNS answer the daemon accepted (not from a client's text), so the
+    parsed rule is kept in policy.LEARNED_RULES: installing the session's rules
+    later does not parse it again."""
+    text = _rule_text(addr, lo, hi)
+    parse_learned_rule(text)
+    return text
 
 
 # -- DNS rebinding ----------------------------------------------------------------

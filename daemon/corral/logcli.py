@@ -105,6 +105,8 @@ def policy_diff(old, new) -> list[str]:
             ov, nv = o.get(k) or [], n.get(k) or []
             out += [f"+{section}.{k} {x}" for x in nv if x not in ov]
             out += [f"-{section}.{k} {x}" for x in ov if x not in nv]
+    if bool(old.get("allow_system_write")) != bool(new.get("allow_system_write")):
+        out.append(f"{'+' if new.get('allow_system_write') else '-'}allow_system_write")
     return out
 
 

@@ -193,8 +193,11 @@ def edit_policy(policy: dict, verb: str, net=(), domains=(), writes=(), reads=()
             if allow:
                 notes.append("the session's files are not restricted: nothing to allow")
             else:
+                # Unrestricted files meant writing everywhere: say so explicitly,
+                # as the daemon's normalisation does (no widening).
                 fs = p["filesystem"] = {"deny_read": [], "allow_read": [], "allow_write": ["/"],
                                         "deny_write": []}
+                p["allow_system_write"] = True
         if fs is not None:
             for w in writes:
                 a = os.path.normpath(os.path.join(cwd, os.path.expanduser(w)))

@@ -42,6 +42,7 @@ BENCHES = [
     ("dns", "bench_dns.py", [], []),
     ("peers", "bench_peers.py", [], ["--runs", "5", "--true-runs", "5", "-n", "5000", "--rounds", "1"]),
     ("attacks", "attacks.py", [], []),
+    ("control_plane", "bench_control_plane.py", [], ["--quick"]),
 ]
 TIMEOUT = 30 * 60
 

@@ -32,7 +32,7 @@ venv: $(VENV)/bin/python
 		$(VENV)/bin/pip install -q -e '.[test]' && touch $(VENV)/.installed; \
 	fi
 	@$(MAKE) -s $(VENV)/bin/corral-fast
-	@$(PY) -c "import bcc, msgpack, pyroute2, corral.native as n; n.load()" || \
+	@$(PY) -c "import bcc, msgpack, pyroute2, corral.kernel.native as n; n.load()" || \
 		{ echo "corral: the install is incomplete (see above)"; exit 1; }
 
 # `corral run` sits on every agent's start-up path. Python's `site` (and the .pth
@@ -42,7 +42,7 @@ $(VENV)/bin/corral-fast: $(VENV)/.installed
 	@site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
 	printf '%s\n' "#!$(abspath $(VENV))/bin/python -S" "import sys" \
 		"sys.path[1:1] = ['$(abspath daemon)', '$$site', '/usr/lib/python3/dist-packages']" \
-		"from corral.cli import main" "sys.exit(main())" > $(VENV)/bin/corral.tmp && \
+		"from corral.client.cli import main" "sys.exit(main())" > $(VENV)/bin/corral.tmp && \
 	chmod +x $(VENV)/bin/corral.tmp && mv $(VENV)/bin/corral.tmp $(VENV)/bin/corral && \
 	touch $@
 
@@ -53,7 +53,7 @@ stop:
 	@bash systemd/start-corrald.sh stop
 
 demo: start
-	$(PY) -m corral.demo
+	$(PY) -m corral.client.demo
 
 test: install
 	$(PY) -m pytest -v -p no:cacheprovider tests

@@ -92,7 +92,7 @@ def main() -> int:
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     key = ssh_dir / "id_corral_bench"
     key.write_text("-----BEGIN FAKE KEY (corral bench)-----\n")
-    from corral import cgroups
+    from corral.kernel import cgroups
     cg_procs = str(cgroups.cgroup2_mount() / "cgroup.procs")
 
     def listen(kind):

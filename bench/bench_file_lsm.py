@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "daemon"))
 
-from corral import filelsm  # noqa: E402
+from corral.backends import filelsm  # noqa: E402
 
 N = int(os.environ.get("BENCH_N", "20000"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))

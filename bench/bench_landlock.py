@@ -41,7 +41,7 @@ int main(int argc, char **argv) {
 }
 """
 
-WRAP = ("import json, os, sys\nfrom corral import landlock, native\n"
+WRAP = ("import json, os, sys\nfrom corral.client import landlock\nfrom corral.kernel import native\n"
         "pol = json.loads(sys.argv[1])\n"
         "native.check(native.load().lib.corral_set_no_new_privs(), 'nnp')\n"
         "landlock.apply(pol)\n"

@@ -43,7 +43,7 @@ def map_memlock(instance: str) -> int:
 
 def batch(d: B.Daemon, n: int, policy: dict) -> tuple[list, list]:
     """Fork n children that each register a session and wait; returns (pids, go pipes)."""
-    from corral.client import Client
+    from corral.client.connection import Client
     pids, gos, errors, lat = [], [], [], []
     for _ in range(n):
         t0 = time.perf_counter()

@@ -5,7 +5,7 @@
      bare `true`; `corral run -- true` (default policy: the mandatory file
      protections -> Landlock, seccomp, caps drop); `--no-net`; `--profile offline`;
      `--profile agent` (needs the daemon's DNS resolver); and the Python floor:
-     `python -c pass`, `python -c "import corral.cli, corral.client, corral.confine"`.
+     `python -c pass`, `python -c "import corral.client.cli, corral.client.connection, corral.client.confine"`.
    Reports added milliseconds over bare `true` (goal < 15 ms).
 2. Break-down of `corral run` step by step, measured inside forked children that
    do exactly what cmd_run does (policy from flags, Landlock decision, register_session
@@ -31,7 +31,7 @@ def breakdown_child(argv: list[str], socket_path: str) -> dict:
     wrapped in timers, and os.execvp replaced by "stop here". Follows cmd_run as it
     changes; whatever is not wrapped shows up as "other"."""
     import importlib
-    from corral import cli, client as cl
+    from corral.client import cli, connection as cl
     t: dict[str, float] = {}
 
     def timed(label, fn):
@@ -56,7 +56,7 @@ def breakdown_child(argv: list[str], socket_path: str) -> dict:
                            ("mountguard", "apply", "mountguard.apply (mount namespace)"),
                            ("confine", "apply", "confine.apply (Landlock, seccomp, caps)")):
         try:
-            m = importlib.import_module(f"corral.{mod}")
+            m = importlib.import_module(f"corral.client.{mod}")
             setattr(m, fn, timed(label, getattr(m, fn)))
         except (ImportError, AttributeError):
             pass
@@ -84,10 +84,10 @@ def run_breakdown(d: B.Daemon, argv: list[str], k: int) -> dict:
     """Fork k children (each becomes a session and is confined), collect their timings."""
     # Import in the parent so the children measure the steps, not the imports.
     import importlib
-    for m in ("cli", "client", "confine", "landlock", "mountguard"):   # not logcli/policycli:
+    for m in ("cli", "connection", "confine", "landlock", "mountguard"):   # not logcli/policycli:
         # build_parser imports those on every `corral run`, so that stays in the numbers
         try:
-            importlib.import_module(f"corral.{m}")
+            importlib.import_module(f"corral.client.{m}")
         except ImportError:
             pass
     samples: list[dict] = []
@@ -130,7 +130,7 @@ def cgroup_move_cost(n: int = 12) -> dict:
     rcu_sync pays a full RCU grace period unless another migration happened just before;
     so: after 0.3 s idle vs back to back. Uses its own top-level probe cgroup."""
     import subprocess
-    from corral import cgroups
+    from corral.kernel import cgroups
     root = cgroups.cgroup2_mount() / f"corral-benchprobe-{os.getpid()}"
     root.mkdir()
     out = {}
@@ -166,8 +166,8 @@ def import_times(env) -> dict:
     """Cumulative import time of each top-level module `corral run` loads (site included)."""
     import subprocess
     p = subprocess.run([PY, "-X", "importtime", "-c",
-                        "import corral.cli, corral.client, corral.confine, corral.landlock; "
-                        "corral.cli.build_parser()"],
+                        "import corral.client.cli, corral.client.connection, corral.client.confine, corral.client.landlock; "
+                        "corral.client.cli.build_parser()"],
                        env=env, capture_output=True, text=True)
     out = {}
     for line in p.stderr.splitlines():
@@ -200,8 +200,8 @@ def main() -> int:
             "bare true": [true],
             "python -S -c pass": [PY, "-S", "-c", "pass"],
             "python -c pass": [PY, "-c", "pass"],
-            "python import corral": [PY, "-c", "import corral.cli, corral.client, corral.confine, "
-                                     "corral.landlock; corral.cli.build_parser()"],
+            "python import corral": [PY, "-c", "import corral.client.cli, corral.client.connection, corral.client.confine, "
+                                     "corral.client.landlock; corral.client.cli.build_parser()"],
             "corral run -- true": [B.CORRAL, "run", "--", true],
             "corral run --no-net -- true": [B.CORRAL, "run", "--no-net", "--", true],
             "corral run --profile offline -- true": [B.CORRAL, "run", "--profile", "offline", "--", true],
@@ -251,7 +251,7 @@ def main() -> int:
         if "python -c pass" in hf and "python import corral" in hf:
             imp = (hf["python import corral"]["mean"] - hf["python -c pass"]["mean"]) * 1000
             print(f"\n  Python start-up (python -c pass - bare): {(hf['python -c pass']['mean'] - base) * 1000:.2f} ms;"
-                  f" importing corral.cli/client/confine: {imp:.2f} ms")
+                  f" importing corral.client.cli/client/confine: {imp:.2f} ms")
         try:
             mv = cgroup_move_cost()
             results["cgroup_move_ms"] = {k: v * 1000 for k, v in mv.items()}

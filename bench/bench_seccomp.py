@@ -51,11 +51,11 @@ int main(int argc, char **argv) {
 }
 """
 
-WRAP = ("import os, sys\nfrom corral import confine\n"
+WRAP = ("import os, sys\nfrom corral.client import confine\n"
         "f = confine.build_seccomp(); f.load()\nos.execv(sys.argv[1], sys.argv[1:])\n")
 # a one-rule filter: separates the fixed cost of having any filter (seccomp
 # slow path on syscall entry) from the cost of corral's rule set
-WRAP_EMPTY = ("import os, sys\nfrom corral import native\nm = native.load(); l = m.lib\n"
+WRAP_EMPTY = ("import os, sys\nfrom corral.kernel import native\nm = native.load(); l = m.lib\n"
               "c = l.seccomp_init(l.corral_scmp_act_allow())\n"
               "l.seccomp_rule_add_array(c, l.corral_scmp_act_errno(1), 425, 0, m.ffi.NULL)\n"
               "assert l.seccomp_load(c) == 0\nos.execv(sys.argv[1], sys.argv[1:])\n")

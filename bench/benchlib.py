@@ -97,7 +97,7 @@ class Daemon:
             return ""
 
     def client(self):
-        from corral.client import Client
+        from corral.client.connection import Client
         return Client(self.socket)
 
     def corral(self, *args, **kw) -> subprocess.CompletedProcess:
@@ -128,7 +128,7 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        from corral import cgroups
+        from corral.kernel import cgroups
         try:
             root = cgroups.cgroup2_mount() / self.instance
         except Exception:
@@ -269,7 +269,7 @@ class BpfStats:
 
 def corral_progs(instance: str) -> dict[str, int]:
     """{program name: id} of the corral programs attached at the instance's root cgroup."""
-    from corral import cgroups
+    from corral.kernel import cgroups
     root = cgroups.cgroup2_mount() / instance
     p = subprocess.run(["bpftool", "-j", "cgroup", "show", str(root)], capture_output=True, text=True)
     try:
@@ -303,7 +303,7 @@ def in_session_argv(policy: dict, cmd: list[str]) -> list[str]:
 
 def _in_session_main(argv: list[str]) -> int:
     sys.path.insert(0, str(REPO / "daemon"))
-    from corral.client import Client
+    from corral.client.connection import Client
     policy = json.loads(argv[0])
     with Client() as c:
         c.call("register_session", policy=policy)

@@ -78,11 +78,11 @@ class Daemon:
         return p
 
     def client(self):
-        from corral.client import Client
+        from corral.client.connection import Client
         return Client(self.socket)
 
     def records(self):
-        from corral.eventlog import read_records
+        from corral.server.eventlog import read_records
         return list(read_records(self.log_dir))
 
     def wait_record(self, pred, timeout=5.0):
@@ -98,7 +98,7 @@ class Daemon:
     def cleanup(self):
         self.stop()
         # End anything a failed test left behind.
-        from corral import cgroups
+        from corral.kernel import cgroups
         root = cgroups.cgroup2_mount() / self.instance
         if root.is_dir():
             for d in root.iterdir():

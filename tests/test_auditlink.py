@@ -20,7 +20,8 @@ import time
 
 import pytest
 
-from corral import auditlink, confine, landlock
+from corral.server import auditlink
+from corral.client import confine, landlock
 
 CLONE_NEWUSER = 0x10000000
 WAIT = 5.0

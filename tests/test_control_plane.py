@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_daemon
-from corral import cgroups, protocol as P
+from corral.kernel import cgroups
+from corral import protocol as P
 from cpharness import (CORRAL, NOBODY, ProbeSession, SmallDisk, call, exhaust_log, frame,
                        child_request, listener, raw, read_frame, records, run_as)
 
@@ -261,7 +262,7 @@ def test_session_cleanup_goes_on_while_the_log_is_full(disk_daemon):
         s2 = ProbeSession(d, port, "--no-net")
         assert s2.probe() == "EPERM"
         s2.end()
-        from corral.eventlog import verify
+        from corral.server.eventlog import verify
         assert verify(d.log_dir).ok
     finally:
         s.end()
@@ -294,7 +295,7 @@ def test_daemon_starts_on_a_full_disk_with_enforcement_intact(disk_daemon):
                 if c.call("hello")["log"]["state"] == "ok":
                     break
             time.sleep(0.2)
-        from corral.eventlog import verify
+        from corral.server.eventlog import verify
         assert verify(d.log_dir).ok
     finally:
         s.end()
@@ -368,7 +369,7 @@ sys.stdin.readline()
 
 
 def test_one_user_cannot_exhaust_connections(daemon):
-    from corral import limits
+    from corral.server import limits
     n = limits.MAX_CONN_PER_PRINCIPAL + 40
     hog = subprocess.Popen([sys.executable, "-c", HOG, str(daemon.socket), str(n)], env=daemon.env,
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",

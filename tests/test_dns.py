@@ -21,7 +21,7 @@ import pytest
 from conftest import make_daemon
 from dnsutil import CONNECT, Background, Dnsmasq, Netns
 
-from corral import policy as pol
+from corral.policy import model as pol
 
 RESOLVER_IP = "127.0.0.99"      # nothing listens there: only steering can answer
 

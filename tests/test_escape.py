@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from corral import cgroups
+from corral.kernel import cgroups
 
 ATTACKS = r"""
 import ctypes, errno, json, os, sys

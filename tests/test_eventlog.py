@@ -14,7 +14,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from corral import eventlog as el
+from corral.server import eventlog as el
 from conftest import make_daemon
 
 BIN = Path(sys.executable).parent

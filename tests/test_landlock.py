@@ -1,6 +1,6 @@
 """Landlock backend: the shared file-policy suite plus Landlock specifics,
 on the real kernel (root). Confinement always happens in a child process
-(`python -m corral.confine --policy ... -- argv`)."""
+(`python -m corral.client.confine --policy ... -- argv`)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import fspolicy_suite  # noqa: E402
 
-from corral import landlock  # noqa: E402
+from corral.client import landlock  # noqa: E402
 
 PY = sys.executable
 ENV = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
@@ -25,7 +25,7 @@ pytestmark = [
 
 
 def landlock_runner(policy, argv, extra=()):
-    cmd = [PY, "-m", "corral.confine", *extra]
+    cmd = [PY, "-m", "corral.client.confine", *extra]
     if policy is not None:
         cmd += ["--policy", json.dumps(policy)]
     p = subprocess.run(cmd + ["--"] + list(argv), capture_output=True, text=True, env=ENV,
@@ -73,7 +73,7 @@ def test_decision_without_landlock_refuses_policy():
     """Run the decision in a child where Landlock is made unavailable (seccomp
     denies landlock_create_ruleset, as on a kernel without Landlock)."""
     code = (
-        "from corral import landlock, confine\n"
+        "from corral.client import landlock, confine\n"
         "print(landlock.abi())\n"
         "try:\n"
         "    landlock.file_policy_decision({'deny_read': ['/root']})\n"
@@ -83,7 +83,7 @@ def test_decision_without_landlock_refuses_policy():
         "print(landlock.file_policy_decision({'deny_read': ['/root']}, allow_weaker=True)['weaker'])\n"
         "print(landlock.file_policy_decision(None)['enforce'])\n"
     )
-    p = subprocess.run([PY, "-m", "corral.confine", "--keep-caps", "--deny",
+    p = subprocess.run([PY, "-m", "corral.client.confine", "--keep-caps", "--deny",
                         "landlock_create_ruleset", "--", PY, "-c", code],
                        capture_output=True, text=True, env=ENV)
     assert p.returncode == 0, p.stderr

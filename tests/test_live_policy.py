@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from corral import policycli
+from corral.client import policycli
 
 LOOP = r"""
 import json, os, socket, sys, time
@@ -155,7 +155,7 @@ def test_session_cannot_widen_itself(daemon, tmp_path):
 
 
 def test_log_shows_what_a_policy_update_changed():
-    from corral.logcli import fmt_row, policy_diff
+    from corral.client.logcli import fmt_row, policy_diff
     old = {"network": {"allow": ["10.0.0.0/8"], "deny": []}, "filesystem": None}
     new = {"network": {"allow": ["10.0.0.0/8", "127.0.0.1/32:80"], "deny": []}, "filesystem": None}
     assert policy_diff(old, new) == ["+network.allow 127.0.0.1/32:80"]

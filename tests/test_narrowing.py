@@ -1,5 +1,5 @@
 """What a process inside a session may change about its own policy: only narrow it."""
-from corral import policy as p
+from corral.policy import model as p
 
 
 def base():

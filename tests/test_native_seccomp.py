@@ -1,5 +1,5 @@
-"""seccomp / capabilities / fd / signal hardening of corral.confine, on the real
-kernel. Every probe runs in a child process (`python -m corral.confine ...`),
+"""seccomp / capabilities / fd / signal hardening of corral.client.confine, on the real
+kernel. Every probe runs in a child process (`python -m corral.client.confine ...`),
 never in pytest itself. Where the kernel could refuse an operation for another
 reason (e.g. missing capabilities) the probe is also run *unconfined* as a
 control, or with keep_caps=True so that only the filter can be the cause.
@@ -37,7 +37,7 @@ PRELUDE = textwrap.dedent("""
 
 
 def confined(argv, *, policy=None, deny=(), keep_caps=False, **kw):
-    cmd = [PY, "-m", "corral.confine"]
+    cmd = [PY, "-m", "corral.client.confine"]
     if policy is not None:
         cmd += ["--policy", json.dumps(policy)]
     if deny:
@@ -323,7 +323,7 @@ def test_inherited_fd_closed(tmp_path):
 def test_report_counts_closed_fds(tmp_path):
     fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(3)]
     try:
-        p = subprocess.run([PY, "-m", "corral.confine", "--print-report", "--", "true"],
+        p = subprocess.run([PY, "-m", "corral.client.confine", "--print-report", "--", "true"],
                            capture_output=True, text=True, env=ENV, pass_fds=fds)
         assert p.returncode == 0, p.stderr
         line = [l for l in p.stderr.splitlines() if l.startswith("CORRAL_CONFINE ")][0]
@@ -440,7 +440,7 @@ def test_extra_deny_from_policy():
 
 
 def test_unknown_syscall_name_is_a_clear_error():
-    from corral import confine
+    from corral.client import confine
     with pytest.raises(confine.ConfineError, match="unknown syscall name 'no_such_call'"):
         confine.build_seccomp(["no_such_call"])
     with pytest.raises(confine.ConfineError, match="execve"):
@@ -451,7 +451,7 @@ def test_unknown_syscall_name_is_a_clear_error():
 
 def test_native_missing_gives_clear_error():
     code = ("import sys; sys.modules['corral._native'] = None\n"
-            "from corral import confine\n"
+            "from corral.client import confine\n"
             "try:\n    confine.apply(None, [])\nexcept confine.ConfineError as e:\n    print(e)\n")
     p = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=ENV)
     assert "corral native extension not built: run `make install`" in p.stdout, p.stdout + p.stderr
@@ -516,7 +516,7 @@ def test_seccomp_errno_denials_audit_logged_only_with_ctl_log():
     import time
     for attempt in range(5):     # kernel printk rate limiting can drop records
         quiet_pid = result(probe(code))[0]
-        logged_pid = result(subprocess.run([PY, "-m", "corral.confine", "--seccomp-log", "--",
+        logged_pid = result(subprocess.run([PY, "-m", "corral.client.confine", "--seccomp-log", "--",
                                             PY, "-c", PRELUDE + code],
                                            capture_output=True, text=True, env=ENV))[0]
         time.sleep(0.5)
@@ -532,7 +532,7 @@ def test_seccomp_errno_denials_audit_logged_only_with_ctl_log():
 
 
 def test_refuses_multithreaded_caller():
-    code = ("import threading, time\nfrom corral import confine\n"
+    code = ("import threading, time\nfrom corral.client import confine\n"
             "t = threading.Thread(target=time.sleep, args=(2,), daemon=True); t.start()\n"
             "try:\n    confine.apply(None, [])\n    print('applied')\n"
             "except confine.ConfineError as e:\n    print('refused', 'single-threaded' in str(e))\n")
@@ -541,7 +541,7 @@ def test_refuses_multithreaded_caller():
 
 
 def test_keep_fds(tmp_path):
-    code = ("import os\nfrom corral import confine\n"
+    code = ("import os\nfrom corral.client import confine\n"
             "a = os.open('/dev/null', os.O_RDONLY); b = os.open('/dev/null', os.O_RDONLY)\n"
             "c = os.open('/dev/null', os.O_RDONLY)\n"
             "rep = confine.apply(None, [], keep_fds=(b,))\n"
@@ -558,7 +558,7 @@ def test_unprivileged_caller_can_confine():
     tmp_path = tempfile.mkdtemp(prefix="corral-nobody-", dir="/tmp")
     os.chmod(tmp_path, 0o777)
     p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                        PY, "-m", "corral.confine", "--print-report",
+                        PY, "-m", "corral.client.confine", "--print-report",
                         "--policy", json.dumps({"allow_write": [str(tmp_path)]}), "--",
                         "sh", "-c", f"touch {tmp_path}/ok && echo wrote; grep -E 'CapEff|NoNewPrivs|Seccomp:' /proc/self/status"],
                        capture_output=True, text=True, env=ENV, cwd="/")

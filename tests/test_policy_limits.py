@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from corral import policy as pol
-from corral import policyfile as pf
+from corral.policy import model as pol
+from corral.policy import files as pf
 
 BIN = Path(sys.executable).parent
 
@@ -209,7 +209,7 @@ def test_cli_refuses_what_the_daemon_would_refuse():
 def test_daemon_refuses_an_over_limit_frame(daemon):
     # From a child: were the policy accepted, the caller would be moved into the session.
     code = ("import json, sys\n"
-            "from corral.client import Client, CorralError\n"
+            "from corral.client.connection import Client, CorralError\n"
             "policy = {'network': {'allow': [f' 10.2.{i // 256}.{i % 256} ' for i in range(5000)]}}\n"
             f"with Client({str(daemon.socket)!r}) as c:\n"
             "    try:\n"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from corral import policy as pol
-from corral import policyfile as pf
+from corral.policy import model as pol
+from corral.policy import files as pf
 
 BIN = Path(sys.executable).parent
 

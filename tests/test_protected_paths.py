@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from corral import policy as pol
+from corral.policy import model as pol
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -51,7 +51,7 @@ def _covered(path: str, paths: list[str]) -> bool:
 def _code_paths(*python_args, pre: str = "") -> list[str]:
     """protected.code_paths() computed in a fresh interpreter started like a daemon
     (cwd /, so no project directory is on sys.path)."""
-    code = pre + "import json; from corral import protected; print(json.dumps(protected.code_paths()))"
+    code = pre + "import json; from corral.server import protected; print(json.dumps(protected.code_paths()))"
     p = subprocess.run([str(BIN / "python"), *python_args, "-c", code], capture_output=True,
                        text=True, cwd="/", timeout=60)
     assert p.returncode == 0, p.stderr
@@ -160,7 +160,7 @@ def _create_and_remove(path: Path) -> str:
 def _absent_mandatory(cwd: Path) -> list[str]:
     """Mandatory protections of paths in `cwd` that do not exist: Landlock guards
     them by refusing new entries in their parent, the checkout root included."""
-    from corral import policyfile as pf
+    from corral.policy import files as pf
     out = []
     for m in pf.MANDATORY:
         if m.kind == "deny_write" and any(p.startswith("./") and not (cwd / p).exists()

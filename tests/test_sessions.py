@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from corral import cgroups
-from corral.client import Client, CorralError
+from corral.kernel import cgroups
+from corral.client.connection import Client, CorralError
 
 PROBE = str(Path(__file__).parent / "helpers" / "netprobe.py")
 
@@ -158,7 +158,7 @@ def test_end_session_kills_its_processes(daemon):
 
 WIDEN = r"""
 import json, sys
-from corral.client import Client, CorralError
+from corral.client.connection import Client, CorralError
 sock, other = sys.argv[1], sys.argv[2]
 out = {}
 with Client(sock) as c:
@@ -210,7 +210,7 @@ def test_other_users_sessions_are_off_limits(daemon):
                               "--", "sleep", "60"], env=daemon.env, stderr=subprocess.PIPE, text=True)
     try:
         sid = other.stderr.readline().split("session ", 1)[1].split(":", 1)[0]
-        code = ("import sys; from corral.client import Client, CorralError\n"
+        code = ("import sys; from corral.client.connection import Client, CorralError\n"
                 "c = Client(sys.argv[1])\n"
                 "try:\n c.call('end_session', session=sys.argv[2]); print('ok')\n"
                 "except CorralError as e: print(e.code)\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from vmhelpers import DEV_W, REPO, _require_env, cgroup_root
-from corral import filelsm
+from corral.backends import filelsm
 
 EPERM_RC = 1  # coreutils exit status on EPERM
 
@@ -307,7 +307,7 @@ def test_survives_sigkill_of_user_space(lsm, ws):
     code = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(REPO / 'daemon')!r})
-        from corral import filelsm
+        from corral.backends import filelsm
         f = filelsm.FileLsm()
         assert f.reused, "expected pinned programs to be reused"
         f.add_session({cgid}, {{"deny_read": [{str(ws / 'secret')!r}]}})
@@ -345,7 +345,7 @@ def test_btf_generated_headers_compile():
     if os.environ.get("CORRAL_VMTEST_SKIP_BTF") == "1":
         pytest.skip("CORRAL_VMTEST_SKIP_BTF=1")
     from bcc import BPF
-    from corral import kheaders
+    from corral.kernel import kheaders
     old = os.environ.get("BCC_KERNEL_SOURCE")
     try:
         mode, path = kheaders.select(force_btf=True)

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "daemon"))
 sys.path.insert(0, str(REPO))
 
-from corral import filelsm  # noqa: E402
+from corral.backends import filelsm  # noqa: E402
 
 IN_VM = os.environ.get("CORRAL_VMTEST") == "1"
 _counter = itertools.count()

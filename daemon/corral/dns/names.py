@@ -19,7 +19,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from ..policy import NetRule, PolicyError, parse_learned_rule, parse_ports
+from corral.policy.model import NetRule, PolicyError, parse_learned_rule, parse_ports
 
 ANY_PORTS = ((0, 65535),)
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")

@@ -36,10 +36,10 @@ import time
 
 from dnslib import CLASS, DNSHeader, DNSRecord, QTYPE, RCODE, RR
 
-from .. import policy as pol
-from ..config import RUN_DIR
-from . import names
-from .resolver import Cache, Upstream, UpstreamError, parse_hostport, resolv_conf_nameserver
+from corral.policy import model as pol
+from corral.config import RUN_DIR
+from corral.dns import names
+from corral.dns.resolver import Cache, Upstream, UpstreamError, parse_hostport, resolv_conf_nameserver
 
 log = logging.getLogger("corral.dns")
 

@@ -17,13 +17,14 @@ import sys
 import threading
 import time
 
-from . import __version__, cgroups, events, probes
-from .api import Api
-from .config import LOG_DIR, SOCKET
-from .eventlog import EventLog
-from .netbpf import NetBpf
-from .server import Server
-from .sessions import SessionTable
+from corral import __version__
+from corral.kernel import cgroups, events, probes
+from corral.server.api import Api
+from corral.config import LOG_DIR, SOCKET
+from corral.server.eventlog import EventLog
+from corral.backends.net import NetBpf
+from corral.server.listener import Server
+from corral.server.sessions import SessionTable
 
 log = logging.getLogger("corrald")
 SESSION_POLL = 0.2      # seconds between checks for emptied session cgroups
@@ -87,7 +88,7 @@ class Daemon:
     def _load_filelsm(self):
         f = self.features.setdefault("filesystem", {})
         try:
-            from . import filelsm
+            from corral.backends import filelsm
         except ImportError as e:
             f.update(active=False, backend="landlock", bpf_lsm=f"not built: {e}")
             return None
@@ -109,7 +110,7 @@ class Daemon:
             self.features["dns"] = {"active": False, "why": "disabled by --no-dns"}
             return None
         try:
-            from .dns.steering import DnsSteering
+            from corral.dns.steering import DnsSteering
         except ImportError as e:
             self.features["dns"] = {"active": False, "why": f"resolver not available: {e}"}
             return None
@@ -126,7 +127,7 @@ class Daemon:
         """Landlock file denials and seccomp denials come from kernel audit."""
         f = self.features.setdefault("audit", {})
         try:
-            from . import auditlink
+            from corral.server import auditlink
         except ImportError as e:
             f.update(active=False, why=f"not available: {e}")
             return None
@@ -387,7 +388,7 @@ def raise_fd_limit() -> None:
     """Connections are bounded per principal and in all (limits.py); make sure
     the descriptor limit is well above that total, whatever started us."""
     import resource
-    from .limits import MAX_CONN_TOTAL
+    from corral.server.limits import MAX_CONN_TOTAL
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = max(soft, min(hard, 65536))
     if want > soft:

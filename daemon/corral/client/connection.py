@@ -4,8 +4,8 @@ from __future__ import annotations
 import itertools
 import socket
 
-from . import protocol as P
-from .config import SOCKET
+from corral import protocol as P
+from corral.config import SOCKET
 
 
 class CorralError(Exception):

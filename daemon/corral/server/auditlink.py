@@ -871,7 +871,7 @@ def _lost_record(op: str, count: int | None, why: str) -> dict:
 # ---- probe ---------------------------------------------------------------------
 def _landlock_abi() -> int:
     try:
-        from corral import landlock
+        from corral.client import landlock
         return landlock.abi()
     except Exception:
         return 0

@@ -71,7 +71,7 @@ import os
 import stat as _stat
 from dataclasses import dataclass, field
 
-from corral import native
+from corral.kernel import native
 
 # ---- access rights (linux/landlock.h) ---------------------------------
 FS_EXECUTE = 1 << 0
@@ -264,7 +264,7 @@ def corral_paths() -> list[str]:
         out += ["/run/corral", "/var/log/corral", "/var/cache/corral"]
     if os.path.exists("/etc/corral"):
         out.append("/etc/corral")
-    out.append(os.path.dirname(os.path.realpath(__file__)))      # the corral package
+    out.append(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))  # the package
     seen = []
     for p in out:
         p = os.path.normpath(p)

@@ -430,7 +430,7 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root",
             lo, hi = parse_ports(str(p), "network.allow_localhost_ports")
             ports.append(f"{lo}" if lo == hi else f"{lo}-{hi}")
         n["allow_localhost_ports"] = ports
-        from .dns.names import normalize_rules   # late: dns.names imports this module
+        from corral.dns.names import normalize_rules  # late: dns.names imports this module
         for key in ("allow_domains", "deny_domains"):
             n[key] = normalize_rules(n[key], key)
         out["network"] = n
@@ -501,7 +501,7 @@ def narrowing_violations(old: dict, new: dict) -> list[str]:
             for d in od:
                 if not any(x.covers(d) for x in nd):
                     why.append(f"drops the deny rule {d}")
-            from .dns.names import parse_domain_rule
+            from corral.dns.names import parse_domain_rule
             old_allow = [parse_domain_rule(d) for d in on.get("allow_domains", [])]
             for dom in nn.get("allow_domains", []):
                 r = parse_domain_rule(dom)

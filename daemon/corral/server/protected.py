@@ -81,11 +81,11 @@ def _venv_of(executable: str) -> str | None:
 def _candidates() -> list[str]:
     out: list[str] = []
     add = out.append
-    here = os.path.dirname(os.path.realpath(__file__))
+    here = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
     add(here)                                                  # the corral package
     try:
-        from . import netbpf
-        add(str(netbpf.bpf_dir()))                            # BPF C sources
+        from corral.kernel.bpfsrc import bpf_dir
+        add(str(bpf_dir()))                            # BPF C sources
     except Exception as e:                                    # pragma: no cover
         log.warning("protected paths: BPF sources not found: %s", e)
     try:
@@ -146,7 +146,7 @@ def _candidates() -> list[str]:
         for d in PROGRAM_FALLBACK_DIRS:
             add(os.path.join(d, prog))
     try:
-        from . import config
+        from corral import config
         for d in (config.CACHE_DIR, config.RUN_DIR, config.LOG_DIR):
             add(str(d))
     except Exception:                                         # pragma: no cover

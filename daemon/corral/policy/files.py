@@ -45,8 +45,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import policy as pol
-from .policy import FS_FLAG_KEYS, FS_KEYS, NET_LIST_KEYS, PolicyError
+from corral.policy import model as pol
+from corral.policy.model import FS_FLAG_KEYS, FS_KEYS, NET_LIST_KEYS, PolicyError
 
 DOMAIN_RE = re.compile(r"^(\*\.)?([A-Za-z0-9_]([A-Za-z0-9_-]{0,62})?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})?)*\.?"
                        r"(:\d{1,5}(-\d{1,5})?)?$")
@@ -145,7 +145,7 @@ class _Src:
 def resolve_syscall(name: str) -> int:
     """Syscall number on this architecture via libseccomp; -1 if unknown."""
     try:
-        from . import native
+        from corral.kernel import native
         return int(native.load().lib.seccomp_syscall_resolve_name(name.encode()))
     except Exception:
         pass
@@ -162,7 +162,7 @@ def domain_error(x, key: str) -> str | None:
     if not isinstance(x, str) or not DOMAIN_RE.match(x.strip()):
         return f"{x!r} is not a domain name (NAME or *.NAME, optionally :PORT or :LO-HI)"
     try:
-        from .dns.names import parse_domain_rule
+        from corral.dns.names import parse_domain_rule
     except ImportError:
         if ":" in x:
             try:
@@ -264,7 +264,7 @@ def validate(data: dict, src: _Src) -> dict:
             if k != "deny":
                 raise src.err("syscalls", k, f"unknown key {k!r}: the only key is deny = [names]")
         names = _list(src, "syscalls", "deny", sc.get("deny", []))
-        from .seccomp_rules import UNDENIABLE
+        from corral.client.seccomp_rules import UNDENIABLE
         for n in names:
             if not isinstance(n, str) or not re.match(r"^[a-z0-9_]+$", n):
                 raise src.err("syscalls", "deny", f"{n!r} is not a syscall name", n)

@@ -26,7 +26,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from . import cgroups
+from corral.kernel import cgroups
 
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 

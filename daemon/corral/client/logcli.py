@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import config
-from .eventlog import scan_segment, segments, verify, read_records
+from corral import config
+from corral.server.eventlog import scan_segment, segments, verify, read_records
 
 REL_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

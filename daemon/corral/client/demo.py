@@ -14,8 +14,8 @@ import tempfile
 import textwrap
 import time
 
-from .client import Client, CorralError
-from .doctor import render, report
+from corral.client.connection import Client, CorralError
+from corral.client.doctor import render, report
 
 AGENT = textwrap.dedent(r"""
     import errno, json, os, socket, sys

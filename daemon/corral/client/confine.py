@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import os
 
-from corral import landlock, native
-from corral.seccomp_rules import OPS, QUIET, rules_for
+from corral.client import landlock
+from corral.kernel import native
+from corral.client.seccomp_rules import OPS, QUIET, rules_for
 
 __all__ = ["ConfineError", "SeccompFilter", "build_seccomp", "close_inherited_fds",
            "drop_capabilities", "set_no_new_privs", "apply"]
@@ -292,13 +293,13 @@ def apply(file_policy: dict | None, syscalls_deny: list[str] | tuple[str, ...] =
 
 # ---- standalone entry point (tests, benchmarks, debugging) -------------------
 def main(argv: list[str] | None = None) -> int:
-    """``python -m corral.confine [--policy JSON] [--deny a,b] [--keep-caps]
+    """``python -m corral.client.confine [--policy JSON] [--deny a,b] [--keep-caps]
     [--print-report] -- cmd args...``: confine this process, then exec cmd."""
     import argparse
     import json
     import sys
 
-    ap = argparse.ArgumentParser(prog="python -m corral.confine")
+    ap = argparse.ArgumentParser(prog="python -m corral.client.confine")
     ap.add_argument("--policy", help="file policy as JSON (omit: no file policy)")
     ap.add_argument("--deny", default="", help="extra syscalls to deny, comma separated")
     ap.add_argument("--keep-caps", action="store_true")

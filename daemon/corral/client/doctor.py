@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 
-from . import probes
-from .client import Client, CorralError
+from corral.kernel import probes
+from corral.client.connection import Client, CorralError
 
 
 def _daemon_hello() -> tuple[dict | None, str]:
@@ -22,7 +22,7 @@ def _daemon_hello() -> tuple[dict | None, str]:
 
 def _bpf_lsm() -> dict:
     try:
-        from . import filelsm
+        from corral.backends import filelsm
     except ImportError as e:
         return {"active": False, "why": f"BPF LSM backend not installed: {e}"}
     if os.geteuid() != 0:
@@ -64,7 +64,7 @@ def report() -> dict:
     }
     rep["seccomp"] = {"active": feats["seccomp"]["active"]}
     try:
-        from . import native
+        from corral.kernel import native
         native.load()
         rep["native_extension"] = {"active": True}
     except Exception as e:

@@ -16,10 +16,11 @@ import re
 import subprocess
 from pathlib import Path
 
-from . import kheaders
-from .config import PIN_DIR
-from .events import EVENT
-from .policy import MAX_PORT_RANGES, NetRule, PolicyError
+from corral.kernel import kheaders
+from corral.kernel.bpfsrc import bpf_dir
+from corral.config import PIN_DIR
+from corral.kernel.events import EVENT
+from corral.policy.model import MAX_PORT_RANGES, NetRule, PolicyError
 
 log = logging.getLogger("corral.net")
 
@@ -45,17 +46,6 @@ SESS_NET_ENFORCE = 1 << 0
 SESS_FILE_ENFORCE = 1 << 1
 SESS_DNS_STEER = 1 << 2
 RULE_USER = 16
-
-
-def bpf_dir() -> Path:
-    env = os.environ.get("CORRAL_BPF_DIR")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve()
-    for cand in (here.parents[2] / "bpf", here.parent / "bpf"):
-        if (cand / "net.c").exists():
-            return cand
-    raise FileNotFoundError("corral BPF sources not found (set CORRAL_BPF_DIR)")
 
 
 def ensure_bpffs(base: Path | None = None) -> None:

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .config import CACHE_DIR
+from corral.config import CACHE_DIR
 
 CACHE_ROOT = CACHE_DIR / "kheaders"
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")

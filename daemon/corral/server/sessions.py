@@ -9,9 +9,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import cgroups, policy as pol
-from .config import STATE_DIR
-from .netbpf import RULE_USER, SESS_DNS_STEER, SESS_FILE_ENFORCE, SESS_NET_ENFORCE, PortRules
+from corral.kernel import cgroups
+from corral.policy import model as pol
+from corral.config import STATE_DIR
+from corral.backends.net import RULE_USER, SESS_DNS_STEER, SESS_FILE_ENFORCE, SESS_NET_ENFORCE, PortRules
 
 log = logging.getLogger("corral.sessions")
 
@@ -87,7 +88,7 @@ class SessionTable:
                     cgroups.move(pid, back)
                 except OSError as e:
                     log.warning("cannot move pid %d back out of %s: %s", pid, s.id, e)
-            from .peer import PeerGone
+            from corral.server.peer import PeerGone
             raise PeerGone(f"pid {peer.pid} exited while it was being moved into its session")
         self.by_id[s.id] = s
         self.by_cgid[s.cgid] = s

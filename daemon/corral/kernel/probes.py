@@ -6,7 +6,7 @@ import os
 import platform
 import subprocess
 
-from . import cgroups
+from corral.kernel import cgroups
 
 SYS_landlock_create_ruleset = 444
 LANDLOCK_CREATE_RULESET_VERSION = 1

@@ -25,8 +25,8 @@ import json
 import os
 import sys
 
-from . import policy as pol
-from . import policyfile
+from corral.policy import model as pol
+from corral.policy import files as policyfile
 
 
 def add_arguments(p) -> None:
@@ -218,7 +218,7 @@ def edit_policy(policy: dict, verb: str, net=(), domains=(), writes=(), reads=()
 
 
 def adjust(args) -> int:
-    from .client import Client, CorralError, DaemonNotRunning
+    from corral.client.connection import Client, CorralError, DaemonNotRunning
     verb = args.verb
     if not (args.net or args.domain or args.write or args.read):
         print(f"corral: {verb}: give at least one of --net, --domain, --write, --read", file=sys.stderr)

@@ -16,10 +16,13 @@ import logging
 import pwd
 from dataclasses import dataclass
 
-from . import cgroups, limits as L, policy as pol, protocol as P
-from .eventlog import LogUnavailable
-from .peer import Peer, PeerGone
-from .protocol import ProtocolError
+from corral.kernel import cgroups
+from corral.server import limits as L
+from corral.policy import model as pol
+from corral import protocol as P
+from corral.server.eventlog import LogUnavailable
+from corral.server.peer import Peer, PeerGone
+from corral.protocol import ProtocolError
 
 log = logging.getLogger("corral.api")
 
@@ -36,7 +39,7 @@ class Api:
         self.d = daemon
         self.subscribers: dict = {}   # Connection -> filter dict
         self.refusal_log = L.Buckets(L.REFUSAL_LOG_RATE, L.REFUSAL_LOG_BURST)
-        from . import protected
+        from corral.server import protected
         self.protected_write = protected.code_paths()
 
     # -- who is asking -------------------------------------------------------

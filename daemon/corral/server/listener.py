@@ -12,8 +12,9 @@ import logging
 import os
 import time
 
-from . import limits as L, protocol as P
-from .peer import Peer, PeerGone
+from corral.server import limits as L
+from corral import protocol as P
+from corral.server.peer import Peer, PeerGone
 
 log = logging.getLogger("corral.server")
 

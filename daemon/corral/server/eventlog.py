@@ -433,7 +433,7 @@ class EventLog:
                  keep_segments: int | None = None, fsync_batch: int | None = None,
                  fsync_interval: float | None = None, group: str | None = None,
                  retry_interval: float | None = None):
-        from .config import AUDIT_GROUP
+        from corral.config import AUDIT_GROUP
         self.dir = Path(directory)
         self.segment_bytes = segment_bytes or _env_int("CORRAL_LOG_SEGMENT_BYTES", 16 << 20)
         self.keep_segments = max(1, keep_segments or _env_int("CORRAL_LOG_KEEP_SEGMENTS", 32))

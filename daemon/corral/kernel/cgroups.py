@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from .config import CGROUP_NAME as ROOT_NAME
+from corral.config import CGROUP_NAME as ROOT_NAME
 
 
 class CgroupError(RuntimeError):

@@ -7,8 +7,8 @@ import os
 import sys
 import time
 
-from . import policy as pol
-from .client import Client, CorralError, DaemonNotRunning
+from corral.policy import model as pol
+from corral.client.connection import Client, CorralError, DaemonNotRunning
 
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 127
@@ -47,7 +47,7 @@ def add_policy_flags(p: argparse.ArgumentParser) -> None:
 def policy_from_args(args) -> dict:
     """The policy the flags and files describe, checked here the way the daemon will
     check it (limits, paths, rules), so a bad one fails before anything starts."""
-    from . import policyfile
+    from corral.policy import files as policyfile
     base: dict = {}
     if args.profile:
         base = policyfile.load_profile(args.profile)
@@ -113,7 +113,7 @@ def cmd_run(args) -> int:
     except (pol.PolicyError, OSError) as e:
         die(f"bad policy: {e}", EXIT_USAGE)
     try:
-        from . import confine, landlock
+        from corral.client import confine, landlock
     except ImportError as e:
         die(f"{e}", 1)
     try:
@@ -131,7 +131,7 @@ def cmd_run(args) -> int:
         except landlock.LandlockUnavailable as e:
             die(str(e), 1)      # we are the session's only process: it ends with us
     try:
-        from . import mountguard
+        from corral.client import mountguard
         fs = session["policy"].get("filesystem")
         if session["enforcement"].get("filesystem") == "bpf-lsm":
             # The kernel decides on the daemon's maps (live, exact); Landlock
@@ -234,7 +234,7 @@ def cmd_end(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from .doctor import report, render
+    from corral.client.doctor import report, render
     rep = report()
     if args.json:
         print(json.dumps(rep, indent=2))
@@ -244,17 +244,17 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_log(args) -> int:
-    from . import logcli
+    from corral.client import logcli
     return logcli.main(args)
 
 
 def cmd_policy(args) -> int:
-    from . import policycli
+    from corral.client import policycli
     return policycli.main(args)
 
 
 def cmd_adjust(args) -> int:
-    from . import policycli
+    from corral.client import policycli
     return policycli.adjust(args)
 
 
@@ -288,12 +288,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     if only in (None, "log"):
         lg = sub.add_parser("log", help="read the audit log")
-        from . import logcli
+        from corral.client import logcli
         logcli.add_arguments(lg)
         lg.set_defaults(func=cmd_log)
     if only in (None, "policy", "allow", "deny"):
         pc = sub.add_parser("policy", help="show or check policies and profiles")
-        from . import policycli
+        from corral.client import policycli
         policycli.add_arguments(pc)
         pc.set_defaults(func=cmd_policy)
         for verb in ("allow", "deny"):

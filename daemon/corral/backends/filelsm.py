@@ -64,13 +64,13 @@ import struct
 import subprocess
 from pathlib import Path
 
-from . import cgroups, kheaders
-from .netbpf import ensure_bpffs
+from corral.kernel.bpfsrc import bpf_dir
+from corral.kernel import cgroups, kheaders
+from corral.backends.net import ensure_bpffs
 
 log = logging.getLogger("corral.filelsm")
 
-ROOT = Path(__file__).resolve().parent
-_BPF_CANDIDATES = [ROOT / "bpf", ROOT.parent.parent / "bpf"]
+ROOT = Path(__file__).resolve().parents[1]           # the corral package
 BPFFS = Path(os.environ.get("CORRAL_BPFFS", "/sys/fs/bpf"))
 PIN_ROOT = BPFFS / "corral"
 STATE_DIR = Path(os.environ.get("CORRAL_RUN_DIR", "/run/corral")) / "filelsm"
@@ -102,8 +102,7 @@ KINDS = [("deny_read", RB_DENY_READ, "rd"), ("allow_read", RB_ALLOW_READ, "rd"),
 _M64 = (1 << 64) - 1
 
 # The implicit rules are the Landlock backend's: both backends must agree.
-from .landlock import (DEVICE_WRITE_PATHS, PROTECTED_FSTYPES, PROTECTED_PATHS,  # noqa: E402
-                       PSEUDO_FSTYPES)
+from corral.client.landlock import DEVICE_WRITE_PATHS, PROTECTED_FSTYPES, PROTECTED_PATHS, PSEUDO_FSTYPES
 
 EVENT_FMT = "<QQII16sBBHIIIQ16s256s"
 EVENT_SIZE = struct.calcsize(EVENT_FMT)
@@ -370,7 +369,7 @@ def corral_paths() -> list[str]:
     """corral's own state/log/cache/package (same list as the Landlock backend;
     the daemon's code paths come in the policy's deny_write, protected.py)."""
     try:
-        from .landlock import corral_paths as lp
+        from corral.client.landlock import corral_paths as lp
         return lp()
     except Exception:
         return ["/run/corral", "/var/log/corral", "/var/cache/corral", str(ROOT)]
@@ -394,7 +393,7 @@ def compile_policy(seed: int, pol: dict, implicit: bool = True) -> Compiled:
                   for p in DEVICE_WRITE_PATHS]
         # corral's own socket: a session may always talk to the daemon (which
         # decides what it may do), and connect() counts as a write here.
-        from .config import SOCKET
+        from corral.config import SOCKET
         items += [("allow_write", RB_ALLOW_WRITE, "wr", str(SOCKET), "implicit: corral's socket")]
         items += [("pseudo", RB_PSEUDO, "wr", p, "implicit: kernel interface, not writable")
                   for p in pseudo_paths()]
@@ -486,13 +485,6 @@ def cgroup_level(cgid: int) -> int:
 
 
 # ---------------------------------------------------------------- loader
-def _bpf_dir() -> Path:
-    for d in _BPF_CANDIDATES:
-        if (d / "file_lsm.c").exists():
-            return d
-    raise FileNotFoundError("bpf/file_lsm.c not found")
-
-
 def btf_cflags(mode: str, path) -> list[str]:
     """Extra cflags for a BTF-generated header tree. bcc 0.26's helpers.h names
     helper ids newer than some kernels (6.1 has no cgrp_storage helpers); the
@@ -518,7 +510,7 @@ def _version(src: bytes, common: bytes) -> str:
 class FileLsm:
     def __init__(self, force_btf_headers: bool = False):
         ensure_bpffs(BPFFS)
-        bdir = _bpf_dir()
+        bdir = bpf_dir()
         src = (bdir / "file_lsm.c").read_bytes()
         common = (bdir / "common.h").read_bytes()
         self.version = _version(src, common)

@@ -1,0 +1,1 @@
+"""Enforcement backends the session table drives: network (cgroup BPF), files (BPF LSM)."""

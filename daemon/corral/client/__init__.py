@@ -1,0 +1,1 @@
+"""What runs in the agent's process (before exec) and the `corral` CLI."""

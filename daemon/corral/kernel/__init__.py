@@ -1,0 +1,1 @@
+"""Talking to the kernel: cgroups, BPF records, headers, probes, the native extension."""

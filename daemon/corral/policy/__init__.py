@@ -1,0 +1,1 @@
+"""The policy model: parsing, normalisation, narrowing, files and profiles."""

@@ -1,0 +1,1 @@
+"""corrald: the socket, who may ask what, sessions, the audit log."""

@@ -223,6 +223,12 @@ def test_no_change_without_its_record(disk_daemon):
             assert "audit record could not be written" in ei.value.message
             assert c.call("session_info", session=s.id)["policy"] == pol
             assert c.call("hello")["log"]["state"] == "degraded"
+        # Ending it is refused too, and it stays alive.
+        with d.client() as c:
+            with pytest.raises(Exception) as ei:
+                c.call("end_session", session=s.id)
+            assert ei.value.code == P.E_LOG, ei.value
+        assert s.probe() == "EPERM"
         # New sessions are refused too (their start record is their proof).
         # (From a child: the test process itself must never land in a session.)
         r = json.loads(run_as(d, 0, HOLD, d.socket, 1, input="\n").stdout)
@@ -593,3 +599,89 @@ def test_oversized_policy_is_refused_and_not_installed(daemon):
     with daemon.client() as c:
         assert all(len(x["policy"]["network"]["allow"]) < 30000 for x in c.call("list_sessions")
                    if x["policy"].get("network"))
+
+
+# -- found by bench/bench_control_plane.py -------------------------------------------
+def test_report_with_odd_keys_is_refused_and_state_stays_saveable(daemon):
+    code = (r"import os, sys; sys.path.insert(0, %r); from cpharness import call, raw; "
+            r"s = raw(type('D', (), {'socket': os.environ['CORRAL_SOCK']})); "
+            r"print(call(s, 'report_confinement', session=os.environ['CORRAL_SESSION'], "
+            r"report={b'k': 1})['error']['code'])") % str(Path(__file__).parent)
+    srv, port = listener()
+    sess = ProbeSession(daemon, port, "--allow-net", f"127.0.0.1:{port}")
+    try:
+        p = daemon.corral("run", "--no-net", "--", sys.executable, "-c", code,
+                          env={"CORRAL_SOCK": str(daemon.socket)})
+        assert p.stdout.strip() == P.E_BAD_REQUEST, (p.stdout, p.stderr)
+        assert sess.probe() == "ok"
+        with daemon.client() as c:
+            pol = c.call("session_info", session=sess.id)["policy"]
+            pol["network"]["allow"] = []
+            c.call("update_policy", session=sess.id, policy=pol, reason="narrow")
+        assert sess.probe() == "EPERM"
+        assert not records(daemon, op="update_failed", session=sess.id)
+    finally:
+        sess.end()
+        srv.close()
+
+
+def test_hung_up_clients_leave_no_tracebacks(daemon):
+    before = daemon.stderr_text().count("Traceback")
+    for _ in range(5):
+        s = raw(daemon)
+        s.sendall(frame({"op": "hello", "id": 1}))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()
+    time.sleep(0.5)
+    with daemon.client() as c:
+        assert c.call("hello")["daemon"] == "corrald"
+    assert daemon.stderr_text().count("Traceback") == before, daemon.stderr_text()[-2000:]
+
+
+FLOOD = r"""
+import socket, sys, time
+port = int(sys.argv[1]); t = time.monotonic()
+while time.monotonic() - t < float(sys.argv[2]):
+    s = socket.socket()
+    try: s.connect(("127.0.0.1", port))
+    except OSError: pass
+    s.close()
+    time.sleep(0.001)
+"""
+
+
+def test_subscriber_that_never_reads_is_dropped():
+    d = make_daemon("corral-lazysub", extra_args=["--no-dns"],
+                    extra_env={"CORRAL_EVENT_BACKLOG": "16384"})
+    srv, port = listener()
+    try:
+        d.start()
+        sub = raw(d)
+        sub.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        assert call(sub, "subscribe_events")["ok"]
+        rss0 = _rss(d.proc.pid)
+        p = d.corral("run", "--no-net", "--", sys.executable, "-c", FLOOD, str(port), "6")
+        assert p.returncode == 0, p.stderr
+        assert "dropped" in d.stderr_text(), d.stderr_text()[-2000:]
+        sub.settimeout(5)
+        got = b""
+        while True:                      # what was queued, then the end of the connection
+            chunk = sub.recv(1 << 16)
+            if not chunk:
+                break
+            got += chunk
+        assert len(got) < 2 << 20
+        assert _rss(d.proc.pid) - rss0 < 32 << 20
+        with d.client() as c:
+            assert c.call("hello")["daemon"] == "corrald"
+        sub.close()
+    finally:
+        srv.close()
+        d.cleanup()
+
+
+def _rss(pid: int) -> int:
+    for ln in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if ln.startswith("VmRSS:"):
+            return int(ln.split()[1]) * 1024
+    return 0

@@ -203,10 +203,7 @@ class Api:
         if caller.session is not s:
             raise ProtocolError(P.E_FORBIDDEN, "only a process inside the session may report "
                                 "its confinement")
-        report = req.get("report")
-        if not isinstance(report, dict):
-            raise ProtocolError(P.E_BAD_REQUEST, "'report' must be a map")
-        P.check_shape(report, 3, 4096, 4096, "report")
+        report = _plain_report(req.get("report"))
         if len(P.encode(report)) > L.MAX_REPORT_BYTES:
             raise ProtocolError(P.E_LIMIT, f"'report' exceeds {L.MAX_REPORT_BYTES} bytes")
         status = conn.peer.proc_status()
@@ -271,7 +268,11 @@ class Api:
 
     def op_end_session(self, conn, req):
         s, _ = self._target(conn, req)
-        self.d.end_session(s, f"ended by pid {conn.peer.pid} uid {conn.peer.uid}", must=True)
+        try:
+            self.d.end_session(s, f"ended by pid {conn.peer.pid} uid {conn.peer.uid}", must=True)
+        except LogUnavailable as e:
+            raise ProtocolError(P.E_LOG, f"refused: the session was not ended because its audit "
+                                         f"record could not be written: {e}") from None
         return True
 
     def op_subscribe_events(self, conn, req):
@@ -304,4 +305,27 @@ class Api:
                 s = self.d.sessions.by_id.get(rec.get("session"))
                 if s is None or s.owner_uid != flt["uid"]:
                     continue
-            self.d.loop.create_task(conn.send({"event": rec}))
+            if not conn.push_event({"event": rec}):
+                self.subscribers.pop(conn, None)
+                log.warning("subscriber pid %d dropped: %d bytes of events unread",
+                            conn.peer.pid, L.EVENT_BACKLOG)
+
+
+def _plain_report(report) -> dict:
+    """A confinement report as the session state can store it: a map of string
+    keys to scalars or lists of scalars (anything else is refused, so a session
+    cannot make its own state unsaveable or unreadable)."""
+    if not isinstance(report, dict):
+        raise ProtocolError(P.E_BAD_REQUEST, "'report' must be a map")
+    P.check_shape(report, 3, 4096, 4096, "report")
+    scalar = (str, int, float, bool, type(None))
+    for k, v in report.items():
+        if not isinstance(k, str) or len(k) > 64:
+            raise ProtocolError(P.E_BAD_REQUEST, "'report' keys must be strings of at most 64 "
+                                                 "characters")
+        if isinstance(v, list):
+            if not all(isinstance(x, scalar) for x in v):
+                raise ProtocolError(P.E_BAD_REQUEST, f"'report'.{k}: a list of plain values")
+        elif not isinstance(v, scalar) or (isinstance(v, int) and not -2**63 <= v < 2**64):
+            raise ProtocolError(P.E_BAD_REQUEST, f"'report'.{k}: a plain value or a list of them")
+    return report

@@ -31,6 +31,9 @@ MAX_CONN_TOTAL = _env("CORRAL_MAX_CONN_TOTAL", 4096)
 # listen), and the body within BODY_TIMEOUT of its header.
 IDLE_TIMEOUT = float(_env("CORRAL_IDLE_TIMEOUT", 60))
 BODY_TIMEOUT = 10.0
+# Bytes of events queued for one subscriber that does not read; past this it
+# is disconnected (a reader that keeps up never gets near it).
+EVENT_BACKLOG = _env("CORRAL_EVENT_BACKLOG", 1 << 20)
 # Requests per second per principal (token bucket: rate, burst).
 REQ_RATE, REQ_BURST = _env("CORRAL_REQ_RATE", 200), _env("CORRAL_REQ_BURST", 400)
 # Refusals written to the audit log per principal (the rest are counted and

@@ -26,6 +26,23 @@ class Connection:
         self.closed = False
         self.subscribed = False      # event subscribers may stay idle
 
+    def push_event(self, obj: dict) -> bool:
+        """Queue an event without waiting. A subscriber that does not read has
+        at most EVENT_BACKLOG bytes queued; past that it is disconnected (its
+        events would otherwise pile up in the daemon's memory)."""
+        if self.closed:
+            return False
+        transport = self.writer.transport
+        if transport.is_closing() or transport.get_write_buffer_size() > L.EVENT_BACKLOG:
+            self.closed = True
+            transport.abort()
+            return False
+        try:
+            self.writer.write(P.encode(obj))
+        except (P.ProtocolError, ConnectionError, RuntimeError):
+            return False
+        return True
+
     async def send(self, obj: dict) -> None:
         if self.closed:
             return
@@ -123,6 +140,8 @@ class Server:
         self.total += 1
         try:
             await self._serve(conn)
+        except (ConnectionError, BrokenPipeError):
+            pass                     # the client hung up (maybe with answers unread)
         except Exception:
             log.exception("client %s: unexpected error", conn.peer)
         finally:

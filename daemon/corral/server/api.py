@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import pwd
 from dataclasses import dataclass
+from typing import Callable
 
 from corral.kernel import cgroups
 from corral.server import limits as L
@@ -28,6 +29,15 @@ log = logging.getLogger("corral.api")
 
 
 @dataclass
+class Services:
+    """What the API uses of the daemon, and nothing more."""
+    sessions: object                          # server.sessions.SessionTable
+    audit: Callable[..., dict]                # audit(record, must=False) -> stored record
+    end_session: Callable[..., None]          # end_session(session, why, must=True)
+    status: Callable[[], dict]                # version, features, audit log state
+
+
+@dataclass
 class Caller:
     peer: Peer
     session: object | None       # the live Session the peer is in
@@ -35,8 +45,11 @@ class Caller:
 
 
 class Api:
-    def __init__(self, daemon):
-        self.d = daemon
+    def __init__(self, svc: Services):
+        self.sessions = svc.sessions
+        self.audit = svc.audit
+        self.end_session = svc.end_session
+        self.status = svc.status
         self.subscribers: dict = {}   # Connection -> filter dict
         self.refusal_log = L.Buckets(L.REFUSAL_LOG_RATE, L.REFUSAL_LOG_BURST)
         from corral.server import protected
@@ -49,7 +62,7 @@ class Api:
             cgid, path = peer.cgroup()
         except PeerGone:
             return f"uid:{peer.uid}"
-        s = self.d.sessions.for_cgroup(cgid, path)
+        s = self.sessions.for_cgroup(cgid, path)
         if s is not None:
             return f"session:{s.id}"
         if cgroups.in_tree(path):
@@ -63,7 +76,7 @@ class Api:
         except PeerGone as e:
             self._refuse(conn, "act through a connection whose process has exited",
                          code=P.E_PEER_GONE, detail=str(e))
-        s = self.d.sessions.for_cgroup(cgid, path)
+        s = self.sessions.for_cgroup(cgid, path)
         return Caller(peer, s, s is not None or cgroups.in_tree(path))
 
     def _target(self, conn, req, caller: Caller | None = None):
@@ -73,7 +86,7 @@ class Api:
             raise ProtocolError(P.E_BAD_REQUEST, "request needs 'session': a session id")
         if caller.confined and caller.session is None:
             self._refuse(conn, "act from a corral cgroup with no live session", sid)
-        s = self.d.sessions.by_id.get(sid)
+        s = self.sessions.by_id.get(sid)
         if caller.session is not None:
             if caller.session.id != sid:
                 # Inside a session, other sessions do not exist.
@@ -96,12 +109,12 @@ class Api:
         suppressed, b.refused = b.refused, 0
         if suppressed:
             rec["suppressed_before"] = suppressed
-        self.d.audit(rec, must=False)
+        self.audit(rec, must=False)
 
     def flush_refusals(self) -> None:
         """Refusals that were only counted get one record each principal."""
         for principal, n in self.refusal_log.prune():
-            self.d.audit({"kind": "control", "op": "refusals_suppressed", "verdict": "deny",
+            self.audit({"kind": "control", "op": "refusals_suppressed", "verdict": "deny",
                           "target": principal, "count": n, "principal": principal,
                           "rule": f"refusal log rate limit ({L.REFUSAL_LOG_RATE}/s)"}, must=False)
 
@@ -115,7 +128,7 @@ class Api:
     def _log_first(self, rec: dict) -> dict:
         """Write a change's record durably before the change is made."""
         try:
-            return self.d.audit(rec, must=True)
+            return self.audit(rec, must=True)
         except LogUnavailable as e:
             raise ProtocolError(P.E_LOG, f"refused: the change was not made because its audit "
                                          f"record could not be written: {e}") from None
@@ -142,7 +155,7 @@ class Api:
         return r
 
     def _check_user_limits(self, conn, uid: int, policy: dict, replacing=None) -> None:
-        owned = self.d.sessions.owned_by(uid)
+        owned = self.sessions.owned_by(uid)
         if replacing is None and len(owned) >= L.session_limit(uid):
             self._refuse(conn, "start another session", code=P.E_LIMIT,
                          detail=f"uid {uid} has {len(owned)} sessions (limit {L.session_limit(uid)})")
@@ -157,9 +170,8 @@ class Api:
     def op_hello(self, conn, req):
         alive = conn.peer.alive()
         caller = self._caller(conn) if alive else None
-        return {"daemon": "corrald", "protocol": P.VERSION, "version": self.d.version,
-                "features": self.d.features, "peer": conn.peer.public() | {"alive": alive},
-                "log": self.d.log.status(),
+        return {"daemon": "corrald", "protocol": P.VERSION, **self.status(),
+                "peer": conn.peer.public() | {"alive": alive},
                 "session": getattr(caller and caller.session, "id", None)}
 
     def op_register_session(self, conn, req):
@@ -176,7 +188,7 @@ class Api:
         uid = conn.peer.uid
         self._check_user_limits(conn, uid, policy)
         try:
-            s = self.d.sessions.prepare(policy, uid, conn.peer.gid,
+            s = self.sessions.prepare(policy, uid, conn.peer.gid,
                                         parent.id if parent else None, conn.peer.pid)
         except pol.PolicyError as e:
             raise ProtocolError(P.E_BAD_POLICY, str(e)) from None
@@ -185,11 +197,11 @@ class Api:
                              "pid": conn.peer.pid, "uid": uid, "target": s.cgroup,
                              "cgid": s.cgid, "policy": s.policy, "enforcement": s.enforcement,
                              "rule": "", "parent": s.parent})
-            self.d.sessions.admit(s, conn.peer)
+            self.sessions.admit(s, conn.peer)
         except BaseException as e:
-            self.d.sessions.discard(s)
+            self.sessions.discard(s)
             if isinstance(e, PeerGone):
-                self.d.audit({"kind": "session", "op": "abort", "verdict": "info",
+                self.audit({"kind": "session", "op": "abort", "verdict": "info",
                               "session": s.id, "uid": uid, "target": s.cgroup,
                               "rule": str(e)}, must=False)
             raise
@@ -217,8 +229,8 @@ class Api:
         if mismatch:
             report["mismatch"] = mismatch
         s.enforcement["client"] = report
-        self.d.sessions._save(s)
-        self.d.audit({"kind": "session", "op": "confined", "verdict": "info" if not mismatch
+        self.sessions.save(s)
+        self.audit({"kind": "session", "op": "confined", "verdict": "info" if not mismatch
                       else "warn", "session": s.id, "pid": conn.peer.pid, "uid": conn.peer.uid,
                       "target": s.cgroup, "rule": "", "report": report}, must=False)
         return report
@@ -236,7 +248,7 @@ class Api:
         caller = self._caller(conn)
         if caller.confined:
             return [caller.session.public()] if caller.session is not None else []
-        return [s.public() for s in self.d.sessions.by_id.values()
+        return [s.public() for s in self.sessions.by_id.values()
                 if conn.peer.uid in (0, s.owner_uid)]
 
     def op_update_policy(self, conn, req):
@@ -254,10 +266,10 @@ class Api:
                          "pid": conn.peer.pid, "uid": conn.peer.uid, "target": s.cgroup,
                          "rule": reason, "old": old, "policy": new})
         try:
-            self.d.sessions.update(s, new)
+            self.sessions.update(s, new)
         except Exception as e:
             # The record above announced a change that did not happen: say so.
-            self.d.audit({"kind": "policy", "op": "update_failed", "verdict": "info",
+            self.audit({"kind": "policy", "op": "update_failed", "verdict": "info",
                           "session": s.id, "uid": conn.peer.uid, "target": s.cgroup,
                           "rule": f"{type(e).__name__}: {e}: the policy stays as it was"},
                          must=False)
@@ -269,7 +281,7 @@ class Api:
     def op_end_session(self, conn, req):
         s, _ = self._target(conn, req)
         try:
-            self.d.end_session(s, f"ended by pid {conn.peer.pid} uid {conn.peer.uid}", must=True)
+            self.end_session(s, f"ended by pid {conn.peer.pid} uid {conn.peer.uid}", must=True)
         except LogUnavailable as e:
             raise ProtocolError(P.E_LOG, f"refused: the session was not ended because its audit "
                                          f"record could not be written: {e}") from None
@@ -302,7 +314,7 @@ class Api:
             if flt.get("session") and rec.get("session") != flt["session"]:
                 continue
             if "uid" in flt:
-                s = self.d.sessions.by_id.get(rec.get("session"))
+                s = self.sessions.by_id.get(rec.get("session"))
                 if s is None or s.owner_uid != flt["uid"]:
                     continue
             if not conn.push_event({"event": rec}):

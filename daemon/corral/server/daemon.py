@@ -19,7 +19,7 @@ import time
 
 from corral import __version__
 from corral.kernel import cgroups, events, probes
-from corral.server.api import Api
+from corral.server.api import Api, Services
 from corral.config import LOG_DIR, SOCKET
 from corral.server.eventlog import EventLog
 from corral.backends.net import NetBpf
@@ -78,7 +78,8 @@ class Daemon:
         self.auditlink = self._load_auditlink()
         recovered = self.sessions.recover()
         self._replay_downtime()
-        self.api = Api(self)
+        self.api = Api(Services(sessions=self.sessions, audit=self.audit,
+                                end_session=self.end_session, status=self.status))
         log.info("BPF loaded in %.1fs (headers: %s); %d session(s) recovered",
                  time.monotonic() - t0, self.net.header_mode, len(recovered))
         self.audit({"kind": "daemon", "op": "start", "verdict": "info", "target": str(root),
@@ -156,6 +157,9 @@ class Daemon:
             self.audit(rec)
 
     # -- events ------------------------------------------------------------
+    def status(self) -> dict:
+        return {"version": self.version, "features": self.features, "log": self.log.status()}
+
     def audit(self, rec: dict, must: bool = False) -> dict:
         """Every event reaches the log before any subscriber.
 

@@ -276,6 +276,11 @@ class SessionTable:
             self.dns.remove_session(s)
 
     # -- persistence: a restarted daemon picks its sessions back up ---------
+    def save(self, s: Session) -> None:
+        """Persist a session's state after a change made outside the table
+        (the client's confinement report)."""
+        self._save(s)
+
     def _save(self, s: Session) -> None:
         tmp = STATE_DIR / f".{s.id}.tmp"
         tmp.write_text(json.dumps(asdict(s)))

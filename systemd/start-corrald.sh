@@ -8,7 +8,7 @@ pidfile=/run/corral/corrald.pid
 errlog=/var/log/corral/corrald.stderr
 
 running() { [ -S "$sock" ] && "$repo/.venv/bin/python" -c "
-from corral.client import Client; Client('$sock', timeout=2).call('hello')" >/dev/null 2>&1; }
+from corral.client.connection import Client; Client('$sock', timeout=2).call('hello')" >/dev/null 2>&1; }
 
 if [ "${1:-start}" = stop ]; then
     if [ "$(cat /proc/1/comm)" = systemd ] && systemctl is-active -q corrald 2>/dev/null; then

@@ -57,7 +57,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import stat
 import struct
@@ -65,7 +64,8 @@ import subprocess
 from pathlib import Path
 
 from corral.kernel.bpfsrc import bpf_dir
-from corral.kernel import cgroups, kheaders
+from corral.kernel import cgroups, kheaders, mountinfo
+from corral.kernel.mountinfo import under_any
 from corral.backends.net import ensure_bpffs
 
 log = logging.getLogger("corral.filelsm")
@@ -163,24 +163,11 @@ class _DevMap:
     (subvolumes report their own anonymous dev)."""
 
     def __init__(self):
-        self.mounts = []
-        try:
-            with open("/proc/self/mountinfo") as fh:
-                for line in fh:
-                    f = line.split()
-                    major, minor = (int(x) for x in f[2].split(":"))
-                    self.mounts.append((_unescape_mount(f[4]), (major << 20) | minor))
-        except (OSError, ValueError):
-            pass
+        self.mounts = mountinfo.mounts()
 
     def key(self, path: str, st) -> tuple[int, int]:
-        real = os.path.realpath(path)
-        best, dev = -1, None
-        for mp, d in self.mounts:          # later entries stack on earlier ones
-            if real == mp or real.startswith(mp.rstrip("/") + "/"):
-                if len(mp) >= best:
-                    best, dev = len(mp), d
-        return (dev if dev is not None else _kdev(st.st_dev), st.st_ino)
+        m = mountinfo.mount_of(os.path.realpath(path), self.mounts)
+        return (m.kdev if m is not None else _kdev(st.st_dev), st.st_ino)
 
 
 # ---------------------------------------------------------------- libbpf
@@ -326,43 +313,18 @@ def _norm(p: str) -> str:
     return os.path.normpath(p).replace("//", "/")
 
 
-def _under(path: str, roots: list[str]) -> bool:
-    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
-
-
-def _unescape_mount(s: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
-
-
-def _mounts() -> list[tuple[str, str]]:
-    out = []
-    try:
-        with open("/proc/self/mountinfo") as fh:
-            for line in fh:
-                parts = line.split()
-                sep = parts.index("-")
-                out.append((_unescape_mount(parts[4]), parts[sep + 1]))
-    except (OSError, ValueError):
-        pass
-    return out
-
-
 def protected_mounts() -> list[str]:
     """Mount points of cgroup/bpf filesystems (never writable in a session)."""
-    return sorted({mp for mp, fs in _mounts() if fs in PROTECTED_FSTYPES})
+    return sorted(mountinfo.mountpoints(PROTECTED_FSTYPES))
 
 
 def bpf_mounts() -> list[str]:
-    return sorted({mp for mp, fs in _mounts() if fs == "bpf"})
+    return sorted(mountinfo.mountpoints(("bpf",)))
 
 
 def pseudo_paths() -> list[str]:
     """/proc, /sys, /dev and every other mount of a kernel pseudo filesystem."""
-    out = list(PROTECTED_PATHS)
-    for mp, fs in _mounts():
-        if fs in PSEUDO_FSTYPES and not _under(mp, out) and mp not in out:
-            out.append(mp)
-    return out
+    return mountinfo.outermost(list(PROTECTED_PATHS) + mountinfo.mountpoints(PSEUDO_FSTYPES))
 
 
 def corral_paths() -> list[str]:
@@ -440,11 +402,11 @@ def _scan_hardlinks(c: Compiled, root: str, allow_read: list[str], idx: int, dev
     by inode, so a hard link that predates the session can't leak them."""
     seen = 0
     for dirpath, dirnames, filenames in os.walk(root, onerror=lambda e: None):
-        dirnames[:] = [d for d in dirnames if not _under(os.path.join(dirpath, d), allow_read)]
+        dirnames[:] = [d for d in dirnames if not under_any(os.path.join(dirpath, d), allow_read)]
         for fn in filenames:
             seen += 1
             full = os.path.join(dirpath, fn)
-            if _under(full, allow_read):
+            if under_any(full, allow_read):
                 continue
             try:
                 st = os.lstat(full)

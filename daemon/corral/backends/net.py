@@ -16,7 +16,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from corral.kernel import kheaders
+from corral.kernel import kheaders, mountinfo
 from corral.kernel.bpfsrc import bpf_dir
 from corral.config import PIN_DIR
 from corral.kernel.events import EVENT
@@ -51,9 +51,7 @@ RULE_USER = 16
 def ensure_bpffs(base: Path | None = None) -> None:
     """Mount bpffs at `base` (default: where our pins live) unless it is there."""
     base = Path(base) if base is not None else PIN_DIR.parent
-    with open("/proc/self/mounts") as fh:
-        mounted = any(f[1] == str(base) and f[2] == "bpf" for f in (l.split() for l in fh))
-    if not mounted:
+    if str(base) not in mountinfo.mountpoints(("bpf",), mountinfo.mounts(missing_ok=False)):
         base.mkdir(parents=True, exist_ok=True)
         subprocess.run(["mount", "-t", "bpf", "bpf", str(base)], check=True)
 

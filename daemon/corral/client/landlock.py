@@ -72,6 +72,8 @@ import stat as _stat
 from dataclasses import dataclass, field
 
 from corral.kernel import native
+from corral.kernel import mountinfo
+from corral.kernel.mountinfo import Mount, mount_of, mountpoints, outermost, under
 
 # ---- access rights (linux/landlock.h) ---------------------------------
 FS_EXECUTE = 1 << 0
@@ -191,41 +193,15 @@ def file_policy_decision(file_policy: dict | None, allow_weaker: bool = False) -
 
 
 # ---- mounts ----------------------------------------------------------------
-@dataclass
-class Mount:
-    dev: str
-    root: str
-    mountpoint: str
-    fstype: str
-
-
-def _unescape(s: str) -> str:
-    return (s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
-            .replace("\\134", "\\"))
-
-
-def mounts(mountinfo: str = "/proc/self/mountinfo") -> list[Mount]:
-    out = []
-    with open(mountinfo) as f:
-        for line in f:
-            pre, _, post = line.partition(" - ")
-            a = pre.split()
-            b = post.split()
-            if len(a) < 5 or not b:
-                continue
-            out.append(Mount(dev=a[2], root=_unescape(a[3]), mountpoint=_unescape(a[4]),
-                             fstype=b[0]))
-    return out
+def mounts() -> list[Mount]:
+    """This process's mounts (kernel.mountinfo); an unreadable mountinfo is an
+    error here, not "no mounts": the cgroup/bpf protections depend on it."""
+    return mountinfo.mounts(missing_ok=False)
 
 
 def protected_mounts(ms: list[Mount] | None = None) -> list[str]:
     """Mount points of cgroup/cgroup2/bpf filesystems (implicit deny_write)."""
-    ms = mounts() if ms is None else ms
-    seen = []
-    for m in ms:
-        if m.fstype in PROTECTED_FSTYPES and m.mountpoint not in seen:
-            seen.append(m.mountpoint)
-    return seen
+    return mountpoints(PROTECTED_FSTYPES, mounts() if ms is None else ms)
 
 
 def corral_paths() -> list[str]:
@@ -276,18 +252,7 @@ def corral_paths() -> list[str]:
 def pseudo_mounts(ms: list[Mount] | None = None) -> list[str]:
     """PROTECTED_PATHS plus every mount of a PSEUDO_FSTYPES filesystem."""
     ms = mounts() if ms is None else ms
-    out = list(PROTECTED_PATHS)
-    for m in ms:
-        if m.fstype in PSEUDO_FSTYPES and not any(_under(m.mountpoint, q) for q in out):
-            out.append(m.mountpoint)
-    return out
-
-
-def _under(p: str, root: str) -> bool:
-    """p equals root or lies beneath it (component-wise)."""
-    if root == "/":
-        return p.startswith("/")
-    return p == root or p.startswith(root + "/")
+    return outermost(list(PROTECTED_PATHS) + mountpoints(PSEUDO_FSTYPES, ms))
 
 
 def _join(base: str, name: str) -> str:
@@ -297,17 +262,14 @@ def _join(base: str, name: str) -> str:
 def aliases(path: str, ms: list[Mount] | None = None) -> list[str]:
     """Other paths through which the same file can be reached via bind mounts."""
     ms = mounts() if ms is None else ms
-    best = None
-    for m in ms:
-        if _under(path, m.mountpoint) and (best is None or len(m.mountpoint) >= len(best.mountpoint)):
-            best = m
+    best = mount_of(path, ms)
     if best is None:
         return []
     rel = path[len(best.mountpoint):] if best.mountpoint != "/" else path
     fs_path = (best.root.rstrip("/") + rel) or "/"
     out = []
     for m in ms:
-        if m is best or m.dev != best.dev or not _under(fs_path, m.root):
+        if m is best or m.dev != best.dev or not under(fs_path, m.root):
             continue
         tail = fs_path[len(m.root):] if m.root != "/" else fs_path
         alias = (m.mountpoint.rstrip("/") + tail) or "/"
@@ -348,17 +310,17 @@ def _decide_read(deny: list[str], allow: list[str]):
     def decide(p: str) -> bool:
         best_len, best = -1, True
         for q in deny:
-            if _under(p, q) and len(q) >= best_len:
+            if under(p, q) and len(q) >= best_len:
                 best_len, best = len(q), False
         for q in allow:
-            if _under(p, q) and len(q) > best_len:
+            if under(p, q) and len(q) > best_len:
                 best_len, best = len(q), True
         return best
     return decide
 
 
 def _longest(p: str, roots: list[str]) -> int:
-    return max((len(q) for q in roots if _under(p, q)), default=-1)
+    return max((len(q) for q in roots if under(p, q)), default=-1)
 
 
 def _decide_write(allow: list[str], deny: list[str], mandatory: list[str] = (),
@@ -367,9 +329,9 @@ def _decide_write(allow: list[str], deny: list[str], mandatory: list[str] = (),
     protected pseudo filesystems (unless a more specific allow_write) >
     allow_write > default deny."""
     def decide(p: str) -> bool:
-        if any(_under(p, q) for q in deny) or any(_under(p, q) for q in mandatory):
+        if any(under(p, q) for q in deny) or any(under(p, q) for q in mandatory):
             return False
-        if any(_under(p, q) for q in devices):
+        if any(under(p, q) for q in devices):
             return True
         a = _longest(p, allow)
         prot = _longest(p, protected)
@@ -393,7 +355,7 @@ def _complement(decide, rule_paths: list[str]) -> _Walk:
 
     def rec(p: str) -> None:
         want = decide(p)
-        sub = [q for q in rule_paths if q != p and _under(q, p)]
+        sub = [q for q in rule_paths if q != p and under(q, p)]
         if want:
             if all(decide(q) for q in sub):
                 w.grants.append(p)
@@ -480,7 +442,7 @@ def plan(file_policy: dict | None, ms: list[Mount] | None = None) -> Plan:
     bpf_mounts = [b for b in dict.fromkeys(bpf_mounts) if b not in deny_read]
     eff["implicit_deny_read"] = bpf_mounts
     rd_user = _decide_read(deny_read, eff["allow_read"])
-    rd = lambda p: rd_user(p) and not any(_under(p, b) for b in bpf_mounts)  # noqa: E731
+    rd = lambda p: rd_user(p) and not any(under(p, b) for b in bpf_mounts)  # noqa: E731
     rw = _complement(rd, deny_read + eff["allow_read"] + bpf_mounts)
     wd = _decide_write(allow_write, deny_write, mandatory, devices, protected)
     ww = _complement(wd, allow_write + deny_write + mandatory + devices + protected)
@@ -493,7 +455,7 @@ def plan(file_policy: dict | None, ms: list[Mount] | None = None) -> Plan:
     # bpffs mount may be listed (pin names only), so `ls /` keeps working.
     for p in rw.partial:
         denied_dirs_below = any(
-            q != p and _under(q, p) and not rd_user(q) and os.path.isdir(q) for q in deny_read)
+            q != p and under(q, p) and not rd_user(q) and os.path.isdir(q) for q in deny_read)
         if not denied_dirs_below:
             rules[p] = rules.get(p, 0) | FS_READ_DIR
     for p in ww.grants:

@@ -19,6 +19,8 @@ import ctypes
 import os
 import stat
 
+from corral.kernel.mountinfo import under
+
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 MS_RDONLY = 1
@@ -54,10 +56,6 @@ def _mount(src, dst, flags, what):
                        ctypes.c_ulong(flags), None), what)
 
 
-def _under(p: str, root: str) -> bool:
-    return root == "/" or p == root or p.startswith(root.rstrip("/") + "/")
-
-
 def sockets(fs: dict | None) -> list[str]:
     """Denied paths that are Unix sockets: Landlock (ABI < 8) does not mediate
     connect(), so a capability-less root agent could still reach e.g. the Docker
@@ -81,13 +79,13 @@ def plan(fs: dict | None) -> tuple[list[str], list[str]]:
     pins: list[str] = []
     ro: list[str] = []
     for p in fs.get("deny_write") or []:
-        roots = [a for a in allow if _under(p, a) and p != a]
+        roots = [a for a in allow if under(p, a) and p != a]
         if not roots or not os.path.lexists(p) or os.path.islink(p):
             continue   # not inside a writable tree (Landlock denies it), or absent
         top = min(roots, key=len)
         d = os.path.dirname(p)
         chain = []
-        while _under(d, top) and d != "/":
+        while under(d, top) and d != "/":
             chain.append(d)
             if d == top:
                 break
@@ -97,8 +95,8 @@ def plan(fs: dict | None) -> tuple[list[str], list[str]]:
                 pins.append(c)
         ro.append(p)
     # A pin below a read-only path is pointless (and would be shadowed): drop it.
-    pins = [d for d in pins if not any(_under(d, r) for r in ro)]
-    ro = [r for r in ro if not any(_under(r, o) and r != o for o in ro)]
+    pins = [d for d in pins if not any(under(d, r) for r in ro)]
+    ro = [r for r in ro if not any(under(r, o) and r != o for o in ro)]
     return pins, ro
 
 
@@ -150,6 +148,6 @@ def apply(fs: dict | None) -> dict:
     done = set(ro)
     rest = dict(fs)
     rest["deny_write"] = [p for p in fs.get("deny_write") or []
-                          if p not in done and not any(_under(p, r) for r in done)]
+                          if p not in done and not any(under(p, r) for r in done)]
     return {"mountguard": True, "namespace": how, "read_only": ro, "pinned": pins,
             "masked_sockets": masked, "policy": rest}

@@ -27,6 +27,7 @@ import sys
 
 from corral.policy import model as pol
 from corral.policy import files as policyfile
+from corral.kernel.mountinfo import under
 
 
 def add_arguments(p) -> None:
@@ -203,7 +204,7 @@ def edit_policy(policy: dict, verb: str, net=(), domains=(), writes=(), reads=()
                 a = os.path.normpath(os.path.join(cwd, os.path.expanduser(w)))
                 if allow:
                     _add(fs["allow_write"], a)
-                    if any(pol._under(a, d) for d in fs["deny_write"]):
+                    if any(under(a, d) for d in fs["deny_write"]):
                         notes.append(f"{a} is inside a deny_write rule, which wins: still not writable")
                 else:
                     _add(fs["deny_write"], a)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from corral.config import CGROUP_NAME as ROOT_NAME
+from corral.kernel import mountinfo
 
 
 class CgroupError(RuntimeError):
@@ -19,12 +20,11 @@ class CgroupError(RuntimeError):
 
 @functools.lru_cache(maxsize=1)
 def cgroup2_mount() -> Path:
-    """Find the cgroup2 mount (unified or hybrid layout); never assume a path."""
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            left, _, right = line.partition(" - ")
-            if right.split(" ", 1)[0] == "cgroup2":
-                return Path(left.split(" ")[4].replace("\\040", " "))
+    """Find the cgroup2 mount (unified or hybrid layout); never assume a path.
+    If there are several, the first in mount order."""
+    found = mountinfo.mountpoints(("cgroup2",), mountinfo.mounts(missing_ok=False))
+    if found:
+        return Path(found[0])
     raise CgroupError("no cgroup2 filesystem is mounted: mount -t cgroup2 none /sys/fs/cgroup/unified")
 
 

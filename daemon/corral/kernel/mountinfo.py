@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 
 _OCTAL = re.compile(r"\\([0-7]{3})")
+_DEV = re.compile(r"\d+:\d+")
 
 
 def unescape(s: str) -> str:
@@ -35,11 +36,12 @@ class Mount:
 
 
 def parse(text: str) -> list[Mount]:
+    """Every well-formed line of a mountinfo text, in order (others are skipped)."""
     out = []
     for line in text.splitlines():
         pre, sep, post = line.partition(" - ")
         a, b = pre.split(), post.split()
-        if not sep or len(a) < 6 or not b:
+        if not sep or len(a) < 6 or not b or not _DEV.fullmatch(a[2]):
             continue
         try:
             out.append(Mount(int(a[0]), int(a[1]), a[2], unescape(a[3]), unescape(a[4]), a[5],
@@ -49,17 +51,44 @@ def parse(text: str) -> list[Mount]:
     return out
 
 
-def mounts(path: str = "/proc/self/mountinfo") -> list[Mount]:
-    """The mounts this process sees; [] if mountinfo cannot be read."""
+def mounts(path: str = "/proc/self/mountinfo", *, missing_ok: bool = True) -> list[Mount]:
+    """The mounts this process sees. If mountinfo cannot be read: [] with
+    `missing_ok` (the daemon's file backend, which then only protects less of
+    what it adds implicitly), else the OSError (the Landlock client: a sandbox
+    that cannot see the cgroup/bpf mounts must not start without protecting them;
+    the cgroup and bpffs lookups, which cannot work without it)."""
     try:
         with open(path) as fh:
             return parse(fh.read())
     except OSError:
-        return []
+        if missing_ok:
+            return []
+        raise
+
+
+def mountpoints(fstypes, ms: list[Mount] | None = None) -> list[str]:
+    """Each distinct mountpoint of a filesystem of one of `fstypes`, in mount order."""
+    out: list[str] = []
+    for m in mounts() if ms is None else ms:
+        if m.fstype in fstypes and m.mountpoint not in out:
+            out.append(m.mountpoint)
+    return out
 
 
 def under(path: str, root: str) -> bool:
-    """`path` is `root` or lies beneath it, component-wise ("/" holds every absolute path)."""
+    """`path` is `root` or lies beneath it, component-wise: /a/bc is not under /a/b.
+
+    "/" holds every absolute path. A trailing "/" on `root` is ignored. Both are
+    taken as given (canonical, absolute: the policy model makes them so; mountinfo
+    prints them so); nothing is resolved here.
+
+    Every caller used to have its own copy; they agreed on canonical absolute
+    paths and differed only outside that domain, which no caller reaches:
+    landlock's did not strip a trailing "/" from `root` (its roots come from
+    os.path.normpath or mountinfo, which never end in "/" except "/" itself);
+    mountguard's called every path, relative ones too, "under /" (its paths
+    are the normalised policy's, all absolute); policy's, filelsm's and the
+    mount lookups' are this one. A relative `path` is under no absolute root."""
     if root == "/":
         return path.startswith("/")
     root = root.rstrip("/")
@@ -68,6 +97,15 @@ def under(path: str, root: str) -> bool:
 
 def under_any(path: str, roots) -> bool:
     return any(under(path, r) for r in roots)
+
+
+def outermost(paths) -> list[str]:
+    """`paths` in order, without those under one kept before them (duplicates too)."""
+    out: list[str] = []
+    for p in paths:
+        if not under_any(p, out):
+            out.append(p)
+    return out
 
 
 def mount_of(path: str, ms: list[Mount] | None = None) -> Mount | None:

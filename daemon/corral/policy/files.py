@@ -45,6 +45,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.kernel.mountinfo import under
 from corral.policy import model as pol
 from corral.policy.model import FS_FLAG_KEYS, FS_KEYS, NET_LIST_KEYS, PolicyError
 
@@ -480,7 +481,7 @@ def apply_mandatory(policy: dict, dropped: set[str], cwd: str | None = None,
     denied = [_expand_local(p, cwd) for p in add["deny_read"]]
     if fs.get("allow_read"):
         fs["allow_read"] = [a for a in fs["allow_read"]
-                            if not any(pol._under(_expand_local(a, cwd), d) for d in denied)]
+                            if not any(under(_expand_local(a, cwd), d) for d in denied)]
     return out
 
 

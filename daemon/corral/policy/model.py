@@ -51,6 +51,8 @@ import threading
 from collections import OrderedDict, namedtuple
 from dataclasses import dataclass
 
+from corral.kernel.mountinfo import under
+
 NET_LIST_KEYS = ("allow", "deny", "allow_domains", "deny_domains", "allow_localhost_ports")
 FS_KEYS = ("deny_read", "allow_read", "allow_write", "deny_write")
 FS_FLAG_KEYS = ("allow_system_write",)
@@ -276,9 +278,9 @@ def system_tree(path: str) -> str | None:
         if path == t:
             return f"{path} is a system tree"
     for t in SYSTEM_TREES:
-        if _under(path, t):
+        if under(path, t):
             return f"{path} is inside the system tree {t}"
-    inside = [t for t in SYSTEM_TREES + SYSTEM_ROOTS if _under(t, path)]
+    inside = [t for t in SYSTEM_TREES + SYSTEM_ROOTS if under(t, path)]
     if inside:
         more = ", ..." if len(inside) > 4 else ""
         return f"{path} contains the system tree{'s' if len(inside) > 1 else ''} " \
@@ -476,10 +478,6 @@ def net_rules(policy: dict) -> tuple[list[NetRule], list[NetRule]]:
     return allow, deny
 
 
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
 def narrowing_violations(old: dict, new: dict) -> list[str]:
     """Why `new` would grant something `old` does not. Empty list: new is narrower or equal.
 
@@ -521,16 +519,16 @@ def narrowing_violations(old: dict, new: dict) -> list[str]:
                 why.append("turns on allow_system_write (writes to system trees), which the "
                            "current policy does not allow")
             for p in of["deny_read"]:
-                if not any(_under(p, q) for q in nf["deny_read"]):
+                if not any(under(p, q) for q in nf["deny_read"]):
                     why.append(f"no longer denies reading {p}")
             for p in nf["allow_read"]:
-                if not any(_under(p, q) for q in of["allow_read"]):
+                if not any(under(p, q) for q in of["allow_read"]):
                     why.append(f"allows reading {p} which the current policy denies")
             for p in nf["allow_write"]:
-                if not any(_under(p, q) for q in of["allow_write"]):
+                if not any(under(p, q) for q in of["allow_write"]):
                     why.append(f"allows writing {p} which the current policy does not")
             for p in of["deny_write"]:
-                if not any(_under(p, q) for q in nf["deny_write"]):
+                if not any(under(p, q) for q in nf["deny_write"]):
                     why.append(f"no longer denies writing {p}")
     for s in (old.get("syscalls") or {}).get("deny", []):
         if s not in (new.get("syscalls") or {}).get("deny", []):

@@ -1,14 +1,8 @@
-"""Domain rules: syntax, matching, ports, and which answers we refuse to learn.
+"""What the resolver decides with a session's domain rules: ports, learned
+addresses, and which answers we refuse to learn.
 
-Pure functions (no DNS library, no kernel): policy.normalize uses them to
-validate `network.allow_domains` / `network.deny_domains`, the resolver uses
-them to decide every query.
-
-Rule syntax (same as Claude Code's sandbox settings):
-    example.com           exactly example.com
-    *.example.com         every name under example.com, NOT example.com itself
-    github.com:443        ... only for connections to port 443
-    *.pypi.org:443-444    ... or a port range
+Pure functions (no DNS library, no kernel). The rules themselves (syntax,
+DomainRule, matching) are the policy model's: corral.policy.domains.
 A deny rule wins over any allow rule. A deny rule with ports only removes those
 ports from what the name's allow rules grant.
 """
@@ -16,103 +10,12 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import re
 from dataclasses import dataclass
 
-from corral.policy.model import NetRule, PolicyError, parse_learned_rule, parse_ports
+from corral.policy.domains import DomainRule, normalize_name, parse_domain_rule
+from corral.policy.model import NetRule, parse_learned_rule
 
 ANY_PORTS = ((0, 65535),)
-_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
-
-
-@dataclass(frozen=True)
-class DomainRule:
-    name: str            # lower case, no trailing dot; for a wildcard the part after "*."
-    wildcard: bool
-    port_lo: int = 0
-    port_hi: int = 65535
-
-    @property
-    def any_port(self) -> bool:
-        return self.port_lo == 0 and self.port_hi == 65535
-
-    @property
-    def pattern(self) -> str:
-        return f"*.{self.name}" if self.wildcard else self.name
-
-    def __str__(self) -> str:
-        if self.any_port:
-            return self.pattern
-        ports = str(self.port_lo) if self.port_lo == self.port_hi else f"{self.port_lo}-{self.port_hi}"
-        return f"{self.pattern}:{ports}"
-
-    def matches(self, qname: str) -> bool:
-        """qname: lower case, no trailing dot."""
-        if self.wildcard:
-            return qname.endswith("." + self.name)
-        return qname == self.name
-
-    def covers(self, other: "DomainRule") -> bool:
-        """Everything `other` grants, this grants too."""
-        if not (self.port_lo <= other.port_lo and other.port_hi <= self.port_hi):
-            return False
-        if self.wildcard:
-            return other.name.endswith("." + self.name) or (other.wildcard and other.name == self.name)
-        return not other.wildcard and other.name == self.name
-
-
-def normalize_name(name: str) -> str:
-    """Lower case, no trailing dot, IDNA (punycode) for non-ASCII. Raises ValueError."""
-    n = name.strip().rstrip(".").lower()
-    if not n:
-        raise ValueError("empty name")
-    if not n.isascii():
-        n = n.encode("idna").decode("ascii")
-    if len(n) > 253:
-        raise ValueError("longer than 253 characters")
-    for label in n.split("."):
-        if not _LABEL.match(label):
-            raise ValueError(f"bad label {label!r}")
-    return n
-
-
-def parse_domain_rule(text, key: str = "allow_domains") -> DomainRule:
-    what = f"network.{key}: {text!r}"
-    if not isinstance(text, str) or not text.strip():
-        raise PolicyError(f"{what}: expected a domain name like example.com or *.example.com")
-    s = text.strip()
-    name, sep, ports = s.rpartition(":")
-    if not sep:
-        name, ports = s, None
-    elif "]" in s or name.count(":"):
-        raise PolicyError(f"{what}: IP addresses go in network.allow / network.deny, not in {key}")
-    try:
-        ipaddress.ip_address(name.strip("[]"))
-    except ValueError:
-        pass
-    else:
-        raise PolicyError(f"{what}: IP addresses go in network.allow / network.deny, not in {key}")
-    wildcard = name.startswith("*.")
-    base = name[2:] if wildcard else name
-    if "*" in base:
-        raise PolicyError(f"{what}: a wildcard is only allowed as a leading '*.' "
-                          "(e.g. *.example.com matches its subdomains)")
-    try:
-        base = normalize_name(base)
-    except (ValueError, UnicodeError) as e:
-        raise PolicyError(f"{what}: not a domain name ({e})") from None
-    lo, hi = (0, 65535) if ports is None else parse_ports(ports, what)
-    return DomainRule(base, wildcard, lo, hi)
-
-
-def normalize_rules(items, key: str) -> list[str]:
-    """Validated, canonical, de-duplicated rule strings (order kept)."""
-    out: list[str] = []
-    for it in items:
-        r = str(parse_domain_rule(it, key))
-        if r not in out:
-            out.append(r)
-    return out
 
 
 # -- ports ----------------------------------------------------------------------

@@ -47,10 +47,9 @@ from pathlib import Path
 
 from corral.kernel.mountinfo import under
 from corral.policy import model as pol
+from corral.policy.domains import file_rule_error
 from corral.policy.model import FS_FLAG_KEYS, FS_KEYS, NET_LIST_KEYS, PolicyError
 
-DOMAIN_RE = re.compile(r"^(\*\.)?([A-Za-z0-9_]([A-Za-z0-9_-]{0,62})?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})?)*\.?"
-                       r"(:\d{1,5}(-\d{1,5})?)?$")
 GLOB_CHARS = set("*?[")
 MAX_GLOB_MATCHES = 1000
 
@@ -157,27 +156,6 @@ def resolve_syscall(name: str) -> int:
     return int(lib.seccomp_syscall_resolve_name(name.encode()))
 
 
-def domain_error(x, key: str) -> str | None:
-    """Why x is not a domain rule corral enforces (None: fine). Uses the resolver's
-    own parser when it is installed, so files and daemon agree."""
-    if not isinstance(x, str) or not DOMAIN_RE.match(x.strip()):
-        return f"{x!r} is not a domain name (NAME or *.NAME, optionally :PORT or :LO-HI)"
-    try:
-        from corral.dns.names import parse_domain_rule
-    except ImportError:
-        if ":" in x:
-            try:
-                pol.parse_ports(x.rsplit(":", 1)[1], "port")
-            except PolicyError as e:
-                return f"{x!r}: {e}"
-        return None
-    try:
-        parse_domain_rule(x, key)
-    except PolicyError as e:
-        return str(e)
-    return None
-
-
 def _check_path(src: _Src, section: str, key: str, p) -> None:
     if not isinstance(p, str):
         raise src.err(section, key, f"{p!r} is not a string: paths are strings", p)
@@ -247,7 +225,7 @@ def validate(data: dict, src: _Src) -> dict:
                     except PolicyError as e:
                         raise src.err("network", k, str(e), x) from None
                 elif k in ("allow_domains", "deny_domains"):
-                    why = domain_error(x, k)
+                    why = file_rule_error(x, k)
                     if why:
                         raise src.err("network", k, why, x)
                 else:
@@ -663,7 +641,7 @@ def import_srt_settings(path: str, cwd: str | None = None) -> tuple[dict, list[s
                         w(f"{path}: {prefix}network.deniedDomains: {d!r} (every domain on one "
                           "port) cannot be expressed; not imported")
                     continue
-                if domain_error(d, "allow_domains" if allow else "deny_domains"):
+                if file_rule_error(d, "allow_domains" if allow else "deny_domains"):
                     w(f"{path}: {prefix}network.{k}: {d!r} is not a domain pattern corral "
                       "understands, skipped")
                     continue

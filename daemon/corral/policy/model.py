@@ -52,6 +52,9 @@ from collections import OrderedDict, namedtuple
 from dataclasses import dataclass
 
 from corral.kernel.mountinfo import under
+from corral.policy.domains import normalize_rules, parse_domain_rule
+from corral.policy.errors import PolicyError, short as _short
+from corral.policy.ports import MAX_PORT_LEN, parse_ports
 
 NET_LIST_KEYS = ("allow", "deny", "allow_domains", "deny_domains", "allow_localhost_ports")
 FS_KEYS = ("deny_read", "allow_read", "allow_write", "deny_write")
@@ -65,7 +68,6 @@ MAX_PATHS = 512           # entries in each filesystem list
 MAX_SYSCALLS = 512        # syscalls.deny
 MAX_NET_RULE_LEN = 100    # characters of one network rule (the longest valid one is 63)
 MAX_DOMAIN_LEN = 2 + 253 + 1 + 12   # "*." + name + "." + ":65535-65535"
-MAX_PORT_LEN = 11         # "65535-65535"
 MAX_PATH_BYTES = 4096     # PATH_MAX, the terminating NUL included: at most 4095 bytes
 MAX_SYSCALL_LEN = 64
 
@@ -80,16 +82,6 @@ SYSTEM_WRITE_MEANS = ("a session could rewrite system binaries and configuration
                       "and systemd units, and run code as root outside the sandbox")
 SYSTEM_WRITE_HOW = ("pass --allow-system-write (allow_system_write = true in [filesystem]) to "
                     "allow it anyway; corral's own code paths stay read-only")
-
-
-class PolicyError(ValueError):
-    """A policy that cannot be enforced as written. The message names the fix."""
-
-
-def _short(x, n: int = 48) -> str:
-    """repr of a client value for a message, cut: a refusal never echoes a megabyte."""
-    r = repr(x)
-    return r if len(r) <= n else f"{r[:n]}...' ({len(x) if isinstance(x, str) else len(r)} chars)"
 
 
 @dataclass(frozen=True)
@@ -114,20 +106,6 @@ class NetRule:
     def covers(self, other: "NetRule") -> bool:
         return (self.net.version == other.net.version and other.net.subnet_of(self.net)
                 and self.port_lo <= other.port_lo and other.port_hi <= self.port_hi)
-
-
-def parse_ports(text: str, what: str) -> tuple[int, int]:
-    if len(text) > MAX_PORT_LEN:
-        raise PolicyError(f"{what}: bad port {_short(text)}: use PORT or PORT-PORT (1-65535)")
-    lo_s, sep, hi_s = text.partition("-")
-    try:
-        lo = int(lo_s)
-        hi = int(hi_s) if sep else lo
-    except ValueError:
-        raise PolicyError(f"{what}: bad port {text!r}: use PORT or PORT-PORT (1-65535)") from None
-    if not (1 <= lo <= hi <= 65535):
-        raise PolicyError(f"{what}: bad port range {text!r}: ports are 1-65535, low <= high")
-    return lo, hi
 
 
 # -- network rules --------------------------------------------------------------------
@@ -432,7 +410,6 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root",
             lo, hi = parse_ports(str(p), "network.allow_localhost_ports")
             ports.append(f"{lo}" if lo == hi else f"{lo}-{hi}")
         n["allow_localhost_ports"] = ports
-        from corral.dns.names import normalize_rules  # late: dns.names imports this module
         for key in ("allow_domains", "deny_domains"):
             n[key] = normalize_rules(n[key], key)
         out["network"] = n
@@ -499,7 +476,6 @@ def narrowing_violations(old: dict, new: dict) -> list[str]:
             for d in od:
                 if not any(x.covers(d) for x in nd):
                     why.append(f"drops the deny rule {d}")
-            from corral.dns.names import parse_domain_rule
             old_allow = [parse_domain_rule(d) for d in on.get("allow_domains", [])]
             for dom in nn.get("allow_domains", []):
                 r = parse_domain_rule(dom)

@@ -1,4 +1,5 @@
-/* Shared between every corral BPF program and daemon/corral/events.py.
+/* The ABI between corral's BPF programs and user space. Mirrored, field by
+ * field, in daemon/corral/kernel/abi.py; tests/test_abi.py compares the two.
  * Everything is keyed by the session's cgroup id, like systemd's restrict-fs:
  * a process outside corral's sessions costs one hash lookup and nothing else. */
 #ifndef CORRAL_COMMON_H
@@ -21,7 +22,7 @@
 #define SESS_FILE_ENFORCE (1 << 1)   /* file policy present (BPF LSM backend) */
 #define SESS_DNS_STEER    (1 << 2)   /* port-53 traffic goes to the session resolver */
 
-/* event.kind: keep in sync with events.py KINDS */
+/* event.kind */
 #define EV_NET   1
 #define EV_FILE  2
 #define EV_DNS   3
@@ -38,6 +39,18 @@
 #define RULE_DEFAULT_DENY 0
 #define RULE_UNSPECIFIED  1
 #define RULE_USER         16
+
+/* Event rate limits per session (bpf/ratelimit.h): tokens per second, bucket size */
+#define NET_RATE_PER_SEC  200
+#define NET_RATE_BURST    400
+#define FILE_RATE_PER_SEC 100
+#define FILE_RATE_BURST   200
+
+/* Pages of each program's event ring buffer (a power of two); the daemon may
+ * pass another with -DEVENTS_RINGBUF_PAGES=N (tests) */
+#ifndef EVENTS_RINGBUF_PAGES
+#define EVENTS_RINGBUF_PAGES 64
+#endif
 
 struct session_cfg {
     u32 flags;
@@ -64,8 +77,8 @@ struct event {
     char path[256];        /* file events: resolved path (may be truncated) */
 };
 
-/* ---- file policy (bpf/file_lsm.c, daemon/corral/filelsm.py) ---- */
-/* event.op for EV_FILE (keep in sync with events.py FILE_OPS) */
+/* ---- file events (bpf/file_lsm.c, backends/filelsm.py) ---- */
+/* event.op for EV_FILE */
 #define FOP_OPEN_READ     1
 #define FOP_OPEN_WRITE    2   /* also read+write opens */
 #define FOP_CREATE        3   /* regular file: open(O_CREAT) / mknod S_IFREG */
@@ -87,5 +100,67 @@ struct event {
 #define RULE_FILE_HARDLINK           3   /* inode of a read-denied file reached by another name */
 #define RULE_FILE_RACE               4   /* per-CPU scratch reused under preemption: fail closed */
 #define RULE_FILE_PROTECTED_ANCESTOR 5   /* moving/deleting a directory that holds deny rules */
+
+/* ---- network tries (bpf/net.c, backends/net.py) ---- */
+#define MAX_PORT_RANGES 16
+
+struct lpm4_key {            /* prefixlen counts 64 cgid bits + address bits */
+    u32 prefixlen;
+    u32 cg_lo;
+    u32 cg_hi;
+    u32 addr;
+};
+
+struct lpm6_key {
+    u32 prefixlen;
+    u32 cg_lo;
+    u32 cg_hi;
+    u32 addr[4];
+};
+
+struct port_rules {          /* every rule covering the prefix, merged by user space */
+    u32 n;
+    u32 rule[MAX_PORT_RANGES];
+    u16 lo[MAX_PORT_RANGES];
+    u16 hi[MAX_PORT_RANGES];
+};
+
+/* ---- file rule maps (bpf/file_lsm.c, backends/filelsm.py) ---- */
+#define RB_DENY_READ   (1 << 0)
+#define RB_ALLOW_READ  (1 << 1)
+#define RB_ALLOW_WRITE (1 << 2)
+#define RB_DENY_WRITE  (1 << 3)
+#define RB_DENY_INODE  (1 << 4)  /* this inode is read-denied wherever it is reached */
+#define RB_ANCESTOR    (1 << 5)  /* strict ancestor of a deny rule: can't be moved */
+#define RB_PSEUDO      (1 << 6)  /* kernel interface tree (/proc, /sys, /dev...): not
+                                  * writable unless a deeper allow_write reopens it */
+
+struct ikey {
+    u64 cgid;
+    u64 dev;
+    u64 ino;
+};
+
+struct pkey {
+    u64 cgid;
+    u64 hash;
+};
+
+struct rule_val {
+    u32 bits;
+    u16 rd_rule;
+    u16 wr_rule;
+};
+
+struct fconf {
+    u64 seed;          /* hash key, random per pinned instance */
+    u64 level_mask;    /* cgroup levels sessions live at */
+};
+
+struct fsess {
+    struct session_cfg cfg;   /* flags, rate limiter state */
+    u32 max_pdepth;           /* deepest path rule, in components */
+    u32 pad;
+};
 
 #endif

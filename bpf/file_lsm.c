@@ -35,6 +35,7 @@
 #include <net/af_unix.h>
 #endif
 #include "common.h"
+#include "ratelimit.h"
 
 #ifndef MAX_DEPTH
 #define MAX_DEPTH 64          /* dentry levels walked (incl. mount roots) */
@@ -46,16 +47,6 @@
 #define MNT_INTERNAL_FLAG 0x4000
 #define CORRAL_FMODE_READ  0x1
 #define CORRAL_FMODE_WRITE 0x2
-
-/* rule bits */
-#define RB_DENY_READ   (1 << 0)
-#define RB_ALLOW_READ  (1 << 1)
-#define RB_ALLOW_WRITE (1 << 2)
-#define RB_DENY_WRITE  (1 << 3)
-#define RB_DENY_INODE  (1 << 4)  /* this inode is read-denied wherever it is reached */
-#define RB_ANCESTOR    (1 << 5)  /* strict ancestor of a deny rule: can't be moved */
-#define RB_PSEUDO      (1 << 6)  /* kernel interface tree (/proc, /sys, /dev...): not
-                                  * writable unless a deeper allow_write reopens it */
 
 /* intent */
 #define WANT_READ  1
@@ -69,21 +60,6 @@ struct corral_mount {
     struct corral_mount *mnt_parent;
     struct dentry *mnt_mountpoint;
     struct vfsmount mnt;
-};
-
-struct ikey { u64 cgid; u64 dev; u64 ino; };
-struct pkey { u64 cgid; u64 hash; };
-struct rule_val { u32 bits; u16 rd_rule; u16 wr_rule; };
-
-struct fconf {
-    u64 seed;          /* hash key, random per pinned instance */
-    u64 level_mask;    /* cgroup levels sessions live at */
-};
-
-struct fsess {
-    struct session_cfg cfg;   /* flags, rate limiter state */
-    u32 max_pdepth;           /* deepest path rule, in components */
-    u32 pad;
 };
 
 /* Per-CPU scratch. Loop state lives here rather than in registers on
@@ -111,7 +87,11 @@ BPF_F_TABLE("hash", u64, struct fsess, fsess, 4096, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", struct ikey, struct rule_val, irules, 262144, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", struct pkey, struct rule_val, prules, 262144, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(scratch_map, struct scratch, 1);
-BPF_RINGBUF_OUTPUT(file_events, 64);
+BPF_RINGBUF_OUTPUT(file_events, EVENTS_RINGBUF_PAGES);
+/* events dropped because file_events was full (per cpu, kernel only), and how
+ * much of that a daemon has reported (user space only): pinned with the rest */
+BPF_PERCPU_ARRAY(file_lost, u64, 1);
+BPF_ARRAY(file_lost_seen, u64, 1);
 
 #define RD(dst, src) bpf_probe_read_kernel(&(dst), sizeof(dst), &(src))
 
@@ -153,47 +133,18 @@ struct verdict {
     u32 nlevels;
 };
 
-static __always_inline int rate_ok(struct fsess *s)
-{
-    u64 now = bpf_ktime_get_ns();
-    u64 tokens = s->cfg.rate_tokens;
-    u64 add = (now - s->cfg.rate_last_ns) / 10000000ULL;  /* 100 events/s */
-    if (add) {
-        tokens += add;
-        if (tokens > 200)
-            tokens = 200;
-        s->cfg.rate_last_ns = now;
-    }
-    if (!tokens) {
-        s->cfg.rate_tokens = 0;
-        __sync_fetch_and_add(&s->cfg.rate_suppressed, 1);
-        return 0;
-    }
-    s->cfg.rate_tokens = tokens - 1;
-    return 1;
-}
-
 static __always_inline void emit(struct fsess *s, u64 cgid, u8 op, u32 rule,
                                  struct scratch *sc, u32 deny)
 {
-    if (!rate_ok(s))
+    u64 supp = 0;
+    if (!rate_take(&s->cfg, FILE_RATE_PER_SEC, FILE_RATE_BURST, &supp))
         return;
-    u64 supp = s->cfg.rate_suppressed;
-    if (supp) {
-        __sync_fetch_and_add(&s->cfg.rate_suppressed, -supp);
-        struct event *r = file_events.ringbuf_reserve(sizeof(struct event));
-        if (r) {
-            __builtin_memset(r, 0, sizeof(*r));
-            r->ts_ns = bpf_ktime_get_ns();
-            r->cgid = cgid;
-            r->kind = EV_RATE;
-            r->count = supp;
-            file_events.ringbuf_submit(r, 0);
-        }
-    }
     struct event *e = file_events.ringbuf_reserve(sizeof(struct event));
-    if (!e)
+    if (!e) {
+        u32 zero = 0;
+        rate_reserve_failed(&s->cfg, supp, file_lost.lookup(&zero));
         return;
+    }
     e->ts_ns = bpf_ktime_get_ns();
     e->cgid = cgid;
     u64 pt = bpf_get_current_pid_tgid();
@@ -206,7 +157,7 @@ static __always_inline void emit(struct fsess *s, u64 cgid, u8 op, u32 rule,
     e->family = 0;
     e->rule = rule;
     e->verdict = deny;
-    e->count = 0;
+    e->count = supp;
     __builtin_memset(e->addr, 0, sizeof(e->addr));
     /* Path from the walk: top-down component names (the real object's
      * location in the mount tree, not what the caller typed). Built in a

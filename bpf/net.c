@@ -7,45 +7,14 @@
  * IPv4-mapped IPv6 is judged as IPv4; 0.0.0.0 / :: are judged as loopback,
  * because that is where the kernel delivers them. */
 #include "common.h"
+#include "ratelimit.h"
+#include "pinned.h"
 
-/* bcc 0.26 pins any map whose section is "maps/<type>:<path>" (that is all
- * BPF_TABLE_PINNED does), but BPF_RINGBUF_OUTPUT has no pinned form: this is
- * BPF_RINGBUF_OUTPUT with the pin path in its section. */
-#define BPF_RINGBUF_PINNED(_name, _num_pages, _pinned) \
-struct _name##_table_t { \
-  int key; \
-  u32 leaf; \
-  int (*ringbuf_output) (void *, u64, u64); \
-  void* (*ringbuf_reserve) (u64); \
-  void (*ringbuf_discard) (void *, u64); \
-  void (*ringbuf_submit) (void *, u64); \
-  u32 max_entries; \
-}; \
-__attribute__((section("maps/ringbuf:" _pinned))) \
-struct _name##_table_t _name = { .max_entries = ((_num_pages) * PAGE_SIZE) }
-
-#define MAX_PORT_RANGES 16
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
 #define IPPROTO_MPTCP_ 262
 #define SOCK_RAW_ 3
 
-struct lpm4_key {            /* prefixlen counts 64 cgid bits + address bits */
-    u32 prefixlen;
-    u32 cg_lo, cg_hi;
-    u32 addr;
-};
-struct lpm6_key {
-    u32 prefixlen;
-    u32 cg_lo, cg_hi;
-    u32 addr[4];
-};
-struct port_rules {          /* every rule covering the prefix, merged by user space */
-    u32 n;
-    u32 rule[MAX_PORT_RANGES];
-    u16 lo[MAX_PORT_RANGES];
-    u16 hi[MAX_PORT_RANGES];
-};
 struct dns_orig {            /* where a steered DNS socket really wanted to go */
     u32 family;
     u32 addr[4];
@@ -53,72 +22,40 @@ struct dns_orig {            /* where a steered DNS socket really wanted to go *
     u16 via;                 /* network order: the resolver port it was sent to instead */
 };
 
-BPF_HASH(sessions, u64, struct session_cfg, 4096);
-BPF_LPM_TRIE(allow4, struct lpm4_key, struct port_rules, 65536);
-BPF_LPM_TRIE(deny4, struct lpm4_key, struct port_rules, 65536);
-BPF_LPM_TRIE(allow6, struct lpm6_key, struct port_rules, 65536);
-BPF_LPM_TRIE(deny6, struct lpm6_key, struct port_rules, 65536);
+BPF_TABLE_PINNED("hash", u64, struct session_cfg, sessions, 4096, PIN(sessions));
+BPF_TABLE_PINNED("lpm_trie", struct lpm4_key, struct port_rules, allow4, 65536, PIN(allow4),
+                 BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct lpm4_key, struct port_rules, deny4, 65536, PIN(deny4),
+                 BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct lpm6_key, struct port_rules, allow6, 65536, PIN(allow6),
+                 BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct lpm6_key, struct port_rules, deny6, 65536, PIN(deny6),
+                 BPF_F_NO_PREALLOC);
 /* Keyed by socket cookie. LRU: entries are never deleted when a socket closes,
  * so the oldest steered sockets make room (a plain hash would fill up and
  * silently stop un-steering replies after 64k lookups). */
-BPF_TABLE("lru_hash", u64, struct dns_orig, dns_socks, 65536);
-/* Denials and what could not be reported. netbpf pins all three (see
- * _pinned_source), so what the kernel emits while no daemon reads -- the
- * daemon was killed, or is starting -- waits here for the next daemon:
+BPF_TABLE_PINNED("lru_hash", u64, struct dns_orig, dns_socks, 65536, PIN(dns_socks));
+/* Denials and what could not be reported, pinned so what the kernel emits
+ * while no daemon reads -- the daemon was killed, or is starting -- waits
+ * here for the next daemon:
  *   events     the records themselves (a full buffer counts into `lost`);
  *   lost       events dropped because `events` was full (per cpu, kernel only);
  *   lost_seen  how much of `lost` a daemon has already reported (user space
  *              only), so a restarted daemon reports the rest exactly once. */
-BPF_RINGBUF_OUTPUT(events, 64);
-BPF_PERCPU_ARRAY(lost, u64, 1);
-BPF_ARRAY(lost_seen, u64, 1);
-
-/* Token bucket per session so a looping agent cannot flood the log; what it
- * suppresses is counted and reported with the next event that gets through. */
-#define RATE_PER_SEC 200
-#define RATE_BURST   400
-
-static __always_inline int rate_take(struct session_cfg *cfg, u64 *suppressed)
-{
-    const u64 interval = 1000000000ULL / RATE_PER_SEC;
-    u64 now = bpf_ktime_get_ns();
-    u64 earned = (now - cfg->rate_last_ns) / interval;
-    u64 tokens = cfg->rate_tokens + earned;
-    /* Advance by whole tokens only, so partial intervals are not thrown away. */
-    cfg->rate_last_ns = tokens > RATE_BURST ? now : cfg->rate_last_ns + earned * interval;
-    if (tokens > RATE_BURST)
-        tokens = RATE_BURST;
-    if (tokens == 0) {
-        cfg->rate_tokens = 0;
-        __sync_fetch_and_add(&cfg->rate_suppressed, 1);
-        return 0;
-    }
-    cfg->rate_tokens = tokens - 1;
-    *suppressed = cfg->rate_suppressed;
-    if (*suppressed)
-        __sync_fetch_and_add(&cfg->rate_suppressed, -*suppressed);
-    return 1;
-}
-
-static __always_inline void count_lost(void)
-{
-    int zero = 0;
-    u64 *v = lost.lookup(&zero);
-    if (v)
-        *v += 1;
-}
+BPF_RINGBUF_PINNED(events, EVENTS_RINGBUF_PAGES, PIN(events));
+BPF_TABLE_PINNED("percpu_array", int, u64, lost, 1, PIN(lost));
+BPF_TABLE_PINNED("array", int, u64, lost_seen, 1, PIN(lost_seen));
 
 static __always_inline void emit(u64 cgid, struct session_cfg *cfg, u8 op, u32 family,
                                  const u32 *addr, u16 port, u32 rule)
 {
     u64 suppressed = 0;
-    if (!rate_take(cfg, &suppressed))
+    if (!rate_take(cfg, NET_RATE_PER_SEC, NET_RATE_BURST, &suppressed))
         return;
     struct event *e = events.ringbuf_reserve(sizeof(struct event));
     if (!e) {
-        count_lost();
-        if (suppressed)   /* give the count back: it rides on the next event */
-            __sync_fetch_and_add(&cfg->rate_suppressed, suppressed);
+        int zero = 0;
+        rate_reserve_failed(cfg, suppressed, lost.lookup(&zero));
         return;
     }
     u64 pid_tgid = bpf_get_current_pid_tgid();

@@ -7,13 +7,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from corral.kernel import cgroups
-from corral.client.connection import Client, CorralError
 
 PROBE = str(Path(__file__).parent / "helpers" / "netprobe.py")
 

@@ -163,7 +163,7 @@ def main():
     if rc is None:
         log(f"no exit marker from the guest after {dt:.0f}s (vng exit {p.returncode}): treating as failure")
         sys.exit(2)
-    summary = [l for l in lines if re.search(r"=+ .*(passed|failed|error|skipped).* =+", l)]
+    summary = [ln for ln in lines if re.search(r"=+ .*(passed|failed|error|skipped).* =+", ln)]
     log(f"guest pytest summary: {summary[-1].strip() if summary else '(none)'}")
     log(f"VM runtime {dt:.0f}s, guest pytest exit status {rc}")
     sys.exit(rc)

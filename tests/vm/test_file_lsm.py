@@ -4,17 +4,16 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from vmhelpers import DEV_W, REPO, _require_env, cgroup_root
 from corral.backends import filelsm
+from corral.kernel import bpf, events
 
 EPERM_RC = 1  # coreutils exit status on EPERM
 
@@ -281,7 +280,7 @@ def test_events(lsm, session, ws):
     w(ws / "secret/a", "A")
     s = session({"deny_read": [str(ws / "secret")], "allow_write": DEV_W})
     got = []
-    lsm.open_events(lambda raw: got.append(filelsm.decode_event(raw)))
+    lsm.open_events(lambda raw: got.append(events.decode(raw)))
     lsm.poll(0)
     got.clear()
     denied(s.sh(f"cat {ws}/secret/a"))
@@ -292,9 +291,49 @@ def test_events(lsm, session, ws):
     ev = [e for e in got if e["cgid"] == s.cgid]
     assert ev, got
     e = ev[0]
-    assert e["kind"] == 2 and e["verdict"] == 1 and e["op"] == "open_read"
-    assert e["path"] == f"{ws}/secret/a"
-    assert lsm.rule_for(s.cgid, e["rule"]) == ("deny_read", str(ws / "secret"))
+    assert e["kind"] == "file" and e["verdict"] == "deny" and e["op"] == "open_read"
+    assert e["target"] == f"{ws}/secret/a"
+    assert lsm.rule_for(s.cgid, e["rule_id"]) == ("deny_read", str(ws / "secret"))
+
+
+def test_flood_is_rate_limited_and_overruns_are_counted(lsm, session, ws):
+    """bpf/ratelimit.h in file_lsm.c: a denial flood passes a bounded number of
+    events, the suppressed count rides on the next event, and what the full
+    ring buffer dropped (nobody polls during the flood) is counted in the
+    pinned file_lost: every denial is an event, suppressed, or lost."""
+    import time
+    w(ws / "secret/a", "A")
+    got = []
+    lsm.open_events(got.append)
+    lsm.poll(0)                               # what earlier tests left
+    got.clear()
+    base = lsm.lost_events()
+    n, k = 1000, 5                            # 5 full buckets overrun 64 pages of events
+    sess = [session({"deny_read": [str(ws / "secret")], "allow_write": DEV_W}) for _ in range(k)]
+    loop = (f"n = 0\nfor _ in range({n}):\n    try:\n        open({str(ws / 'secret/a')!r})\n"
+            f"    except PermissionError:\n        n += 1\nprint(n)")
+    for s in sess:
+        assert ok(s.py(loop)).strip() == str(n)
+    lost = lsm.lost_events() - base
+    lsm.poll(0)
+    time.sleep(1.5)                           # buckets refill: the next denial carries the count
+    for s in sess:
+        denied(s.sh(f"cat {ws}/secret/a"))
+    cgids = {s.cgid for s in sess}
+    for _ in range(50):
+        lsm.poll(100)
+        recs = [events.decode(r) for r in got]
+        mine = [r for r in recs if r["cgid"] in cgids]
+        if sum(1 for r in mine if r["comm"] == "cat") >= k:
+            break
+    assert all(r["kind"] == "file" and r["target"] == f"{ws}/secret/a" for r in mine), \
+        {r["target"] for r in mine}
+    suppressed = sum(r["suppressed_before"] for r in mine)
+    assert lost > 0 and suppressed > 0, (lost, suppressed, len(mine))
+    assert lsm.lost_events() - base == lost   # counted once
+    assert len(mine) + suppressed + lost == k * (n + 1), (len(mine), suppressed, lost)
+    # bounded per session: the burst plus the refill while it ran
+    assert len(mine) < k * n // 2
 
 
 def test_survives_sigkill_of_user_space(lsm, ws):
@@ -352,7 +391,7 @@ def test_btf_generated_headers_compile():
         assert mode == "btf"
         bdir = REPO / "bpf"
         b = BPF(text=(bdir / "file_lsm.c").read_bytes(),
-                cflags=[f"-I{bdir}", "-Wno-unused-function"] + filelsm.btf_cflags(mode, path))
+                cflags=[f"-I{bdir}", "-Wno-unused-function"] + bpf.btf_cflags(mode, path))
         try:
             assert len(b.lsm_fds) == len(filelsm.HOOKS)
         finally:

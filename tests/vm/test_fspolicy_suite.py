@@ -2,7 +2,6 @@
 the BPF LSM backend: fork, join a fresh cgroup, FileLsm.add_session, exec."""
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest

@@ -60,13 +60,15 @@ import os
 import shutil
 import stat
 import struct
-import subprocess
 from pathlib import Path
 
+from corral.kernel import abi, bpf, cgroups, mountinfo
+from corral.kernel.abi import (RB_ALLOW_READ, RB_ALLOW_WRITE, RB_ANCESTOR, RB_DENY_INODE,  # noqa: F401
+                               RB_DENY_READ, RB_DENY_WRITE, RB_PSEUDO, RULE_USER, SESS_FILE_ENFORCE)
+from corral.kernel.bpf import BpfError, btf_cflags  # noqa: F401  (btf_cflags: tools, tests)
 from corral.kernel.bpfsrc import bpf_dir
-from corral.kernel import cgroups, kheaders, mountinfo
 from corral.kernel.mountinfo import under_any
-from corral.backends.net import ensure_bpffs
+from corral.policy.paths import canonical  # raises PolicyError, a ValueError
 
 log = logging.getLogger("corral.filelsm")
 
@@ -83,18 +85,7 @@ HARDLINK_SCAN_LIMIT = 200_000
 HOOKS = ["file_open", "path_truncate", "path_chmod", "path_chown", "path_mknod",
          "path_mkdir", "path_symlink", "path_unlink", "path_rmdir", "path_link",
          "path_rename", "unix_stream_connect", "unix_may_send"]
-MAPS = ["fconf_map", "fsess", "irules", "prules", "file_events"]
-
-RB_DENY_READ = 1 << 0
-RB_ALLOW_READ = 1 << 1
-RB_ALLOW_WRITE = 1 << 2
-RB_DENY_WRITE = 1 << 3
-RB_DENY_INODE = 1 << 4
-RB_ANCESTOR = 1 << 5
-RB_PSEUDO = 1 << 6
-
-SESS_FILE_ENFORCE = 1 << 1
-RULE_USER = 16
+MAPS = ["fconf_map", "fsess", "irules", "prules", "file_events", "file_lost", "file_lost_seen"]
 
 KINDS = [("deny_read", RB_DENY_READ, "rd"), ("allow_read", RB_ALLOW_READ, "rd"),
          ("allow_write", RB_ALLOW_WRITE, "wr"), ("deny_write", RB_DENY_WRITE, "wr")]
@@ -103,25 +94,6 @@ _M64 = (1 << 64) - 1
 
 # The implicit rules are the Landlock backend's: both backends must agree.
 from corral.client.landlock import DEVICE_WRITE_PATHS, PROTECTED_FSTYPES, PROTECTED_PATHS, PSEUDO_FSTYPES
-
-EVENT_FMT = "<QQII16sBBHIIIQ16s256s"
-EVENT_SIZE = struct.calcsize(EVENT_FMT)
-FOP_NAMES = {1: "open_read", 2: "open_write", 3: "create", 4: "mkdir", 5: "mknod",
-             6: "symlink", 7: "link", 8: "unlink", 9: "rmdir", 10: "rename_from",
-             11: "rename_to", 12: "truncate", 13: "setattr", 14: "unix_connect", 15: "too_deep"}
-RULE_NAMES = {0: "default_deny", 1: "unspecified", 2: "too_deep", 3: "hardlink",
-              4: "race", 5: "protected_ancestor"}
-
-
-def decode_event(raw: bytes) -> dict:
-    """struct event (bpf/common.h) -> dict; used by tests and tools."""
-    (ts, cgid, pid, uid, comm, kind, op, port, family, rule, verdict, count, addr,
-     path) = struct.unpack_from(EVENT_FMT, raw)
-    return {"ts_ns": ts, "cgid": cgid, "pid": pid, "uid": uid,
-            "comm": comm.split(b"\0", 1)[0].decode(errors="replace"), "kind": kind,
-            "op": FOP_NAMES.get(op, op), "rule": rule, "verdict": verdict, "count": count,
-            "path": path.split(b"\0", 1)[0].decode(errors="replace")}
-
 
 # ---------------------------------------------------------------- hashing
 def _mix(h: int, v: int) -> int:
@@ -170,67 +142,6 @@ class _DevMap:
         return (m.kdev if m is not None else _kdev(st.st_dev), st.st_ino)
 
 
-# ---------------------------------------------------------------- libbpf
-class BpfError(OSError):
-    pass
-
-
-_libbpf = None
-
-
-def _lib():
-    global _libbpf
-    if _libbpf is None:
-        lib = ct.CDLL("libbpf.so.1", use_errno=True)
-        for fn, args in [("bpf_obj_get", [ct.c_char_p]),
-                         ("bpf_obj_pin", [ct.c_int, ct.c_char_p]),
-                         ("bpf_map_update_elem", [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64]),
-                         ("bpf_map_lookup_elem", [ct.c_int, ct.c_void_p, ct.c_void_p]),
-                         ("bpf_map_delete_elem", [ct.c_int, ct.c_void_p]),
-                         ("bpf_map_get_next_key", [ct.c_int, ct.c_void_p, ct.c_void_p]),
-                         ("libbpf_find_vmlinux_btf_id", [ct.c_char_p, ct.c_int])]:
-            f = getattr(lib, fn)
-            f.argtypes = args
-            f.restype = ct.c_int
-        _libbpf = lib
-    return _libbpf
-
-
-def _chk(rc: int, what: str) -> int:
-    if rc < 0:
-        e = ct.get_errno() or -rc
-        raise BpfError(e, f"{what}: {os.strerror(e)}")
-    return rc
-
-
-class _Map:
-    def __init__(self, fd: int, ksize: int, vsize: int):
-        self.fd, self.ksize, self.vsize = fd, ksize, vsize
-
-    def update(self, k: bytes, v: bytes) -> None:
-        _chk(_lib().bpf_map_update_elem(self.fd, k, v, 0), "map update")
-
-    def lookup(self, k: bytes) -> bytes | None:
-        buf = ct.create_string_buffer(self.vsize)
-        if _lib().bpf_map_lookup_elem(self.fd, k, buf) < 0:
-            return None
-        return buf.raw
-
-    def delete(self, k: bytes) -> None:
-        if _lib().bpf_map_delete_elem(self.fd, k) < 0:
-            e = ct.get_errno()
-            if e != errno.ENOENT:
-                raise BpfError(e, f"map delete: {os.strerror(e)}")
-
-    def keys(self):
-        cur = None
-        nxt = ct.create_string_buffer(self.ksize)
-        while _lib().bpf_map_get_next_key(self.fd, cur, nxt) == 0:
-            k = nxt.raw
-            yield k
-            cur = ct.create_string_buffer(k, self.ksize)
-
-
 # ---------------------------------------------------------------- probe
 _SYS_bpf = 321
 BPF_PROG_LOAD = 5
@@ -246,7 +157,7 @@ def probe() -> tuple[bool, str]:
     except OSError:
         lsms = None
     try:
-        lib = _lib()
+        lib = bpf.lib()
     except OSError as e:
         return False, f"libbpf.so.1 not available: {e}"
     btf_id = lib.libbpf_find_vmlinux_btf_id(b"file_open", BPF_LSM_MAC)
@@ -307,12 +218,6 @@ def _merge(table: dict, key, bit: int, slot: str, idx: int) -> None:
     ent[0] |= bit
 
 
-def _norm(p: str) -> str:
-    if not isinstance(p, str) or not p.startswith("/"):
-        raise ValueError(f"file policy paths must be absolute: {p!r}")
-    return os.path.normpath(p).replace("//", "/")
-
-
 def protected_mounts() -> list[str]:
     """Mount points of cgroup/bpf filesystems (never writable in a session)."""
     return sorted(mountinfo.mountpoints(PROTECTED_FSTYPES))
@@ -346,7 +251,7 @@ def compile_policy(seed: int, pol: dict, implicit: bool = True) -> Compiled:
     unknown = set(pol) - {k for k, _, _ in KINDS}
     if unknown:
         log.warning("file policy: ignoring unknown keys %s", sorted(unknown))
-    allow_read = [_norm(p) for p in pol.get("allow_read", []) or []]
+    allow_read = [canonical(p) for p in pol.get("allow_read", []) or []]
     allow_read += [os.path.realpath(p) for p in allow_read]
     items = [(kind, bit, slot, raw, kind) for kind, bit, slot in KINDS
              for raw in pol.get(kind, []) or []]
@@ -364,36 +269,35 @@ def compile_policy(seed: int, pol: dict, implicit: bool = True) -> Compiled:
         items += [("deny_read", RB_DENY_READ, "rd", p, "implicit deny_read (bpffs)")
                   for p in bpf_mounts()]
     for kind, bit, slot, raw, label in items:
-        if True:
-            p = _norm(raw)
-            idx = len(c.rules)
-            if idx >= MAX_RULES:
-                raise ValueError(f"file policy: more than {MAX_RULES} rules")
-            c.rules.append((label, p))
-            names = {p, os.path.realpath(p)}
-            for q in names:
-                comps = _comps(q)
-                if len(comps) > MAX_PDEPTH:
-                    raise ValueError(f"file policy path has more than {MAX_PDEPTH} components: {q}")
-                if comps:
-                    _merge(c.prules, path_hash(seed, comps), bit, slot, idx)
-                    c.max_pdepth = max(c.max_pdepth, len(comps))
-                if bit in (RB_DENY_READ, RB_DENY_WRITE):
-                    for j in range(1, len(comps)):
-                        _merge(c.prules, path_hash(seed, comps[:j]), RB_ANCESTOR, "-", idx)
-                        anc = "/" + "/".join(os.fsdecode(x) for x in comps[:j])
-                        try:
-                            st = os.stat(anc)
-                            _merge(c.irules, devs.key(anc, st), RB_ANCESTOR, "-", idx)
-                        except OSError:
-                            pass
-            try:
-                st = os.stat(p)
-            except OSError:
-                continue
-            _merge(c.irules, devs.key(p, st), bit, slot, idx)
-            if bit == RB_DENY_READ and stat.S_ISDIR(st.st_mode):
-                _scan_hardlinks(c, p, allow_read, idx, devs)
+        p = canonical(raw)
+        idx = len(c.rules)
+        if idx >= MAX_RULES:
+            raise ValueError(f"file policy: more than {MAX_RULES} rules")
+        c.rules.append((label, p))
+        names = {p, os.path.realpath(p)}
+        for q in names:
+            comps = _comps(q)
+            if len(comps) > MAX_PDEPTH:
+                raise ValueError(f"file policy path has more than {MAX_PDEPTH} components: {q}")
+            if comps:
+                _merge(c.prules, path_hash(seed, comps), bit, slot, idx)
+                c.max_pdepth = max(c.max_pdepth, len(comps))
+            if bit in (RB_DENY_READ, RB_DENY_WRITE):
+                for j in range(1, len(comps)):
+                    _merge(c.prules, path_hash(seed, comps[:j]), RB_ANCESTOR, "-", idx)
+                    anc = "/" + "/".join(os.fsdecode(x) for x in comps[:j])
+                    try:
+                        st = os.stat(anc)
+                        _merge(c.irules, devs.key(anc, st), RB_ANCESTOR, "-", idx)
+                    except OSError:
+                        pass
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        _merge(c.irules, devs.key(p, st), bit, slot, idx)
+        if bit == RB_DENY_READ and stat.S_ISDIR(st.st_mode):
+            _scan_hardlinks(c, p, allow_read, idx, devs)
     return c
 
 
@@ -447,43 +351,27 @@ def cgroup_level(cgid: int) -> int:
 
 
 # ---------------------------------------------------------------- loader
-def btf_cflags(mode: str, path) -> list[str]:
-    """Extra cflags for a BTF-generated header tree. bcc 0.26's helpers.h names
-    helper ids newer than some kernels (6.1 has no cgrp_storage helpers); the
-    uapi enum then comes from vmlinux.h and lacks them."""
-    if mode != "btf":
-        return []
-    flags = ["-DCORRAL_BTF_HEADERS"]
-    try:
-        text = (Path(path) / "vmlinux.h").read_text(errors="replace")
-    except OSError:
-        return flags
-    for name, val in (("BPF_FUNC_cgrp_storage_get", 210), ("BPF_FUNC_cgrp_storage_delete", 211)):
-        if name not in text:
-            flags.append(f"-D{name}={val}")
-    return flags
-
-
-def _version(src: bytes, common: bytes) -> str:
-    h = hashlib.sha256(src + b"\0" + common + f"\0{MAX_DEPTH}/{MAX_PDEPTH}".encode())
+def _version(bdir: Path) -> str:
+    """Of the program and every header it includes: a new version gets new pins."""
+    h = hashlib.sha256((bdir / "file_lsm.c").read_bytes())
+    for hdr in sorted(bdir.glob("*.h")):
+        h.update(b"\0" + hdr.name.encode() + b"\0" + hdr.read_bytes())
+    h.update(f"\0{MAX_DEPTH}/{MAX_PDEPTH}".encode())
     return h.hexdigest()[:12]
 
 
 class FileLsm:
     def __init__(self, force_btf_headers: bool = False):
-        ensure_bpffs(BPFFS)
+        bpf.ensure_bpffs(BPFFS)
         bdir = bpf_dir()
-        src = (bdir / "file_lsm.c").read_bytes()
-        common = (bdir / "common.h").read_bytes()
-        self.version = _version(src, common)
+        self.version = _version(bdir)
         self.pin_dir = PIN_ROOT / f"file_lsm-{self.version}"
         self.header_mode = None
         self.reused = self._pins_complete(self.pin_dir)
         if not self.reused:
-            self._load_and_pin(bdir, src, force_btf_headers)
+            self._load_and_pin(force_btf_headers)
         self._open_pins()
-        self._events_mgr = None
-        self._events_cb = None
+        self._reader = None
         self._keys: dict[int, tuple[set, set]] = {}
         self._rules: dict[int, list] = {}
         self._migrate_old_versions()
@@ -493,14 +381,10 @@ class FileLsm:
     def _pins_complete(d: Path) -> bool:
         return all((d / m).exists() for m in MAPS) and all((d / f"link_{h}").exists() for h in HOOKS)
 
-    def _load_and_pin(self, bdir: Path, src: bytes, force_btf: bool) -> None:
-        from bcc import BPF  # imported late: reuse of pins needs no compiler
-        mode, path = kheaders.select(force_btf=force_btf)
-        self.header_mode = mode
-        cflags = [f"-I{bdir}", f"-DMAX_DEPTH={MAX_DEPTH}", f"-DMAX_PDEPTH={MAX_PDEPTH}",
-                  "-Wno-unused-function"] + btf_cflags(mode, path)
-        log.info("compiling file_lsm.c (%s headers: %s)", mode, path)
-        b = BPF(text=src, cflags=cflags)
+    def _load_and_pin(self, force_btf: bool) -> None:
+        log.info("compiling file_lsm.c")
+        b, self.header_mode = bpf.compile_program(
+            "file_lsm.c", {"MAX_DEPTH": MAX_DEPTH, "MAX_PDEPTH": MAX_PDEPTH}, force_btf=force_btf)
         try:
             PIN_ROOT.mkdir(parents=True, exist_ok=True)
             # bpffs refuses names with dots
@@ -509,16 +393,15 @@ class FileLsm:
                 shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             for m in MAPS:
-                _chk(_lib().bpf_obj_pin(b[m].map_fd, str(tmp / m).encode()), f"pin {m}")
+                bpf.obj_pin(b[m].map_fd, tmp / m)
             seed = int.from_bytes(os.urandom(8), "little")
-            cfd = b["fconf_map"].map_fd
-            _chk(_lib().bpf_map_update_elem(cfd, struct.pack("<I", 0), struct.pack("<QQ", seed, 0), 0),
-                 "init fconf")
+            bpf.Map.of(b["fconf_map"].map_fd, ct.c_uint32, abi.FConf).update(
+                bytes(ct.c_uint32(0)), bytes(abi.FConf(seed=seed, level_mask=0)))
             for h in HOOKS:
                 fd = b.lsm_fds.get(f"lsm__{h}".encode())
                 if fd is None:
                     raise RuntimeError(f"LSM hook {h} not attached")
-                _chk(_lib().bpf_obj_pin(fd, str(tmp / f"link_{h}").encode()), f"pin link {h}")
+                bpf.obj_pin(fd, tmp / f"link_{h}")
             if self.pin_dir.exists():
                 shutil.rmtree(self.pin_dir, ignore_errors=True)
             try:
@@ -526,9 +409,9 @@ class FileLsm:
             except OSError:
                 self.pin_dir.mkdir(parents=True, exist_ok=True)
                 for f in tmp.iterdir():
-                    fd = _chk(_lib().bpf_obj_get(str(f).encode()), f"reopen {f.name}")
+                    fd = bpf.obj_get(f)
                     try:
-                        _chk(_lib().bpf_obj_pin(fd, str(self.pin_dir / f.name).encode()), f"pin {f.name}")
+                        bpf.obj_pin(fd, self.pin_dir / f.name)
                     finally:
                         os.close(fd)
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -536,15 +419,18 @@ class FileLsm:
             b.cleanup()   # closes our fds; the pins keep programs attached
 
     def _open_pins(self) -> None:
-        def get(name):
-            return _chk(_lib().bpf_obj_get(str(self.pin_dir / name).encode()), f"open pin {name}")
-        self.fconf = _Map(get("fconf_map"), 4, 16)
-        self.fsess = _Map(get("fsess"), 8, 40)
-        self.irules = _Map(get("irules"), 24, 8)
-        self.prules = _Map(get("prules"), 16, 8)
-        self.events_fd = get("file_events")
-        raw = self.fconf.lookup(struct.pack("<I", 0))
-        self.seed, self.level_mask = struct.unpack("<QQ", raw)
+        def get(name, key, value):
+            return bpf.Map.of(bpf.obj_get(self.pin_dir / name), key, value)
+        self.fconf = get("fconf_map", ct.c_uint32, abi.FConf)
+        self.fsess = get("fsess", ct.c_uint64, abi.FSess)
+        self.irules = get("irules", abi.IKey, abi.RuleVal)
+        self.prules = get("prules", abi.PKey, abi.RuleVal)
+        self.events_fd = bpf.obj_get(self.pin_dir / "file_events")
+        self._lost = [bpf.obj_get(self.pin_dir / n) for n in ("file_lost", "file_lost_seen")]
+        # The pins outlive daemons: what no daemon reported is this one's to report.
+        self.loss = bpf.LossCounter(*self._lost)
+        conf = abi.FConf.from_buffer_copy(self.fconf.lookup(bytes(ct.c_uint32(0))))
+        self.seed, self.level_mask = conf.seed, conf.level_mask
 
     def _migrate_old_versions(self) -> None:
         """Pinned programs from an older file_lsm.c: re-add the sessions they
@@ -556,7 +442,7 @@ class FileLsm:
                 continue
             log.warning("replacing pinned file LSM %s with %s", d.name, self.pin_dir.name)
             for cgid, pol in self._recorded_policies():
-                if self.fsess.lookup(struct.pack("<Q", cgid)) is None:
+                if self.fsess.lookup(bytes(ct.c_uint64(cgid))) is None:
                     try:
                         self.add_session(cgid, pol)
                     except (LookupError, OSError, ValueError) as e:
@@ -589,8 +475,8 @@ class FileLsm:
     # -- sessions
     def _current_keys(self, cgid: int) -> tuple[set, set]:
         if cgid not in self._keys:
-            ik = {k for k in self.irules.keys() if struct.unpack_from("<Q", k)[0] == cgid}
-            pk = {k for k in self.prules.keys() if struct.unpack_from("<Q", k)[0] == cgid}
+            ik = {k for k in self.irules.keys() if abi.IKey.from_buffer_copy(k).cgid == cgid}
+            pk = {k for k in self.prules.keys() if abi.PKey.from_buffer_copy(k).cgid == cgid}
             self._keys[cgid] = (ik, pk)
         return self._keys[cgid]
 
@@ -601,25 +487,28 @@ class FileLsm:
             raise ValueError(f"cgroup {cgid} is nested too deep (level {level} >= 16)")
         if not self.level_mask & (1 << level):
             self.level_mask |= 1 << level
-            self.fconf.update(struct.pack("<I", 0), struct.pack("<QQ", self.seed, self.level_mask))
+            self.fconf.update(bytes(ct.c_uint32(0)),
+                              bytes(abi.FConf(seed=self.seed, level_mask=self.level_mask)))
         old_i, old_p = self._current_keys(cgid)
         new_i, new_p = set(), set()
         for (dev, ino), (bits, rd, wr) in comp.irules.items():
-            k = struct.pack("<QQQ", cgid, dev, ino)
-            self.irules.update(k, struct.pack("<IHH", bits, rd, wr))
+            k = bytes(abi.IKey(cgid, dev, ino))
+            self.irules.update(k, bytes(abi.RuleVal(bits, rd, wr)))
             new_i.add(k)
         for h, (bits, rd, wr) in comp.prules.items():
-            k = struct.pack("<QQ", cgid, h)
-            self.prules.update(k, struct.pack("<IHH", bits, rd, wr))
+            k = bytes(abi.PKey(cgid, h))
+            self.prules.update(k, bytes(abi.RuleVal(bits, rd, wr)))
             new_p.add(k)
-        skey = struct.pack("<Q", cgid)
+        skey = bytes(ct.c_uint64(cgid))
         cur = self.fsess.lookup(skey)
-        if cur:
-            flags, dns, tok, last, supp, _, _ = struct.unpack("<IIQQQII", cur)
-        else:
-            flags, dns, tok, last, supp = 0, 0, 100, 0, 0
-        self.fsess.update(skey, struct.pack("<IIQQQII", flags | SESS_FILE_ENFORCE, dns, tok, last,
-                                            supp, comp.max_pdepth, 0))
+        # A live session keeps its rate limiter state; a new one starts with a
+        # second's worth of tokens.
+        sess = abi.FSess.from_buffer_copy(cur) if cur else \
+            abi.FSess(cfg=abi.SessionCfg(rate_tokens=abi.FILE_RATE_PER_SEC))
+        sess.cfg.flags |= SESS_FILE_ENFORCE
+        sess.max_pdepth = comp.max_pdepth
+        sess.pad = 0
+        self.fsess.update(skey, bytes(sess))
         for k in old_i - new_i:
             self.irules.delete(k)
         for k in old_p - new_p:
@@ -636,7 +525,7 @@ class FileLsm:
         self._install(cgid, fs_policy)
 
     def remove_session(self, cgid: int) -> None:
-        self.fsess.delete(struct.pack("<Q", cgid))
+        self.fsess.delete(bytes(ct.c_uint64(cgid)))
         ik, pk = self._current_keys(cgid)
         for k in ik:
             self.irules.delete(k)
@@ -664,45 +553,32 @@ class FileLsm:
 
     # -- events
     def open_events(self, callback) -> None:
-        from bcc.libbcc import lib as bcclib, _RINGBUF_CB_TYPE
-
-        def _cb(ctx, data, size):
-            try:
-                callback(ct.string_at(data, size))
-            except Exception:  # never let an exception unwind into C
-                log.exception("file event callback failed")
-            return 0
-
-        self._events_cb = _RINGBUF_CB_TYPE(_cb)
-        if self._events_mgr is None:
-            mgr = bcclib.bpf_new_ringbuf(self.events_fd, self._events_cb, None)
-            if not mgr:
-                raise BpfError(errno.EINVAL, "could not open file event ring buffer")
-            self._events_mgr = mgr
+        if self._reader is None:
+            self._reader = bpf.RingReader(self.events_fd, callback, log)
         else:
-            bcclib.bpf_add_ringbuf(self._events_mgr, self.events_fd, self._events_cb, None)
+            self._reader.callback = callback
 
     def poll(self, timeout_ms: int) -> None:
-        if self._events_mgr is None:
-            return
-        from bcc.libbcc import lib as bcclib
-        bcclib.bpf_poll_ringbuf(self._events_mgr, timeout_ms)
+        if self._reader is not None:
+            self._reader.poll(timeout_ms)
+
+    def lost_events(self) -> int:
+        """Events lost to a full ring buffer since this daemon loaded, plus
+        those no earlier daemon reported (noted in the pinned file_lost_seen)."""
+        return self.loss.downtime + self.loss.new()
 
     def close(self) -> None:
         """Close our fds; pinned programs keep enforcing."""
-        if self._events_mgr is not None:
-            from bcc.libbcc import lib as bcclib
-            bcclib.bpf_free_ringbuf(self._events_mgr)
-            self._events_mgr = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         for m in (self.fconf, self.fsess, self.irules, self.prules):
+            m.close()
+        for fd in [self.events_fd] + self._lost:
             try:
-                os.close(m.fd)
+                os.close(fd)
             except OSError:
                 pass
-        try:
-            os.close(self.events_fd)
-        except OSError:
-            pass
 
 
 def unpin_all() -> None:

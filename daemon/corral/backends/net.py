@@ -4,23 +4,20 @@ pin the maps, and turn a session's network rules into trie entries.
 The event ring buffer and its loss counters are pinned too: what the kernel
 emits while no daemon reads it (the daemon was killed, or is still starting)
 is drained by the next daemon at load time (`take_downtime`), and losses are
-reported once across restarts (`lost_seen`)."""
+reported once across restarts (kernel/bpf.py LossCounter)."""
 from __future__ import annotations
 
 import ctypes as ct
 import ipaddress
-import json
 import logging
 import os
-import re
-import subprocess
 from pathlib import Path
 
-from corral.kernel import kheaders, mountinfo
-from corral.kernel.bpfsrc import bpf_dir
 from corral.config import PIN_DIR
-from corral.kernel.events import EVENT
-from corral.policy.model import MAX_PORT_RANGES, NetRule, PolicyError
+from corral.kernel import abi, bpf
+from corral.kernel.abi import (MAX_PORT_RANGES, RULE_USER, SESS_DNS_STEER,  # noqa: F401
+                               SESS_FILE_ENFORCE, SESS_NET_ENFORCE, PortRules)
+from corral.policy.model import NetRule, PolicyError
 
 log = logging.getLogger("corral.net")
 
@@ -40,77 +37,25 @@ PINNED_MAPS = ["sessions", "allow4", "deny4", "allow6", "deny6", "dns_socks",
 # left one with another layout it is read, then replaced (event_pin_layouts).
 # The enforcement pins are never replaced: live sessions depend on them.
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-BPF_MAP_TYPE_RINGBUF = 27
-
-SESS_NET_ENFORCE = 1 << 0
-SESS_FILE_ENFORCE = 1 << 1
-SESS_DNS_STEER = 1 << 2
-RULE_USER = 16
 
 
 def ensure_bpffs(base: Path | None = None) -> None:
     """Mount bpffs at `base` (default: where our pins live) unless it is there."""
-    base = Path(base) if base is not None else PIN_DIR.parent
-    if str(base) not in mountinfo.mountpoints(("bpf",), mountinfo.mounts(missing_ok=False)):
-        base.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "bpf", "bpf", str(base)], check=True)
+    bpf.ensure_bpffs(Path(base) if base is not None else PIN_DIR.parent)
 
 
-def ringbuf_pages(src: str) -> int:
-    """Pages of the `events` ring buffer: as net.c declares it, unless
+def ringbuf_pages() -> int:
+    """Pages of the `events` ring buffer: common.h's EVENTS_RINGBUF_PAGES, unless
     CORRAL_RINGBUF_PAGES (a power of two; for tests) says otherwise."""
     env = os.environ.get("CORRAL_RINGBUF_PAGES")
-    if env:
-        return int(env)
-    m = re.search(r"BPF_RINGBUF_OUTPUT\(events, (\d+)\);", src)
-    if not m:
-        raise RuntimeError("bpf/net.c no longer declares the events ring buffer")
-    return int(m.group(1))
+    return int(env) if env else abi.EVENTS_RINGBUF_PAGES
 
 
 def event_pin_layouts(pages: int) -> dict[str, tuple[str, int, int, int]]:
-    """name -> (bpftool type, key bytes, value bytes, max_entries) as declared below."""
+    """name -> (map type, key bytes, value bytes, max_entries) as net.c declares them."""
     return {"events": ("ringbuf", 0, 0, pages * PAGE_SIZE),
             "lost": ("percpu_array", 4, 8, 1),
             "lost_seen": ("array", 4, 8, 1)}
-
-
-def _pinned_source(src: str) -> str:
-    """Declare the maps pinned so a restarted daemon reuses the live state."""
-    pages = ringbuf_pages(src)
-    m = re.search(r"BPF_RINGBUF_OUTPUT\(events, \d+\);", src)
-    src = src[:m.start()] + f'BPF_RINGBUF_PINNED(events, {pages}, "{PIN_DIR}/events");' + src[m.end():]
-    subs = {
-        "BPF_PERCPU_ARRAY(lost, u64, 1);":
-            f'BPF_TABLE_PINNED("percpu_array", int, u64, lost, 1, "{PIN_DIR}/lost");',
-        "BPF_ARRAY(lost_seen, u64, 1);":
-            f'BPF_TABLE_PINNED("array", int, u64, lost_seen, 1, "{PIN_DIR}/lost_seen");',
-        "BPF_HASH(sessions, u64, struct session_cfg, 4096);":
-            f'BPF_TABLE_PINNED("hash", u64, struct session_cfg, sessions, 4096, "{PIN_DIR}/sessions");',
-        'BPF_TABLE("lru_hash", u64, struct dns_orig, dns_socks, 65536);':
-            f'BPF_TABLE_PINNED("lru_hash", u64, struct dns_orig, dns_socks, 65536, "{PIN_DIR}/dns_socks");',
-    }
-    for name, key in (("allow4", "lpm4_key"), ("deny4", "lpm4_key"),
-                      ("allow6", "lpm6_key"), ("deny6", "lpm6_key")):
-        subs[f"BPF_LPM_TRIE({name}, struct {key}, struct port_rules, 65536);"] = (
-            f'BPF_TABLE_PINNED("lpm_trie", struct {key}, struct port_rules, {name}, 65536, '
-            f'"{PIN_DIR}/{name}", BPF_F_NO_PREALLOC);')
-    for old, new in subs.items():
-        if old not in src:
-            raise RuntimeError(f"bpf/net.c no longer declares {old!r}")
-        src = src.replace(old, new)
-    return src
-
-
-def _pin_info(path: Path) -> dict:
-    """bpftool's description of a pinned map; {} when it is not a readable map."""
-    proc = subprocess.run(["bpftool", "-j", "map", "show", "pinned", str(path)],
-                          capture_output=True, text=True)
-    try:
-        info = json.loads(proc.stdout) if proc.returncode == 0 else {}
-    except ValueError:
-        return {}
-    return info if isinstance(info, dict) and "id" in info else {}
 
 
 def _fdinfo(fd: int) -> dict:
@@ -125,85 +70,18 @@ def _fdinfo(fd: int) -> dict:
     return out
 
 
-_libbpf = None
-
-
-def _obj_get(path: Path) -> int:
-    """An fd for a pinned object (libbpf bpf_obj_get; libbcc links libbpf)."""
-    global _libbpf
-    if _libbpf is None:
-        _libbpf = ct.CDLL("libbpf.so.1", use_errno=True)
-        _libbpf.bpf_obj_get.argtypes = [ct.c_char_p]
-        _libbpf.bpf_obj_get.restype = ct.c_int
-    fd = _libbpf.bpf_obj_get(os.fsencode(path))
-    if fd < 0:
-        err = ct.get_errno() or -fd
-        raise OSError(err, os.strerror(err), str(path))
-    return fd
-
-
-def _drain_ringbuf(fd: int) -> list[bytes]:
-    """Every record waiting in a ring buffer map, oldest first. Uses its own
-    libbpf ring_buffer, so the daemon's poller (opened later) is not involved;
-    the consumer position lives in the map, so drained records are not seen twice."""
-    from bcc.libbcc import _RINGBUF_CB_TYPE, lib
-    out: list[bytes] = []
-
-    def cb(_ctx, data, size):
-        out.append(ct.string_at(data, size))
-        return 0
-    fn = _RINGBUF_CB_TYPE(cb)
-    rb = lib.bpf_new_ringbuf(fd, fn, None)
-    if not rb:
-        raise OSError("cannot map the ring buffer")
-    try:
-        lib.bpf_consume_ringbuf(rb)
-    finally:
-        lib.bpf_free_ringbuf(rb)
-    return out
-
-
-def _map_u64_sum(map_id: int) -> int | None:
-    """Sum of every u64 in an array / per-cpu array map; None if unreadable."""
-    proc = subprocess.run(["bpftool", "-j", "map", "dump", "id", str(map_id)],
-                          capture_output=True, text=True)
-    try:
-        entries = json.loads(proc.stdout) if proc.returncode == 0 else None
-        total = 0
-        for e in entries:
-            vals = [v["value"] for v in e["values"]] if "values" in e else [e["value"]]
-            for v in vals:
-                raw = bytes(int(b, 16) for b in v)
-                if len(raw) != 8:
-                    return None
-                total += int.from_bytes(raw, "little")
-        return total
-    except (TypeError, ValueError, KeyError):
-        return None
-
-
-class PortRules(ct.Structure):
-    _fields_ = [("n", ct.c_uint32), ("rule", ct.c_uint32 * MAX_PORT_RANGES),
-                ("lo", ct.c_uint16 * MAX_PORT_RANGES), ("hi", ct.c_uint16 * MAX_PORT_RANGES)]
-
-
 class NetBpf:
     """The loaded network programs and their maps."""
 
     def __init__(self, cgroup_root: Path):
-        from bcc import BPF  # imported late: `corral` CLI must not need bcc
-        self.BPF = BPF
         self.cgroup_root = cgroup_root
-        self.header_mode, _ = kheaders.select()
         ensure_bpffs()
         PIN_DIR.mkdir(mode=0o700, exist_ok=True)
-        net_c = (bpf_dir() / "net.c").read_text()
-        stale = self._set_aside_event_pins(event_pin_layouts(ringbuf_pages(net_c)))
-        src = _pinned_source(net_c)
-        cflags = [f"-I{bpf_dir()}", "-Wno-unused-function"]
-        if self.header_mode == "btf":
-            cflags.append("-DCORRAL_BTF_HEADERS")
-        self.bpf = BPF(text=src, cflags=cflags)
+        pages = ringbuf_pages()
+        stale = self._set_aside_event_pins(event_pin_layouts(pages))
+        # The pins are declared in net.c (bpf/pinned.h); only their directory comes from here.
+        self.bpf, self.header_mode = bpf.compile_program(
+            "net.c", {"CORRAL_PIN_DIR": bpf.c_string(str(PIN_DIR)), "EVENTS_RINGBUF_PAGES": pages})
         self._check_pinned_layouts()
         self._attach()
         self.sessions = self.bpf["sessions"]
@@ -211,8 +89,6 @@ class NetBpf:
         self.dns_socks = self.bpf["dns_socks"]
         # cgid -> {(trie name, prefix): leaf bytes} as last written by install_rules
         self._installed: dict[int, dict] = {}
-        self.lost = self.bpf["lost"]
-        self.lost_seen = self.bpf["lost_seen"]
         # After _attach: the predecessor's programs are retired, so nothing
         # more can land in a set-aside ring buffer.
         self._downtime = self._collect_downtime(stale)
@@ -227,7 +103,7 @@ class NetBpf:
             path = PIN_DIR / name
             if not os.path.lexists(path):
                 continue
-            info = _pin_info(path)
+            info = bpf.pin_info(path)
             have = (info.get("type"), info.get("bytes_key"), info.get("bytes_value"),
                     info.get("max_entries")) if info else None
             if have == want:
@@ -238,7 +114,7 @@ class NetBpf:
             fd = -1
             if info:
                 try:
-                    fd = _obj_get(path)
+                    fd = bpf.obj_get(path)
                 except OSError as e:
                     log.error("cannot open %s: %s; what it holds is lost", path, e)
             try:
@@ -260,7 +136,7 @@ class NetBpf:
             t = self.bpf[name]
             have = _fdinfo(t.map_fd)
             want = {"map_type": int(t.ttype), "max_entries": int(t.max_entries)}
-            if t.ttype != BPF_MAP_TYPE_RINGBUF:
+            if t.ttype != bpf.BPF_MAP_TYPE_RINGBUF:
                 want["key_size"] = ct.sizeof(t.Key)
                 want["value_size"] = ct.sizeof(getattr(t, "sLeaf", t.Leaf))
             diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
@@ -282,9 +158,9 @@ class NetBpf:
                 continue
             try:
                 if name == "events" and info.get("type") == "ringbuf":
-                    records += _drain_ringbuf(fd)
-                elif info.get("bytes_value") == 8 and str(info.get("type", "")).endswith("array"):
-                    v = _map_u64_sum(info["id"])
+                    records += bpf.drain_ringbuf(fd)
+                elif str(info.get("type", "")).endswith("array"):
+                    v = bpf.u64_sum(fd)
                     if v is None:
                         log.error("cannot read the replaced %s pin; its count is lost", name)
                     else:
@@ -297,22 +173,17 @@ class NetBpf:
             finally:
                 os.close(fd)
         try:
-            records += _drain_ringbuf(self.bpf["events"].map_fd)
+            records += bpf.drain_ringbuf(self.bpf["events"].map_fd)
         except OSError as e:
             log.error("cannot drain the pinned ring buffer: %s; what it holds is logged "
                       "as it arrives, without the while_down mark", e)
-        good = [r for r in records if len(r) == EVENT.size]
-        total = self._lost_total()
+        good = [r for r in records if len(r) == abi.EVENT_SIZE]
         if "lost_seen" in stale and "lost_seen" not in salvaged:
             log.warning("how many lost events the previous daemon reported is unknown; "
-                        "all %d counted are reported again", total)
-        seen = salvaged.get("lost_seen", self._seen())
-        if "lost" in stale:
-            lost = max(0, salvaged.get("lost", 0) - seen) + total
-        else:
-            lost = total - seen if total >= seen else total
-        self._lost_base = self._lost_reported = total
-        self._write_seen(total)
+                        "all counted are reported again")
+        self.loss = bpf.LossCounter(self.bpf["lost"].map_fd, self.bpf["lost_seen"].map_fd,
+                                    salvaged, replaced="lost" in stale)
+        lost = self.loss.downtime
         if records or lost:
             log.info("%d kernel event(s) were waiting in the pinned ring buffer; %d lost while "
                      "no daemon read it", len(records), lost)
@@ -331,39 +202,35 @@ class NetBpf:
 
     # -- programs -----------------------------------------------------------
     def _attach(self) -> None:
-        old = self._attached_ids()
+        from bcc import BPF
         fd = os.open(self.cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
         try:
+            old = self._attached_ids(fd)
             for name, atype in PROGRAMS:
-                fn = self.bpf.load_func(name, self.BPF.CGROUP_SOCK_ADDR, attach_type=atype)
-                self.BPF.attach_func(fn, fd, atype, BPF_F_ALLOW_MULTI)
+                fn = self.bpf.load_func(name, BPF.CGROUP_SOCK_ADDR, attach_type=atype)
+                BPF.attach_func(fn, fd, atype, BPF_F_ALLOW_MULTI)
             name, atype = SOCK_CREATE
-            fn = self.bpf.load_func(name, self.BPF.CGROUP_SOCK, attach_type=atype)
-            self.BPF.attach_func(fn, fd, atype, BPF_F_ALLOW_MULTI)
+            fn = self.bpf.load_func(name, BPF.CGROUP_SOCK, attach_type=atype)
+            BPF.attach_func(fn, fd, atype, BPF_F_ALLOW_MULTI)
+            # A previous daemon's programs stay attached after it dies (sessions
+            # stay confined); now that ours are in place, retire theirs.
+            for atype, prog_id in old:
+                try:
+                    bpf.cgroup_detach(fd, prog_id, atype)
+                except OSError as e:
+                    log.warning("cannot detach the previous daemon's program %d: %s", prog_id, e)
         finally:
             os.close(fd)
-        # A previous daemon's programs stay attached after it dies (sessions
-        # stay confined); now that ours are in place, retire theirs.
-        for atype_name, prog_id in old:
-            subprocess.run(["bpftool", "cgroup", "detach", str(self.cgroup_root), atype_name,
-                            "id", str(prog_id)], capture_output=True)
 
-    def _attached_ids(self) -> list[tuple[str, int]]:
-        proc = subprocess.run(["bpftool", "-j", "cgroup", "show", str(self.cgroup_root)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0 or not proc.stdout.strip():
-            return []
-        try:
-            entries = json.loads(proc.stdout)
-        except ValueError:
-            return []
-        return [(e["attach_type"], e["id"]) for e in entries
-                if str(e.get("name", "")).startswith("corral_")]
-
-    def detach(self) -> None:
-        for atype_name, prog_id in self._attached_ids():
-            subprocess.run(["bpftool", "cgroup", "detach", str(self.cgroup_root), atype_name,
-                            "id", str(prog_id)], capture_output=True)
+    @staticmethod
+    def _attached_ids(cgroup_fd: int) -> list[tuple[int, int]]:
+        """(attach type, program id) of every corral program attached here."""
+        out = []
+        for atype in sorted({a for _, a in PROGRAMS + [SOCK_CREATE]}):
+            for pid in bpf.cgroup_programs(cgroup_fd, atype):
+                if (bpf.prog_name(pid) or "").startswith("corral_"):
+                    out.append((atype, pid))
+        return out
 
     # -- session state ------------------------------------------------------
     def set_session(self, cgid: int, flags: int, dns_port: int = 0) -> None:
@@ -477,30 +344,10 @@ class NetBpf:
         raw = b"".join(int(k.addr[i]).to_bytes(4, "little") for i in range(4))
         return ipaddress.ip_network((raw, plen))
 
-    def _lost_total(self) -> int:
-        return sum(int(v) for v in self.lost.getvalue(self.lost.Key(0)))
-
-    def _seen(self) -> int:
-        return int(self.lost_seen[self.lost_seen.Key(0)].value)
-
-    def _write_seen(self, n: int) -> None:
-        self.lost_seen[self.lost_seen.Key(0)] = self.lost_seen.Leaf(n)
-
     def lost_events(self) -> int:
-        """Events lost to a full ring buffer since this daemon loaded (the
-        pinned counter also holds its predecessors' losses: those went to
-        take_downtime). The caller reports what it gets, so the total is noted
-        in the pinned lost_seen for the next daemon."""
-        total = self._lost_total()
-        if total != self._lost_reported:
-            self._write_seen(total)
-            self._lost_reported = total
-        return total - self._lost_base
-
-
-def _merged_entries(rules: list[tuple[NetRule, int]]):
-    for _, net, leaf in _merged(rules):
-        yield net, leaf
+        """Events lost to a full ring buffer since this daemon loaded (its
+        predecessors' losses went to take_downtime)."""
+        return self.loss.new()
 
 
 def _merged(rules: list[tuple[NetRule, int]]):

@@ -1,19 +1,11 @@
-"""Kernel event records (bpf/common.h `struct event`) -> audit log records."""
+"""Kernel event records (bpf/common.h `struct event`, kernel/abi.py) -> audit log records."""
 from __future__ import annotations
 
 import ipaddress
-import struct
 import time
 
-EVENT = struct.Struct("<QQII16sBBHIIIQ16s256s")
-
-KINDS = {1: "net", 2: "file", 3: "dns", 4: "rate"}
-NET_OPS = {1: "connect", 2: "connect", 3: "sendmsg", 4: "sendmsg", 5: "socket"}
-FILE_OPS = {1: "open_read", 2: "open_write", 3: "create", 4: "mkdir", 5: "mknod",
-            6: "symlink", 7: "link", 8: "unlink", 9: "rmdir", 10: "rename_from",
-            11: "rename_to", 12: "truncate", 13: "setattr", 14: "unix_connect", 15: "too_deep"}
-AF_INET, AF_INET6 = 2, 10
-RULE_DEFAULT_DENY, RULE_UNSPECIFIED, RULE_USER = 0, 1, 16
+from corral.kernel import abi
+from corral.kernel.abi import AF_INET6, FILE_OPS, KINDS, NET_OPS, RULE_DEFAULT_DENY, RULE_USER  # noqa: F401
 
 
 def _boot_offset() -> float:
@@ -24,43 +16,49 @@ def _boot_offset() -> float:
 _OFFSET = _boot_offset()
 
 
+def _text(b: bytes) -> str:
+    return b.split(b"\0", 1)[0].decode(errors="replace")
+
+
 def decode(raw: bytes) -> dict:
-    (ts, cgid, pid, uid, comm, kind, op, port, family, rule, verdict, count, addr,
-     path) = EVENT.unpack_from(raw)
+    e = abi.unpack_event(raw)
+    kind, op, port, family = e.kind, e.op, e.port, e.family
     rec = {
-        "time": ts / 1e9 + _OFFSET,
-        "cgid": cgid,
-        "pid": pid,
-        "uid": uid,
-        "comm": comm.split(b"\0", 1)[0].decode(errors="replace"),
+        "time": e.ts_ns / 1e9 + _OFFSET,
+        "cgid": e.cgid,
+        "pid": e.pid,
+        "uid": e.uid,
+        "comm": _text(e.comm),
         "kind": KINDS.get(kind, f"kind{kind}"),
-        "verdict": "deny" if verdict else "allow",
-        "rule_id": rule,
-        "suppressed_before": count,
+        "verdict": "deny" if e.verdict else "allow",
+        "rule_id": e.rule,
+        "suppressed_before": e.count,
     }
-    if kind == 1:
+    addr = bytes(e.addr)
+    path = e.path             # a c_char array reads up to its first NUL
+    if kind == abi.EV_NET:
         rec["op"] = NET_OPS.get(op, f"op{op}")
-        if op == 5:
+        if op == abi.OP_SOCKET:
             rec["target"] = f"protocol {port} (family {family})"
         elif family == AF_INET6:
             rec["target"] = f"[{ipaddress.IPv6Address(addr)}]:{port}"
         else:
             rec["target"] = f"{ipaddress.IPv4Address(addr[:4])}:{port}"
-        rec["proto"] = "udp" if op in (3, 4) else "tcp/udp"
-    elif kind == 2:
+        rec["proto"] = "udp" if op in (abi.OP_SENDMSG4, abi.OP_SENDMSG6) else "tcp/udp"
+    elif kind == abi.EV_FILE:
         rec["op"] = FILE_OPS.get(op, f"op{op}")
-        rec["target"] = path.split(b"\0", 1)[0].decode(errors="replace")
+        rec["target"] = _text(path)
     else:
         rec["op"] = f"op{op}"
-        rec["target"] = path.split(b"\0", 1)[0].decode(errors="replace")
+        rec["target"] = _text(path)
     return rec
 
 
 FILE_RULES = {RULE_DEFAULT_DENY: "default-deny (not under allow_write)",
-              2: "path deeper than the walk bound (fail closed)",
-              3: "hard link to a read-denied file",
-              4: "check interrupted (fail closed)",
-              5: "moves a directory that holds protected paths"}
+              abi.RULE_FILE_TOO_DEEP: "path deeper than the walk bound (fail closed)",
+              abi.RULE_FILE_HARDLINK: "hard link to a read-denied file",
+              abi.RULE_FILE_RACE: "check interrupted (fail closed)",
+              abi.RULE_FILE_PROTECTED_ANCESTOR: "moves a directory that holds protected paths"}
 
 
 def describe_file_rule(rule_id: int, rule: tuple[str, str] | None) -> str:

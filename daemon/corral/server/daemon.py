@@ -307,7 +307,7 @@ class Daemon:
 
     def _count_lost(self) -> None:
         lost = self.net.lost_events() + (self.filelsm.lost_events()
-                                         if hasattr(self.filelsm, "lost_events") else 0)
+                                         if self.filelsm is not None else 0)
         if lost > self._lost_seen:
             self.audit({"kind": "lost", "op": "ringbuf_overrun", "verdict": "info",
                         "target": f"{lost - self._lost_seen} event(s)",

@@ -49,12 +49,13 @@ def policy_from_args(args) -> dict:
     check it (limits, paths, rules), so a bad one fails before anything starts."""
     from corral.policy import files as policyfile
     base: dict = {}
+    loaded: list[str] = []          # the files read: protected by "policy-files"
     if args.profile:
-        base = policyfile.load_profile(args.profile)
+        base = policyfile.load_profile(args.profile, loaded)
     if args.policy:
-        base = policyfile.merge(base, policyfile.load_policy_file(args.policy))
+        base = policyfile.merge(base, policyfile.load_policy_file(args.policy, loaded))
     if args.srt_settings:
-        srt, warnings = policyfile.import_srt_settings(args.srt_settings)
+        srt, warnings = policyfile.import_srt_settings(args.srt_settings, loaded=loaded)
         for w in warnings:
             print(f"corral: warning: {w}", file=sys.stderr)
         base = policyfile.merge(base, srt)
@@ -73,7 +74,7 @@ def policy_from_args(args) -> dict:
     pol.check_limits(flags, lambda section, key, msg: pol.PolicyError(
         f"{_FLAG_OF.get((section, key), f'{section}.{key}')}: {msg}"))
     merged = policyfile.merge(base, flags)
-    out = policyfile.apply_mandatory(merged, set(args.no_mandatory))
+    out = policyfile.apply_mandatory(merged, set(args.no_mandatory), files=loaded)
     if getattr(args, "allow_system_write", False):
         # Not a section of its own: --allow-system-write alone keeps the default
         # writable places (it only permits system trees in allow_write).

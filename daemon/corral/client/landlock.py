@@ -74,6 +74,8 @@ from dataclasses import dataclass, field
 from corral.kernel import native
 from corral.kernel import mountinfo
 from corral.kernel.mountinfo import Mount, mount_of, mountpoints, outermost, under
+from corral.policy import paths
+from corral.policy.errors import PolicyError
 
 # ---- access rights (linux/landlock.h) ---------------------------------
 FS_EXECUTE = 1 << 0
@@ -132,7 +134,7 @@ PROTECTED_PATHS = ("/proc", "/sys", "/dev")
 PSEUDO_FSTYPES = ("proc", "sysfs", "devtmpfs", "debugfs", "tracefs", "securityfs",
                   "configfs", "pstore", "efivarfs", "fusectl", "binfmt_misc")
 
-POLICY_KEYS = ("deny_read", "allow_read", "allow_write", "deny_write")
+POLICY_KEYS = paths.FS_KEYS
 
 
 class LandlockError(RuntimeError):
@@ -280,30 +282,13 @@ def aliases(path: str, ms: list[Mount] | None = None) -> list[str]:
 
 # ---- policy -> plan ----------------------------------------------------------
 def normalize_policy(file_policy: dict | None) -> dict:
-    fp = dict(file_policy or {})
-    unknown = set(fp) - set(POLICY_KEYS)
-    if unknown:
-        raise LandlockError(f"unknown file policy keys: {sorted(unknown)}")
-    out = {}
-    for k in POLICY_KEYS:
-        vals = fp.get(k) or []
-        if isinstance(vals, str):
-            vals = [vals]
-        norm = []
-        for p in vals:
-            if not isinstance(p, str) or not p.startswith("/"):
-                raise LandlockError(f"file policy {k}: path must be absolute: {p!r}")
-            p = os.path.normpath(p)
-            if p.startswith("//"):
-                p = "/" + p.lstrip("/")
-            if p not in norm:
-                norm.append(p)
-        out[k] = norm
-    if file_policy is None:
-        # no file policy at all: read everything, write everything (minus the
-        # implicit protections added by plan()).
-        out["allow_write"] = ["/"]
-    return out
+    """The section the daemon returned, checked for the shape plan() needs
+    (policy.paths.file_section); None: read everything, write everything
+    (minus the implicit protections plan() adds)."""
+    try:
+        return paths.file_section(file_policy)
+    except PolicyError as e:
+        raise LandlockError(str(e)) from None
 
 
 def _decide_read(deny: list[str], allow: list[str]):

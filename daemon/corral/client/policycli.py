@@ -39,9 +39,9 @@ def add_arguments(p) -> None:
                         "protections added, paths resolved against this directory)")
 
 
-def _resolved(p: dict) -> dict:
+def _resolved(p: dict, files: list[str]) -> dict:
     import pwd
-    merged = policyfile.apply_mandatory(p, set())
+    merged = policyfile.apply_mandatory(p, set(), files=files)
     try:
         home = pwd.getpwuid(os.getuid()).pw_dir
     except KeyError:
@@ -93,14 +93,15 @@ def main(args) -> int:
             if args.target == "mandatory":
                 show_mandatory(args.json)
                 return 0
+            loaded: list[str] = []
             if os.sep in args.target or os.path.exists(args.target):
-                p = policyfile.load_policy_file(args.target)
+                p = policyfile.load_policy_file(args.target, loaded)
                 text = None
             else:
-                p = policyfile.load_profile(args.target)
+                p = policyfile.load_profile(args.target, loaded)
                 text = policyfile.profile_path(args.target).read_text()
             if args.resolved:
-                _print_policy(_resolved(p), args.json)
+                _print_policy(_resolved(p, loaded), args.json)
             elif text is not None and not args.json:
                 print(f"# {policyfile.profile_path(args.target)}")
                 print(text, end="" if text.endswith("\n") else "\n")
@@ -108,8 +109,9 @@ def main(args) -> int:
                 _print_policy(p, args.json)
             return 0
         # check
-        p = policyfile.load_policy_file(args.target)
-        r = _resolved(p)
+        loaded = []
+        p = policyfile.load_policy_file(args.target, loaded)
+        r = _resolved(p, loaded)
         net = r["network"]
         fs = r["filesystem"]
         print(f"{args.target}: ok")

@@ -1,5 +1,5 @@
 """Policy files, built-in profiles, sandbox-runtime imports, mandatory protections
--> the policy dict (see policy.py).
+-> the policy dict (see model.py; srt.py converts sandbox-runtime settings).
 
 Policy file (TOML)::
 
@@ -48,14 +48,11 @@ from pathlib import Path
 from corral.kernel.mountinfo import under
 from corral.policy import model as pol
 from corral.policy.domains import file_rule_error
+from corral.policy import srt
+from corral.policy.paths import GLOB_CHARS, expand_path
 from corral.policy.model import FS_FLAG_KEYS, FS_KEYS, NET_LIST_KEYS, PolicyError
 
-GLOB_CHARS = set("*?[")
-MAX_GLOB_MATCHES = 1000
 
-# Files this process loaded policy from: protected from writes in the session
-# (mandatory protection "policy-files").
-_loaded_files: list[str] = []
 
 
 # -- locating keys in the text (tomllib reports no positions for values) -----------
@@ -165,7 +162,7 @@ def _check_path(src: _Src, section: str, key: str, p) -> None:
         raise src.err(section, key, f"{p!r}: glob patterns are not supported here: list the paths "
                                     "(a rule for a directory covers everything under it)", p)
     try:
-        pol._expand_path(p, "/", "/root")
+        expand_path(p, "/", "/root")
     except PolicyError as e:
         raise src.err(section, key, str(e), p) from None
 
@@ -274,7 +271,14 @@ def parse_policy_text(text: str, path: str = "<policy>") -> dict:
     return validate(data, _Src(path, text))
 
 
-def load_policy_file(path: str) -> dict:
+def _note(loaded: list[str] | None, path: str) -> None:
+    """Record a file policy came from (the mandatory protection "policy-files"
+    makes it read-only in the session): the caller's list, no hidden state."""
+    if loaded is not None and path not in loaded:
+        loaded.append(path)
+
+
+def load_policy_file(path: str, loaded: list[str] | None = None) -> dict:
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
@@ -285,9 +289,7 @@ def load_policy_file(path: str) -> dict:
     except UnicodeDecodeError as e:
         raise PolicyError(f"{path}: not UTF-8 text ({e})") from None
     out = parse_policy_text(text, path)
-    ap = os.path.abspath(path)
-    if ap not in _loaded_files:
-        _loaded_files.append(ap)
+    _note(loaded, os.path.abspath(path))
     return out
 
 
@@ -308,7 +310,7 @@ def list_profiles() -> list[tuple[str, str]]:
     return out
 
 
-def load_profile(name: str) -> dict:
+def load_profile(name: str, loaded: list[str] | None = None) -> dict:
     if not re.match(r"^[A-Za-z0-9_-]+$", name or ""):
         raise PolicyError(f"bad profile name {name!r}")
     p = profile_path(name)
@@ -317,9 +319,7 @@ def load_profile(name: str) -> dict:
         raise PolicyError(f"unknown profile {name!r}: built-in profiles are {names} "
                           "(or give a file with --policy)")
     out = parse_policy_text(p.read_text(), str(p))
-    ap = str(p)
-    if ap not in _loaded_files:
-        _loaded_files.append(ap)
+    _note(loaded, str(p))
     return out
 
 
@@ -401,10 +401,11 @@ MANDATORY_NAMES = tuple(m.name for m in MANDATORY)
 
 
 def mandatory_paths(m: Mandatory, cwd: str | None = None, files: list[str] | None = None) -> list[str]:
-    """The entries one protection adds, globs expanded against what exists in cwd."""
+    """The entries one protection adds, globs expanded against what exists in cwd;
+    for "policy-files", `files` (the `loaded` list the loaders filled)."""
     cwd = cwd or os.getcwd()
     if m.name == "policy-files":
-        return list(files if files is not None else _loaded_files)
+        return list(files or ())
     if m.name == "container-sockets":
         return [p for p in m.paths if os.path.exists(p)]
     out = []
@@ -427,7 +428,8 @@ def _expand_local(p: str, cwd: str) -> str:
 
 def apply_mandatory(policy: dict, dropped: set[str], cwd: str | None = None,
                     files: list[str] | None = None) -> dict:
-    """Add every mandatory protection not named in `dropped`.
+    """Add every mandatory protection not named in `dropped`; `files` are the
+    policy files the session was built from (load_policy_file's `loaded`).
 
     No filesystem section: one is created with DEFAULT_ALLOW_WRITE. allow_read exceptions inside a mandatory deny_read path
     are removed (they would otherwise win as the more specific rule); deny_write
@@ -464,246 +466,7 @@ def apply_mandatory(policy: dict, dropped: set[str], cwd: str | None = None,
 
 
 # -- Anthropic sandbox-runtime / Claude Code settings import ----------------------------
-SRT_FS_MAP = {"denyRead": "deny_read", "allowRead": "allow_read",
-              "allowWrite": "allow_write", "denyWrite": "deny_write"}
-SRT_NET_IGNORED = {
-    "allowUnixSockets": "unix socket allowances are not imported (corral does not filter "
-                        "unix sockets by path in the network policy)",
-    "allowAllUnixSockets": "corral does not block unix sockets in the network policy",
-    "allowLocalBinding": "corral does not restrict bind(); listening sockets are allowed",
-    "httpProxyPort": "corral enforces in the kernel and uses no HTTP proxy",
-    "socksProxyPort": "corral enforces in the kernel and uses no SOCKS proxy",
-    "tlsTerminate": "corral does not terminate TLS or filter requests",
-    "filterRequest": "corral does not filter HTTP requests",
-    "deniedDomainReasons": "corral does not show per-domain reasons",
-    "allowManagedDomainsOnly": "managed-settings layering is Claude Code's, not corral's",
-    "mitmProxy": "corral uses no proxy",
-}
-
-
-def _is_ip_literal(s: str) -> tuple[str, str] | None:
-    """'1.2.3.4' / '1.2.3.4:443' / '[::1]:443' -> (corral rule text) or None."""
-    import ipaddress
-    host, port = s, None
-    if s.startswith("["):
-        host, _, rest = s[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else None
-    elif s.count(":") == 1:
-        host, port = s.split(":")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    cidr = f"{ip}/{ip.max_prefixlen}"
-    if port:
-        return (f"[{cidr}]:{port}" if ip.version == 6 else f"{cidr}:{port}"), host
-    return cidr, host
-
-
-def import_srt_settings(path: str, cwd: str | None = None) -> tuple[dict, list[str]]:
-    """Sandbox settings JSON -> (policy, warnings).
-
-    Two shapes are accepted:
-    * sandbox-runtime (`~/.srt-settings.json`): top-level `filesystem` and `network`;
-      writes are allowed only where allowWrite says (empty: nowhere).
-    * Claude Code settings (`.claude/settings.json`): the `sandbox` object; writes
-      go to the working directory and temp dir plus sandbox.filesystem.allowWrite,
-      and permission rules Edit(...)/Read(...)/WebFetch(domain:...) are merged in
-      the way Claude Code merges them. Path prefixes: `//x` absolute, `~/x` home,
-      `/x` relative to the settings file's directory, `./x` or `x` the working dir.
-
-    Precedence (their docs): denyWrite wins over allowWrite (as in corral);
-    allowRead wins over denyRead except where the denyRead path is more specific
-    (corral's "most specific wins" rule; a path in both lists is dropped from
-    deny_read); deniedDomains win over allowedDomains (as in corral). Network
-    access not listed is denied (srt: empty allowedDomains = no network).
-
-    Anything corral cannot enforce is reported in the warnings.
-    """
-    cwd = cwd or os.getcwd()
-    try:
-        with open(path, "rb") as fh:
-            data = json.loads(fh.read().decode("utf-8"))
-    except OSError as e:
-        raise PolicyError(f"{path}: cannot read settings: {e.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PolicyError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise PolicyError(f"{path}: expected a JSON object")
-    warnings: list[str] = []
-    w = warnings.append
-    settings_dir = os.path.dirname(os.path.abspath(path))
-
-    claude = "sandbox" in data or ("filesystem" not in data and "network" not in data
-                                   and "permissions" in data)
-    if claude:
-        sb = data.get("sandbox") or {}
-        if not isinstance(sb, dict):
-            raise PolicyError(f"{path}: sandbox: expected an object")
-        for k in data:
-            if k not in ("sandbox", "permissions"):
-                w(f"{path}: {k}: not a sandbox setting, not imported")
-        if sb.get("enabled") is False:
-            w(f"{path}: sandbox.enabled is false; corral enforces these settings anyway")
-        fs_in = sb.get("filesystem") or {}
-        net_in = sb.get("network") or {}
-        for k in sb:
-            if k in ("filesystem", "network", "enabled"):
-                continue
-            w(f"{path}: sandbox.{k}: Claude Code option, not enforced by corral")
-        prefix = "sandbox."
-    else:
-        fs_in = data.get("filesystem") or {}
-        net_in = data.get("network")
-        for k in data:
-            if k not in ("filesystem", "network"):
-                w(f"{path}: {k}: sandbox-runtime option, not enforced by corral")
-        if net_in is None:
-            w(f"{path}: no network section: all network access is denied (as in srt)")
-            net_in = {}
-        prefix = ""
-    if not isinstance(fs_in, dict) or not isinstance(net_in, dict):
-        raise PolicyError(f"{path}: {prefix}filesystem and {prefix}network must be objects")
-
-    def conv_path(p: str, key: str) -> str | None:
-        if not isinstance(p, str) or not p:
-            w(f"{path}: {prefix}filesystem.{key}: {p!r} is not a path, skipped")
-            return None
-        if claude:
-            if p.startswith("//"):
-                return p[1:]
-            if p.startswith("/"):
-                return os.path.join(settings_dir, p[1:])
-        return p
-
-    def expand(p: str, key: str) -> list[str]:
-        """Literal paths for a pattern; globs expanded against what exists now."""
-        if p.endswith("/**") and not (GLOB_CHARS & set(p[:-3])):
-            return [p[:-3] or "/"]
-        if p.endswith("/") and len(p) > 1:
-            p = p.rstrip("/")
-        if not (GLOB_CHARS & set(p)):
-            return [p]
-        if key == "allowWrite":
-            w(f"{path}: {prefix}filesystem.allowWrite: glob {p!r} skipped (as srt does on Linux): "
-              "corral cannot grant writes by pattern")
-            return []
-        base = os.path.expanduser(p) if p.startswith("~") else p
-        if not os.path.isabs(base):
-            base = os.path.join(cwd, base)
-        hits = sorted(_glob.glob(base, recursive=True))
-        if len(hits) > MAX_GLOB_MATCHES:
-            w(f"{path}: {prefix}filesystem.{key}: glob {p!r} matches {len(hits)} paths; "
-              f"only the first {MAX_GLOB_MATCHES} are used")
-            hits = hits[:MAX_GLOB_MATCHES]
-        w(f"{path}: {prefix}filesystem.{key}: glob {p!r} expanded to the {len(hits)} path(s) that "
-          "exist now; paths created later that match it are not covered")
-        return hits
-
-    fs_out: dict = {k: [] for k in FS_KEYS}
-    for k, v in fs_in.items():
-        if k not in SRT_FS_MAP:
-            w(f"{path}: {prefix}filesystem.{k}: unknown option, not imported")
-            continue
-        if not isinstance(v, list):
-            raise PolicyError(f"{path}: {prefix}filesystem.{k}: expected an array of paths")
-        for p in v:
-            cp = conv_path(p, k)
-            if cp is None:
-                continue
-            for e in expand(cp, k):
-                if e not in fs_out[SRT_FS_MAP[k]]:
-                    fs_out[SRT_FS_MAP[k]].append(e)
-
-    net_out: dict = {"allow": [], "deny": [], "allow_domains": [], "deny_domains": []}
-    for k, v in net_in.items():
-        if k in ("allowedDomains", "deniedDomains"):
-            if not isinstance(v, list):
-                raise PolicyError(f"{path}: {prefix}network.{k}: expected an array of domains")
-            allow = k == "allowedDomains"
-            for d in v:
-                if not isinstance(d, str) or not d.strip():
-                    w(f"{path}: {prefix}network.{k}: {d!r} is not a domain, skipped")
-                    continue
-                d = d.strip()
-                lit = _is_ip_literal(d)
-                if lit:
-                    net_out["allow" if allow else "deny"].append(lit[0])
-                    continue
-                if d == "*" or d.startswith("*:"):
-                    if allow:
-                        w(f"{path}: {prefix}network.allowedDomains: {d!r} (any domain) is not "
-                          "imported: corral does not allow every name; list the domains")
-                    elif d == "*":
-                        net_out["allow_domains"] = []
-                        net_out["deny_all_domains"] = True
-                    else:
-                        w(f"{path}: {prefix}network.deniedDomains: {d!r} (every domain on one "
-                          "port) cannot be expressed; not imported")
-                    continue
-                if file_rule_error(d, "allow_domains" if allow else "deny_domains"):
-                    w(f"{path}: {prefix}network.{k}: {d!r} is not a domain pattern corral "
-                      "understands, skipped")
-                    continue
-                net_out["allow_domains" if allow else "deny_domains"].append(d)
-        elif k in SRT_NET_IGNORED:
-            w(f"{path}: {prefix}network.{k}: {SRT_NET_IGNORED[k]}")
-        else:
-            w(f"{path}: {prefix}network.{k}: unknown option, not imported")
-
-    if claude:
-        # Claude Code's defaults: write the working directory and temp.
-        fs_out["allow_write"] = [".", os.environ.get("TMPDIR", "/tmp")] + \
-            [p for p in fs_out["allow_write"] if p not in (".",)]
-        perms = data.get("permissions") or {}
-        if isinstance(perms, dict):
-            other = 0
-            for verdict in ("allow", "deny", "ask"):
-                for rule in perms.get(verdict) or []:
-                    m = re.match(r"^(Edit|Read|WebFetch)\((.*)\)$", str(rule))
-                    if not m or verdict == "ask":
-                        other += 1
-                        continue
-                    tool, arg = m.groups()
-                    if tool == "WebFetch":
-                        if arg.startswith("domain:"):
-                            net_out["allow_domains" if verdict == "allow" else "deny_domains"] \
-                                .append(arg[7:])
-                        else:
-                            other += 1
-                        continue
-                    key = {("Edit", "allow"): "allowWrite", ("Edit", "deny"): "denyWrite",
-                           ("Read", "deny"): "denyRead"}.get((tool, verdict))
-                    if key is None:
-                        other += 1
-                        continue
-                    cp = conv_path(arg, key)
-                    for e in expand(cp, key) if cp else []:
-                        lst = fs_out[SRT_FS_MAP[key]]
-                        if e not in lst:
-                            lst.append(e)
-            if other:
-                w(f"{path}: permissions: {other} rule(s) govern Claude Code's own tools, not the "
-                  "sandbox; not imported")
-        if not net_in.get("allowedDomains"):
-            w(f"{path}: sandbox.network.allowedDomains is empty: Claude Code would ask before new "
-              "domains; corral cannot ask, so they are denied")
-    # allowRead wins over an equally specific denyRead.
-    fs_out["deny_read"] = [p for p in fs_out["deny_read"] if p not in fs_out["allow_read"]]
-    if net_out.pop("deny_all_domains", False):
-        if net_out["allow_domains"]:
-            w(f"{path}: deniedDomains '*' denies every domain: allowedDomains "
-              f"{net_out['allow_domains']} dropped")
-        net_out["allow_domains"] = []
-    # Dropping deny_domains entries already covered is not needed: deny wins in corral.
-    out = {"filesystem": {k: v for k, v in fs_out.items()},
-           "network": {k: v for k, v in net_out.items()}}
-    ap = os.path.abspath(path)
-    if ap not in _loaded_files:
-        _loaded_files.append(ap)
-    # Check the result the way the daemon will.
-    pol.check_limits(out, lambda section, key, msg: PolicyError(f"{path}: {section}.{key}: {msg}"))
-    for k in ("allow", "deny"):
-        for r in out["network"][k]:
-            pol.parse_net_rule(r)
-    return out, warnings
+def import_srt_settings(path: str, cwd: str | None = None,
+                        loaded: list[str] | None = None) -> tuple[dict, list[str]]:
+    """Sandbox settings JSON -> (policy, warnings): policy/srt.py."""
+    return srt.import_settings(path, cwd, loaded)

@@ -54,10 +54,10 @@ from dataclasses import dataclass
 from corral.kernel.mountinfo import under
 from corral.policy.domains import normalize_rules, parse_domain_rule
 from corral.policy.errors import PolicyError, short as _short
+from corral.policy.paths import FS_KEYS, MAX_PATH_BYTES, expand_path, unrestricted_fs
 from corral.policy.ports import MAX_PORT_LEN, parse_ports
 
 NET_LIST_KEYS = ("allow", "deny", "allow_domains", "deny_domains", "allow_localhost_ports")
-FS_KEYS = ("deny_read", "allow_read", "allow_write", "deny_write")
 FS_FLAG_KEYS = ("allow_system_write",)
 MAX_PORT_RANGES = 16
 
@@ -68,7 +68,6 @@ MAX_PATHS = 512           # entries in each filesystem list
 MAX_SYSCALLS = 512        # syscalls.deny
 MAX_NET_RULE_LEN = 100    # characters of one network rule (the longest valid one is 63)
 MAX_DOMAIN_LEN = 2 + 253 + 1 + 12   # "*." + name + "." + ":65535-65535"
-MAX_PATH_BYTES = 4096     # PATH_MAX, the terminating NUL included: at most 4095 bytes
 MAX_SYSCALL_LEN = 64
 
 # allow_write of one of these, of anything inside one, or of anything that
@@ -228,27 +227,6 @@ def _refuse_ambiguous_v6(text: str, s: str) -> None:
 
 
 # -- paths ------------------------------------------------------------------------------
-def _expand_path(p: str, cwd: str, home: str, what: str = "path") -> str:
-    if not isinstance(p, str) or not p or "\0" in p:
-        raise PolicyError(f"{what} {_short(p)}: expected a non-empty path string")
-    if len(p.encode("utf-8", "surrogatepass")) >= MAX_PATH_BYTES:
-        raise PolicyError(f"{what} {_short(p)}: {len(p.encode('utf-8', 'surrogatepass'))} bytes, "
-                          f"more than the limit of {MAX_PATH_BYTES - 1} (PATH_MAX)")
-    orig = p
-    if p == "~" or p.startswith("~/"):
-        p = home + p[1:]
-    elif p.startswith("~"):
-        raise PolicyError(f"{what} {p!r}: only '~' (the caller's home) is supported, not ~user")
-    if not os.path.isabs(p):
-        p = os.path.join(cwd, p)
-    if ".." in p.split("/"):
-        raise PolicyError(f"{what} {orig!r}: '..' is not accepted in policy paths; it would "
-                          f"resolve to {os.path.realpath(p)}: write that path if you mean it")
-    # Resolve symlinks of the part that exists; a rule for a path not yet
-    # created keeps its (normalised) tail.
-    return os.path.realpath(p)
-
-
 def system_tree(path: str) -> str | None:
     """Why a canonical allow_write path would open a system tree ("/usr is a system
     tree", "/ contains the system trees /usr, /etc, ..."), or None."""
@@ -416,7 +394,7 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root",
 
     if fs is None:
         # "Files unrestricted", said explicitly: everything writable but corral's code.
-        f = {"deny_read": [], "allow_read": [], "allow_write": ["/"], "deny_write": []}
+        f = unrestricted_fs()
         system_ok = True
     else:
         system_ok = system_write_flag(policy)
@@ -424,7 +402,7 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root",
         for k in FS_KEYS:
             f[k] = set()
             for p in fs.get(k) or []:
-                canon = _expand_path(p, cwd, home, f"filesystem.{k}")
+                canon = expand_path(p, cwd, home, f"filesystem.{k}")
                 if k == "allow_write" and not system_ok:
                     why = system_tree(canon)
                     if why is not None:
@@ -453,6 +431,13 @@ def net_rules(policy: dict) -> tuple[list[NetRule], list[NetRule]]:
         allow.append(NetRule(ipaddress.ip_network("::1/128"), lo, hi))
     deny = [parse_net_rule(r) for r in net.get("deny", [])]
     return allow, deny
+
+
+# (list, whether an old entry no longer covered widens the policy, why)
+_FS_NARROWING = (("deny_read", True, "no longer denies reading {}"),
+                 ("allow_read", False, "allows reading {} which the current policy denies"),
+                 ("allow_write", False, "allows writing {} which the current policy does not"),
+                 ("deny_write", True, "no longer denies writing {}"))
 
 
 def narrowing_violations(old: dict, new: dict) -> list[str]:
@@ -494,18 +479,13 @@ def narrowing_violations(old: dict, new: dict) -> list[str]:
             if system_write_flag(new) and not system_write_flag(old):
                 why.append("turns on allow_system_write (writes to system trees), which the "
                            "current policy does not allow")
-            for p in of["deny_read"]:
-                if not any(under(p, q) for q in nf["deny_read"]):
-                    why.append(f"no longer denies reading {p}")
-            for p in nf["allow_read"]:
-                if not any(under(p, q) for q in of["allow_read"]):
-                    why.append(f"allows reading {p} which the current policy denies")
-            for p in nf["allow_write"]:
-                if not any(under(p, q) for q in of["allow_write"]):
-                    why.append(f"allows writing {p} which the current policy does not")
-            for p in of["deny_write"]:
-                if not any(under(p, q) for q in nf["deny_write"]):
-                    why.append(f"no longer denies writing {p}")
+            for key, widens, msg in _FS_NARROWING:
+                # A deny list may only grow (each old entry still covered by a new
+                # one), an allow list only shrink (each new entry inside an old one).
+                have, need = (of, nf) if widens else (nf, of)
+                for p in have[key]:
+                    if not any(under(p, q) for q in need[key]):
+                        why.append(msg.format(p))
     for s in (old.get("syscalls") or {}).get("deny", []):
         if s not in (new.get("syscalls") or {}).get("deny", []):
             why.append(f"no longer denies syscall {s}")

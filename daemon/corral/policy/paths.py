@@ -1,0 +1,73 @@
+"""Policy paths: the one canonicalisation of what a client writes
+(expand_path, at normalisation) and the one shape check of the filesystem
+section the file backends take (file_section, canonical)."""
+from __future__ import annotations
+
+import os
+
+from corral.policy.errors import PolicyError, short
+
+FS_KEYS = ("deny_read", "allow_read", "allow_write", "deny_write")
+MAX_PATH_BYTES = 4096     # PATH_MAX, the terminating NUL included: at most 4095 bytes
+GLOB_CHARS = frozenset("*?[")   # a path with one of these is a pattern, not a path
+
+
+def unrestricted_fs() -> dict:
+    """No filesystem section ("files unrestricted"), said explicitly: everything
+    writable; normalize() and the backends add corral's own protections."""
+    return {"deny_read": [], "allow_read": [], "allow_write": ["/"], "deny_write": []}
+
+
+def expand_path(p: str, cwd: str, home: str, what: str = "path") -> str:
+    """A policy's path as the client wrote it -> canonical absolute path: "~" is
+    `home`, relative is under `cwd`, symlinks of the existing part resolved.
+    What normalize() (and so every backend) gets; policy files check with it."""
+    if not isinstance(p, str) or not p or "\0" in p:
+        raise PolicyError(f"{what} {short(p)}: expected a non-empty path string")
+    if len(p.encode("utf-8", "surrogatepass")) >= MAX_PATH_BYTES:
+        raise PolicyError(f"{what} {short(p)}: {len(p.encode('utf-8', 'surrogatepass'))} bytes, "
+                          f"more than the limit of {MAX_PATH_BYTES - 1} (PATH_MAX)")
+    orig = p
+    if p == "~" or p.startswith("~/"):
+        p = home + p[1:]
+    elif p.startswith("~"):
+        raise PolicyError(f"{what} {p!r}: only '~' (the caller's home) is supported, not ~user")
+    if not os.path.isabs(p):
+        p = os.path.join(cwd, p)
+    if ".." in p.split("/"):
+        raise PolicyError(f"{what} {orig!r}: '..' is not accepted in policy paths; it would "
+                          f"resolve to {os.path.realpath(p)}: write that path if you mean it")
+    # Resolve symlinks of the part that exists; a rule for a path not yet
+    # created keeps its (normalised) tail.
+    return os.path.realpath(p)
+
+
+def canonical(p, what: str = "file policy") -> str:
+    """An absolute path as a backend keys it: normalised, one leading "/".
+    The policy's paths already are (expand_path); a backend's own (devices,
+    mounts, corral's paths) go through here too."""
+    if not isinstance(p, str) or not p.startswith("/"):
+        raise PolicyError(f"{what}: path must be absolute: {p!r}")
+    p = os.path.normpath(p)
+    return "/" + p.lstrip("/") if p.startswith("//") else p
+
+
+def file_section(fs: dict | None) -> dict:
+    """The filesystem section in the shape both file backends take: the four
+    lists, canonical absolute paths, duplicates dropped (order kept); None
+    (no section) is unrestricted_fs(). A normalized policy's section passes
+    unchanged (a lone string counts as a list of one); unknown keys and
+    relative paths raise PolicyError."""
+    fp = dict(fs or {})
+    unknown = set(fp) - set(FS_KEYS)
+    if unknown:
+        raise PolicyError(f"unknown file policy keys: {sorted(unknown)}")
+    if fs is None:
+        return unrestricted_fs()
+    out = {}
+    for k in FS_KEYS:
+        vals = fp.get(k) or []
+        if isinstance(vals, str):
+            vals = [vals]
+        out[k] = list(dict.fromkeys(canonical(p, f"file policy {k}") for p in vals))
+    return out

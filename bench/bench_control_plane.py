@@ -1493,37 +1493,9 @@ def part_sigkill(args, rows: list, res: dict) -> bool:
 
 
 # -- part 4: diskfull --------------------------------------------------------------------
-class SmallDisk:
-    """A tmpfs the bench fills and frees (as tests/cpharness.SmallDisk)."""
-
-    def __init__(self, size="4m"):
-        import tempfile
-        self.dir = Path(tempfile.mkdtemp(prefix="corral-cp-disk-"))
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(self.dir)],
-                       check=True)
-        self.filler = self.dir / "filler"
-
-    def fill(self):
-        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            for size in (65536, 4096, 1):
-                try:
-                    while os.write(fd, b"\0" * size):
-                        pass
-                except OSError:
-                    pass
-        finally:
-            os.close(fd)
-
-    def free(self):
-        self.filler.unlink(missing_ok=True)
-
-    def close(self):
-        subprocess.run(["umount", "-l", str(self.dir)], check=False)
-        try:
-            self.dir.rmdir()
-        except OSError:
-            pass
+def SmallDisk(size):
+    """A tmpfs the bench fills and frees (tests/harness.py's, as the tests use)."""
+    return B.harness.SmallDisk(size, prefix="corral-cp-disk-")
 
 
 def part_diskfull(args, rows: list, res: dict) -> bool:
@@ -1689,7 +1661,6 @@ def part_diskfull(args, rows: list, res: dict) -> bool:
                                "update_policy": ctl_restart, "lost_only_on_stderr_at_stop": lost_at_stop,
                                "recovered_s": rec_b, "log_degraded_after": degr_b, "verify_ok": v_b.ok},
         "tracebacks": tb, "cgroups_left": cg_left, "state_files_left": st_left}
-    D = res["diskfull"]
     print(f"made {dict(episode_made)} ({denied_made} denials in the episode) in {t_end - t0:.1f}s; "
           f"the log degraded after {degraded_after} denials on the full disk")
     print(f"written {written} denial records, suppressed by the kernel limiter {suppressed}, lost "

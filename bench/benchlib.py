@@ -34,34 +34,27 @@ C_DIR = BENCH / "c"
 
 
 # -- the daemon -------------------------------------------------------------------
-class Daemon:
-    """A private corrald instance (own cgroup, pins, socket, log), as tests/conftest.py."""
+# One private-corrald harness for tests and benchmarks: tests/harness.py.
+sys.path.insert(0, str(REPO / "tests"))
+import harness  # noqa: E402
+
+
+class Daemon(harness.Daemon):
+    """A private corrald instance (tests/harness.py), or somebody else's running one
+    (env: its CORRAL_* variables), which is then neither started nor stopped here."""
 
     def __init__(self, name: str = "corral-bench", extra_args=("--no-dns",), env: dict | None = None):
         self.owned = env is None
-        self.proc = None
         if env is not None:                     # somebody else's running instance
+            run_dir = Path(env["CORRAL_RUN_DIR"])
+            super().__init__(env["CORRAL_INSTANCE"], run_dir.parent, bin_dir=BIN)
             self.env = dict(os.environ)
             self.env.update(env)
-            self.instance = env["CORRAL_INSTANCE"]
-            self.tmp = Path(env["CORRAL_RUN_DIR"]).parent
-            self.socket = Path(env.get("CORRAL_SOCKET") or Path(env["CORRAL_RUN_DIR"]).parent / (Path(env["CORRAL_RUN_DIR"]).name + ".sock"))
+            self.socket = Path(env.get("CORRAL_SOCKET") or run_dir.parent / (run_dir.name + ".sock"))
+            self.log_dir = Path(env.get("CORRAL_LOG_DIR") or self.log_dir)
             self.pid = int(env.get("CORRAL_BENCH_PID", "0")) or None
             return
-        self.instance = f"{name}-{os.getpid()}"
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"{name}-"))
-        self.env = dict(os.environ)
-        self.env.update({
-            "CORRAL_INSTANCE": self.instance,
-            "CORRAL_RUN_DIR": str(self.tmp / "run"),
-            "CORRAL_LOG_DIR": str(self.tmp / "log"),
-            "PYTHONUNBUFFERED": "1",
-        })
-        self.socket = self.tmp / "run.sock"
-        self.extra_args = list(extra_args)
-        self.stderr_path = self.tmp / "corrald.stderr"
-        self.pid = None
-        self.start_seconds = None
+        super().__init__(f"{name}-{os.getpid()}", harness.new_tmp(name), extra_args, bin_dir=BIN)
 
     def corral_env(self) -> dict:
         """The CORRAL_* variables a child needs to talk to this instance."""
@@ -75,36 +68,11 @@ class Daemon:
             return self
         if os.geteuid() != 0:
             raise RuntimeError("benchmarks need root: corrald loads BPF and manages cgroups")
-        t0 = time.monotonic()
-        err = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen([CORRALD, "-v", *self.extra_args], env=self.env,
-                                     stdout=err, stderr=err)
-        self.pid = self.proc.pid
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"corrald exited {self.proc.returncode}:\n{self.stderr_text()}")
-            if self.socket.exists() and b"listening on" in self.stderr_path.read_bytes():
-                self.start_seconds = time.monotonic() - t0
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"corrald did not become ready in {timeout:.0f}s:\n{self.stderr_text()}")
-
-    def stderr_text(self) -> str:
-        try:
-            return self.stderr_path.read_text(errors="replace")
-        except (OSError, AttributeError):
-            return ""
-
-    def client(self):
-        from corral.client.connection import Client
-        return Client(self.socket)
+        return super().start(timeout)
 
     def corral(self, *args, **kw) -> subprocess.CompletedProcess:
-        kw.setdefault("capture_output", True)
-        kw.setdefault("text", True)
         kw.setdefault("timeout", 120)
-        return subprocess.run([CORRAL, *args], env=self.env, **kw)
+        return super().corral(*args, **kw)
 
     def wait_no_sessions(self, timeout: float = 30.0) -> int:
         deadline = time.monotonic() + timeout
@@ -117,36 +85,10 @@ class Daemon:
             time.sleep(0.1)
         return n
 
-    def stop(self) -> None:
-        """SIGTERM, then clean the instance's cgroup and pins (as conftest's cleanup)."""
-        if not self.owned:
-            return
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        from corral.kernel import cgroups
-        try:
-            root = cgroups.cgroup2_mount() / self.instance
-        except Exception:
-            root = None
-        if root is not None and root.is_dir():
-            for d in root.iterdir():
-                if d.is_dir():
-                    try:
-                        cgroups.kill(d)
-                        cgroups.remove(d)
-                    except Exception:
-                        pass
-            try:
-                root.rmdir()
-            except OSError:
-                pass
-        shutil.rmtree(f"/sys/fs/bpf/{self.instance}", ignore_errors=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+    def stop(self, sig=signal.SIGTERM) -> None:
+        """Stop, then clean the instance's cgroup, pins and files (harness cleanup)."""
+        if self.owned:
+            self.cleanup(remove_tmp=True)
 
     def __enter__(self):
         return self.start()

@@ -5,45 +5,18 @@ from __future__ import annotations
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-import msgpack
+from harness import SmallDisk, frame, raw_socket, read_frame  # noqa: F401  (tests import them from here)
 
 NOBODY = 65534
 CORRAL = str(Path(sys.executable).parent / "corral")
 
 
-def frame(obj) -> bytes:
-    body = msgpack.packb(obj, use_bin_type=True)
-    return struct.pack(">I", len(body)) + body
-
-
-def read_frame(s: socket.socket):
-    hdr = b""
-    while len(hdr) < 4:
-        chunk = s.recv(4 - len(hdr))
-        if not chunk:
-            return None
-        hdr += chunk
-    (n,) = struct.unpack(">I", hdr)
-    body = b""
-    while len(body) < n:
-        chunk = s.recv(n - len(body))
-        if not chunk:
-            return None
-        body += chunk
-    return msgpack.unpackb(body, raw=False)
-
-
 def raw(daemon, timeout=10) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(str(daemon.socket))
-    return s
+    return raw_socket(daemon.socket, timeout)
 
 
 def call(s: socket.socket, op: str, **args) -> dict:
@@ -114,38 +87,6 @@ class ProbeSession:
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(10)
-
-
-class SmallDisk:
-    """A tmpfs of a few hundred KiB that a test fills and frees."""
-
-    def __init__(self, size="512k"):
-        self.dir = Path(tempfile.mkdtemp(prefix="corral-disk-"))
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                        str(self.dir)], check=True)
-        self.filler = self.dir / "filler"
-
-    def fill(self):
-        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            for size in (65536, 4096, 1):            # down to the last byte
-                try:
-                    while os.write(fd, b"\0" * size):
-                        pass
-                except OSError:
-                    pass
-        finally:
-            os.close(fd)
-
-    def free(self):
-        self.filler.unlink(missing_ok=True)
-
-    def close(self):
-        subprocess.run(["umount", "-l", str(self.dir)], check=False)
-        try:
-            self.dir.rmdir()
-        except OSError:
-            pass
 
 
 REFUSE = r"""

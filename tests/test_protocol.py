@@ -1,34 +1,17 @@
 """The socket protocol under bad input: the daemon answers or hangs up, and keeps serving."""
 from __future__ import annotations
 
-import socket
 import struct
 import time
 
 import msgpack
 
 from corral import protocol as P
+from harness import raw_socket, read_frame
 
 
 def raw(daemon):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(5)
-    s.connect(str(daemon.socket))
-    return s
-
-
-def read_frame(s):
-    hdr = b""
-    while len(hdr) < 4:
-        chunk = s.recv(4 - len(hdr))
-        if not chunk:
-            return None
-        hdr += chunk
-    (n,) = struct.unpack(">I", hdr)
-    body = b""
-    while len(body) < n:
-        body += s.recv(n - len(body))
-    return msgpack.unpackb(body, raw=False)
+    return raw_socket(daemon.socket, timeout=5)
 
 
 def hello_works(daemon):

@@ -1,5 +1,7 @@
 # corral: `make demo` installs everything, starts corrald and runs a sandboxed
-# demo; `make test` runs the test suite; `make vmtest` the BPF LSM tier in a VM.
+# demo; `make test` runs the test suite (both tiers); `make unit` only the unit
+# tier (pure logic, any user, seconds); `make lint` runs ruff; `make vmtest` the
+# BPF LSM tier in a VM.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +12,7 @@ APT_PACKAGES := python3-bpfcc bpftool libseccomp-dev python3-venv python3-dev li
 VM_APT_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static
 BENCH_APT_PACKAGES := hyperfine bubblewrap socat ripgrep
 
-.PHONY: install apt venv demo start stop test vmtest bench clean
+.PHONY: install apt venv demo start stop test unit lint vmtest bench clean
 
 install: apt venv
 
@@ -57,6 +59,14 @@ demo: start
 
 test: install
 	$(PY) -m pytest -v -p no:cacheprovider tests
+
+# Pure logic only: needs no root, no BPF, no daemon (also runs as nobody).
+unit: venv
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+# ruff is in the `test` extra, so `make venv` installs it; findings fail the target.
+lint: venv
+	$(VENV)/bin/ruff check daemon tests bench native
 
 vmtest: install
 	@missing=$$(for p in $(VM_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \

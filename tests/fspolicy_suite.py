@@ -100,7 +100,10 @@ PROBE_PRELUDE = textwrap.dedent(r"""
 def layout(base: str) -> dict:
     """Create the tree (outside any session) and return the policy."""
     B = base
-    mk = lambda p: os.makedirs(os.path.join(B, p), exist_ok=True)
+
+    def mk(p):
+        os.makedirs(os.path.join(B, p), exist_ok=True)
+
     def wr(p, s="data\n"):
         with open(os.path.join(B, p), "w") as f:
             f.write(s)
@@ -302,7 +305,7 @@ def run_case(case: Case, runner: Runner, backend: str, tmp_path,
     if helper is not None:
         helper.join(timeout=25)
     assert rc == 0, f"{case.name}: probe failed rc={rc}\nstdout={out}\nstderr={err}"
-    lines = [l for l in out.splitlines() if l.startswith("[")]
+    lines = [ln for ln in out.splitlines() if ln.startswith("[")]
     assert lines, f"{case.name}: no result\nstdout={out}\nstderr={err}"
     got = json.loads(lines[-1])
     exp, reason = expectation(case, backend)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 from conftest import make_daemon
 from corral.kernel import cgroups
 from corral import protocol as P
-from cpharness import (CORRAL, NOBODY, ProbeSession, SmallDisk, call, exhaust_log, frame,
+from cpharness import (NOBODY, ProbeSession, SmallDisk, call, exhaust_log, frame,
                        child_request, listener, raw, read_frame, records, run_as)
 
 # -- D1: a connection whose process has exited has no authority ---------------------

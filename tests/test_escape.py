@@ -4,7 +4,6 @@ End to end through `corral run`: ptrace, /proc/<pid>/mem, signals, inherited
 descriptors, leaving its cgroup, bpffs, capabilities."""
 from __future__ import annotations
 
-import errno
 import json
 import os
 import subprocess

@@ -95,7 +95,7 @@ def test_no_file_policy_still_installs_landlock(tmp_path):
                                    extra=["--print-report"])
     assert rc == 0, err
     assert out.strip() == "ok"
-    rep = json.loads([l for l in err.splitlines() if l.startswith("CORRAL_CONFINE ")][0].split(" ", 1)[1])
+    rep = json.loads([ln for ln in err.splitlines() if ln.startswith("CORRAL_CONFINE ")][0].split(" ", 1)[1])
     assert rep["landlock"] is True and rep["landlock_rules"] > 0
 
 

@@ -283,13 +283,13 @@ def test_x32_refused(abi_helper):
 def test_root_child_has_no_capabilities():
     p = confined(["cat", "/proc/self/status"])
     assert p.returncode == 0, p.stderr
-    st = dict(l.split(":", 1) for l in p.stdout.splitlines() if ":" in l)
+    st = dict(ln.split(":", 1) for ln in p.stdout.splitlines() if ":" in ln)
     for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
         assert int(st[k].strip(), 16) == 0, (k, st[k])
     assert st["NoNewPrivs"].strip() == "1"
     assert st["Seccomp"].strip() == "2"
     # control: this test runs as root with capabilities
-    mine = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+    mine = dict(ln.split(":", 1) for ln in open("/proc/self/status").read().splitlines() if ":" in ln)
     assert int(mine["CapEff"].strip(), 16) != 0
 
 
@@ -326,7 +326,7 @@ def test_report_counts_closed_fds(tmp_path):
         p = subprocess.run([PY, "-m", "corral.client.confine", "--print-report", "--", "true"],
                            capture_output=True, text=True, env=ENV, pass_fds=fds)
         assert p.returncode == 0, p.stderr
-        line = [l for l in p.stderr.splitlines() if l.startswith("CORRAL_CONFINE ")][0]
+        line = [ln for ln in p.stderr.splitlines() if ln.startswith("CORRAL_CONFINE ")][0]
         rep = json.loads(line.split(" ", 1)[1])
         assert rep["fds_closed"] >= 3
         assert rep["seccomp"] and rep["landlock"] and rep["caps_dropped"]
@@ -525,10 +525,10 @@ def test_seccomp_errno_denials_audit_logged_only_with_ctl_log():
         time.sleep(6)
     assert _kmsg_has(f"pid={logged_pid} ") and _kmsg_has("syscall=425"), "no SECCOMP audit record"
     p = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
-    mine = [l for l in p.splitlines() if f"pid={logged_pid} " in l and "type=1326" in l]
-    assert any("syscall=425" in l for l in mine)
-    assert not any("syscall=435" in l for l in mine)          # clone3: quiet filter
-    assert not [l for l in p.splitlines() if f"pid={quiet_pid} " in l and "type=1326" in l]
+    mine = [ln for ln in p.splitlines() if f"pid={logged_pid} " in ln and "type=1326" in ln]
+    assert any("syscall=425" in ln for ln in mine)
+    assert not any("syscall=435" in ln for ln in mine)          # clone3: quiet filter
+    assert not [ln for ln in p.splitlines() if f"pid={quiet_pid} " in ln and "type=1326" in ln]
 
 
 def test_refuses_multithreaded_caller():
@@ -566,6 +566,6 @@ def test_unprivileged_caller_can_confine():
     lines = p.stdout.split("\n")
     assert lines[0] == "wrote"
     assert "0000000000000000" in lines[1] and lines[2].split()[-1] == "1" and lines[3].split()[-1] == "2"
-    rep = json.loads([l for l in p.stderr.splitlines() if l.startswith("CORRAL_CONFINE ")][0][15:])
+    rep = json.loads([ln for ln in p.stderr.splitlines() if ln.startswith("CORRAL_CONFINE ")][0][15:])
     assert rep["landlock"] and rep["seccomp"] and not rep["bounding_set_dropped"]
     shutil.rmtree(tmp_path)

@@ -13,13 +13,12 @@ HERE = Path(__file__).resolve().parent
 
 ffibuilder = FFI()
 
-# libseccomp: used directly from Python, the C side stays generic.
+# libseccomp: used directly from Python, the C side stays generic. Only the
+# functions corral calls are declared (cffi wraps each one declared).
 ffibuilder.cdef(
     """
     typedef void *scmp_filter_ctx;
     typedef uint64_t scmp_datum_t;
-
-    struct scmp_version { unsigned int major; unsigned int minor; unsigned int micro; };
 
     enum scmp_filter_attr {
         SCMP_FLTATR_ACT_DEFAULT = 1,
@@ -46,23 +45,14 @@ ffibuilder.cdef(
         scmp_datum_t datum_b;
     };
 
-    const struct scmp_version *seccomp_version(void);
-    unsigned int seccomp_api_get(void);
     scmp_filter_ctx seccomp_init(uint32_t def_action);
     void seccomp_release(scmp_filter_ctx ctx);
-    int seccomp_arch_add(scmp_filter_ctx ctx, uint32_t arch_token);
-    int seccomp_arch_remove(scmp_filter_ctx ctx, uint32_t arch_token);
-    int seccomp_arch_exist(const scmp_filter_ctx ctx, uint32_t arch_token);
-    uint32_t seccomp_arch_native(void);
     int seccomp_load(const scmp_filter_ctx ctx);
     int seccomp_attr_set(scmp_filter_ctx ctx, enum scmp_filter_attr attr, uint32_t value);
-    int seccomp_attr_get(const scmp_filter_ctx ctx, enum scmp_filter_attr attr, uint32_t *value);
     int seccomp_syscall_resolve_name(const char *name);
-    int seccomp_syscall_resolve_name_arch(uint32_t arch_token, const char *name);
     int seccomp_rule_add_array(scmp_filter_ctx ctx, uint32_t action, int syscall,
                                unsigned int arg_cnt, const struct scmp_arg_cmp *arg_array);
     int seccomp_export_pfc(const scmp_filter_ctx ctx, int fd);
-    int seccomp_export_bpf(const scmp_filter_ctx ctx, int fd);
     """
 )
 

@@ -21,11 +21,6 @@
 uint32_t corral_scmp_act_errno(int err) { return SCMP_ACT_ERRNO(err); }
 uint32_t corral_scmp_act_allow(void) { return SCMP_ACT_ALLOW; }
 uint32_t corral_scmp_act_kill_process(void) { return SCMP_ACT_KILL_PROCESS; }
-uint32_t corral_scmp_act_log(void) { return SCMP_ACT_LOG; }
-uint32_t corral_scmp_arch_native(void) { return SCMP_ARCH_NATIVE; }
-uint32_t corral_scmp_arch_x86(void) { return SCMP_ARCH_X86; }
-uint32_t corral_scmp_arch_x86_64(void) { return SCMP_ARCH_X86_64; }
-uint32_t corral_scmp_arch_x32(void) { return SCMP_ARCH_X32; }
 
 /* ------------------------------------------------------------------ */
 /* Landlock (syscalls 444-446 on every arch that has them)            */
@@ -40,7 +35,6 @@ uint32_t corral_scmp_arch_x32(void) { return SCMP_ARCH_X32; }
 #define __NR_landlock_restrict_self 446
 #endif
 #define CORRAL_LL_CREATE_RULESET_VERSION (1U << 0)
-#define CORRAL_LL_CREATE_RULESET_ERRATA (1U << 1)
 #define CORRAL_LL_RULE_PATH_BENEATH 1
 
 /* Our own copies of the UAPI structs: the distro header may predate the
@@ -60,13 +54,6 @@ int corral_landlock_abi(void)
 {
     long r = syscall(__NR_landlock_create_ruleset, NULL, 0,
                      CORRAL_LL_CREATE_RULESET_VERSION);
-    return r < 0 ? -errno : (int)r;
-}
-
-int corral_landlock_errata(void)
-{
-    long r = syscall(__NR_landlock_create_ruleset, NULL, 0,
-                     CORRAL_LL_CREATE_RULESET_ERRATA);
     return r < 0 ? -errno : (int)r;
 }
 
@@ -127,14 +114,6 @@ int corral_get_no_new_privs(void)
 #define __NR_close_range 436
 #endif
 
-/* close every fd >= first. Falls back to the caller (-ENOSYS) on old kernels. */
-int corral_close_range_from(unsigned int first)
-{
-    if (syscall(__NR_close_range, first, ~0U, 0) != 0)
-        return -errno;
-    return 0;
-}
-
 int corral_close_range(unsigned int first, unsigned int last)
 {
     if (syscall(__NR_close_range, first, last, 0) != 0)
@@ -142,7 +121,8 @@ int corral_close_range(unsigned int first, unsigned int last)
     return 0;
 }
 
-int corral_last_cap(void)
+/* The highest capability number this kernel knows (drop_all_caps' default). */
+static int corral_last_cap(void)
 {
     FILE *f = fopen("/proc/sys/kernel/cap_last_cap", "re");
     int v = -1;
@@ -176,12 +156,6 @@ int corral_set_securebits_noroot(void)
     if (prctl(PR_SET_SECUREBITS, bits, 0, 0, 0) != 0)
         return -errno;
     return 0;
-}
-
-int corral_get_securebits(void)
-{
-    int r = prctl(PR_GET_SECUREBITS, 0, 0, 0, 0);
-    return r < 0 ? -errno : r;
 }
 
 /* Drop every capability from every set; returns 1, or 0 when the bounding
@@ -235,10 +209,4 @@ int corral_caps_effective_is_zero(void)
         return -errno;
     return (data[0].effective | data[1].effective | data[0].permitted |
             data[1].permitted | data[0].inheritable | data[1].inheritable) == 0;
-}
-
-long corral_raw_syscall6(long nr, long a0, long a1, long a2, long a3, long a4, long a5)
-{
-    long r = syscall(nr, a0, a1, a2, a3, a4, a5);
-    return r < 0 ? -errno : r;
 }

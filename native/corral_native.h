@@ -4,6 +4,8 @@
  *
  * Every function returns >= 0 on success and -errno on failure; none of them
  * print or abort. Policy (which syscalls, which paths) lives in Python.
+ * Only what corral's Python code calls is here: an export nothing calls is
+ * deleted, not kept "for later".
  */
 #ifndef CORRAL_NATIVE_H
 #define CORRAL_NATIVE_H
@@ -14,15 +16,9 @@
 uint32_t corral_scmp_act_errno(int err);
 uint32_t corral_scmp_act_allow(void);
 uint32_t corral_scmp_act_kill_process(void);
-uint32_t corral_scmp_act_log(void);
-uint32_t corral_scmp_arch_native(void);
-uint32_t corral_scmp_arch_x86(void);
-uint32_t corral_scmp_arch_x86_64(void);
-uint32_t corral_scmp_arch_x32(void);
 
 /* --- Landlock ----------------------------------------------------------- */
 int corral_landlock_abi(void);
-int corral_landlock_errata(void);
 int corral_landlock_create_ruleset(uint64_t handled_fs, uint64_t handled_net,
                                    uint64_t scoped, int abi);
 int corral_landlock_add_path_rule(int ruleset_fd, uint64_t allowed, int parent_fd);
@@ -31,15 +27,9 @@ int corral_landlock_restrict_self(int ruleset_fd, uint32_t flags);
 /* --- process hardening -------------------------------------------------- */
 int corral_set_no_new_privs(void);
 int corral_get_no_new_privs(void);
-int corral_close_range_from(unsigned int first);
 int corral_close_range(unsigned int first, unsigned int last);
-int corral_last_cap(void);
-int corral_drop_all_caps(int last_cap);
+int corral_drop_all_caps(int last_cap);      /* last_cap < 0: the kernel's */
 int corral_set_securebits_noroot(void);
-int corral_get_securebits(void);
 int corral_caps_effective_is_zero(void);
-
-/* --- raw syscall for tests/benchmarks ----------------------------------- */
-long corral_raw_syscall6(long nr, long a0, long a1, long a2, long a3, long a4, long a5);
 
 #endif

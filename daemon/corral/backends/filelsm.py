@@ -66,6 +66,7 @@ from corral.kernel import abi, bpf, cgroups, mountinfo
 from corral.kernel.abi import (RB_ALLOW_READ, RB_ALLOW_WRITE, RB_ANCESTOR, RB_DENY_INODE,  # noqa: F401
                                RB_DENY_READ, RB_DENY_WRITE, RB_PSEUDO, RULE_USER, SESS_FILE_ENFORCE)
 from corral.kernel.bpf import BpfError, btf_cflags  # noqa: F401  (btf_cflags: tools, tests)
+from corral.backends.base import Backend
 from corral.kernel.bpfsrc import bpf_dir
 from corral.kernel.mountinfo import under_any
 from corral.policy.paths import canonical  # raises PolicyError, a ValueError
@@ -360,7 +361,9 @@ def _version(bdir: Path) -> str:
     return h.hexdigest()[:12]
 
 
-class FileLsm:
+class FileLsm(Backend):
+    label = "bpf-lsm"
+
     def __init__(self, force_btf_headers: bool = False):
         bpf.ensure_bpffs(BPFFS)
         bdir = bpf_dir()
@@ -518,11 +521,22 @@ class FileLsm:
         self._record(cgid, fs_policy)
         return comp
 
-    def add_session(self, cgid: int, fs_policy: dict) -> None:
-        self._install(cgid, fs_policy)
+    # -- the backend interface (backends/base.py)
+    def install(self, cgid: int, policy: dict, **how) -> None:
+        self._install(cgid, policy)
 
-    def update_session(self, cgid: int, fs_policy: dict) -> None:
-        self._install(cgid, fs_policy)
+    def remove(self, cgid: int) -> None:
+        self.remove_session(cgid)
+
+    def describe(self, cgid: int, rule_id: int) -> str | None:
+        rule = self.rule_for(cgid, rule_id)
+        return f"{rule[0]} {rule[1]}" if rule is not None else None
+
+    def snapshot(self, cgid: int) -> list | None:
+        return self.rules_snapshot(cgid)
+
+    # the names tools and tests use
+    add_session = update_session = install
 
     def remove_session(self, cgid: int) -> None:
         self.fsess.delete(bytes(ct.c_uint64(cgid)))

@@ -15,8 +15,11 @@ from pathlib import Path
 
 from corral.config import PIN_DIR
 from corral.kernel import abi, bpf
+from corral.kernel.events import describe_rule
 from corral.kernel.abi import (MAX_PORT_RANGES, RULE_USER, SESS_DNS_STEER,  # noqa: F401
                                SESS_FILE_ENFORCE, SESS_NET_ENFORCE, PortRules)
+from corral.backends.base import Backend
+from corral.policy import model as pol
 from corral.policy.model import NetRule, PolicyError
 
 log = logging.getLogger("corral.net")
@@ -70,8 +73,9 @@ def _fdinfo(fd: int) -> dict:
     return out
 
 
-class NetBpf:
+class NetBpf(Backend):
     """The loaded network programs and their maps."""
+    label = "bpf-cgroup-sock-addr"
 
     def __init__(self, cgroup_root: Path):
         self.cgroup_root = cgroup_root
@@ -89,6 +93,8 @@ class NetBpf:
         self.dns_socks = self.bpf["dns_socks"]
         # cgid -> {(trie name, prefix): leaf bytes} as last written by install_rules
         self._installed: dict[int, dict] = {}
+        self._rules: dict[int, list[str]] = {}   # cgid -> rule id - RULE_USER -> text
+        self._fast: dict[int, dict] = {}         # cgid -> what append_learned may append to
         # After _attach: the predecessor's programs are retired, so nothing
         # more can land in a set-aside ring buffer.
         self._downtime = self._collect_downtime(stale)
@@ -232,6 +238,96 @@ class NetBpf:
                     out.append((atype, pid))
         return out
 
+    # -- the backend interface ----------------------------------------------
+    def install(self, cgid: int, policy: dict, learned: list[str] = (), flags: int = 0,
+                dns_port: int = 0) -> list[str]:
+        """The session's network policy and the rules its resolver learned
+        ("CIDR[:PORT[-PORT]]") into the tries, then its flags. -> the rule
+        texts, indexed by rule id - RULE_USER."""
+        allow, deny = pol.net_rules(policy)
+        has_net = policy.get("network") is not None
+        learned_rules = [pol.parse_net_rule(t) for t in learned] if has_net else []
+        texts = [f"allow {r}" for r in allow] + [f"deny {r}" for r in deny]
+        texts += [f"allow {t} (from DNS)" for t in learned] if learned_rules else []
+        # Learned rules get the last ids, so learning one never renumbers (and
+        # rewrites) the static rules' trie entries.
+        rid = RULE_USER
+        allow_ids, deny_ids = [], []
+        for r in allow:
+            allow_ids.append((r, rid))
+            rid += 1
+        for r in deny:
+            deny_ids.append((r, rid))
+            rid += 1
+        for r in learned_rules:
+            allow_ids.append((r, rid))
+            rid += 1
+        self._fast.pop(cgid, None)
+        # Entries before flags: turning enforcement on never sees an empty trie.
+        self.install_rules(cgid, allow_ids, deny_ids)
+        self.set_session(cgid, flags, dns_port)
+        self._rules[cgid] = texts
+        n_static = len(allow_ids) - len(learned_rules)
+        self._fast[cgid] = {
+            "policy": policy, "next_rid": rid, "learned": list(learned) if learned_rules else [],
+            "static": [(r.net.version, int(r.net.network_address),
+                        ((1 << r.net.prefixlen) - 1) << (r.net.max_prefixlen - r.net.prefixlen), r, i)
+                       for r, i in allow_ids[:n_static]],
+            "hosts": {(r.net.version, int(r.net.network_address)) for r, _ in allow_ids
+                      if r.net.prefixlen == r.net.max_prefixlen},
+        }
+        return list(texts)
+
+    def append_learned(self, cgid: int, policy: dict, learned: list[str]) -> list[str] | None:
+        """Fast path for the common case, one more address learned: when the
+        policy is the one installed and `learned` only appends host prefixes
+        not already in the allow tries, write just their trie entries (the
+        full install is O(all rules) per DNS answer). -> the added rule texts,
+        or None: do a full install."""
+        st = self._fast.get(cgid)
+        old = st["learned"] if st is not None else None
+        if st is None or st["policy"] is not policy or learned[:len(old)] != old:
+            return None
+        if len(learned) == len(old):
+            return []                           # only expiries changed
+        try:
+            added = [pol.parse_net_rule(t) for t in learned[len(old):]]
+        except pol.PolicyError:
+            return None                         # the full install reports it
+        groups: dict[tuple, list] = {}
+        rid = st["next_rid"]
+        for r in added:
+            if r.net.prefixlen != r.net.max_prefixlen:
+                return None
+            key = (r.net.version, int(r.net.network_address))
+            if key in st["hosts"]:
+                return None                     # would change an existing entry
+            groups.setdefault(key, []).append((r, rid))
+            rid += 1
+        entries = []
+        for (ver, a), new in groups.items():
+            covering = [(r, i) for v, net, mask, r, i in st["static"] if v == ver and a & mask == net]
+            covering += new
+            if len(covering) > MAX_PORT_RANGES:
+                return None
+            entries.append((f"allow{ver}", new[0][0].net, _leaf(covering)))
+        self.add_entries(cgid, entries)
+        texts = [f"allow {t} (from DNS)" for t in learned[len(old):]]
+        self._rules[cgid] += texts
+        st["learned"] = list(learned)
+        st["hosts"].update(groups)
+        st["next_rid"] = rid
+        return texts
+
+    def remove(self, cgid: int) -> None:
+        self.remove_session(cgid)
+
+    def describe(self, cgid: int, rule_id: int) -> str | None:
+        return describe_rule(rule_id, self._rules.get(cgid, []))
+
+    def snapshot(self, cgid: int) -> list[str]:
+        return list(self._rules.get(cgid, []))
+
     # -- session state ------------------------------------------------------
     def set_session(self, cgid: int, flags: int, dns_port: int = 0) -> None:
         key = self.sessions.Key(cgid)
@@ -250,6 +346,8 @@ class NetBpf:
     def remove_session(self, cgid: int) -> None:
         self.clear_rules(cgid)
         self._installed.pop(cgid, None)
+        self._rules.pop(cgid, None)
+        self._fast.pop(cgid, None)
         try:
             del self.sessions[self.sessions.Key(cgid)]
         except KeyError:
@@ -381,10 +479,15 @@ def _merged(rules: list[tuple[NetRule, int]]):
         if len(covering) > MAX_PORT_RANGES:
             raise PolicyError(f"{net}: {len(covering)} port rules cover this prefix; "
                               f"at most {MAX_PORT_RANGES} are supported — merge port ranges")
-        leaf = PortRules()
-        leaf.n = len(covering)
-        for i, (_, r, rid) in enumerate(covering):
-            leaf.rule[i] = rid
-            leaf.lo[i] = r.port_lo
-            leaf.hi[i] = r.port_hi
-        yield key, net, leaf
+        yield key, net, _leaf([(r, rid) for _, r, rid in covering])
+
+
+def _leaf(covering: list[tuple[NetRule, int]]) -> PortRules:
+    """The trie leaf for a prefix: the port ranges of every rule covering it, in rule order."""
+    leaf = PortRules()
+    leaf.n = len(covering)
+    for i, (r, rid) in enumerate(covering):
+        leaf.rule[i] = rid
+        leaf.lo[i] = r.port_lo
+        leaf.hi[i] = r.port_hi
+    return leaf

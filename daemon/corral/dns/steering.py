@@ -110,9 +110,16 @@ def _udp_limit(query: DNSRecord) -> int:
 
 
 class DnsSteering:
-    def __init__(self, daemon):
-        self.d = daemon
-        args = daemon.args
+    """The per-session resolvers. Given what it uses, not the daemon: `args`
+    (upstream, TTL bounds), `audit` (writes a log record), `loop` (returns the
+    daemon's event loop, None before it runs). It owns what sessions learn and
+    hands it over through `on_learned(session, [(rule, expiry)])`, which the
+    session table sets to put it into the kernel (raises PolicyError if refused)."""
+
+    def __init__(self, args, audit, loop):
+        self._audit_rec = audit
+        self._loop = loop
+        self.on_learned = None
         up = getattr(args, "dns_upstream", None) or resolv_conf_nameserver()
         if not up:
             raise RuntimeError("no upstream DNS server: /etc/resolv.conf names none; "
@@ -138,7 +145,7 @@ class DnsSteering:
 
     @property
     def loop(self):
-        return self.d.loop
+        return self._loop()
 
     # -- daemon lifecycle --------------------------------------------------
     async def start(self) -> None:
@@ -504,13 +511,13 @@ class DnsSteering:
         before = list(s.dns_rules)
         pushed_before, sd.pushed = sd.pushed, texts    # what update_session will see
         try:
-            self.d.sessions.set_dns_rules(s, rules)
+            self.on_learned(s, rules)
         except pol.PolicyError as e:
             sd.pushed = pushed_before
             log.warning("session %s: learned rules refused: %s", s.id, e)
             s.dns_rules = before
             try:
-                self.d.sessions.set_dns_rules(s, [tuple(r) for r in before])
+                self.on_learned(s, [tuple(r) for r in before])
             except Exception:
                 pass
             self._audit(sd, {"op": "learn", "verdict": "error", "target": "",
@@ -606,7 +613,7 @@ class DnsSteering:
         sd.tokens = max(0.0, sd.tokens - 1)
         s = sd.session
         if sd.suppressed:
-            self.d.audit({"kind": "rate", "op": "suppressed", "verdict": "info", "session": s.id,
+            self._audit_rec({"kind": "rate", "op": "suppressed", "verdict": "info", "session": s.id,
                           "target": f"{sd.suppressed} dns event(s)", "count": sd.suppressed,
                           "rule": "per-session dns audit rate limit", "uid": s.owner_uid})
             sd.suppressed = 0
@@ -614,7 +621,7 @@ class DnsSteering:
         rec.setdefault("kind", "dns")
         rec["session"] = s.id
         rec.setdefault("uid", s.owner_uid)
-        self.d.audit(rec)
+        self._audit_rec(rec)
 
     # -- queries -------------------------------------------------------------
     def _reply(self, query: DNSRecord, rcode: int) -> bytes:

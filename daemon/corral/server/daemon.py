@@ -116,7 +116,7 @@ class Daemon:
             self.features["dns"] = {"active": False, "why": f"resolver not available: {e}"}
             return None
         try:
-            d = DnsSteering(self)
+            d = DnsSteering(self.args, audit=self.audit, loop=lambda: self.loop)
         except Exception as e:
             self.features["dns"] = {"active": False, "why": f"resolver failed to start: {e}"}
             log.error("DNS resolver: %s", e)

@@ -1,4 +1,6 @@
-"""Sessions: a cgroup, a policy, and the kernel map entries that enforce it."""
+"""Sessions: a cgroup, a policy, and the backends that enforce it. The table
+orchestrates -- order of installs, cgroups, persistence -- and leaves what
+the kernel holds to the backends (backends/base.py)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +14,8 @@ from pathlib import Path
 from corral.kernel import cgroups
 from corral.policy import model as pol
 from corral.config import STATE_DIR
-from corral.backends.net import RULE_USER, SESS_DNS_STEER, SESS_FILE_ENFORCE, SESS_NET_ENFORCE, PortRules
+from corral.backends.landlock import LandlockBackend
+from corral.kernel.abi import SESS_DNS_STEER, SESS_FILE_ENFORCE, SESS_NET_ENFORCE
 
 log = logging.getLogger("corral.sessions")
 
@@ -46,10 +49,13 @@ class SessionTable:
     def __init__(self, net, filelsm=None, dns=None):
         self.net = net
         self.filelsm = filelsm
+        # file policy: BPF LSM when the kernel has it, else Landlock (in the client)
+        self.files = filelsm if filelsm is not None else LandlockBackend()
         self.dns = dns                      # DNS steering backend (issue 6), optional
+        if dns is not None:
+            dns.on_learned = self.set_dns_rules     # how the resolver hands over what it learned
         self.by_id: dict[str, Session] = {}
         self.by_cgid: dict[int, Session] = {}
-        self._dns_fast: dict[int, dict] = {}   # cgid -> what set_dns_rules may append to
         STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # -- lifecycle ----------------------------------------------------------
@@ -138,138 +144,66 @@ class SessionTable:
 
     # -- kernel state -------------------------------------------------------
     def set_dns_rules(self, s: Session, rules: list[tuple[str, float]]) -> None:
-        """Replace the session's DNS-learned allow rules ("CIDR[:PORT[-PORT]]", expiry)
-        and push them to the kernel. Called by the resolver (issue 6)."""
+        """The resolver's learned allow rules ("CIDR[:PORT[-PORT]]", expiry) for
+        the session, into the kernel: appended when that is all that changed,
+        else a full install (of the same policy: the resolver is not asked again)."""
         new = [[r, exp] for r, exp in rules]
-        if self._append_dns_rules(s, new):
+        added = self.net.append_learned(s.cgid, s.policy, [r for r, _ in new])
+        s.dns_rules = new
+        if added is not None:
+            s.rules += added
             return
-        s.dns_rules = new
-        self._install(s)
+        self._install(s, dns_changed=False)
 
-    def _append_dns_rules(self, s: Session, new: list) -> bool:
-        """Fast path for the common case, one more address learned: when the
-        policy is unchanged and the new learned list only appends host
-        prefixes not already in the allow tries, write just their trie
-        entries (the full install is O(all rules) per DNS answer)."""
-        st = self._dns_fast.get(s.cgid)
-        old = [r for r, _ in s.dns_rules]
-        texts = [r for r, _ in new]
-        if st is None or st["policy"] is not s.policy or texts[:len(old)] != old:
-            return False
-        if len(texts) == len(old):
-            s.dns_rules = new                   # only expiries changed
-            return True
-        try:
-            added = [pol.parse_net_rule(t) for t in texts[len(old):]]
-        except pol.PolicyError:
-            return False                        # the full install reports it
-        groups: dict[tuple, list] = {}
-        rid = st["next_rid"]
-        for r in added:
-            if r.net.prefixlen != r.net.max_prefixlen:
-                return False
-            key = (r.net.version, int(r.net.network_address))
-            if key in st["hosts"]:
-                return False                    # would change an existing entry
-            groups.setdefault(key, []).append((r, rid))
-            rid += 1
-        entries = []
-        for (ver, a), learned in groups.items():
-            covering = [(r, i) for v, net, mask, r, i in st["static"] if v == ver and a & mask == net]
-            covering += learned
-            if len(covering) > pol.MAX_PORT_RANGES:
-                return False
-            leaf = PortRules()
-            leaf.n = len(covering)
-            for j, (r, i) in enumerate(covering):
-                leaf.rule[j], leaf.lo[j], leaf.hi[j] = i, r.port_lo, r.port_hi
-            entries.append((f"allow{ver}", learned[0][0].net, leaf))
-        self.net.add_entries(s.cgid, entries)
-        s.dns_rules = new
-        s.rules += [f"allow {t} (from DNS)" for t in texts[len(old):]]
-        st["hosts"].update(groups)
-        st["next_rid"] = rid
-        return True
-
-    def _install(self, s: Session) -> None:
-        allow, deny = pol.net_rules(s.policy)
-        s.rules = [f"allow {r}" for r in allow] + [f"deny {r}" for r in deny]
+    def _install(self, s: Session, dns_changed: bool = True) -> None:
+        """Every backend, in order. `dns_changed` False: only the learned rules
+        changed, and they came from the resolver: it is not told again."""
         net = s.policy.get("network")
+        domains = bool(net and (net.get("allow_domains") or net.get("deny_domains")))
         flags = 0
         enforcement = {}
         if net is not None:
             flags |= SESS_NET_ENFORCE
-            enforcement["network"] = "bpf-cgroup-sock-addr"
-        if net and (net.get("allow_domains") or net.get("deny_domains")):
-            if self.dns is not None:
-                flags |= SESS_DNS_STEER
-                s.dns_port = self.dns.add_session(s)
-                enforcement["dns"] = "corral-resolver"
-            else:
+            enforcement["network"] = self.net.label
+        if domains:
+            if self.dns is None:
                 raise pol.PolicyError("this policy names domains but the daemon's DNS resolver "
                                       "is not running; use CIDR rules or enable the resolver")
+            flags |= SESS_DNS_STEER
+            if dns_changed:
+                # The resolver drops what a removed domain had learned (handing
+                # the rest back in s.dns_rules), so this install revokes it.
+                s.dns_port = self.dns.add_session(s)
+            enforcement["dns"] = "corral-resolver"
         elif self.dns is not None and s.dns_port:
             self.dns.remove_session(s)
             s.dns_port = 0
-        if net is None or not (net.get("allow_domains") or net.get("deny_domains")):
+        if not domains:
             s.dns_rules = []
-        # After the resolver has seen the policy: it drops what a removed domain
-        # had learned from s.dns_rules, so this install already revokes it.
-        # Learned rules get the last ids, so learning one never renumbers (and
-        # rewrites) the static rules' trie entries.
-        learned = [pol.parse_net_rule(r) for r, _ in s.dns_rules] if net is not None else []
-        s.rules += [f"allow {t} (from DNS)" for t, _ in s.dns_rules] if learned else []
         fs = s.policy.get("filesystem")
-        if self.filelsm is not None:
-            if fs is not None:
+        if fs is not None:
+            if self.filelsm is not None:
                 flags |= SESS_FILE_ENFORCE
-                self.filelsm.update_session(s.cgid, fs) if s.enforcement.get("filesystem") \
-                    else self.filelsm.add_session(s.cgid, fs)
-                enforcement["filesystem"] = "bpf-lsm"
-            elif s.enforcement.get("filesystem") == "bpf-lsm":
-                self.filelsm.remove_session(s.cgid)
-        elif fs is not None:
-            enforcement["filesystem"] = "landlock (installed by the client before exec)"
-        # Entries before flags: turning enforcement on never sees an empty trie.
-        rid = RULE_USER
-        allow_ids = []
-        for r in allow:
-            allow_ids.append((r, rid))
-            rid += 1
-        deny_ids = []
-        for r in deny:
-            deny_ids.append((r, rid))
-            rid += 1
-        for r in learned:
-            allow_ids.append((r, rid))
-            rid += 1
-        self._dns_fast.pop(s.cgid, None)
-        self.net.install_rules(s.cgid, allow_ids, deny_ids)
-        self.net.set_session(s.cgid, flags, s.dns_port)
-        n_static = len(allow_ids) - len(learned)
-        self._dns_fast[s.cgid] = {
-            "policy": s.policy, "next_rid": rid,
-            "static": [(r.net.version, int(r.net.network_address),
-                        ((1 << r.net.prefixlen) - 1) << (r.net.max_prefixlen - r.net.prefixlen), r, i)
-                       for r, i in allow_ids[:n_static]],
-            "hosts": {(r.net.version, int(r.net.network_address)) for r, _ in allow_ids
-                      if r.net.prefixlen == r.net.max_prefixlen},
-        }
-        if self.dns is not None and s.dns_port:
+            self.files.install(s.cgid, fs)
+            enforcement["filesystem"] = self.files.label
+        elif s.enforcement.get("filesystem") == self.files.label:
+            self.files.remove(s.cgid)
+        s.rules = self.net.install(s.cgid, s.policy, [r for r, _ in s.dns_rules], flags,
+                                   s.dns_port)
+        if self.dns is not None and s.dns_port and dns_changed:
             self.dns.update_session(s)
         s.enforcement.update(enforcement)
         for k in [k for k in s.enforcement if k not in enforcement and k != "client"]:
             del s.enforcement[k]
 
     def _uninstall(self, s: Session) -> None:
-        self._dns_fast.pop(s.cgid, None)
         try:
-            self.net.remove_session(s.cgid)
+            self.net.remove(s.cgid)
         except Exception as e:  # keep tearing down
             log.warning("net cleanup for %s: %s", s.id, e)
-        if self.filelsm is not None and s.enforcement.get("filesystem") == "bpf-lsm":
+        if s.enforcement.get("filesystem") == self.files.label:
             try:
-                self.filelsm.remove_session(s.cgid)
+                self.files.remove(s.cgid)
             except Exception as e:
                 log.warning("file cleanup for %s: %s", s.id, e)
         if self.dns is not None and s.dns_port:

@@ -82,12 +82,8 @@ def policy_from_args(args) -> dict:
             out["filesystem"]["allow_system_write"] = True
         else:
             out["allow_system_write"] = True
-    import pwd
-    try:
-        home = pwd.getpwuid(os.getuid()).pw_dir
-    except KeyError:
-        home = os.path.expanduser("~")
-    pol.normalize(out, cwd=os.getcwd(), home=home)     # raises what the daemon would refuse
+    from corral.policy.paths import caller_home
+    pol.normalize(out, cwd=os.getcwd(), home=caller_home())   # raises what the daemon would refuse
     if pol.system_write_flag(out):
         print("corral: note: --allow-system-write: this session may write system trees (/, /usr, "
               "/etc, /var/lib...) where its allow_write says: it could rewrite system binaries and "

@@ -28,6 +28,7 @@ import sys
 from corral.policy import model as pol
 from corral.policy import files as policyfile
 from corral.kernel.mountinfo import under
+from corral.policy.paths import caller_home
 
 
 def add_arguments(p) -> None:
@@ -40,13 +41,8 @@ def add_arguments(p) -> None:
 
 
 def _resolved(p: dict, files: list[str]) -> dict:
-    import pwd
     merged = policyfile.apply_mandatory(p, set(), files=files)
-    try:
-        home = pwd.getpwuid(os.getuid()).pw_dir
-    except KeyError:
-        home = os.path.expanduser("~")
-    return pol.normalize(merged, cwd=os.getcwd(), home=home)
+    return pol.normalize(merged, cwd=os.getcwd(), home=caller_home())
 
 
 def _print_policy(p: dict, as_json: bool) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from corral.policy.domains import DomainRule, normalize_name, parse_domain_rule
 from corral.policy.model import NetRule, parse_learned_rule
+from corral.policy.ports import port_text
 
 ANY_PORTS = ((0, 65535),)
 
@@ -98,7 +99,7 @@ def _rule_text(addr: str, lo: int, hi: int) -> str:
     net = f"{a}/{a.max_prefixlen}"
     if (lo, hi) == (0, 65535):
         return net if a.version == 4 else f"[{net}]"
-    ports = str(lo) if lo == hi else f"{lo}-{hi}"
+    ports = port_text(lo, hi)
     return f"{net}:{ports}" if a.version == 4 else f"[{net}]:{ports}"
 
 

@@ -32,6 +32,16 @@ def root() -> Path:
     return cgroup2_mount() / ROOT_NAME
 
 
+def session_path(session_id: str) -> Path:
+    """A session's cgroup directory (it may not exist)."""
+    return root() / session_id
+
+
+def path_of(rel: str | None) -> Path:
+    """The directory of a cgroup path as /proc/PID/cgroup gives it ('/a/b')."""
+    return cgroup2_mount() / (rel or "/").lstrip("/")
+
+
 def ensure_root() -> Path:
     r = root()
     r.mkdir(exist_ok=True)
@@ -43,7 +53,7 @@ def cgroup_id(path: Path) -> int:
 
 
 def create(session_id: str) -> Path:
-    path = root() / session_id
+    path = session_path(session_id)
     path.mkdir()
     return path
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from corral.policy.errors import PolicyError
-from corral.policy.ports import parse_ports
+from corral.policy.ports import parse_ports, port_text
 
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 # What a policy file accepts as a domain rule before parsing it (ASCII names only:
@@ -42,8 +42,7 @@ class DomainRule:
     def __str__(self) -> str:
         if self.any_port:
             return self.pattern
-        ports = str(self.port_lo) if self.port_lo == self.port_hi else f"{self.port_lo}-{self.port_hi}"
-        return f"{self.pattern}:{ports}"
+        return f"{self.pattern}:{port_text(self.port_lo, self.port_hi)}"
 
     def matches(self, qname: str) -> bool:
         """qname: lower case, no trailing dot."""
@@ -112,6 +111,13 @@ def normalize_rules(items, key: str) -> list[str]:
         if r not in out:
             out.append(r)
     return out
+
+
+def uncovered_domains(items, cover, key: str = "allow_domains") -> list:
+    """The rules of `items` that no rule of `cover` covers (narrowing: a new
+    allow must be covered by an old one, an old deny by a new one)."""
+    rules = [parse_domain_rule(d, key) for d in cover]
+    return [d for d in items if not any(c.covers(parse_domain_rule(d, key)) for c in rules)]
 
 
 def file_rule_error(x, key: str) -> str | None:

@@ -175,7 +175,11 @@ def _list(src: _Src, section: str, key: str, v) -> list:
 
 
 def validate(data: dict, src: _Src) -> dict:
-    """Check a parsed policy file; return the policy dict (sections as given)."""
+    """Check a parsed policy file; return the policy dict (sections as given).
+
+    This transforms nothing (normalize() does, in the client before it sends
+    and in the daemon): it runs the model's own parsers on each entry so a
+    refusal names the file, line and key."""
     out: dict = {}
     for top, val in data.items():
         if top == "description":

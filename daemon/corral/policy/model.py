@@ -52,10 +52,10 @@ from collections import OrderedDict, namedtuple
 from dataclasses import dataclass
 
 from corral.kernel.mountinfo import under
-from corral.policy.domains import normalize_rules, parse_domain_rule
+from corral.policy.domains import normalize_rules, uncovered_domains
 from corral.policy.errors import PolicyError, short as _short
 from corral.policy.paths import FS_KEYS, MAX_PATH_BYTES, expand_path, unrestricted_fs
-from corral.policy.ports import MAX_PORT_LEN, parse_ports
+from corral.policy.ports import MAX_PORT_LEN, parse_ports, port_text
 
 NET_LIST_KEYS = ("allow", "deny", "allow_domains", "deny_domains", "allow_localhost_ports")
 FS_FLAG_KEYS = ("allow_system_write",)
@@ -97,7 +97,7 @@ class NetRule:
         addr = str(self.net)
         if self.any_port:
             return addr
-        ports = str(self.port_lo) if self.port_lo == self.port_hi else f"{self.port_lo}-{self.port_hi}"
+        ports = port_text(self.port_lo, self.port_hi)
         if self.net.version == 6:
             return f"[{addr}]:{ports}"
         return f"{addr}:{ports}"
@@ -386,7 +386,7 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root",
         ports = []
         for p in n["allow_localhost_ports"]:
             lo, hi = parse_ports(str(p), "network.allow_localhost_ports")
-            ports.append(f"{lo}" if lo == hi else f"{lo}-{hi}")
+            ports.append(port_text(lo, hi))
         n["allow_localhost_ports"] = ports
         for key in ("allow_domains", "deny_domains"):
             n[key] = normalize_rules(n[key], key)
@@ -461,16 +461,11 @@ def narrowing_violations(old: dict, new: dict) -> list[str]:
             for d in od:
                 if not any(x.covers(d) for x in nd):
                     why.append(f"drops the deny rule {d}")
-            old_allow = [parse_domain_rule(d) for d in on.get("allow_domains", [])]
-            for dom in nn.get("allow_domains", []):
-                r = parse_domain_rule(dom)
-                if not any(o.covers(r) for o in old_allow):
-                    why.append(f"allows domain {dom} which the current policy does not")
-            new_deny = [parse_domain_rule(d, "deny_domains") for d in nn.get("deny_domains", [])]
-            for dom in on.get("deny_domains", []):
-                r = parse_domain_rule(dom, "deny_domains")
-                if not any(x.covers(r) for x in new_deny):
-                    why.append(f"drops the denied domain {dom}")
+            for dom in uncovered_domains(nn.get("allow_domains", []), on.get("allow_domains", [])):
+                why.append(f"allows domain {dom} which the current policy does not")
+            for dom in uncovered_domains(on.get("deny_domains", []), nn.get("deny_domains", []),
+                                         "deny_domains"):
+                why.append(f"drops the denied domain {dom}")
     of, nf = old.get("filesystem"), new.get("filesystem")
     if of is not None:
         if nf is None:

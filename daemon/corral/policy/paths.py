@@ -42,6 +42,15 @@ def expand_path(p: str, cwd: str, home: str, what: str = "path") -> str:
     return os.path.realpath(p)
 
 
+def caller_home() -> str:
+    """The home "~" means in this process's policy paths (its uid's, from passwd)."""
+    import pwd
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return os.path.expanduser("~")
+
+
 def canonical(p, what: str = "file policy") -> str:
     """An absolute path as a backend keys it: normalised, one leading "/".
     The policy's paths already are (expand_path); a backend's own (devices,

@@ -7,6 +7,11 @@ from corral.policy.errors import PolicyError, short
 MAX_PORT_LEN = 11         # "65535-65535"
 
 
+def port_text(lo: int, hi: int) -> str:
+    """A range as policies write it: "443" or "8000-8099"."""
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
 def parse_ports(text: str, what: str) -> tuple[int, int]:
     if len(text) > MAX_PORT_LEN:
         raise PolicyError(f"{what}: bad port {short(text)}: use PORT or PORT-PORT (1-65535)")

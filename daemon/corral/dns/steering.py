@@ -201,17 +201,22 @@ class DnsSteering:
             return
         sd.session = s
         self._refresh(sd)
-        # add_session already wrote the revocations into s.dns_rules before the
-        # kernel install; if something else replaced them, push ours right after.
+        # The install that called add_session took learned() (revocations
+        # included); if the kernel holds something else, push ours right after.
         if sd.pushed != frozenset(r for r, _ in s.dns_rules) and self.loop is not None:
             self.loop.call_soon(self._push, sd)
+
+    def learned(self, s) -> list[tuple[str, float]]:
+        """What the session has learned, as the kernel must hold it: one
+        (rule, expiry) per address and port range (see _rules)."""
+        sd = self.by_id.get(s.id)
+        return self._rules(sd) if sd is not None else []
 
     def remove_session(self, s) -> None:
         sd = self.by_id.pop(s.id, None)
         if sd is None:
             return
         self._close(sd)
-        s.dns_rules = []
         try:
             (STATE / f"{s.id}.json").unlink()
         except OSError:
@@ -305,7 +310,7 @@ class DnsSteering:
     # -- policy view -------------------------------------------------------
     def _refresh(self, sd: SessionDns) -> bool:
         """Re-read the session's domain rules; drop what they no longer allow.
-        Writes the resulting learned set into session.dns_rules (the caller,
+        The resulting learned set is what learned() returns (the caller,
         SessionTable._install, then puts exactly that into the kernel)."""
         s = sd.session
         net = s.policy.get("network") or {}
@@ -337,7 +342,6 @@ class DnsSteering:
                 self._set_ports(sd, key, ports)
         self._hosts_entries(sd)
         rules = self._rules(sd)
-        s.dns_rules = [[r, e] for r, e in rules]
         sd.pushed = frozenset(r for r, _ in rules)
         self._schedule_expiry(sd)
         if revoked:
@@ -506,18 +510,17 @@ class DnsSteering:
         rules = self._rules(sd)
         texts = frozenset(r for r, _ in rules)
         if texts == sd.pushed and texts == frozenset(r for r, _ in s.dns_rules):
-            s.dns_rules[:] = [[r, e] for r, e in rules]     # only expiries moved
+            self.on_learned(s, rules)       # only expiries moved: nothing for the kernel
             return True
-        before = list(s.dns_rules)
+        before = [tuple(r) for r in s.dns_rules]
         pushed_before, sd.pushed = sd.pushed, texts    # what update_session will see
         try:
             self.on_learned(s, rules)
         except pol.PolicyError as e:
             sd.pushed = pushed_before
             log.warning("session %s: learned rules refused: %s", s.id, e)
-            s.dns_rules = before
             try:
-                self.on_learned(s, [tuple(r) for r in before])
+                self.on_learned(s, before)
             except Exception:
                 pass
             self._audit(sd, {"op": "learn", "verdict": "error", "target": "",
@@ -578,7 +581,7 @@ class DnsSteering:
         s = sd.session
         rules = self._rules(sd)
         if frozenset(r for r, _ in rules) == sd.pushed:
-            s.dns_rules[:] = [[r, e] for r, e in rules]      # refreshed expiries, for `corral ps`
+            self.on_learned(s, rules)       # refreshed expiries, for `corral ps`
         try:
             STATE.mkdir(parents=True, exist_ok=True, mode=0o700)
             f = self._state_file(sd.session)

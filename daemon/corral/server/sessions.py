@@ -34,7 +34,8 @@ class Session:
     enforcement: dict = field(default_factory=dict)  # what the kernel accepted
     parent: str | None = None
     dns_port: int = 0
-    # Addresses learned from allowed DNS answers: [rule text, expiry epoch].
+    # Addresses learned from allowed DNS answers: [rule text, expiry epoch]; the
+    # resolver's, as it last handed them over (SessionTable.set_dns_rules).
     dns_rules: list = field(default_factory=list)
 
     def public(self) -> dict:
@@ -171,9 +172,10 @@ class SessionTable:
                                       "is not running; use CIDR rules or enable the resolver")
             flags |= SESS_DNS_STEER
             if dns_changed:
-                # The resolver drops what a removed domain had learned (handing
-                # the rest back in s.dns_rules), so this install revokes it.
+                # The resolver drops what a removed domain had learned, so
+                # installing what it still holds revokes that.
                 s.dns_port = self.dns.add_session(s)
+                s.dns_rules = [list(r) for r in self.dns.learned(s)]
             enforcement["dns"] = "corral-resolver"
         elif self.dns is not None and s.dns_port:
             self.dns.remove_session(s)

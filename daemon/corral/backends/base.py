@@ -23,10 +23,14 @@ class Backend(ABC):
         """Drop every kernel entry of the session."""
 
     @abstractmethod
-    def describe(self, cgid: int, rule_id: int) -> str | None:
-        """The rule an event's rule id names, for the log; None: not a user rule."""
+    def describe(self, cgid: int, rule_id: int) -> str:
+        """What an event's rule id means for a live session, for the log."""
 
     @abstractmethod
     def snapshot(self, cgid: int) -> object:
         """What describe needs, kept by the daemon for events that arrive
-        after the session ended (pass it to describe_snapshot)."""
+        after the session ended."""
+
+    @abstractmethod
+    def describe_snapshot(self, snapshot: object, rule_id: int) -> str:
+        """describe() for an ended session, from its snapshot (None: none kept)."""

@@ -68,6 +68,7 @@ from corral.kernel.abi import (RB_ALLOW_READ, RB_ALLOW_WRITE, RB_ANCESTOR, RB_DE
 from corral.kernel.bpf import BpfError, btf_cflags  # noqa: F401  (btf_cflags: tools, tests)
 from corral.backends.base import Backend
 from corral.kernel.bpfsrc import bpf_dir
+from corral.kernel.events import describe_file_rule
 from corral.kernel.mountinfo import under_any
 from corral.policy.paths import canonical  # raises PolicyError, a ValueError
 
@@ -528,12 +529,16 @@ class FileLsm(Backend):
     def remove(self, cgid: int) -> None:
         self.remove_session(cgid)
 
-    def describe(self, cgid: int, rule_id: int) -> str | None:
-        rule = self.rule_for(cgid, rule_id)
-        return f"{rule[0]} {rule[1]}" if rule is not None else None
+    def describe(self, cgid: int, rule_id: int) -> str:
+        return describe_file_rule(rule_id, self.rule_for(cgid, rule_id))
 
     def snapshot(self, cgid: int) -> list | None:
         return self.rules_snapshot(cgid)
+
+    def describe_snapshot(self, snapshot: list | None, rule_id: int) -> str:
+        idx = rule_id - RULE_USER
+        rule = snapshot[idx] if snapshot and 0 <= idx < len(snapshot) else None
+        return describe_file_rule(rule_id, rule)
 
     # the names tools and tests use
     add_session = update_session = install

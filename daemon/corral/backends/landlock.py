@@ -16,8 +16,13 @@ class LandlockBackend(Backend):
     def remove(self, cgid: int) -> None:
         pass
 
-    def describe(self, cgid: int, rule_id: int) -> str | None:
-        return None              # Landlock denials come from the audit link, not events
+    # Landlock denials come from the audit link (server/auditlink.py), not
+    # from rule ids in kernel events: there is nothing to describe.
+    def describe(self, cgid: int, rule_id: int) -> str:
+        return f"rule#{rule_id}"
 
     def snapshot(self, cgid: int) -> object:
         return None
+
+    def describe_snapshot(self, snapshot: object, rule_id: int) -> str:
+        return f"rule#{rule_id}"

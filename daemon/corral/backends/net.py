@@ -322,11 +322,14 @@ class NetBpf(Backend):
     def remove(self, cgid: int) -> None:
         self.remove_session(cgid)
 
-    def describe(self, cgid: int, rule_id: int) -> str | None:
+    def describe(self, cgid: int, rule_id: int) -> str:
         return describe_rule(rule_id, self._rules.get(cgid, []))
 
     def snapshot(self, cgid: int) -> list[str]:
         return list(self._rules.get(cgid, []))
+
+    def describe_snapshot(self, snapshot: list[str] | None, rule_id: int) -> str:
+        return describe_rule(rule_id, snapshot or [])
 
     # -- session state ------------------------------------------------------
     def set_session(self, cgid: int, flags: int, dns_port: int = 0) -> None:

@@ -44,21 +44,13 @@ FILE_OPS = {FOP_OPEN_READ: "open_read", FOP_OPEN_WRITE: "open_write", FOP_CREATE
             FOP_UNIX_CONNECT: "unix_connect", FOP_TOO_DEEP: "too_deep"}
 
 # event.rule values for file denials that are not a user rule
-RULE_FILE_TOO_DEEP = 2
-RULE_FILE_HARDLINK = 3
-RULE_FILE_RACE = 4
-RULE_FILE_PROTECTED_ANCESTOR = 5
+RULE_FILE_TOO_DEEP, RULE_FILE_HARDLINK, RULE_FILE_RACE, RULE_FILE_PROTECTED_ANCESTOR = 2, 3, 4, 5
 
 MAX_PORT_RANGES = 16
 
 # file rule bits (rule_val.bits)
-RB_DENY_READ = 1 << 0
-RB_ALLOW_READ = 1 << 1
-RB_ALLOW_WRITE = 1 << 2
-RB_DENY_WRITE = 1 << 3
-RB_DENY_INODE = 1 << 4
-RB_ANCESTOR = 1 << 5
-RB_PSEUDO = 1 << 6
+(RB_DENY_READ, RB_ALLOW_READ, RB_ALLOW_WRITE, RB_DENY_WRITE, RB_DENY_INODE, RB_ANCESTOR,
+ RB_PSEUDO) = (1 << b for b in range(7))
 
 
 class SessionCfg(ct.Structure):

@@ -100,7 +100,7 @@ def compile_program(name: str, defines: dict | None = None, force_btf: bool = Fa
     cflags = [f"-I{bpf_dir()}", "-Wno-unused-function"] + btf_cflags(mode, path)
     for k, v in (defines or {}).items():
         cflags.append(f"-D{k}={v}")
-    return BPF(text=(bpf_dir() / name).read_text(), cflags=cflags), mode
+    return BPF(text=(bpf_dir() / name).read_bytes(), cflags=cflags), mode
 
 
 def c_string(s: str) -> str:

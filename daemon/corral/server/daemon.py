@@ -177,25 +177,21 @@ class Daemon:
 
     def kernel_event(self, raw: bytes) -> None:
         rec = events.decode(raw)
-        s = self.sessions.by_cgid.get(rec["cgid"])
+        cgid = rec["cgid"]
+        s = self.sessions.by_cgid.get(cgid)
         if s is not None:
-            sid, rules = s.id, s.rules
-            file_rules = None
+            rec["session"], snap = s.id, None
         else:
-            _, sid, rules, file_rules = self._ended.get(rec["cgid"], (0, None, [], None))
-        rec["session"] = sid
+            _, rec["session"], net_rules, file_rules = self._ended.get(cgid, (0, None, [], None))
+            snap = file_rules if rec["kind"] == "file" else net_rules
         rule_id = rec.pop("rule_id")
+        # The backend that emitted the event says what its rule id means.
+        backend = self.net
         if rec["kind"] == "file":
             rec["backend"] = "bpf-lsm"
-            if s is not None and self.filelsm is not None:
-                rule = self.filelsm.rule_for(rec["cgid"], rule_id)
-            elif file_rules and 0 <= rule_id - events.RULE_USER < len(file_rules):
-                rule = file_rules[rule_id - events.RULE_USER]
-            else:
-                rule = None
-            rec["rule"] = events.describe_file_rule(rule_id, rule)
-        else:
-            rec["rule"] = events.describe_rule(rule_id, rules)
+            backend = self.filelsm if self.filelsm is not None else self.sessions.files
+        rec["rule"] = backend.describe(cgid, rule_id) if s is not None \
+            else backend.describe_snapshot(snap, rule_id)
         suppressed = rec.pop("suppressed_before")
         if suppressed:
             self.audit({"kind": "rate", "op": "suppressed", "verdict": "info",
@@ -342,8 +338,8 @@ class Daemon:
             rec = self.audit(rec, must=True)
         now = time.monotonic()
         self._ended = {k: v for k, v in self._ended.items() if v[0] > now - 60}
-        file_rules = self.filelsm.rules_snapshot(s.cgid) if self.filelsm is not None else None
-        self._ended[s.cgid] = (now, s.id, list(s.rules), file_rules)
+        file_rules = self.filelsm.snapshot(s.cgid) if self.filelsm is not None else None
+        self._ended[s.cgid] = (now, s.id, self.net.snapshot(s.cgid), file_rules)
         self.sessions.end(s, kill=kill)
         if not must:
             self.audit(rec)

@@ -141,9 +141,10 @@ static int corral_last_cap(void)
     return v;
 }
 
-#ifndef SECBIT_NO_CAP_AMBIENT_RAISE
-#define SECBIT_NO_CAP_AMBIENT_RAISE 6
-#define SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED 7
+/* Bit numbers (SECURE_*), not masks (SECBIT_* are 1 << SECURE_*). */
+#ifndef SECURE_NO_CAP_AMBIENT_RAISE
+#define SECURE_NO_CAP_AMBIENT_RAISE 6
+#define SECURE_NO_CAP_AMBIENT_RAISE_LOCKED 7
 #endif
 
 int corral_set_securebits_noroot(void)
@@ -152,7 +153,7 @@ int corral_set_securebits_noroot(void)
         (1UL << SECURE_NOROOT) | (1UL << SECURE_NOROOT_LOCKED) |
         (1UL << SECURE_NO_SETUID_FIXUP) | (1UL << SECURE_NO_SETUID_FIXUP_LOCKED) |
         (1UL << SECURE_KEEP_CAPS_LOCKED) |
-        (1UL << SECBIT_NO_CAP_AMBIENT_RAISE) | (1UL << SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED);
+        (1UL << SECURE_NO_CAP_AMBIENT_RAISE) | (1UL << SECURE_NO_CAP_AMBIENT_RAISE_LOCKED);
     if (prctl(PR_SET_SECUREBITS, bits, 0, 0, 0) != 0)
         return -errno;
     return 0;

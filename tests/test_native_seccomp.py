@@ -298,6 +298,8 @@ def test_securebits_locked_noroot():
     c = result(probe(code))
     bits = int(c[0])
     assert bits & 0x1 and bits & 0x2          # NOROOT + NOROOT_LOCKED
+    assert bits & 0x40 and bits & 0x80        # NO_CAP_AMBIENT_RAISE + its lock
+    assert bits & 0x4 and bits & 0x8          # NO_SETUID_FIXUP + its lock
 
 
 def test_inherited_fd_closed(tmp_path):

@@ -45,11 +45,28 @@ BPF_TABLE_PINNED("lru_hash", u64, struct dns_orig, dns_socks, 65536, PIN(dns_soc
 BPF_RINGBUF_PINNED(events, EVENTS_RINGBUF_PAGES, PIN(events));
 BPF_TABLE_PINNED("percpu_array", int, u64, lost, 1, PIN(lost));
 BPF_TABLE_PINNED("array", int, u64, lost_seen, 1, PIN(lost_seen));
+/* Which daemon's programs report. A restarted daemon attaches its programs
+ * next to the killed one's (both enforce: nothing is ever open), then makes
+ * its generation the active one, then detaches the old: at every moment
+ * exactly one set emits, so no denial is logged twice. */
+#ifndef CORRAL_GENERATION
+#define CORRAL_GENERATION 0
+#endif
+BPF_TABLE_PINNED("array", int, u32, active_gen, 1, PIN(active_gen));
+
+static __always_inline int reporting(void)
+{
+    int zero = 0;
+    u32 *g = active_gen.lookup(&zero);
+    return g && *g == CORRAL_GENERATION;
+}
 
 static __always_inline void emit(u64 cgid, struct session_cfg *cfg, u8 op, u32 family,
                                  const u32 *addr, u16 port, u32 rule)
 {
     u64 suppressed = 0;
+    if (!reporting())          /* not the active generation: deny, but silently */
+        return;
     if (!rate_take(cfg, NET_RATE_PER_SEC, NET_RATE_BURST, &suppressed))
         return;
     struct event *e = events.ringbuf_reserve(sizeof(struct event));

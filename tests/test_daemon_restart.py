@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -75,6 +76,65 @@ def test_sigkill_daemon_keeps_session_confined_and_restart_readopts():
         assert proc.wait(10) == 0
         d.wait_record(lambda r: r.get("session") == sid and r.get("op") == "end")
     finally:
+        if proc and proc.poll() is None:
+            proc.kill()
+        srv.close()
+        d.cleanup()
+
+
+def test_a_second_generation_enforces_but_does_not_report():
+    """A restarted daemon attaches its programs next to the killed one's before
+    retiring them: for that moment both run on every connect. Only the active
+    generation (pinned active_gen) emits, so a denial is logged once, while
+    the other still denies. Here a second, inactive generation is attached by
+    hand next to the daemon's."""
+    from bcc import BPF
+
+    from corral.kernel import bpf
+    d = make_daemon("corral-gen", extra_args=["--no-dns"])
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    port = srv.getsockname()[1]
+    proc = fd = fn = None
+    try:
+        d.start()
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "corral"), "run", "-v", "--no-net",
+                                 "--", sys.executable, "-c", LOOP, str(port)],
+                                env=d.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        sid = proc.stderr.readline().split("session ", 1)[1].split(":", 1)[0]
+        assert proc.stdout.readline().strip() == "EPERM"
+
+        def denials():
+            return [r for r in d.records() if r.get("session") == sid and r.get("kind") == "net"
+                    and r.get("verdict") == "deny" and r.get("target") == f"127.0.0.1:{port}"]
+        d.wait_record(lambda r: len(denials()) == 1)
+
+        b, _ = bpf.compile_program("net.c", {
+            "CORRAL_PIN_DIR": bpf.c_string(f"/sys/fs/bpf/{d.instance}"),
+            "EVENTS_RINGBUF_PAGES": 64, "CORRAL_GENERATION": 0xC0FFEE})
+        root = Path(json.loads(d.corral("doctor", "--json").stdout)["cgroup2"]) / d.instance
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        fn = b.load_func(b"corral_connect4", BPF.CGROUP_SOCK_ADDR, attach_type=10)
+        BPF.attach_func(fn, fd, 10, 2)                  # BPF_F_ALLOW_MULTI
+        assert step(proc) == "EPERM"
+        d.wait_record(lambda r: len(denials()) >= 2)
+        time.sleep(0.5)                                 # a duplicate would be here by now
+        assert len(denials()) == 2, denials()
+
+        BPF.detach_func(fn, fd, 10)
+        fn = None
+        assert step(proc) == "EPERM"
+        d.wait_record(lambda r: len(denials()) >= 3)
+        proc.stdin.write("quit\n")
+        proc.stdin.flush()
+        assert proc.wait(10) == 0
+    finally:
+        if fn is not None:
+            BPF.detach_func(fn, fd, 10)
+        if fd is not None:
+            os.close(fd)
         if proc and proc.poll() is None:
             proc.kill()
         srv.close()

@@ -53,11 +53,9 @@ from __future__ import annotations
 
 import ctypes as ct
 import errno
-import hashlib
 import json
 import logging
 import os
-import shutil
 import stat
 import struct
 from pathlib import Path
@@ -67,7 +65,6 @@ from corral.kernel.abi import (RB_ALLOW_READ, RB_ALLOW_WRITE, RB_ANCESTOR, RB_DE
                                RB_DENY_READ, RB_DENY_WRITE, RB_PSEUDO, RULE_USER, SESS_FILE_ENFORCE)
 from corral.kernel.bpf import BpfError, btf_cflags  # noqa: F401  (btf_cflags: tools, tests)
 from corral.backends.base import Backend
-from corral.kernel.bpfsrc import bpf_dir
 from corral.kernel.events import describe_file_rule
 from corral.kernel.mountinfo import under_any
 from corral.policy.paths import canonical  # raises PolicyError, a ValueError
@@ -353,25 +350,16 @@ def cgroup_level(cgid: int) -> int:
 
 
 # ---------------------------------------------------------------- loader
-def _version(bdir: Path) -> str:
-    """Of the program and every header it includes: a new version gets new pins."""
-    h = hashlib.sha256((bdir / "file_lsm.c").read_bytes())
-    for hdr in sorted(bdir.glob("*.h")):
-        h.update(b"\0" + hdr.name.encode() + b"\0" + hdr.read_bytes())
-    h.update(f"\0{MAX_DEPTH}/{MAX_PDEPTH}".encode())
-    return h.hexdigest()[:12]
-
-
 class FileLsm(Backend):
     label = "bpf-lsm"
 
     def __init__(self, force_btf_headers: bool = False):
         bpf.ensure_bpffs(BPFFS)
-        bdir = bpf_dir()
-        self.version = _version(bdir)
-        self.pin_dir = PIN_ROOT / f"file_lsm-{self.version}"
+        self.version = bpf.source_version("file_lsm.c", f"{MAX_DEPTH}/{MAX_PDEPTH}")
+        self.pins = bpf.VersionedPins(PIN_ROOT, "file_lsm", self.version)
+        self.pin_dir = self.pins.dir
         self.header_mode = None
-        self.reused = self._pins_complete(self.pin_dir)
+        self.reused = self.pins.complete(MAPS + [f"link_{h}" for h in HOOKS])
         if not self.reused:
             self._load_and_pin(force_btf_headers)
         self._open_pins()
@@ -381,56 +369,33 @@ class FileLsm(Backend):
         self._migrate_old_versions()
 
     # -- loading / pinning
-    @staticmethod
-    def _pins_complete(d: Path) -> bool:
-        return all((d / m).exists() for m in MAPS) and all((d / f"link_{h}").exists() for h in HOOKS)
-
     def _load_and_pin(self, force_btf: bool) -> None:
         log.info("compiling file_lsm.c")
         b, self.header_mode = bpf.compile_program(
             "file_lsm.c", {"MAX_DEPTH": MAX_DEPTH, "MAX_PDEPTH": MAX_PDEPTH}, force_btf=force_btf)
         try:
-            PIN_ROOT.mkdir(parents=True, exist_ok=True)
-            # bpffs refuses names with dots
-            tmp = PIN_ROOT / f"tmp_file_lsm_{self.version}_{os.getpid()}"
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            for m in MAPS:
-                bpf.obj_pin(b[m].map_fd, tmp / m)
             seed = int.from_bytes(os.urandom(8), "little")
             bpf.Map.of(b["fconf_map"].map_fd, ct.c_uint32, abi.FConf).update(
                 bytes(ct.c_uint32(0)), bytes(abi.FConf(seed=seed, level_mask=0)))
+            objects = {m: b[m].map_fd for m in MAPS}
             for h in HOOKS:
                 fd = b.lsm_fds.get(f"lsm__{h}".encode())
                 if fd is None:
                     raise RuntimeError(f"LSM hook {h} not attached")
-                bpf.obj_pin(fd, tmp / f"link_{h}")
-            if self.pin_dir.exists():
-                shutil.rmtree(self.pin_dir, ignore_errors=True)
-            try:
-                os.rename(tmp, self.pin_dir)   # all-or-nothing for a restarted reader
-            except OSError:
-                self.pin_dir.mkdir(parents=True, exist_ok=True)
-                for f in tmp.iterdir():
-                    fd = bpf.obj_get(f)
-                    try:
-                        bpf.obj_pin(fd, self.pin_dir / f.name)
-                    finally:
-                        os.close(fd)
-                shutil.rmtree(tmp, ignore_errors=True)
+                objects[f"link_{h}"] = fd
+            self.pins.publish(objects)
         finally:
             b.cleanup()   # closes our fds; the pins keep programs attached
 
     def _open_pins(self) -> None:
         def get(name, key, value):
-            return bpf.Map.of(bpf.obj_get(self.pin_dir / name), key, value)
+            return bpf.Map.of(self.pins.get(name), key, value)
         self.fconf = get("fconf_map", ct.c_uint32, abi.FConf)
         self.fsess = get("fsess", ct.c_uint64, abi.FSess)
         self.irules = get("irules", abi.IKey, abi.RuleVal)
         self.prules = get("prules", abi.PKey, abi.RuleVal)
-        self.events_fd = bpf.obj_get(self.pin_dir / "file_events")
-        self._lost = [bpf.obj_get(self.pin_dir / n) for n in ("file_lost", "file_lost_seen")]
+        self.events_fd = self.pins.get("file_events")
+        self._lost = [self.pins.get(n) for n in ("file_lost", "file_lost_seen")]
         # The pins outlive daemons: what no daemon reported is this one's to report.
         self.loss = bpf.LossCounter(*self._lost)
         conf = abi.FConf.from_buffer_copy(self.fconf.lookup(bytes(ct.c_uint32(0))))
@@ -439,11 +404,7 @@ class FileLsm(Backend):
     def _migrate_old_versions(self) -> None:
         """Pinned programs from an older file_lsm.c: re-add the sessions they
         enforce (from the recorded policies), then detach them."""
-        if not PIN_ROOT.exists():
-            return
-        for d in PIN_ROOT.iterdir():
-            if not d.name.startswith("file_lsm-") or d == self.pin_dir:
-                continue
+        for d in self.pins.predecessors():
             log.warning("replacing pinned file LSM %s with %s", d.name, self.pin_dir.name)
             for cgid, pol in self._recorded_policies():
                 if self.fsess.lookup(bytes(ct.c_uint64(cgid))) is None:
@@ -451,7 +412,7 @@ class FileLsm(Backend):
                         self.add_session(cgid, pol)
                     except (LookupError, OSError, ValueError) as e:
                         log.warning("could not migrate session %d: %s", cgid, e)
-            shutil.rmtree(d, ignore_errors=True)
+            self.pins.retire(d)
 
     # -- state records (for migration between versions)
     def _record(self, cgid: int, pol: dict | None) -> None:
@@ -602,7 +563,4 @@ class FileLsm(Backend):
 
 def unpin_all() -> None:
     """Detach every corral file LSM program (removes the pins)."""
-    if PIN_ROOT.exists():
-        for d in PIN_ROOT.iterdir():
-            if d.name.startswith("file_lsm-") or d.name.startswith("tmp_file_lsm_"):
-                shutil.rmtree(d, ignore_errors=True)
+    bpf.VersionedPins.remove_all(PIN_ROOT, "file_lsm")

@@ -35,7 +35,7 @@ PROGRAMS = [
 ]
 SOCK_CREATE = ("corral_sock_create", 2)
 PINNED_MAPS = ["sessions", "allow4", "deny4", "allow6", "deny6", "dns_socks",
-               "events", "lost", "lost_seen"]
+               "events", "lost", "lost_seen", "active_gen"]
 # events, lost and lost_seen only carry reporting state: if an older corral
 # left one with another layout it is read, then replaced (event_pin_layouts).
 # The enforcement pins are never replaced: live sessions depend on them.
@@ -83,9 +83,11 @@ class NetBpf(Backend):
         PIN_DIR.mkdir(mode=0o700, exist_ok=True)
         pages = ringbuf_pages()
         stale = self._set_aside_event_pins(event_pin_layouts(pages))
+        self.generation = (self._active_generation() + 1) & 0xFFFFFFFF
         # The pins are declared in net.c (bpf/pinned.h); only their directory comes from here.
         self.bpf, self.header_mode = bpf.compile_program(
-            "net.c", {"CORRAL_PIN_DIR": bpf.c_string(str(PIN_DIR)), "EVENTS_RINGBUF_PAGES": pages})
+            "net.c", {"CORRAL_PIN_DIR": bpf.c_string(str(PIN_DIR)), "EVENTS_RINGBUF_PAGES": pages,
+                      "CORRAL_GENERATION": self.generation})
         self._check_pinned_layouts()
         self._attach()
         self.sessions = self.bpf["sessions"]
@@ -207,6 +209,19 @@ class NetBpf(Backend):
         return d
 
     # -- programs -----------------------------------------------------------
+    @staticmethod
+    def _active_generation() -> int:
+        """The generation whose programs report now (a predecessor's), 0 if none."""
+        try:
+            fd = bpf.obj_get(PIN_DIR / "active_gen")
+        except OSError:
+            return 0
+        try:
+            raw = bpf.Map.of(fd, ct.c_int, ct.c_uint32).lookup(bytes(ct.c_int(0)))
+            return int.from_bytes(raw, "little") if raw else 0
+        finally:
+            os.close(fd)
+
     def _attach(self) -> None:
         from bcc import BPF
         fd = os.open(self.cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
@@ -218,8 +233,10 @@ class NetBpf(Backend):
             name, atype = SOCK_CREATE
             fn = self.bpf.load_func(name, BPF.CGROUP_SOCK, attach_type=atype)
             BPF.attach_func(fn, fd, atype, BPF_F_ALLOW_MULTI)
-            # A previous daemon's programs stay attached after it dies (sessions
-            # stay confined); now that ours are in place, retire theirs.
+            # Ours enforce next to the predecessor's (which stay attached after
+            # it dies: sessions stay confined); now ours report, and theirs go.
+            gen = self.bpf["active_gen"]
+            gen[gen.Key(0)] = gen.Leaf(self.generation)
             for atype, prog_id in old:
                 try:
                     bpf.cgroup_detach(fd, prog_id, atype)

@@ -333,3 +333,80 @@ def cgroup_detach(cgroup_fd: int, prog_id: int, attach_type: int) -> None:
         chk(lib().bpf_prog_detach2(fd, cgroup_fd, attach_type), "prog detach")
     finally:
         os.close(fd)
+
+
+# ------------------------------------------------------------ versioned pins
+def source_version(program: str, extra: str = "") -> str:
+    """Of a program and every header it may include (plus `extra`: its -D
+    values): a changed program gets a new version, and so new pins."""
+    import hashlib
+    d = bpf_dir()
+    h = hashlib.sha256((d / program).read_bytes())
+    for hdr in sorted(d.glob("*.h")):
+        h.update(b"\0" + hdr.name.encode() + b"\0" + hdr.read_bytes())
+    h.update(b"\0" + extra.encode())
+    return h.hexdigest()[:12]
+
+
+class VersionedPins:
+    """Maps and links of one build of a program, pinned together under
+    <root>/<name>-<version>/: they enforce while no daemon runs, a restarted
+    daemon of the same build reuses them as they are (no compile), and a new
+    build publishes its own directory whole, then retires its predecessors
+    (unpinning a link detaches its program)."""
+
+    def __init__(self, root: Path, name: str, version: str):
+        self.root, self.name, self.version = Path(root), name, version
+        self.dir = self.root / f"{name}-{version}"
+
+    def complete(self, names: list[str]) -> bool:
+        return all((self.dir / n).exists() for n in names)
+
+    def publish(self, objects: dict[str, int]) -> None:
+        """Pin name -> fd, all or nothing: a reader never sees a partial directory."""
+        import shutil
+        self.root.mkdir(parents=True, exist_ok=True)
+        # bpffs refuses names with dots
+        tmp = self.root / f"tmp_{self.name}_{self.version}_{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for n, fd in objects.items():
+            obj_pin(fd, tmp / n)
+        if self.dir.exists():
+            shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            os.rename(tmp, self.dir)
+        except OSError:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for f in tmp.iterdir():
+                fd = obj_get(f)
+                try:
+                    obj_pin(fd, self.dir / f.name)
+                finally:
+                    os.close(fd)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def get(self, name: str) -> int:
+        return obj_get(self.dir / name)
+
+    def predecessors(self) -> list[Path]:
+        """Directories of other builds of this program."""
+        if not self.root.exists():
+            return []
+        return [d for d in self.root.iterdir()
+                if d.name.startswith(f"{self.name}-") and d != self.dir]
+
+    @staticmethod
+    def retire(d: Path) -> None:
+        import shutil
+        shutil.rmtree(d, ignore_errors=True)
+
+    @staticmethod
+    def remove_all(root: Path, name: str) -> None:
+        """Every build's pins, and half-published ones."""
+        root = Path(root)
+        if root.exists():
+            for d in root.iterdir():
+                if d.name.startswith(f"{name}-") or d.name.startswith(f"tmp_{name}_"):
+                    VersionedPins.retire(d)

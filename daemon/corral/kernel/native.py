@@ -10,7 +10,8 @@ from __future__ import annotations
 import errno as _errno
 import os
 
-__all__ = ["NativeUnavailable", "NativeError", "load", "available", "ffi", "lib", "check"]
+# ffi and lib are served lazily by __getattr__ below.
+__all__ = ["NativeUnavailable", "NativeError", "load", "available", "ffi", "lib", "check"]  # noqa: F822
 
 
 class NativeUnavailable(RuntimeError):

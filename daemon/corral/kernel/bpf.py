@@ -37,12 +37,12 @@ _SIGS = [("bpf_obj_get", [ct.c_char_p]),
 def lib():
     global _libbpf
     if _libbpf is None:
-        l = ct.CDLL("libbpf.so.1", use_errno=True)
+        so = ct.CDLL("libbpf.so.1", use_errno=True)
         for fn, args in _SIGS:
-            f = getattr(l, fn)
+            f = getattr(so, fn)
             f.argtypes = args
             f.restype = ct.c_int
-        _libbpf = l
+        _libbpf = so
     return _libbpf
 
 

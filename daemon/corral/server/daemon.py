@@ -146,8 +146,7 @@ class Daemon:
     def audit_link_read(self) -> None:
         for rec in self.auditlink.read():
             cg = rec.pop("cgroup", None)
-            parts = [p for p in (cg or "").split("/") if p]
-            sid = parts[1] if len(parts) >= 2 and parts[0] == cgroups.ROOT_NAME else None
+            sid = cgroups.session_of_path(cg)
             if sid is None and rec.get("pid"):
                 s = self.sessions.for_pid(rec["pid"])
                 sid = s.id if s else None

@@ -65,7 +65,7 @@ class SessionTable:
         """A new session's cgroup with its policy in the kernel maps, nobody in it
         yet (so nothing is enforced on anyone, and nothing is decided, until admit())."""
         sid = secrets.token_hex(4)
-        while sid in self.by_id or (cgroups.root() / sid).exists():
+        while sid in self.by_id or cgroups.session_path(sid).exists():
             sid = secrets.token_hex(4)
         path = cgroups.create(sid)
         s = Session(id=sid, cgid=cgroups.cgroup_id(path), cgroup=str(path), owner_uid=uid,
@@ -89,7 +89,7 @@ class SessionTable:
         _, origin = peer.cgroup()            # raises PeerGone
         cgroups.move(peer.pid, Path(s.cgroup))
         if not peer.alive():
-            back = cgroups.cgroup2_mount() / (origin or "/").lstrip("/")
+            back = cgroups.path_of(origin)
             for pid in cgroups.pids(Path(s.cgroup)):
                 try:
                     cgroups.move(pid, back)
@@ -242,7 +242,7 @@ class SessionTable:
             out.append(s)
         # Session cgroups with no state cannot be re-adopted safely: end them.
         for sid in live - set(self.by_id):
-            path = cgroups.root() / sid
+            path = cgroups.session_path(sid)
             log.warning("session cgroup %s has no saved state; killing its processes", path)
             cgroups.kill(path)
             try:

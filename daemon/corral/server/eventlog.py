@@ -638,11 +638,7 @@ class EventLog:
             torn = os.fstat(self._fd).st_size - old
         except OSError:
             torn = None
-        try:
-            os.close(self._fd)
-        except OSError:
-            pass
-        self._fd = -1
+        self._close_fd()
         self._new_segment = True          # the next write starts a new segment
         name = self._cur.name if self._cur else "?"
         self._notes.append({
@@ -810,16 +806,19 @@ class EventLog:
                     except OSError as e:
                         self._fail(e, "fsync")
 
-    def _rotate(self) -> None:
-        """Lock held: close the full segment, open the next, apply retention.
-        Raises OSError; every step can be repeated by the next attempt."""
-        self._sync()
+    def _close_fd(self) -> None:
         if self._fd >= 0:
             try:
                 os.close(self._fd)
             except OSError:
                 pass
             self._fd = -1
+
+    def _rotate(self) -> None:
+        """Lock held: close the full segment, open the next, apply retention.
+        Raises OSError; every step can be repeated by the next attempt."""
+        self._sync()
+        self._close_fd()
         self._cur = None
         self._new_segment = True
         self._open_current()
@@ -877,9 +876,4 @@ class EventLog:
             except Exception as e:     # never raise from close
                 log.error("audit log %s: error while closing: %s", self.dir, e)
             finally:
-                if self._fd >= 0:
-                    try:
-                        os.close(self._fd)
-                    except OSError:
-                        pass
-                    self._fd = -1
+                self._close_fd()

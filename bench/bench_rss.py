@@ -32,7 +32,7 @@ def settle_rss(pid: int, wait: float = 1.5) -> dict:
 def map_memlock(instance: str) -> int:
     total = 0
     pin = Path(f"/sys/fs/bpf/{instance}")
-    for f in sorted(pin.glob("*")):
+    for f in sorted(pin.rglob("*")):      # net-<version>/ and the shared pins
         p = subprocess.run(["bpftool", "-j", "map", "show", "pinned", str(f)], capture_output=True, text=True)
         try:
             total += int(json.loads(p.stdout).get("bytes_memlock", 0))

@@ -48,11 +48,13 @@ BPF_TABLE_PINNED("array", int, u64, lost_seen, 1, PIN(lost_seen));
 /* Which daemon's programs report. A restarted daemon attaches its programs
  * next to the killed one's (both enforce: nothing is ever open), then makes
  * its generation the active one, then detaches the old: at every moment
- * exactly one set emits, so no denial is logged twice. */
+ * exactly one set emits, so no denial is logged twice. Shared by every build
+ * (outside the versioned directory), so the switch is one write also when the
+ * new programs run on a new build's maps. */
 #ifndef CORRAL_GENERATION
 #define CORRAL_GENERATION 0
 #endif
-BPF_TABLE_PINNED("array", int, u32, active_gen, 1, PIN(active_gen));
+BPF_TABLE_PINNED("array", int, u32, active_gen, 1, SHARED_PIN(active_gen));
 
 static __always_inline int reporting(void)
 {

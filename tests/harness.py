@@ -108,6 +108,13 @@ class Daemon:
         raise AssertionError("no matching audit record; last records:\n" +
                              "\n".join(map(str, self.records()[-10:])))
 
+    def net_pin_dir(self) -> Path:
+        """Where the network maps and links of the build now loaded are pinned
+        (/sys/fs/bpf/<instance>/net-<version>/)."""
+        dirs = sorted(Path(f"/sys/fs/bpf/{self.instance}").glob("net-*"))
+        assert len(dirs) == 1, dirs
+        return dirs[0]
+
     def cleanup(self, remove_tmp: bool = False) -> None:
         """Stop, then end and remove whatever a failed run left behind: session
         cgroups, the instance's cgroup, its BPF pins (and, if asked, its files)."""

@@ -467,7 +467,7 @@ def test_deny_domains_only_resolves_the_rest_and_grants_nothing(session, ns, ups
 def _dump_tries(d):
     out = {}
     for name in ("allow4", "allow6", "deny4", "deny6"):
-        p = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", f"/sys/fs/bpf/{d.instance}/{name}"],
+        p = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", str(d.net_pin_dir() / name)],
                            capture_output=True, text=True, check=True)
         out[name] = sorted(str(e) for e in __import__("json").loads(p.stdout))
     return out

@@ -229,7 +229,6 @@ def test_event_pins_of_another_layout_are_drained_and_replaced():
     d = make_daemon("corral-down", extra_args=["--no-dns"])
     srv, port = _listener()
     proc = None
-    pin = Path(f"/sys/fs/bpf/{d.instance}/events")
 
     def step():
         proc.stdin.write("go\n")
@@ -238,6 +237,7 @@ def test_event_pins_of_another_layout_are_drained_and_replaced():
     try:
         d.env["CORRAL_RINGBUF_PAGES"] = "16"
         d.start()
+        pin = d.net_pin_dir() / "events"        # the first build's
         old = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "pinned", str(pin)],
                                         capture_output=True, text=True, check=True).stdout)
         assert old["max_entries"] == 16 * os.sysconf("SC_PAGE_SIZE")
@@ -249,7 +249,8 @@ def test_event_pins_of_another_layout_are_drained_and_replaced():
         del d.env["CORRAL_RINGBUF_PAGES"]
         d.start()
         assert step() == "EPERM", "still confined by the reused enforcement maps"
-        new = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "pinned", str(pin)],
+        new_pin = d.net_pin_dir() / "events"    # the only build's pins left
+        new = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "pinned", str(new_pin)],
                                         capture_output=True, text=True, check=True).stdout)
         assert new["max_entries"] == 64 * os.sysconf("SC_PAGE_SIZE") and new["id"] != old["id"]
         assert f"{pin} has layout ('ringbuf', 0, 0, {old['max_entries']})" in d.stderr_text()

@@ -55,7 +55,7 @@ def run_attacks(daemon, *flags, pass_fds=()):
     outside = subprocess.Popen(["sleep", "60"])
     try:
         cg_root = str(cgroups.cgroup2_mount())
-        pin_dir = f"/sys/fs/bpf/{daemon.instance}"
+        pin_dir = str(daemon.net_pin_dir())
         p = subprocess.run([str(Path(sys.executable).parent / "corral"), "run", *flags, "--",
                             sys.executable, "-c", ATTACKS, str(outside.pid), cg_root, pin_dir],
                            env=daemon.env, capture_output=True, text=True, timeout=60,

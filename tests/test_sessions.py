@@ -25,7 +25,7 @@ def listener():
 
 def map_entries(daemon, name: str, cgid: int) -> int:
     out = subprocess.run(["bpftool", "-j", "map", "dump", "pinned",
-                          f"/sys/fs/bpf/{daemon.instance}/{name}"],
+                          str(daemon.net_pin_dir() / name)],
                          capture_output=True, text=True, check=True).stdout
     n = 0
     for e in json.loads(out or "[]"):

@@ -1,5 +1,5 @@
-"""User-space half of bpf/net.c: compile once, attach at corral's root cgroup,
-pin the maps, and turn a session's network rules into trie entries.
+"""User-space half of bpf/net.c: compile once, attach at corral's root cgroup
+as pinned links, pin the maps under a directory of the build, and turn a session's network rules into trie entries.
 
 The event ring buffer and its loss counters are pinned too: what the kernel
 emits while no daemon reads it (the daemon was killed, or is still starting)
@@ -11,6 +11,7 @@ import ctypes as ct
 import ipaddress
 import logging
 import os
+import time
 from pathlib import Path
 
 from corral.config import PIN_DIR
@@ -24,8 +25,6 @@ from corral.policy.model import NetRule, PolicyError
 
 log = logging.getLogger("corral.net")
 
-BPF_F_ALLOW_MULTI = 2
-
 # (function, attach type) — values of enum bpf_attach_type.
 PROGRAMS = [
     ("corral_connect4", 10), ("corral_connect6", 11),
@@ -36,9 +35,9 @@ PROGRAMS = [
 SOCK_CREATE = ("corral_sock_create", 2)
 PINNED_MAPS = ["sessions", "allow4", "deny4", "allow6", "deny6", "dns_socks",
                "events", "lost", "lost_seen", "active_gen"]
-# events, lost and lost_seen only carry reporting state: if an older corral
-# left one with another layout it is read, then replaced (event_pin_layouts).
-# The enforcement pins are never replaced: live sessions depend on them.
+# active_gen is shared by every build (PIN_DIR/active_gen); the rest are one
+# build's (PIN_DIR/net-<version>/). An older build's events, lost and
+# lost_seen are read by its successor, whatever their layout (event_pin_layouts).
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -74,7 +73,18 @@ def _fdinfo(fd: int) -> dict:
 
 
 class NetBpf(Backend):
-    """The loaded network programs and their maps."""
+    """The loaded network programs and their maps.
+
+    Maps and the cgroup links of one build of net.c are pinned together in
+    PIN_DIR/net-<version>/ (bpf.VersionedPins; version: the source, its
+    headers and the ring buffer size); the links keep the programs attached
+    while no daemon runs. Each daemon attaches its own generation of programs
+    next to what is attached, makes it the reporting one (the shared
+    active_gen), then retires the others. A daemon of the same build reuses
+    the pinned maps as they are. A daemon of another build starts on empty
+    maps of its own: it attaches only when activate() is called, after the
+    daemon re-installed every recovered session, then reads and removes the
+    old build's pins (and a flat, unversioned layout's, detached by query)."""
     label = "bpf-cgroup-sock-addr"
 
     def __init__(self, cgroup_root: Path):
@@ -82,14 +92,22 @@ class NetBpf(Backend):
         ensure_bpffs()
         PIN_DIR.mkdir(mode=0o700, exist_ok=True)
         pages = ringbuf_pages()
-        stale = self._set_aside_event_pins(event_pin_layouts(pages))
+        self.layouts = event_pin_layouts(pages)
+        self.version = bpf.source_version("net.c", f"pages={pages}")
+        self.pins = bpf.VersionedPins(PIN_DIR, "net", self.version)
+        self.pin_dir = self.pins.dir
+        self.pin_dir.mkdir(mode=0o700, exist_ok=True)
+        # Builds to migrate from: other versions, and a corral before versioned pins.
+        self._old = self.pins.predecessors()
+        if os.path.lexists(PIN_DIR / "sessions"):
+            self._old.append(PIN_DIR)
         self.generation = (self._active_generation() + 1) & 0xFFFFFFFF
-        # The pins are declared in net.c (bpf/pinned.h); only their directory comes from here.
+        # The pins are declared in net.c (bpf/pinned.h); only their directories come from here.
         self.bpf, self.header_mode = bpf.compile_program(
-            "net.c", {"CORRAL_PIN_DIR": bpf.c_string(str(PIN_DIR)), "EVENTS_RINGBUF_PAGES": pages,
-                      "CORRAL_GENERATION": self.generation})
+            "net.c", {"CORRAL_PIN_DIR": bpf.c_string(str(self.pin_dir)),
+                      "CORRAL_SHARED_PIN_DIR": bpf.c_string(str(PIN_DIR)),
+                      "EVENTS_RINGBUF_PAGES": pages, "CORRAL_GENERATION": self.generation})
         self._check_pinned_layouts()
-        self._attach()
         self.sessions = self.bpf["sessions"]
         self.tries = {k: self.bpf[k] for k in ("allow4", "deny4", "allow6", "deny6")}
         self.dns_socks = self.bpf["dns_socks"]
@@ -97,47 +115,36 @@ class NetBpf(Backend):
         self._installed: dict[int, dict] = {}
         self._rules: dict[int, list[str]] = {}   # cgid -> rule id - RULE_USER -> text
         self._fast: dict[int, dict] = {}         # cgid -> what append_learned may append to
-        # After _attach: the predecessor's programs are retired, so nothing
-        # more can land in a set-aside ring buffer.
-        self._downtime = self._collect_downtime(stale)
+        self._downtime = None
+        if self._old:
+            log.warning("pinned network programs of another build (%s): this daemon (%s) "
+                        "migrates their sessions", ", ".join(d.name for d in self._old),
+                        self.pin_dir.name)
+        else:
+            self.activate()
 
-    # -- pins from a predecessor --------------------------------------------
-    def _set_aside_event_pins(self, layouts: dict) -> dict[str, tuple[int, dict]]:
-        """Unpin event pins whose layout differs from what net.c declares (bcc
-        would silently reuse them), keeping an fd so their contents can still
-        be read once the new programs are attached. name -> (fd or -1, info)."""
-        stale = {}
-        for name, want in layouts.items():
-            path = PIN_DIR / name
-            if not os.path.lexists(path):
-                continue
-            info = bpf.pin_info(path)
-            have = (info.get("type"), info.get("bytes_key"), info.get("bytes_value"),
-                    info.get("max_entries")) if info else None
-            if have == want:
-                continue
-            log.error("pinned %s has layout %s but this corral declares %s (type, key, value, "
-                      "max_entries); replacing it: what it holds is read first", path,
-                      have or "(not a map)", want)
-            fd = -1
-            if info:
-                try:
-                    fd = bpf.obj_get(path)
-                except OSError as e:
-                    log.error("cannot open %s: %s; what it holds is lost", path, e)
-            try:
-                os.unlink(path)
-            except OSError as e:
-                if fd >= 0:
-                    os.close(fd)
-                raise RuntimeError(f"cannot remove incompatible pin {path}: {e}") from e
-            stale[name] = (fd, info)
-        return stale
+    def activate(self) -> None:
+        """Attach, make this generation the reporting one, retire the others and
+        collect what they left (take_downtime). Migrating from another build,
+        the daemon calls this once every recovered session is in the new maps:
+        the new programs never see a session they do not know. Once."""
+        if self._downtime is not None:
+            return
+        if self._old:
+            self._copy_dns_socks()
+        self._attach()
+        old = [self._open_reporting_pins(d) for d in self._old]
+        self._retire_links()
+        self._downtime = self._collect_downtime(old)
+        for d in self._old:
+            self._remove_pins(d)
+        self._old = []
 
+    # -- pins of a predecessor ----------------------------------------------
     def _check_pinned_layouts(self) -> None:
-        """bcc reuses a pin as it finds it. A mismatched enforcement map (from
-        another corral version) is not replaced -- live sessions depend on it --
-        so refuse to start: the predecessor's programs stay attached and keep
+        """bcc reuses a pin as it finds it. The version covers the layouts, so a
+        mismatch is a damaged directory: live sessions may depend on it, so
+        refuse to start; the predecessor's programs stay attached and keep
         enforcing on it."""
         bad = []
         for name in PINNED_MAPS:
@@ -149,61 +156,123 @@ class NetBpf(Backend):
                 want["value_size"] = ct.sizeof(getattr(t, "sLeaf", t.Leaf))
             diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
             if diff:
-                bad.append(f"{PIN_DIR / name}: " + ", ".join(
+                where = PIN_DIR if name == "active_gen" else self.pin_dir
+                bad.append(f"{where / name}: " + ", ".join(
                     f"{k} {h} (declared {w})" for k, (h, w) in diff.items()))
         if bad:
             msg = ("pinned maps do not match this corral's bpf/net.c: " + "; ".join(bad) +
                    ". End the sessions (the running programs still enforce on these maps) and "
-                   f"remove {PIN_DIR} to start fresh")
+                   f"remove {self.pin_dir} to start fresh")
             log.error("%s", msg)
             raise RuntimeError(msg)
 
-    def _collect_downtime(self, stale: dict[str, tuple[int, dict]]) -> dict:
+    def _copy_dns_socks(self) -> None:
+        """Steered DNS sockets the old build's programs are un-steering: their
+        replies reach the new programs once the old ones are gone."""
+        mine = bpf.Map(self.dns_socks.map_fd, ct.sizeof(self.dns_socks.Key),
+                       ct.sizeof(self.dns_socks.Leaf))
+        for d in self._old:
+            info = bpf.pin_info(d / "dns_socks")
+            if (info.get("bytes_key"), info.get("bytes_value")) != (mine.ksize, mine.vsize):
+                continue
+            old = bpf.Map(bpf.obj_get(d / "dns_socks"), mine.ksize, mine.vsize)
+            try:
+                for k in list(old.keys()):
+                    v = old.lookup(k)
+                    if v is not None:
+                        mine.update(k, v)
+            except OSError as e:
+                log.warning("copying %s: %s", d / "dns_socks", e)
+            finally:
+                old.close()
+
+    def _open_reporting_pins(self, d: Path) -> dict[str, tuple[int, dict]]:
+        """fds of an old build's event pins (read once its programs are gone);
+        one whose layout differs from this build's is named in "replaced".
+        name -> (fd or -1, info, layout differs)."""
+        out = {}
+        for name, want in self.layouts.items():
+            path = d / name
+            if not os.path.lexists(path):
+                continue
+            info = bpf.pin_info(path)
+            have = (info.get("type"), info.get("bytes_key"), info.get("bytes_value"),
+                    info.get("max_entries")) if info else None
+            if have != want:
+                log.error("pinned %s has layout %s but this corral declares %s (type, key, value, "
+                          "max_entries); replacing it: what it holds is read first", path,
+                          have or "(not a map)", want)
+            fd = -1
+            if info:
+                try:
+                    fd = bpf.obj_get(path)
+                except OSError as e:
+                    log.error("cannot open %s: %s; what it holds is lost", path, e)
+            out[name] = (fd, info, have != want)
+        return out
+
+    def _remove_pins(self, d: Path) -> None:
+        if d == PIN_DIR:                  # the flat layout: its maps, not the shared pins
+            for name in PINNED_MAPS:
+                if name != "active_gen":
+                    try:
+                        os.unlink(d / name)
+                    except FileNotFoundError:
+                        pass
+        else:
+            self.pins.retire(d)
+
+    def _collect_downtime(self, old: list[dict]) -> dict:
         records: list[bytes] = []
         salvaged: dict[str, int] = {}
-        for name, (fd, info) in stale.items():
-            if fd < 0:
-                continue
-            try:
-                if name == "events" and info.get("type") == "ringbuf":
-                    records += bpf.drain_ringbuf(fd)
-                elif str(info.get("type", "")).endswith("array"):
-                    v = bpf.u64_sum(fd)
-                    if v is None:
-                        log.error("cannot read the replaced %s pin; its count is lost", name)
+        replaced = set()
+        for pins in old:
+            for name, (fd, info, differs) in pins.items():
+                if differs:
+                    replaced.add(name)
+                if fd < 0:
+                    continue
+                try:
+                    if name == "events" and info.get("type") == "ringbuf":
+                        records += bpf.drain_ringbuf(fd)
+                    elif str(info.get("type", "")).endswith("array"):
+                        v = bpf.u64_sum(fd)
+                        if v is None:
+                            log.error("cannot read the old %s pin; its count is lost", name)
+                        else:
+                            salvaged[name] = salvaged.get(name, 0) + v
                     else:
-                        salvaged[name] = v
-                else:
-                    log.error("the replaced %s pin (%s) cannot be read; what it held is lost",
-                              name, info.get("type"))
-            except OSError as e:
-                log.error("reading the replaced %s pin: %s", name, e)
-            finally:
-                os.close(fd)
+                        log.error("the old %s pin (%s) cannot be read; what it held is lost",
+                                  name, info.get("type"))
+                except OSError as e:
+                    log.error("reading the old %s pin: %s", name, e)
+                finally:
+                    os.close(fd)
         try:
             records += bpf.drain_ringbuf(self.bpf["events"].map_fd)
         except OSError as e:
             log.error("cannot drain the pinned ring buffer: %s; what it holds is logged "
                       "as it arrives, without the while_down mark", e)
         good = [r for r in records if len(r) == abi.EVENT_SIZE]
-        if "lost_seen" in stale and "lost_seen" not in salvaged:
+        if old and "lost_seen" not in salvaged:
             log.warning("how many lost events the previous daemon reported is unknown; "
                         "all counted are reported again")
+        # Another build's counters are not this one's: what they hold is salvaged.
         self.loss = bpf.LossCounter(self.bpf["lost"].map_fd, self.bpf["lost_seen"].map_fd,
-                                    salvaged, replaced="lost" in stale)
+                                    salvaged, replaced=bool(old))
         lost = self.loss.downtime
         if records or lost:
             log.info("%d kernel event(s) were waiting in the pinned ring buffer; %d lost while "
                      "no daemon read it", len(records), lost)
         return {"records": good, "lost": lost, "undecodable": len(records) - len(good),
-                "replaced": sorted(stale)}
+                "replaced": sorted(replaced)}
 
     def take_downtime(self) -> dict:
         """Once: what the kernel left while no daemon read the ring buffer (the
         previous daemon died, or this one was starting). "records": raw events,
         oldest first; "lost": events dropped because the buffer was full and no
         daemon has reported; "undecodable": records of another layout (dropped);
-        "replaced": event pins replaced because their layout changed."""
+        "replaced": event pins of an older build whose layout differs."""
         d = self._downtime
         self._downtime = {"records": [], "lost": 0, "undecodable": 0, "replaced": []}
         return d
@@ -222,26 +291,61 @@ class NetBpf(Backend):
         finally:
             os.close(fd)
 
+    def _link_prefix(self) -> str:
+        return f"link_{self.generation}_"     # bpffs refuses dots
+
     def _attach(self) -> None:
+        """This generation's programs as pinned links next to whatever is
+        attached (both enforce: nothing is ever open), then make it the reporting one."""
         from bcc import BPF
         fd = os.open(self.cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
+        links: dict[str, int] = {}
+        self._prog_ids = set()
+        # Links of this generation already pinned are a daemon's that died
+        # before it made them report: what attached before it still enforces.
+        for f in self.pin_dir.glob(self._link_prefix() + "*"):
+            f.unlink()
         try:
-            old = self._attached_ids(fd)
-            for name, atype in PROGRAMS:
-                fn = self.bpf.load_func(name, BPF.CGROUP_SOCK_ADDR, attach_type=atype)
-                BPF.attach_func(fn, fd, atype, BPF_F_ALLOW_MULTI)
-            name, atype = SOCK_CREATE
-            fn = self.bpf.load_func(name, BPF.CGROUP_SOCK, attach_type=atype)
-            BPF.attach_func(fn, fd, atype, BPF_F_ALLOW_MULTI)
-            # Ours enforce next to the predecessor's (which stay attached after
-            # it dies: sessions stay confined); now ours report, and theirs go.
-            gen = self.bpf["active_gen"]
-            gen[gen.Key(0)] = gen.Leaf(self.generation)
-            for atype, prog_id in old:
-                try:
-                    bpf.cgroup_detach(fd, prog_id, atype)
-                except OSError as e:
-                    log.warning("cannot detach the previous daemon's program %d: %s", prog_id, e)
+            for name, atype in PROGRAMS + [SOCK_CREATE]:
+                ptype = BPF.CGROUP_SOCK if (name, atype) == SOCK_CREATE else BPF.CGROUP_SOCK_ADDR
+                fn = self.bpf.load_func(name, ptype, attach_type=atype)
+                self._prog_ids.add(bpf.prog_id(fn.fd))
+                links[self._link_prefix() + name] = bpf.cgroup_link(fn.fd, fd, atype)
+            for n, lfd in links.items():
+                bpf.obj_pin(lfd, self.pin_dir / n)
+        finally:
+            for lfd in links.values():
+                os.close(lfd)
+            os.close(fd)
+        gen = self.bpf["active_gen"]
+        gen[gen.Key(0)] = gen.Leaf(self.generation)
+
+    def _retire_links(self) -> None:
+        """Every other generation's programs off the cgroup: unpinning a link
+        detaches it; programs a corral before pinned links attached are found
+        by query and detached. Waits until they are gone."""
+        for f in self.pin_dir.glob("link_*"):
+            if not f.name.startswith(self._link_prefix()):
+                f.unlink(missing_ok=True)
+        for d in self._old:
+            for f in d.glob("link_*"):
+                f.unlink(missing_ok=True)
+        fd = os.open(self.cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            deadline = time.monotonic() + 2
+            while True:
+                others = [(a, p) for a, p in self._attached_ids(fd) if p not in self._prog_ids]
+                if not others:
+                    return
+                for atype, prog_id in others:
+                    try:
+                        bpf.cgroup_detach(fd, prog_id, atype)
+                    except OSError:
+                        pass        # a link's: it goes when the kernel frees the link
+                if time.monotonic() > deadline:
+                    log.warning("previous programs still attached: %s", others)
+                    return
+                time.sleep(0.02)
         finally:
             os.close(fd)
 

@@ -1,6 +1,6 @@
 """The one BPF runtime both programs use: compiling with corral's headers,
 the bpf() calls (through libbpf, which libbcc links) for pins, maps, map and
-program info, cgroup attachments, ring buffers, and the loss counters that a
+program info, cgroup attachments and links, ring buffers, and the loss counters that a
 restarted daemon reports exactly once. No bpftool: its JSON is not an API."""
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ _SIGS = [("bpf_obj_get", [ct.c_char_p]),
                              ct.POINTER(ct.c_uint32), ct.POINTER(ct.c_uint32)]),
          ("bpf_prog_get_fd_by_id", [ct.c_uint32]),
          ("bpf_prog_detach2", [ct.c_int, ct.c_int, ct.c_int]),
+         ("bpf_link_create", [ct.c_int, ct.c_int, ct.c_int, ct.c_void_p]),
          ("libbpf_num_possible_cpus", []),
          ("libbpf_find_vmlinux_btf_id", [ct.c_char_p, ct.c_int])]
 
@@ -323,6 +324,17 @@ def cgroup_programs(cgroup_fd: int, attach_type: int) -> list[int]:
             continue
         chk(rc, "prog query")
         return list(ids[:cnt.value])
+
+
+def prog_id(prog_fd: int) -> int:
+    return _info(prog_fd, _ProgInfo()).id
+
+
+def cgroup_link(prog_fd: int, cgroup_fd: int, attach_type: int) -> int:
+    """Attach a program to a cgroup as a bpf link (always multi): -> the link's
+    fd. Pinned, the link keeps the program attached with no process holding
+    it; unpinned (and closed), it detaches."""
+    return chk(lib().bpf_link_create(prog_fd, cgroup_fd, attach_type, None), "link create")
 
 
 def cgroup_detach(cgroup_fd: int, prog_id: int, attach_type: int) -> None:

@@ -77,6 +77,8 @@ class Daemon:
         self.sessions = SessionTable(self.net, self.filelsm, self.dns)
         self.auditlink = self._load_auditlink()
         recovered = self.sessions.recover()
+        # Only now, migrating from another build of net.c: the sessions are in the new maps.
+        self.net.activate()
         self._replay_downtime()
         self.api = Api(Services(sessions=self.sessions, audit=self.audit,
                                 end_session=self.end_session, status=self.status))

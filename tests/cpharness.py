@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from harness import SmallDisk, frame, raw_socket, read_frame  # noqa: F401  (tests import them from here)
@@ -110,6 +111,16 @@ def exhaust_log(daemon, session_id: str) -> None:
                 return
         run_as(daemon, NOBODY, REFUSE, daemon.socket, session_id, 25)
     raise AssertionError("the audit log did not notice the full disk")
+
+
+def wait_until(pred, timeout: float = 10.0, step: float = 0.1) -> bool:
+    """Poll pred() until it is true or timeout passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() >= deadline:
+            return bool(pred())
+        time.sleep(step)
+    return True
 
 
 def records(daemon, **match):

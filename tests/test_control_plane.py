@@ -19,7 +19,7 @@ from conftest import make_daemon
 from corral.kernel import cgroups
 from corral import protocol as P
 from cpharness import (NOBODY, ProbeSession, SmallDisk, call, exhaust_log, frame,
-                       child_request, listener, raw, read_frame, records, run_as)
+                       child_request, listener, raw, read_frame, records, run_as, wait_until)
 
 # -- D1: a connection whose process has exited has no authority ---------------------
 DEAD_CONNECTOR = r"""
@@ -254,10 +254,8 @@ def test_session_cleanup_goes_on_while_the_log_is_full(disk_daemon):
         disk.fill()
         exhaust_log(d, s.id)
         s.end()                                    # its cgroup empties while the disk is full
-        deadline = time.monotonic() + 10
-        while path.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not path.exists(), "the session was not cleaned up while the log was full"
+        assert wait_until(lambda: not path.exists()), \
+            "the session was not cleaned up while the log was full"
         with d.client() as c:
             assert s.id not in {x["id"] for x in c.call("list_sessions")}
         disk.free()
@@ -294,12 +292,10 @@ def test_daemon_starts_on_a_full_disk_with_enforcement_intact(disk_daemon):
         err = d.stderr_text()
         assert err.count("Traceback") == 0, err[-3000:]
         disk.free()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        def log_ok():
             with d.client() as c:
-                if c.call("hello")["log"]["state"] == "ok":
-                    break
-            time.sleep(0.2)
+                return c.call("hello")["log"]["state"] == "ok"
+        assert wait_until(log_ok), "the log did not recover after space returned"
         from corral.server.eventlog import verify
         assert verify(d.log_dir).ok
     finally:
@@ -329,10 +325,8 @@ def test_watcher_survives_descriptor_exhaustion():
         socks.clear()
         subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={hard}:{hard}"], check=True)
         path = cgroups.cgroup2_mount() / d.instance / s.id
-        deadline = time.monotonic() + 10
-        while path.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not path.exists(), "the watcher died: the ended session was never cleaned up"
+        assert wait_until(lambda: not path.exists()), \
+            "the watcher died: the ended session was never cleaned up"
         d.wait_record(lambda r: r.get("op") == "end" and r.get("session") == s.id)
         assert d.proc.poll() is None
     finally:

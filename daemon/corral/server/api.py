@@ -56,13 +56,18 @@ class Api:
         self.protected_write = protected.code_paths()
 
     # -- who is asking -------------------------------------------------------
+    def _resolve(self, peer: Peer):
+        """(live session or None, cgroup path) of the peer, read through its pidfd.
+        Raises PeerGone."""
+        cgid, path = peer.cgroup()
+        return self.sessions.for_cgroup(cgid, path), path
+
     def principal(self, peer: Peer) -> str:
         """What per-principal limits count against (see limits.py)."""
         try:
-            cgid, path = peer.cgroup()
+            s, path = self._resolve(peer)
         except PeerGone:
             return f"uid:{peer.uid}"
-        s = self.sessions.for_cgroup(cgid, path)
         if s is not None:
             return f"session:{s.id}"
         if cgroups.in_tree(path):
@@ -70,14 +75,12 @@ class Api:
         return f"uid:{peer.uid}"
 
     def _caller(self, conn) -> Caller:
-        peer = conn.peer
         try:
-            cgid, path = peer.cgroup()
+            s, path = self._resolve(conn.peer)
         except PeerGone as e:
             self._refuse(conn, "act through a connection whose process has exited",
                          code=P.E_PEER_GONE, detail=str(e))
-        s = self.sessions.for_cgroup(cgid, path)
-        return Caller(peer, s, s is not None or cgroups.in_tree(path))
+        return Caller(conn.peer, s, s is not None or cgroups.in_tree(path))
 
     def _target(self, conn, req, caller: Caller | None = None):
         caller = caller or self._caller(conn)

@@ -39,6 +39,12 @@ def add_policy_flags(p: argparse.ArgumentParser) -> None:
                    help="let --allow-write name system trees (/, /usr, /etc, /var/lib...): the "
                         "session could rewrite system binaries and configuration; corral's own "
                         "code stays read-only")
+    p.add_argument("--allow-unix", action="append", default=[], metavar="PATH",
+                   help="let the session connect to this Unix socket of a process outside it "
+                        "(its own sockets always work)")
+    p.add_argument("--allow-ssh-agent", action="store_true",
+                   help="--allow-unix $SSH_AUTH_SOCK: the session may use your ssh-agent (sign "
+                        "with its keys, not read them)")
     p.add_argument("--deny-syscall", action="append", default=[], metavar="NAME")
     p.add_argument("--no-mandatory", action="append", default=[], metavar="NAME",
                    help="drop one named mandatory protection (see corral policy show)")
@@ -70,6 +76,16 @@ def policy_from_args(args) -> dict:
         flags["filesystem"] = {k: v for k, v in fs_flags.items() if v}
     if args.deny_syscall:
         flags["syscalls"] = {"deny": args.deny_syscall}
+    unix = list(args.allow_unix)
+    if getattr(args, "allow_ssh_agent", False):
+        agent = os.environ.get("SSH_AUTH_SOCK")
+        if not agent:
+            raise pol.PolicyError("--allow-ssh-agent: SSH_AUTH_SOCK is not set (no ssh-agent "
+                                  "in this environment); start one (eval $(ssh-agent)) or drop "
+                                  "the flag")
+        unix.append(agent)
+    if unix:
+        flags["unix"] = {"allow": unix}
     # Counts and lengths before merging (merging is quadratic in the list sizes).
     pol.check_limits(flags, lambda section, key, msg: pol.PolicyError(
         f"{_FLAG_OF.get((section, key), f'{section}.{key}')}: {msg}"))
@@ -98,7 +114,8 @@ _FLAG_OF = {("network", "allow"): "--allow-net", ("network", "deny"): "--deny-ne
             ("network", "allow_localhost_ports"): "--allow-localhost-port",
             ("filesystem", "deny_read"): "--deny-read", ("filesystem", "allow_read"): "--allow-read",
             ("filesystem", "allow_write"): "--allow-write",
-            ("filesystem", "deny_write"): "--deny-write", ("syscalls", "deny"): "--deny-syscall"}
+            ("filesystem", "deny_write"): "--deny-write", ("syscalls", "deny"): "--deny-syscall",
+            ("unix", "allow"): "--allow-unix"}
 
 
 # -- commands -------------------------------------------------------------------
@@ -135,7 +152,7 @@ def cmd_run(args) -> int:
             # then only keeps the always-on protections, or a live widening
             # would be blocked by rules frozen at exec.
             fs = None
-        guard = mountguard.apply(fs)
+        guard = mountguard.apply(fs, session["policy"].get("unix"))
         report = confine.apply(guard["policy"],
                                session["policy"]["syscalls"]["deny"],
                                keep_caps=args.keep_caps, allow_weaker=args.allow_weaker,

@@ -125,7 +125,7 @@ def _bind(path: str, readonly: bool) -> None:
         _mount(None, path, MS_BIND | MS_REMOUNT | MS_RDONLY | keep, f"read-only {path}")
 
 
-def apply(fs: dict | None) -> dict:
+def apply(fs: dict | None, unix: dict | None = None) -> dict:
     """Set up the namespace; returns what was done and the file policy Landlock
     still has to enforce (deny_write entries handled here are removed)."""
     pins, ro = plan(fs)

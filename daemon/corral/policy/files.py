@@ -186,7 +186,7 @@ def validate(data: dict, src: _Src) -> dict:
             if not isinstance(val, str):
                 raise src.err(None, "description", "expected a string")
             continue
-        if top not in ("filesystem", "network", "syscalls"):
+        if top not in ("filesystem", "network", "syscalls", "unix"):
             raise src.err(None, top, f"unknown key {top!r}: expected [filesystem], [network], "
                                      "[syscalls] (or description)") if not isinstance(val, dict) else \
                 src.err(top, None, f"unknown section [{top}]: expected [filesystem], [network], [syscalls]")
@@ -214,11 +214,14 @@ def validate(data: dict, src: _Src) -> dict:
     if net is not None:
         o = {}
         for k, v in net.items():
-            if k not in NET_LIST_KEYS:
-                raise src.err("network", k, f"unknown key {k!r}: expected one of {', '.join(NET_LIST_KEYS)}")
+            if k not in NET_LIST_KEYS + (pol.UNIX_KEY,):
+                raise src.err("network", k, f"unknown key {k!r}: expected one of "
+                                            f"{', '.join(NET_LIST_KEYS + (pol.UNIX_KEY,))}")
             items = _list(src, "network", k, v)
             for x in items:
-                if k in ("allow", "deny"):
+                if k == pol.UNIX_KEY:
+                    _check_path(src, "network", k, x)
+                elif k in ("allow", "deny"):
                     if not isinstance(x, str):
                         raise src.err("network", k, f"{x!r} is not a string like \"10.0.0.0/8:443\"", x)
                     try:
@@ -238,6 +241,14 @@ def validate(data: dict, src: _Src) -> dict:
                         raise src.err("network", k, f"{x!r}: {e}", x) from None
             o[k] = list(items)
         out["network"] = o
+    ux = data.get("unix")
+    if ux is not None:
+        for k in ux:
+            if k != "allow":
+                raise src.err("unix", k, f"unknown key {k!r}: the only key is allow = [socket paths]")
+        for p in _list(src, "unix", "allow", ux.get("allow", [])):
+            _check_path(src, "unix", "allow", p)
+        out["unix"] = {"allow": list(ux.get("allow", []))}
     sc = data.get("syscalls")
     if sc is not None:
         for k in sc:

@@ -7,8 +7,16 @@
                             "allow_write": [...], "deny_write": [...],
                             "allow_system_write": bool},          # input only, see below
       "syscalls":   {"deny": [name]},
+      "unix":       {"allow": [socket path]},                     # normalize() output
       "allow_system_write": bool,                                 # normalize() output
     }
+
+Unix sockets. A session may always reach the Unix sockets its own processes
+bound (and socketpairs); any other pathname socket only when ``unix.allow``
+names it. Input: ``[network] allow_unix = [...]`` (what users write) or a
+``unix = {"allow": [...]}`` section (what normalize() returns, so a returned
+policy can be sent back). ``allow_unix`` does not make the IP network
+default-deny: a network section holding nothing else is no network section.
 
 A missing network section means "network not restricted by corral". A present
 network section is default-deny. Paths are made absolute and canonical once,
@@ -58,6 +66,7 @@ from corral.policy.paths import FS_KEYS, MAX_PATH_BYTES, expand_path, unrestrict
 from corral.policy.ports import MAX_PORT_LEN, parse_ports, port_text
 
 NET_LIST_KEYS = ("allow", "deny", "allow_domains", "deny_domains", "allow_localhost_ports")
+UNIX_KEY = "allow_unix"          # in [network] as users write it; normalized to unix.allow
 FS_FLAG_KEYS = ("allow_system_write",)
 MAX_PORT_RANGES = 16
 
@@ -299,6 +308,13 @@ def check_limits(policy: dict, err=None, protected=()) -> None:
                     raise err("filesystem", key, f"path {_short(p)} is "
                                                  f"{len(p.encode('utf-8', 'surrogatepass'))} bytes: "
                                                  f"more than the limit of {MAX_PATH_BYTES - 1} (PATH_MAX)")
+    for section, key, v in _unix_lists(policy):
+        if _n(v) > MAX_PATHS:
+            raise err(section, key, f"{len(v)} sockets: more than the limit of {MAX_PATHS}")
+        for p in v if isinstance(v, list) else ():
+            if isinstance(p, str) and len(p.encode("utf-8", "surrogatepass")) >= MAX_PATH_BYTES:
+                raise err(section, key, f"path {_short(p)}: more than the limit of "
+                                        f"{MAX_PATH_BYTES - 1} bytes (PATH_MAX)")
     sc = policy.get("syscalls")
     if isinstance(sc, dict):
         v = sc.get("deny")
@@ -308,6 +324,15 @@ def check_limits(policy: dict, err=None, protected=()) -> None:
             if isinstance(x, str) and len(x) > MAX_SYSCALL_LEN:
                 raise err("syscalls", "deny", f"{_short(x)} is {len(x)} characters: more than the "
                                               f"limit of {MAX_SYSCALL_LEN}")
+
+
+def _unix_lists(policy: dict):
+    """(section, key, list) of each place a raw policy names allowed Unix sockets."""
+    net, ux = policy.get("network"), policy.get("unix")
+    if isinstance(net, dict) and UNIX_KEY in net:
+        yield "network", UNIX_KEY, net.get(UNIX_KEY)
+    if isinstance(ux, dict) and "allow" in ux:
+        yield "unix", "allow", ux.get("allow")
 
 
 def rule_count(policy: dict | None) -> int:
@@ -362,15 +387,17 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root",
     if not isinstance(policy, dict):
         raise PolicyError(f"policy must be a map of sections, not {type(policy).__name__}")
     policy = dict(policy)
-    unknown = set(policy) - {"network", "filesystem", "syscalls", "allow_system_write"}
+    unknown = set(policy) - {"network", "filesystem", "syscalls", "unix", "allow_system_write"}
     if unknown:
         shown = sorted(_short(u, 40) for u in unknown)
         raise PolicyError(f"unknown policy section(s) [{', '.join(shown[:5])}"
-                          f"{' ...' if len(shown) > 5 else ''}]: expected network, filesystem, syscalls")
+                          f"{' ...' if len(shown) > 5 else ''}]: expected network, filesystem, "
+                          "syscalls, unix")
     if not isinstance(policy.get("allow_system_write", False), bool):
         raise PolicyError("allow_system_write: expected true or false")
     # Structure, then counts and lengths, then parsing.
-    net = _section(policy, "network", NET_LIST_KEYS)
+    net = _section(policy, "network", NET_LIST_KEYS + (UNIX_KEY,))
+    ux = _section(policy, "unix", ("allow",))
     fs = _section(policy, "filesystem", FS_KEYS, FS_FLAG_KEYS)
     sc = policy.get("syscalls") or {}
     if not isinstance(sc, dict) or set(sc) - {"deny"} or not isinstance(sc.get("deny") or [], list):
@@ -378,7 +405,14 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root",
     check_limits(policy, protected=frozenset(protected_write))
 
     out: dict = {"network": None, "filesystem": None, "syscalls": {"deny": []},
-                 "allow_system_write": False}
+                 "unix": {"allow": []}, "allow_system_write": False}
+    sockets = set()
+    for section, key, v in _unix_lists(policy):
+        for p in v or []:
+            sockets.add(expand_path(p, cwd, home, f"{section}.{key}"))
+    out["unix"]["allow"] = sorted(sockets)
+    if net is not None and set(net) == {UNIX_KEY}:
+        net = None          # [network] allow_unix = [...] alone leaves IP traffic as it is
     if net is not None:
         n = {k: list(net.get(k) or []) for k in NET_LIST_KEYS}
         n["allow"] = [str(parse_net_rule(r)) for r in n["allow"]]
@@ -484,4 +518,8 @@ def narrowing_violations(old: dict, new: dict) -> list[str]:
     for s in (old.get("syscalls") or {}).get("deny", []):
         if s not in (new.get("syscalls") or {}).get("deny", []):
             why.append(f"no longer denies syscall {s}")
+    old_unix = set((old.get("unix") or {}).get("allow") or [])
+    for p in (new.get("unix") or {}).get("allow") or []:
+        if p not in old_unix:
+            why.append(f"allows the Unix socket {p} which the current policy does not")
     return why

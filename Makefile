@@ -7,7 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the daemon, the native extension and the tests need.
 APT_PACKAGES := python3-bpfcc bpftool libseccomp-dev python3-venv python3-dev libffi-dev \
-	gcc make git kmod iproute2 dnsutils dnsmasq-base procps util-linux
+	gcc make git kmod iproute2 dnsutils dnsmasq-base procps util-linux \
+	tmux dbus-daemon dbus-bin openssh-client attr
 # The VM tier: a stock Debian kernel with BPF LSM, booted under qemu.
 VM_APT_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static
 BENCH_APT_PACKAGES := hyperfine bubblewrap socat ripgrep

@@ -152,15 +152,20 @@ def cmd_run(args) -> int:
             # then only keeps the always-on protections, or a live widening
             # would be blocked by rules frozen at exec.
             fs = None
-        guard = mountguard.apply(fs, session["policy"].get("unix"))
+        guard = mountguard.apply(fs, session["policy"].get("unix"),
+                                 mask_sockets=session["enforcement"].get("unix_peers") != "bpf-lsm")
         report = confine.apply(guard["policy"],
                                session["policy"]["syscalls"]["deny"],
                                keep_caps=args.keep_caps, allow_weaker=args.allow_weaker,
                                seccomp_log=True)
         if guard["mountguard"]:
             report["read_only_mounts"] = guard["read_only"]
+            report["read_only_view"] = guard["read_only_view"]
+            report["writable_mounts"] = guard["writable"]
             report["masked_sockets"] = guard["masked_sockets"]
             report["mount_namespace"] = guard["namespace"]
+        if guard["sockets_skipped"]:
+            report["sockets_not_masked"] = guard["sockets_skipped"]
         frozen = _frozen_dirs(guard["policy"])
         if frozen and report.get("landlock"):
             report["frozen_dirs"] = frozen

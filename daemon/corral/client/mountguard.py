@@ -1,17 +1,30 @@
-"""Read-only bind mounts for deny_write paths inside writable trees.
+"""The session's mount view: what the kernel's mount table lets it change and reach.
 
-Landlock can only grant: "write the project, except .git/hooks" becomes a
-complement that also forbids creating anything new directly in the project and
-in .git (git's index.lock included). For paths that exist, a private mount
-namespace does it exactly: bind each protected path onto itself read-only, and
-bind every directory between the writable root and it onto itself, so none of
-them can be renamed away (a mount point cannot be renamed or removed: EBUSY).
-Landlock then grants the writable tree whole. Paths that do not exist yet stay
-with Landlock's complement (fails closed).
+`corral run` builds it in a private mount namespace after the session is
+registered and before confine.apply drops capabilities; seccomp then forbids
+mount/umount/mount_setattr/move_mount, so the agent cannot undo any of it.
 
-Runs in `corral run` after the session is registered and before confine.apply
-drops capabilities; seccomp later forbids mount/umount, so the agent cannot
-undo any of it. Needs CAP_SYS_ADMIN (root), or an unprivileged user namespace.
+* **Read-only outside allow_write.** Every mount is made read-only
+  (mount_setattr AT_RECURSIVE), then each writable tree is bound onto itself and
+  its mounts made writable again where they were before. Landlock does not
+  mediate chmod, chown, utimes, setxattr or truncate by path; a read-only mount
+  refuses them all (EROFS), the way bubblewrap's read-only root does. Device
+  nodes, pipes and sockets stay usable on a read-only mount.
+* **deny_write inside a writable tree** (existing paths): bound onto itself
+  read-only, and every directory between the writable root and it bound onto
+  itself, so none of them can be renamed away (a mount point cannot be renamed
+  or removed: EBUSY). Landlock then grants the writable tree whole. Paths that do
+  not exist yet stay with Landlock's complement (fails closed).
+* **Unix sockets of processes outside the session** (every pathname socket
+  bound on the host when the session starts, from the kernel's unix_diag dump,
+  except the daemon's own and those in the policy's unix.allow): a root-owned
+  mode-0000 file is bound over each. connect()/sendto() through any spelling (a
+  symlink, a relative path, /proc/self/root/..., a directory renamed by the
+  session) resolves to the mount and fails with EACCES: the kernel checks write
+  permission on the file it found before it looks for a socket. Sockets named
+  deny_read/deny_write get the same mask.
+
+Needs CAP_SYS_ADMIN (root), or an unprivileged user namespace.
 """
 from __future__ import annotations
 
@@ -56,10 +69,102 @@ def _mount(src, dst, flags, what):
                        ctypes.c_ulong(flags), None), what)
 
 
-def sockets(fs: dict | None) -> list[str]:
-    """Denied paths that are Unix sockets: Landlock (ABI < 8) does not mediate
-    connect(), so a capability-less root agent could still reach e.g. the Docker
-    socket. They get /dev/null bound over them."""
+SYS_MOUNT_SETATTR = 442
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def _setattr(path: str, set_: int = 0, clr: int = 0, recursive: bool = False) -> None:
+    attr = _MountAttr(set_, clr, 0, 0)
+    flags = AT_RECURSIVE if recursive else 0
+    _check(_libc.syscall(SYS_MOUNT_SETATTR, -100, path.encode(), flags, ctypes.byref(attr),
+                         ctypes.sizeof(attr)), f"mount_setattr {path}")
+
+
+# -- Unix sockets -------------------------------------------------------------------
+def refusal_file() -> str:
+    """The file bound over refused sockets: owned by root, mode 0000, so a
+    connect() through it fails with EACCES (write permission is checked before
+    the kernel looks for a socket) for any agent without CAP_DAC_OVERRIDE; and
+    with it still ECONNREFUSED, never a connection. Made by the daemon at start
+    (ensure_refusal_file), or here when we are root."""
+    from corral import config
+    return str(config.RUN_DIR / "unix-refused")
+
+
+def ensure_refusal_file() -> str:
+    path = refusal_file()
+    try:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0:
+            return path
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0)
+    os.fchmod(fd, 0)
+    os.close(fd)
+    return path
+
+
+def _same_file(path: str, st) -> bool:
+    try:
+        o = os.stat(path)
+    except OSError:
+        return False
+    return (o.st_ino, o.st_dev) == (st.st_ino, st.st_dev)
+
+
+def foreign_sockets(fs: dict | None, unix: dict | None) -> dict:
+    """Which pathname sockets to mask: {"mask": [paths], "skipped": [why...]}.
+
+    Every socket bound on the host now is a socket of a process outside this
+    session (it has none yet), except the daemon's control socket, the policy's
+    unix.allow (matched by inode, whatever name the policy used) and the
+    denied-socket entries (masked anyway). A name that no longer leads to its
+    socket (renamed or unlinked since bind, or bound in another mount
+    namespace) is not reachable by that name here; a relative name is looked
+    up under the binder's cwd we cannot know: both are reported as skipped."""
+    from corral import config
+    from corral.kernel import unixdiag
+    allowed = []
+    for p in (unix or {}).get("allow") or []:
+        try:
+            allowed.append(os.stat(p))
+        except OSError:
+            pass        # not there now: nothing to let through
+    keep = [os.stat(str(config.SOCKET))] if os.path.exists(str(config.SOCKET)) else []
+    mask: list[str] = []
+    skipped: list[str] = []
+    for b in unixdiag.bound_sockets():
+        if not b.name.startswith("/"):
+            skipped.append(f"{b.name} (relative name)")
+            continue
+        try:
+            st = os.stat(b.name)
+        except OSError:
+            continue        # unlinked: unreachable by any name we could mask
+        if (st.st_ino, st.st_dev) != (b.ino, b.dev) or not stat.S_ISSOCK(st.st_mode):
+            skipped.append(f"{b.name} (the name leads elsewhere now)")
+            continue
+        if any((a.st_ino, a.st_dev) == (st.st_ino, st.st_dev) for a in allowed + keep):
+            continue
+        if b.name not in mask:
+            mask.append(b.name)
+    for p in denied_sockets(fs):
+        if p not in mask:
+            mask.append(p)
+    return {"mask": mask, "skipped": skipped}
+
+
+def denied_sockets(fs: dict | None) -> list[str]:
+    """Denied paths that are Unix sockets (Landlock does not mediate connect())."""
     out = []
     for k in ("deny_read", "deny_write"):
         for p in (fs or {}).get(k) or []:
@@ -125,29 +230,82 @@ def _bind(path: str, readonly: bool) -> None:
         _mount(None, path, MS_BIND | MS_REMOUNT | MS_RDONLY | keep, f"read-only {path}")
 
 
-def apply(fs: dict | None, unix: dict | None = None) -> dict:
-    """Set up the namespace; returns what was done and the file policy Landlock
-    still has to enforce (deny_write entries handled here are removed)."""
+def writable_roots(fs: dict | None) -> list[str]:
+    """The allow_write trees that exist, outermost first, none inside another."""
+    from corral.kernel.mountinfo import outermost
+    roots = [p for p in sorted((fs or {}).get("allow_write") or [], key=len) if os.path.lexists(p)]
+    return outermost([os.path.realpath(p) for p in roots])
+
+
+def _read_only_view(roots: list[str]) -> list[str]:
+    """Every mount read-only, then each writable root bound onto itself and its
+    mounts that were writable before made writable again. Returns the roots."""
+    from corral.kernel import mountinfo
+    before = {m.mountpoint: m for m in mountinfo.mounts(missing_ok=False)}
+
+    def was_rw(mp: str) -> bool:
+        m = before.get(mp)
+        return m is not None and "ro" not in m.options.split(",")
+
+    for r in roots:
+        _mount(r, r, MS_BIND | MS_REC, f"bind {r}")
+    _setattr("/", set_=MOUNT_ATTR_RDONLY, recursive=True)
+    for r in roots:
+        # The root's own mount: writable if the mount it lives on was.
+        home = mountinfo.mount_of(r, list(before.values()))
+        if home is not None and "ro" not in home.options.split(","):
+            _setattr(r, clr=MOUNT_ATTR_RDONLY)
+        for mp in sorted(before):
+            if mp != r and under(mp, r) and was_rw(mp):
+                try:
+                    _setattr(mp, clr=MOUNT_ATTR_RDONLY)
+                except MountGuardError:
+                    pass    # shadowed or gone: it stays read-only (the safe side)
+    return roots
+
+
+def apply(fs: dict | None, unix: dict | None = None, *, read_only_view: bool = True,
+          mask_sockets: bool = True) -> dict:
+    """Build the session's mount view (module docstring). Returns what was done
+    and the file policy Landlock still has to enforce (deny_write entries made
+    read-only here are removed).
+
+    `read_only_view`: False when another layer (BPF LSM) decides file writes live
+    and a frozen view would block a live widening. `mask_sockets`: False when the
+    kernel decides Unix peers itself (BPF LSM)."""
     pins, ro = plan(fs)
-    masked = sockets(fs)
-    if not ro and not masked:
-        return {"mountguard": False, "policy": fs}
+    socks = foreign_sockets(fs, unix) if mask_sockets else {"mask": denied_sockets(fs),
+                                                              "skipped": []}
+    masked = socks["mask"]
+    roots = writable_roots(fs) if (read_only_view and fs is not None) else []
+    ro_view = bool(roots) and "/" not in roots
+    if not ro and not masked and not ro_view:
+        return {"mountguard": False, "policy": fs, "masked_sockets": [],
+                "sockets_skipped": socks["skipped"]}
+    refusal = ensure_refusal_file() if os.geteuid() == 0 else refusal_file()
+    if masked and not os.path.exists(refusal):
+        raise MountGuardError(f"{refusal} is missing: corrald creates it at start; is this "
+                              "corral run talking to a corrald of another installation?")
     how = _enter_namespace()
     # Nothing we mount may leak back to the host's mount table.
     _mount(None, "/", MS_REC | MS_PRIVATE, "make / private")
+    if ro_view:
+        _read_only_view(roots)
     for d in pins:
         _bind(d, readonly=False)
     for p in ro:
         _bind(p, readonly=True)
     for p in masked:
-        _mount("/dev/null", p, MS_BIND, f"mask socket {p}")
+        _mount(refusal, p, MS_BIND, f"mask socket {p}")
         _mount(None, p, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
                f"read-only mask {p}")
     # Our cwd still points into the old mounts; relative paths must see the new ones.
     os.chdir(os.getcwd())
     done = set(ro)
-    rest = dict(fs)
-    rest["deny_write"] = [p for p in fs.get("deny_write") or []
-                          if p not in done and not any(under(p, r) for r in done)]
+    rest = dict(fs) if fs is not None else None
+    if rest is not None:
+        rest["deny_write"] = [p for p in fs.get("deny_write") or []
+                              if p not in done and not any(under(p, r) for r in done)]
     return {"mountguard": True, "namespace": how, "read_only": ro, "pinned": pins,
-            "masked_sockets": masked, "policy": rest}
+            "read_only_view": ro_view, "writable": roots if ro_view else [],
+            "masked_sockets": masked, "sockets_skipped": socks["skipped"], "policy": rest}

@@ -351,6 +351,10 @@ class Daemon:
         self.stop_event = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop_event.set)
+        # What `corral run` binds over the Unix sockets a session may not reach
+        # (client/mountguard.py); made here so unprivileged clients find it.
+        from corral.client.mountguard import ensure_refusal_file
+        ensure_refusal_file()
         server = Server(SOCKET, self.api)
         await server.start()
         if self.dns is not None:

@@ -81,7 +81,9 @@ print(json.dumps(res))
 
 def test_denied_unix_socket_cannot_be_connected_even_by_root(daemon, tmp_path):
     """Landlock does not mediate connect(); a root agent would reach a root-owned
-    socket (think /run/docker.sock). A denied socket is masked in the session."""
+    socket (think /run/docker.sock). A denied socket is masked in the session, even
+    when unix.allow names it too (deny wins); the control is a socket unix.allow
+    names (every other socket of a process outside the session is masked)."""
     import socket as s_
     denied, allowed = str(tmp_path / "runtime.sock"), str(tmp_path / "other.sock")
     servers = []
@@ -92,6 +94,7 @@ def test_denied_unix_socket_cannot_be_connected_even_by_root(daemon, tmp_path):
         servers.append(srv)
     try:
         p = subprocess.run([str(Path(sys.executable).parent / "corral"), "run", "--deny-read", denied,
+                            "--allow-unix", allowed, "--allow-unix", denied,
                             "--", sys.executable, "-c", CONNECT, denied, allowed],
                            env=daemon.env, capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr

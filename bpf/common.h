@@ -34,10 +34,13 @@
 #define OP_SENDMSG4 3
 #define OP_SENDMSG6 4
 #define OP_SOCKET   5   /* socket(): a protocol the sock_addr hooks do not see */
+#define OP_UNIX_CONNECT 6   /* connect() to a pathname Unix socket (kernel 6.7+ hooks) */
+#define OP_UNIX_SENDMSG 7   /* sendto()/sendmsg() with a pathname Unix address */
 
 /* rule ids: >= RULE_USER are indexes into the session's compiled rule list */
 #define RULE_DEFAULT_DENY 0
 #define RULE_UNSPECIFIED  1
+#define RULE_UNIX_FOREIGN 2   /* a Unix socket bound by a process outside the session */
 #define RULE_USER         16
 
 /* Event rate limits per session (bpf/ratelimit.h): tokens per second, bucket size */
@@ -91,15 +94,24 @@ struct event {
 #define FOP_RENAME_FROM   10
 #define FOP_RENAME_TO     11
 #define FOP_TRUNCATE      12
-#define FOP_SETATTR       13  /* chmod / chown */
+#define FOP_SETATTR       13  /* chmod / chown / utimes (inode_setattr) */
 #define FOP_UNIX_CONNECT  14
 #define FOP_TOO_DEEP      15  /* path deeper than the walk bound (any op) */
+/* the session boundary (issue 11): target is the peer socket or the task */
+#define FOP_UNIX_SEND     16  /* datagram to a Unix socket (unix_may_send) */
+#define FOP_SIGNAL        17  /* kill()/tgkill()/pidfd_send_signal() (task_kill) */
+#define FOP_PTRACE        18  /* ptrace attach, /proc/PID/mem... (ptrace_access_check) */
+#define FOP_TRACEME       19  /* PTRACE_TRACEME under a tracer outside (ptrace_traceme) */
+#define FOP_SETXATTR      20
+#define FOP_REMOVEXATTR   21
 
 /* event.rule values for file denials that are not a user rule */
 #define RULE_FILE_TOO_DEEP           2   /* path deeper than the walk bound: fail closed */
 #define RULE_FILE_HARDLINK           3   /* inode of a read-denied file reached by another name */
 #define RULE_FILE_RACE               4   /* per-CPU scratch reused under preemption: fail closed */
 #define RULE_FILE_PROTECTED_ANCESTOR 5   /* moving/deleting a directory that holds deny rules */
+#define RULE_FILE_UNIX_FOREIGN       6   /* Unix socket of a process outside the session, not in unix.allow */
+#define RULE_FILE_TASK_FOREIGN       7   /* signal/ptrace target outside the session */
 
 /* ---- network tries (bpf/net.c, backends/net.py) ---- */
 #define MAX_PORT_RANGES 16
@@ -134,6 +146,7 @@ struct port_rules {          /* every rule covering the prefix, merged by user s
 #define RB_ANCESTOR    (1 << 5)  /* strict ancestor of a deny rule: can't be moved */
 #define RB_PSEUDO      (1 << 6)  /* kernel interface tree (/proc, /sys, /dev...): not
                                   * writable unless a deeper allow_write reopens it */
+#define RB_UNIX_ALLOW  (1 << 7)  /* a Unix socket named in unix.allow (by object and by name) */
 
 struct ikey {
     u64 cgid;

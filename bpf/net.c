@@ -63,20 +63,22 @@ static __always_inline int reporting(void)
     return g && *g == CORRAL_GENERATION;
 }
 
-static __always_inline void emit(u64 cgid, struct session_cfg *cfg, u8 op, u32 family,
-                                 const u32 *addr, u16 port, u32 rule)
+static __always_inline struct event *reserve(struct session_cfg *cfg, u64 *suppressed)
 {
-    u64 suppressed = 0;
     if (!reporting())          /* not the active generation: deny, but silently */
-        return;
-    if (!rate_take(cfg, NET_RATE_PER_SEC, NET_RATE_BURST, &suppressed))
-        return;
+        return 0;
+    if (!rate_take(cfg, NET_RATE_PER_SEC, NET_RATE_BURST, suppressed))
+        return 0;
     struct event *e = events.ringbuf_reserve(sizeof(struct event));
     if (!e) {
         int zero = 0;
-        rate_reserve_failed(cfg, suppressed, lost.lookup(&zero));
-        return;
+        rate_reserve_failed(cfg, *suppressed, lost.lookup(&zero));
     }
+    return e;
+}
+
+static __always_inline void fill(struct event *e, u64 cgid, u8 op, u32 rule, u64 suppressed)
+{
     u64 pid_tgid = bpf_get_current_pid_tgid();
     e->ts_ns = bpf_ktime_get_ns();
     e->cgid = cgid;
@@ -85,11 +87,21 @@ static __always_inline void emit(u64 cgid, struct session_cfg *cfg, u8 op, u32 f
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
     e->kind = EV_NET;
     e->op = op;
-    e->port = port;
-    e->family = family;
     e->rule = rule;
     e->verdict = 1;
     e->count = suppressed;
+}
+
+static __always_inline void emit(u64 cgid, struct session_cfg *cfg, u8 op, u32 family,
+                                 const u32 *addr, u16 port, u32 rule)
+{
+    u64 suppressed = 0;
+    struct event *e = reserve(cfg, &suppressed);
+    if (!e)
+        return;
+    fill(e, cgid, op, rule, suppressed);
+    e->port = port;
+    e->family = family;
     __builtin_memset(e->addr, 0, sizeof(e->addr));
     if (family == AF_INET6)
         __builtin_memcpy(e->addr, addr, 16);
@@ -313,3 +325,79 @@ int corral_sock_create(struct bpf_sock *sk)
     emit(cgid, cfg, 5 /* OP_SOCKET */, sk->family, zero4, (u16)proto, RULE_DEFAULT_DENY);
     return 0;
 }
+
+#ifdef CORRAL_UNIX_HOOKS
+/* Pathname Unix sockets (cgroup connect_unix / sendmsg_unix, kernel 6.7+).
+ *
+ * What enforces is the session's mount view: every socket bound outside the
+ * session when it started has a mode-0000 file bound over it
+ * (client/mountguard.py), so any spelling of its path fails with EACCES. These
+ * hooks only see the address string, before the kernel resolves it, so they
+ * cannot decide on the object; what they add is the refusal of the exact
+ * absolute path of such a socket with EPERM and a record naming it (the
+ * spelling agents use: $TMUX, $SSH_AUTH_SOCK, DOCKER_HOST...). Other spellings
+ * hit the mask without a record of their own. Only Unix traffic passes here:
+ * TCP and UDP never run this code. */
+struct unix_key {
+    u64 cgid;
+    char path[108];          /* sun_path, zero-padded past the address length */
+};
+BPF_TABLE_PINNED("hash", struct unix_key, u32, unix_deny, 65536, PIN(unix_deny),
+                 BPF_F_NO_PREALLOC);
+/* The kernel's context behind struct bpf_sock_addr (include/linux/filter.h,
+ * the same since 6.7): the hook's address is uaddr, uaddrlen bytes long. */
+struct corral_sock_addr_kern {
+    void *sk;
+    void *uaddr;
+    u64 tmp_reg;
+    void *t_ctx;
+    u32 uaddrlen;
+};
+BPF_PERCPU_ARRAY(unix_scratch, struct unix_key, 1);
+
+static __always_inline int check_unix(struct bpf_sock_addr *ctx, u8 op)
+{
+    u64 cgid = bpf_get_current_cgroup_id();
+    struct session_cfg *cfg = sessions.lookup(&cgid);
+    if (!cfg)
+        return 1;
+    struct corral_sock_addr_kern k = {};
+    if (bpf_probe_read_kernel(&k, sizeof(k), (void *)ctx))
+        return 1;           /* the mask still refuses what it covers */
+    int zero = 0;
+    struct unix_key *key = unix_scratch.lookup(&zero);
+    if (!key)
+        return 1;
+    u32 n = k.uaddrlen;
+    if (n <= 2)
+        return 1;           /* unnamed */
+    n -= 2;                 /* sun_family */
+    key->cgid = cgid;
+    if (bpf_probe_read_kernel(key->path, sizeof(key->path), (char *)k.uaddr + 2))
+        return 1;
+    if (key->path[0] == 0)
+        return 1;           /* abstract: Landlock's scope (ABI 6) decides */
+    #pragma unroll
+    for (int i = 0; i < 108; i++)
+        if (i >= n)
+            key->path[i] = 0;
+    u32 *rule = unix_deny.lookup(key);
+    if (!rule)
+        return 1;
+    u64 suppressed = 0;
+    struct event *e = reserve(cfg, &suppressed);
+    if (e) {
+        fill(e, cgid, op, *rule, suppressed);
+        e->port = 0;
+        e->family = AF_UNIX;
+        __builtin_memset(e->addr, 0, sizeof(e->addr));
+        __builtin_memcpy(e->path, key->path, sizeof(key->path));
+        e->path[sizeof(key->path)] = 0;
+        events.ringbuf_submit(e, 0);
+    }
+    return 0;
+}
+
+int corral_connect_unix(struct bpf_sock_addr *ctx) { return check_unix(ctx, OP_UNIX_CONNECT); }
+int corral_sendmsg_unix(struct bpf_sock_addr *ctx) { return check_unix(ctx, OP_UNIX_SENDMSG); }
+#endif

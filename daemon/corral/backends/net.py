@@ -11,6 +11,7 @@ import ctypes as ct
 import ipaddress
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -33,8 +34,17 @@ PROGRAMS = [
     ("corral_getpeername4", 29), ("corral_getpeername6", 30),
 ]
 SOCK_CREATE = ("corral_sock_create", 2)
+# BPF_CGROUP_UNIX_CONNECT / _SENDMSG (kernel 6.7+): exact-path refusals with a record
+UNIX_PROGRAMS = [("corral_connect_unix", 49), ("corral_sendmsg_unix", 50)]
 PINNED_MAPS = ["sessions", "allow4", "deny4", "allow6", "deny6", "dns_socks",
                "events", "lost", "lost_seen", "active_gen"]
+UNIX_PATH_MAX = 108
+
+
+def unix_hooks_supported(release: str | None = None) -> bool:
+    """cgroup connect_unix/sendmsg_unix exist from 6.7 on."""
+    m = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
+    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (6, 7)
 # active_gen is shared by every build (PIN_DIR/active_gen); the rest are one
 # build's (PIN_DIR/net-<version>/). An older build's events, lost and
 # lost_seen are read by its successor, whatever their layout (event_pin_layouts).
@@ -93,7 +103,8 @@ class NetBpf(Backend):
         PIN_DIR.mkdir(mode=0o700, exist_ok=True)
         pages = ringbuf_pages()
         self.layouts = event_pin_layouts(pages)
-        self.version = bpf.source_version("net.c", f"pages={pages}")
+        self.unix_hooks = unix_hooks_supported() and os.environ.get("CORRAL_NO_UNIX_HOOKS") != "1"
+        self.version = bpf.source_version("net.c", f"pages={pages} unix={int(self.unix_hooks)}")
         self.pins = bpf.VersionedPins(PIN_DIR, "net", self.version)
         self.pin_dir = self.pins.dir
         self.pin_dir.mkdir(mode=0o700, exist_ok=True)
@@ -103,10 +114,13 @@ class NetBpf(Backend):
             self._old.append(PIN_DIR)
         self.generation = (self._active_generation() + 1) & 0xFFFFFFFF
         # The pins are declared in net.c (bpf/pinned.h); only their directories come from here.
-        self.bpf, self.header_mode = bpf.compile_program(
-            "net.c", {"CORRAL_PIN_DIR": bpf.c_string(str(self.pin_dir)),
-                      "CORRAL_SHARED_PIN_DIR": bpf.c_string(str(PIN_DIR)),
-                      "EVENTS_RINGBUF_PAGES": pages, "CORRAL_GENERATION": self.generation})
+        defines = {"CORRAL_PIN_DIR": bpf.c_string(str(self.pin_dir)),
+                   "CORRAL_SHARED_PIN_DIR": bpf.c_string(str(PIN_DIR)),
+                   "EVENTS_RINGBUF_PAGES": pages, "CORRAL_GENERATION": self.generation}
+        if self.unix_hooks:
+            defines["CORRAL_UNIX_HOOKS"] = 1
+        self.bpf, self.header_mode = bpf.compile_program("net.c", defines)
+        self.pinned_maps = PINNED_MAPS + (["unix_deny"] if self.unix_hooks else [])
         self._check_pinned_layouts()
         self.sessions = self.bpf["sessions"]
         self.tries = {k: self.bpf[k] for k in ("allow4", "deny4", "allow6", "deny6")}
@@ -132,6 +146,8 @@ class NetBpf(Backend):
             return
         if self._old:
             self._copy_dns_socks()
+            if self.unix_hooks:
+                self._copy_map("unix_deny")
         self._attach()
         old = [self._open_reporting_pins(d) for d in self._old]
         self._retire_links()
@@ -147,7 +163,7 @@ class NetBpf(Backend):
         refuse to start; the predecessor's programs stay attached and keep
         enforcing on it."""
         bad = []
-        for name in PINNED_MAPS:
+        for name in self.pinned_maps:
             t = self.bpf[name]
             have = _fdinfo(t.map_fd)
             want = {"map_type": int(t.ttype), "max_entries": int(t.max_entries)}
@@ -169,20 +185,28 @@ class NetBpf(Backend):
     def _copy_dns_socks(self) -> None:
         """Steered DNS sockets the old build's programs are un-steering: their
         replies reach the new programs once the old ones are gone."""
-        mine = bpf.Map(self.dns_socks.map_fd, ct.sizeof(self.dns_socks.Key),
-                       ct.sizeof(self.dns_socks.Leaf))
+        self._copy_map("dns_socks")
+
+    def _copy_map(self, name: str) -> None:
+        """Entries of an old build's pinned map of the same layout into ours
+        (the sessions' Unix refusals are not recomputed: by now the session's
+        own sockets are bound too)."""
+        t = self.bpf[name]
+        mine = bpf.Map(t.map_fd, ct.sizeof(t.Key), ct.sizeof(t.Leaf))
         for d in self._old:
-            info = bpf.pin_info(d / "dns_socks")
+            if not (d / name).exists():
+                continue
+            info = bpf.pin_info(d / name)
             if (info.get("bytes_key"), info.get("bytes_value")) != (mine.ksize, mine.vsize):
                 continue
-            old = bpf.Map(bpf.obj_get(d / "dns_socks"), mine.ksize, mine.vsize)
+            old = bpf.Map(bpf.obj_get(d / name), mine.ksize, mine.vsize)
             try:
                 for k in list(old.keys()):
                     v = old.lookup(k)
                     if v is not None:
                         mine.update(k, v)
             except OSError as e:
-                log.warning("copying %s: %s", d / "dns_socks", e)
+                log.warning("copying %s: %s", d / name, e)
             finally:
                 old.close()
 
@@ -306,7 +330,7 @@ class NetBpf(Backend):
         for f in self.pin_dir.glob(self._link_prefix() + "*"):
             f.unlink()
         try:
-            for name, atype in PROGRAMS + [SOCK_CREATE]:
+            for name, atype in self.programs():
                 ptype = BPF.CGROUP_SOCK if (name, atype) == SOCK_CREATE else BPF.CGROUP_SOCK_ADDR
                 fn = self.bpf.load_func(name, ptype, attach_type=atype)
                 self._prog_ids.add(bpf.prog_id(fn.fd))
@@ -319,6 +343,9 @@ class NetBpf(Backend):
             os.close(fd)
         gen = self.bpf["active_gen"]
         gen[gen.Key(0)] = gen.Leaf(self.generation)
+
+    def programs(self) -> list[tuple[str, int]]:
+        return PROGRAMS + [SOCK_CREATE] + (UNIX_PROGRAMS if self.unix_hooks else [])
 
     def _retire_links(self) -> None:
         """Every other generation's programs off the cgroup: unpinning a link
@@ -353,7 +380,7 @@ class NetBpf(Backend):
     def _attached_ids(cgroup_fd: int) -> list[tuple[int, int]]:
         """(attach type, program id) of every corral program attached here."""
         out = []
-        for atype in sorted({a for _, a in PROGRAMS + [SOCK_CREATE]}):
+        for atype in sorted({a for _, a in PROGRAMS + [SOCK_CREATE] + UNIX_PROGRAMS}):
             for pid in bpf.cgroup_programs(cgroup_fd, atype):
                 if (bpf.prog_name(pid) or "").startswith("corral_"):
                     out.append((atype, pid))
@@ -467,7 +494,38 @@ class NetBpf(Backend):
             leaf.rate_tokens = 400
             self.sessions[key] = leaf
 
+    # -- Unix sockets outside the session (bpf/net.c, CORRAL_UNIX_HOOKS) ----
+    def set_unix_refusals(self, cgid: int, paths: list[str]) -> int:
+        """Refuse connect/sendto to these exact absolute socket paths from the
+        session, with a record (the mount view's masks enforce every spelling).
+        Adds to what is there. -> entries written (0 without the hooks)."""
+        if not self.unix_hooks:
+            return 0
+        t = self.bpf["unix_deny"]
+        n = 0
+        for p in paths:
+            raw = os.fsencode(p)
+            if not raw.startswith(b"/") or len(raw) > UNIX_PATH_MAX:
+                continue        # such a name cannot be spelt absolutely in sun_path
+            k = t.Key()
+            k.cgid = cgid
+            k.path = raw            # a c_char array: assigning bytes copies them
+            t[k] = t.Leaf(abi.RULE_UNIX_FOREIGN)
+            n += 1
+        return n
+
+    def clear_unix_refusals(self, cgid: int) -> None:
+        if not self.unix_hooks:
+            return
+        t = self.bpf["unix_deny"]
+        for k in [k for k in t.keys() if k.cgid == cgid]:
+            try:
+                del t[k]
+            except KeyError:
+                pass
+
     def remove_session(self, cgid: int) -> None:
+        self.clear_unix_refusals(cgid)
         self.clear_rules(cgid)
         self._installed.pop(cgid, None)
         self._rules.pop(cgid, None)

@@ -113,50 +113,13 @@ def ensure_refusal_file() -> str:
     return path
 
 
-def _same_file(path: str, st) -> bool:
-    try:
-        o = os.stat(path)
-    except OSError:
-        return False
-    return (o.st_ino, o.st_dev) == (st.st_ino, st.st_dev)
-
-
 def foreign_sockets(fs: dict | None, unix: dict | None) -> dict:
-    """Which pathname sockets to mask: {"mask": [paths], "skipped": [why...]}.
-
-    Every socket bound on the host now is a socket of a process outside this
-    session (it has none yet), except the daemon's control socket, the policy's
-    unix.allow (matched by inode, whatever name the policy used) and the
-    denied-socket entries (masked anyway). A name that no longer leads to its
-    socket (renamed or unlinked since bind, or bound in another mount
-    namespace) is not reachable by that name here; a relative name is looked
-    up under the binder's cwd we cannot know: both are reported as skipped."""
+    """Which pathname sockets to mask: {"mask": [paths], "skipped": [why...]}:
+    every socket bound on the host now (unixdiag.foreign) but the daemon's
+    control socket and the policy's unix.allow, plus the denied-socket entries."""
     from corral import config
     from corral.kernel import unixdiag
-    allowed = []
-    for p in (unix or {}).get("allow") or []:
-        try:
-            allowed.append(os.stat(p))
-        except OSError:
-            pass        # not there now: nothing to let through
-    keep = [os.stat(str(config.SOCKET))] if os.path.exists(str(config.SOCKET)) else []
-    mask: list[str] = []
-    skipped: list[str] = []
-    for b in unixdiag.bound_sockets():
-        if not b.name.startswith("/"):
-            skipped.append(f"{b.name} (relative name)")
-            continue
-        try:
-            st = os.stat(b.name)
-        except OSError:
-            continue        # unlinked: unreachable by any name we could mask
-        if (st.st_ino, st.st_dev) != (b.ino, b.dev) or not stat.S_ISSOCK(st.st_mode):
-            skipped.append(f"{b.name} (the name leads elsewhere now)")
-            continue
-        if any((a.st_ino, a.st_dev) == (st.st_ino, st.st_dev) for a in allowed + keep):
-            continue
-        if b.name not in mask:
-            mask.append(b.name)
+    mask, skipped = unixdiag.foreign((unix or {}).get("allow") or [], [str(config.SOCKET)])
     for p in denied_sockets(fs):
         if p not in mask:
             mask.append(p)

@@ -22,11 +22,14 @@ KINDS = {EV_NET: "net", EV_FILE: "file", EV_DNS: "dns", EV_RATE: "rate"}
 
 # event.op for EV_NET
 OP_CONNECT4, OP_CONNECT6, OP_SENDMSG4, OP_SENDMSG6, OP_SOCKET = 1, 2, 3, 4, 5
+OP_UNIX_CONNECT, OP_UNIX_SENDMSG = 6, 7
 NET_OPS = {OP_CONNECT4: "connect", OP_CONNECT6: "connect", OP_SENDMSG4: "sendmsg",
-           OP_SENDMSG6: "sendmsg", OP_SOCKET: "socket"}
+           OP_SENDMSG6: "sendmsg", OP_SOCKET: "socket", OP_UNIX_CONNECT: "unix_connect",
+           OP_UNIX_SENDMSG: "unix_sendmsg"}
 
 # rule ids: >= RULE_USER are indexes into the session's compiled rule list
 RULE_DEFAULT_DENY, RULE_UNSPECIFIED, RULE_USER = 0, 1, 16
+RULE_UNIX_FOREIGN = 2
 
 # event rate limits (bpf/ratelimit.h)
 NET_RATE_PER_SEC, NET_RATE_BURST = 200, 400
@@ -42,15 +45,21 @@ FILE_OPS = {FOP_OPEN_READ: "open_read", FOP_OPEN_WRITE: "open_write", FOP_CREATE
             FOP_UNLINK: "unlink", FOP_RMDIR: "rmdir", FOP_RENAME_FROM: "rename_from",
             FOP_RENAME_TO: "rename_to", FOP_TRUNCATE: "truncate", FOP_SETATTR: "setattr",
             FOP_UNIX_CONNECT: "unix_connect", FOP_TOO_DEEP: "too_deep"}
+# the session boundary (issue 11, bpf/file_lsm.c)
+FOP_UNIX_SEND, FOP_SIGNAL, FOP_PTRACE, FOP_TRACEME, FOP_SETXATTR, FOP_REMOVEXATTR = 16, 17, 18, 19, 20, 21
+FILE_OPS.update({FOP_UNIX_SEND: "unix_send", FOP_SIGNAL: "signal", FOP_PTRACE: "ptrace",
+                 FOP_TRACEME: "traceme", FOP_SETXATTR: "setxattr", FOP_REMOVEXATTR: "removexattr"})
 
 # event.rule values for file denials that are not a user rule
 RULE_FILE_TOO_DEEP, RULE_FILE_HARDLINK, RULE_FILE_RACE, RULE_FILE_PROTECTED_ANCESTOR = 2, 3, 4, 5
+RULE_FILE_UNIX_FOREIGN, RULE_FILE_TASK_FOREIGN = 6, 7
 
 MAX_PORT_RANGES = 16
 
 # file rule bits (rule_val.bits)
 (RB_DENY_READ, RB_ALLOW_READ, RB_ALLOW_WRITE, RB_DENY_WRITE, RB_DENY_INODE, RB_ANCESTOR,
  RB_PSEUDO) = (1 << b for b in range(7))
+RB_UNIX_ALLOW = 1 << 7
 
 
 class SessionCfg(ct.Structure):

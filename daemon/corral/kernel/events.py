@@ -40,11 +40,14 @@ def decode(raw: bytes) -> dict:
         rec["op"] = NET_OPS.get(op, f"op{op}")
         if op == abi.OP_SOCKET:
             rec["target"] = f"protocol {port} (family {family})"
+        elif family == abi.AF_UNIX:
+            rec["target"] = _text(path)
         elif family == AF_INET6:
             rec["target"] = f"[{ipaddress.IPv6Address(addr)}]:{port}"
         else:
             rec["target"] = f"{ipaddress.IPv4Address(addr[:4])}:{port}"
-        rec["proto"] = "udp" if op in (abi.OP_SENDMSG4, abi.OP_SENDMSG6) else "tcp/udp"
+        rec["proto"] = ("unix" if family == abi.AF_UNIX else
+                        "udp" if op in (abi.OP_SENDMSG4, abi.OP_SENDMSG6) else "tcp/udp")
     elif kind == abi.EV_FILE:
         rec["op"] = FILE_OPS.get(op, f"op{op}")
         rec["target"] = _text(path)
@@ -70,6 +73,8 @@ def describe_file_rule(rule_id: int, rule: tuple[str, str] | None) -> str:
 def describe_rule(rule_id: int, rules: list[str]) -> str:
     if rule_id == RULE_DEFAULT_DENY:
         return "default-deny"
+    if rule_id == abi.RULE_UNIX_FOREIGN:
+        return "a Unix socket of a process outside the session (not in unix.allow)"
     idx = rule_id - RULE_USER
     if 0 <= idx < len(rules):
         return rules[idx]

@@ -92,3 +92,38 @@ def _parse(msg: bytes) -> BoundSocket | None:
         return None                     # abstract, unbound, or no socket file
     return BoundSocket(name=os.fsdecode(name.rstrip(b"\0")), ino=vfs[0], dev=_kdev_to_st(vfs[1]),
                        type=typ, sock_ino=sock_ino)
+
+
+def foreign(allow: list[str] = (), keep: list[str] = ()) -> tuple[list[str], list[str]]:
+    """(names, skipped) of the sockets bound now that a new session may not
+    reach: all of them (it has none yet) but those whose socket file is one of
+    `allow` or `keep` (matched by inode, whatever name they were given as).
+
+    A name that no longer leads to its socket (renamed or unlinked since bind,
+    or bound in another mount namespace) is not reachable by that name; a
+    relative name was looked up under a cwd we cannot know: those come back in
+    `skipped`, with the reason."""
+    import stat as _stat
+    exempt = set()
+    for p in list(allow) + list(keep):
+        try:
+            st = os.stat(p)
+            exempt.add((st.st_ino, st.st_dev))
+        except OSError:
+            pass        # not there now: nothing to let through
+    names: list[str] = []
+    skipped: list[str] = []
+    for b in bound_sockets():
+        if not b.name.startswith("/"):
+            skipped.append(f"{b.name} (relative name)")
+            continue
+        try:
+            st = os.stat(b.name)
+        except OSError:
+            continue        # unlinked: no name reaches it
+        if (st.st_ino, st.st_dev) != (b.ino, b.dev) or not _stat.S_ISSOCK(st.st_mode):
+            skipped.append(f"{b.name} (the name leads elsewhere now)")
+            continue
+        if (st.st_ino, st.st_dev) not in exempt and b.name not in names:
+            names.append(b.name)
+    return names, skipped

@@ -397,7 +397,7 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root",
         raise PolicyError("allow_system_write: expected true or false")
     # Structure, then counts and lengths, then parsing.
     net = _section(policy, "network", NET_LIST_KEYS + (UNIX_KEY,))
-    ux = _section(policy, "unix", ("allow",))
+    _section(policy, "unix", ("allow",))          # shape only: _unix_lists reads it
     fs = _section(policy, "filesystem", FS_KEYS, FS_FLAG_KEYS)
     sc = policy.get("syscalls") or {}
     if not isinstance(sc, dict) or set(sc) - {"deny"} or not isinstance(sc.get("deny") or [], list):

@@ -63,6 +63,7 @@ def report() -> dict:
                    else ("landlock" if ll["active"] else "none"),
     }
     rep["seccomp"] = {"active": feats["seccomp"]["active"]}
+    rep["boundary"] = boundary(rep, daemon)
     try:
         from corral.kernel import native
         native.load()
@@ -79,6 +80,68 @@ def report() -> dict:
                              "(live updates apply to new sessions only); hard links that "
                              "existed before the session can expose a denied file")
     return rep
+
+
+def _mount_view() -> tuple[bool, str]:
+    """Whether `corral run` can build the session's mount view here."""
+    if os.geteuid() == 0:
+        return True, "private mount namespace (root)"
+    try:
+        with open("/proc/sys/kernel/unprivileged_userns_clone") as fh:
+            if fh.read().strip() == "0":
+                return False, "not root and unprivileged user namespaces are off"
+    except OSError:
+        pass
+    return True, "private user+mount namespace"
+
+
+def boundary(rep: dict, daemon: dict | None) -> dict:
+    """Which layer covers each part of the session boundary (issue 11), from
+    what was probed: never a layer the kernel did not accept."""
+    lsm = rep["filesystem"]["backend"] == "bpf-lsm"
+    abi = rep["filesystem"]["landlock"]["abi"] if rep["filesystem"]["landlock"]["active"] else 0
+    mv_ok, mv_why = _mount_view()
+    hooks = bool((daemon or {}).get("network", {}).get("unix_hooks"))
+    cg = rep.get("cgroup2", "")
+    from corral.config import CGROUP_NAME
+    # The root cgroup has no cgroup.kill; corral's own (a child of it) does.
+    kill_ok = cg.startswith("/") and os.path.exists(os.path.join(cg, CGROUP_NAME, "cgroup.kill"))
+
+    def item(active: bool, by: str, why: str = "") -> dict:
+        return {"active": active, "by": by if active else "none", "why": why}
+
+    out = {}
+    if lsm:
+        out["unix_sockets"] = item(True, "bpf-lsm", "the peer socket's owner cgroup, every "
+                                   "spelling and abstract names included")
+    elif mv_ok:
+        out["unix_sockets"] = item(True, "mount view" + (" + cgroup connect_unix" if hooks else ""),
+                                   "sockets bound outside the session before it started are "
+                                   "masked (EACCES, any spelling)" +
+                                   ("; their exact paths are refused with EPERM and a record"
+                                    if hooks else "; refusals have no records of their own "
+                                    "(kernel < 6.7: no connect_unix hook)") +
+                                   "; a socket bound outside after the session started is "
+                                   "not masked")
+    else:
+        out["unix_sockets"] = item(False, "", mv_why)
+    scoped = abi >= 6
+    out["abstract_sockets"] = item(lsm or scoped, "bpf-lsm" if lsm else f"landlock ABI {abi} scope",
+                                   "" if (lsm or scoped) else f"Landlock ABI {abi} < 6 and no BPF LSM")
+    out["signals"] = item(lsm or scoped, "bpf-lsm" if lsm else f"landlock ABI {abi} scope",
+                          "" if (lsm or scoped) else f"Landlock ABI {abi} < 6 and no BPF LSM")
+    out["ptrace"] = item(lsm or abi > 0, "bpf-lsm" if lsm else "landlock",
+                         "ptrace, /proc/<pid>/mem, environ, root of processes outside")
+    if lsm:
+        out["metadata"] = item(True, "bpf-lsm", "chmod, chown, utimes, xattrs, truncate by object")
+    else:
+        out["metadata"] = item(mv_ok, "read-only mount view",
+                               "chmod, chown, utimes, xattrs, truncate outside allow_write: EROFS"
+                               if mv_ok else mv_why)
+    out["lifecycle"] = item(kill_ok, "cgroup.kill", "what is left when the command exits is "
+                            "killed (corral run --keep-running keeps it)" if kill_ok
+                            else "no cgroup.kill (kernel < 5.14)")
+    return out
 
 
 def _mark(d: dict) -> str:
@@ -111,6 +174,12 @@ def render(rep: dict) -> str:
         f"dns         {_mark(rep['dns'])} {rep['dns'].get('why') or rep['dns'].get('upstream', '')}",
         f"peer id     {_mark(rep['peer_identity'])} {rep['peer_identity']['why']}",
         _log_line(rep["audit_log"]),
+        "session boundary:",
+    ]
+    for name, b in rep["boundary"].items():
+        what = ": ".join(x for x in (b["by"] if b["active"] else "", b["why"]) if x)
+        lines.append(f"  {name:16} {_mark(b)} {what}")
+    lines += [
         "limits:",
     ]
     lines += [f"  - {x}" for x in rep["limits"]]

@@ -404,7 +404,8 @@ def test_refused_connect_is_audited_with_the_socket_path(daemon, foreign):
         verdict = str(r.get("verdict", "")).lower()
         return path in json.dumps(r) and verdict in ("deny", "denied", "refused", "refuse",
                                                      "block", "blocked")
-    daemon.wait_record(matches, timeout=10)
+    rec = daemon.wait_record(matches, timeout=10)
+    print(f"audit record: {rec}")
 
 
 # -- 4. the session's own sockets --------------------------------------------------------

@@ -228,7 +228,7 @@ def _read_only_view(roots: list[str]) -> list[str]:
 
 
 def apply(fs: dict | None, unix: dict | None = None, *, read_only_view: bool = True,
-          mask_sockets: bool = True) -> dict:
+          mask_sockets: bool = True, allow_weaker: bool = False) -> dict:
     """Build the session's mount view (module docstring). Returns what was done
     and the file policy Landlock still has to enforce (deny_write entries made
     read-only here are removed).
@@ -240,6 +240,12 @@ def apply(fs: dict | None, unix: dict | None = None, *, read_only_view: bool = T
     socks = foreign_sockets(fs, unix) if mask_sockets else {"mask": denied_sockets(fs),
                                                               "skipped": []}
     masked = socks["mask"]
+    linked = [x for x in socks["skipped"] if "hard-linked" in x]
+    if linked and not allow_weaker:
+        raise MountGuardError(
+            "a Unix socket of a process outside the session has another name (a hard link) "
+            "that cannot be found to be masked: " + "; ".join(linked) + ". Remove the extra "
+            "link, or start with --allow-weaker to accept that the other name stays reachable")
     roots = writable_roots(fs) if (read_only_view and fs is not None) else []
     ro_view = bool(roots) and "/" not in roots
     if not ro and not masked and not ro_view:

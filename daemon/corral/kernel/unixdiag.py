@@ -126,4 +126,8 @@ def foreign(allow: list[str] = (), keep: list[str] = ()) -> tuple[list[str], lis
             continue
         if (st.st_ino, st.st_dev) not in exempt and b.name not in names:
             names.append(b.name)
+            if st.st_nlink > 1:
+                # Another name (a hard link its owner made) reaches the same
+                # socket, and nothing tells us where it is.
+                skipped.append(f"{b.name} (hard-linked: {st.st_nlink - 1} other name(s))")
     return names, skipped

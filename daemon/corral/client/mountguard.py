@@ -193,6 +193,36 @@ def _bind(path: str, readonly: bool) -> None:
         _mount(None, path, MS_BIND | MS_REMOUNT | MS_RDONLY | keep, f"read-only {path}")
 
 
+def read_masks(fs: dict | None) -> list[str]:
+    """deny_read paths the mount view hides: those that exist (not symlinks:
+    the canonical path is the object), outermost, without an allow_read
+    exception inside (Landlock keeps those: a mask would hide the exception)."""
+    from corral.kernel.mountinfo import outermost
+    fs = fs or {}
+    allow = fs.get("allow_read") or []
+    out = []
+    for p in sorted(fs.get("deny_read") or [], key=len):
+        if not os.path.lexists(p) or os.path.islink(p) or stat.S_ISSOCK(os.lstat(p).st_mode):
+            continue            # missing (Landlock), or a socket (masked as one)
+        if any(under(a, p) for a in allow):
+            continue
+        out.append(p)
+    return outermost(out)
+
+
+def _mask_read(p: str, refusal: str) -> None:
+    """An empty, read-only, mode-0000 mount over a denied path: nothing under it
+    is reachable by any name through it, nothing created in it later either, and
+    it cannot be renamed or removed (EBUSY)."""
+    flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+    if os.path.isdir(p):
+        _check(_libc.mount(b"corral-denied", p.encode(), b"tmpfs", ctypes.c_ulong(flags),
+                           b"mode=000,size=4k,nr_inodes=1"), f"mask {p}")
+    else:
+        _mount(refusal, p, MS_BIND, f"mask {p}")
+        _mount(None, p, MS_BIND | MS_REMOUNT | flags, f"read-only mask {p}")
+
+
 def writable_roots(fs: dict | None) -> list[str]:
     """The allow_write trees that exist, outermost first, none inside another."""
     from corral.kernel.mountinfo import outermost
@@ -248,11 +278,12 @@ def apply(fs: dict | None, unix: dict | None = None, *, read_only_view: bool = T
             "link, or start with --allow-weaker to accept that the other name stays reachable")
     roots = writable_roots(fs) if (read_only_view and fs is not None) else []
     ro_view = bool(roots) and "/" not in roots
-    if not ro and not masked and not ro_view:
+    hidden = read_masks(fs) if read_only_view else []
+    if not ro and not masked and not ro_view and not hidden:
         return {"mountguard": False, "policy": fs, "masked_sockets": [],
                 "sockets_skipped": socks["skipped"]}
     refusal = ensure_refusal_file() if os.geteuid() == 0 else refusal_file()
-    if masked and not os.path.exists(refusal):
+    if (masked or hidden) and not os.path.exists(refusal):
         raise MountGuardError(f"{refusal} is missing: corrald creates it at start; is this "
                               "corral run talking to a corrald of another installation?")
     how = _enter_namespace()
@@ -264,6 +295,8 @@ def apply(fs: dict | None, unix: dict | None = None, *, read_only_view: bool = T
         _bind(d, readonly=False)
     for p in ro:
         _bind(p, readonly=True)
+    for p in hidden:
+        _mask_read(p, refusal)
     for p in masked:
         _mount(refusal, p, MS_BIND, f"mask socket {p}")
         _mount(None, p, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
@@ -275,6 +308,11 @@ def apply(fs: dict | None, unix: dict | None = None, *, read_only_view: bool = T
     if rest is not None:
         rest["deny_write"] = [p for p in fs.get("deny_write") or []
                               if p not in done and not any(under(p, r) for r in done)]
+        # Hidden by a mask: Landlock need not refuse them, so it grants their
+        # parents whole (files created there later stay readable).
+        rest["deny_read"] = [p for p in fs.get("deny_read") or []
+                             if not any(under(p, h) for h in hidden)]
     return {"mountguard": True, "namespace": how, "read_only": ro, "pinned": pins,
             "read_only_view": ro_view, "writable": roots if ro_view else [],
+            "hidden": hidden,
             "masked_sockets": masked, "sockets_skipped": socks["skipped"], "policy": rest}

@@ -51,6 +51,49 @@ def caller_home() -> str:
         return os.path.expanduser("~")
 
 
+def caller_homes() -> list[str]:
+    """Every home "~" must cover for this process: $HOME (what the agent's tools
+    use: ~/.ssh is $HOME/.ssh to ssh, git, the agent) and the passwd entry's
+    (what `su`, cron and the daemon see), once each when they are the same."""
+    out = []
+    env = os.environ.get("HOME")
+    if env and os.path.isabs(env) and ".." not in env.split("/"):
+        out.append(os.path.realpath(env))
+    pw = os.path.realpath(caller_home())
+    if pw not in out:
+        out.append(pw)
+    return out
+
+
+def expand_homes(policy: dict, homes: list[str]) -> dict:
+    """The policy with each "~" path of its filesystem and unix lists written out
+    once per home (the first home first). Other entries are left as they are."""
+    if len(homes) < 2:
+        return policy
+    out = dict(policy)
+
+    def each(lst):
+        res = []
+        for p in lst or []:
+            if isinstance(p, str) and (p == "~" or p.startswith("~/")):
+                for h in homes:
+                    x = h + p[1:]
+                    if x not in res:
+                        res.append(x)
+            elif p not in res:
+                res.append(p)
+        return res
+
+    fs = out.get("filesystem")
+    if isinstance(fs, dict):
+        out["filesystem"] = {k: (each(v) if k in FS_KEYS else v) for k, v in fs.items()}
+    for sec, key in (("unix", "allow"), ("network", "allow_unix")):
+        s = out.get(sec)
+        if isinstance(s, dict) and key in s:
+            out[sec] = dict(s, **{key: each(s[key])})
+    return out
+
+
 def canonical(p, what: str = "file policy") -> str:
     """An absolute path as a backend keys it: normalised, one leading "/".
     The policy's paths already are (expand_path); a backend's own (devices,

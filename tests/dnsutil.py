@@ -19,6 +19,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from harness import ppid
+
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 
 
@@ -171,7 +173,8 @@ class Background:
                 raise RuntimeError(f"corral run failed: {self.proc.stderr.read().decode()}")
             with daemon.client() as c:
                 for s in c.call("list_sessions"):
-                    if s["leader_pid"] == self.proc.pid and self.proc.pid in s["pids"]:
+                    # The session leader is the command: `corral run`'s child.
+                    if ppid(s["leader_pid"]) == self.proc.pid and s["leader_pid"] in s["pids"]:
                         self.session = s
             time.sleep(0.05)
         if self.session is None:

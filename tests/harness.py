@@ -147,6 +147,16 @@ def new_tmp(name: str) -> Path:
     return tmp
 
 
+def ppid(pid: int) -> int | None:
+    """The parent of a process (None if it is gone). A `corral run` command, the
+    session's leader, is the child of the `corral run` that waits for it."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def make_daemon(name: str, extra_args=(), extra_env=None, bin_dir: Path = BIN) -> Daemon:
     """A new private instance named NAME-PID (not started)."""
     return Daemon(f"{name}-{os.getpid()}", new_tmp(name), extra_args, extra_env, bin_dir)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from harness import ppid
+
 HOME = Path(pwd.getpwuid(os.getuid()).pw_dir)
 
 PROBE = r"""
@@ -113,7 +115,8 @@ def run_probe(daemon, base, proj, policy, tag, *flags):
     deadline = time.monotonic() + 20
     while True:
         with daemon.client() as c:
-            if any(s["leader_pid"] == proc.pid for s in c.call("list_sessions")):
+            # The session leader is the command: `corral run`'s child.
+            if any(ppid(s["leader_pid"]) == proc.pid for s in c.call("list_sessions")):
                 break
         if proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(proc.communicate(timeout=5))

@@ -130,15 +130,20 @@ def cmd_run(args) -> int:
         from corral.client import confine, landlock
     except ImportError as e:
         die(f"{e}", 1)
+    # The parent waits outside the session and ends it when the command exits
+    # (client/supervise.py); this child goes on: it becomes the session's leader.
+    from corral.client import supervise
+    report_session = supervise.start(keep_running=args.keep_running)
     try:
         c = Client()
-        session = c.call("register_session", policy=policy)
+        session = c.call("register_session", policy=policy, keep_running=args.keep_running)
     except DaemonNotRunning as e:
         die(e.message)
     except CorralError as e:
         die(f"cannot start session: {e.message}")
     c.close()
     sid = session["id"]
+    report_session(sid)         # before confinement closes inherited descriptors
     if session["enforcement"].get("filesystem") != "bpf-lsm":
         try:
             landlock.file_policy_decision(session["policy"].get("filesystem"), args.allow_weaker)
@@ -190,6 +195,9 @@ def cmd_run(args) -> int:
               " (create them before the session, or see `corral policy show mandatory`)",
               file=sys.stderr)
     os.environ["CORRAL_SESSION"] = sid
+    import signal
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):    # Python ignores them; the command must not
+        signal.signal(sig, signal.SIG_DFL)
     try:
         os.execvp(args.cmd[0], args.cmd)
     except OSError as e:
@@ -226,10 +234,13 @@ def cmd_ps(args) -> int:
         for s in sessions:
             print(json.dumps(s))
         return 0
-    print(f"{'SESSION':10} {'UID':>5} {'AGE':>7} {'PIDS':16} POLICY")
+    print(f"{'SESSION':10} {'UID':>5} {'AGE':>7} {'LEADER':>8} {'KEEP':4} {'PIDS':16} POLICY")
     for s in sessions:
         age = f"{time.time() - s['created']:.0f}s"
         pids = ",".join(map(str, s["pids"][:4])) + ("…" if len(s["pids"]) > 4 else "")
+        # A keep-running session outlives its command: "exited" is its leader.
+        leader = str(s["leader_pid"]) if s.get("leader_alive") else "exited"
+        keep = "yes" if s.get("keep_running") else "-"
         pol_desc = []
         p = s["policy"]
         if p.get("network") is not None:
@@ -238,17 +249,23 @@ def cmd_ps(args) -> int:
         if p.get("filesystem") is not None:
             f = p["filesystem"]
             pol_desc.append(f"fs write={f['allow_write']} deny_read={len(f['deny_read'])} paths")
-        print(f"{s['id']:10} {s['owner_uid']:>5} {age:>7} {pids:16} {'; '.join(pol_desc) or 'unrestricted'}")
+        print(f"{s['id']:10} {s['owner_uid']:>5} {age:>7} {leader:>8} {keep:4} {pids:16} "
+              f"{'; '.join(pol_desc) or 'unrestricted'}")
     return 0
 
 
 def cmd_end(args) -> int:
     with _client() as c:
         try:
-            c.call("end_session", session=args.session)
+            res = c.call("end_session", session=args.session)
         except CorralError as e:
             die(e.message)
-    print(f"session {args.session} ended")
+    n = res.get("killed", 0) if isinstance(res, dict) else 0
+    msg = f"session {args.session} ended: {n} process{'' if n == 1 else 'es'} killed"
+    left = res.get("remaining", 0) if isinstance(res, dict) else 0
+    if left:
+        msg += f" ({left} still exiting)"
+    print(msg)
     return 0
 
 
@@ -289,6 +306,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                      help="start even if a file policy cannot be fully enforced here")
     run.add_argument("--keep-caps", action="store_true",
                      help="do not drop capabilities (root agents keep root powers)")
+    run.add_argument("--keep-running", action="store_true",
+                     help="let the session outlive the command: what it leaves running (a "
+                          "daemon) stays until it exits or `corral end` (default: when the "
+                          "command exits, everything left in its session is killed)")
     run.add_argument("-v", "--verbose", action="store_true")
     run.add_argument("cmd", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)

@@ -71,36 +71,77 @@ def pids(path: Path) -> list[int]:
         return []
 
 
-def populated(path: Path) -> bool:
+def tree_pids(path: Path) -> list[int]:
+    """The processes in the cgroup and in every cgroup below it."""
+    out: list[int] = []
+    for d, _, _ in os.walk(path):
+        out += pids(Path(d))
+    return out
+
+
+def events(path: Path) -> dict[str, str]:
+    """cgroup.events as a map ("populated", "frozen"); {} if the cgroup is gone."""
     try:
         with open(path / "cgroup.events") as fh:
-            for line in fh:
-                k, _, v = line.partition(" ")
-                if k == "populated":
-                    return v.strip() == "1"
+            return dict(line.split(None, 1) for line in fh.read().splitlines() if " " in line)
     except FileNotFoundError:
+        return {}
+
+
+def populated(path: Path) -> bool:
+    return events(path).get("populated", "0").strip() == "1"
+
+
+def _wait(cond, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while not cond():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+    return True
+
+
+def freeze(path: Path, frozen: bool = True, timeout: float = 0.5) -> bool:
+    """Freeze (or thaw) every process in the cgroup's tree (cgroup.freeze, 5.2+):
+    a frozen process cannot fork, so what is counted is what gets killed. True
+    once the kernel reports the tree frozen (thawing: once asked); False if this
+    kernel cannot freeze or it did not finish within `timeout` (a process in
+    uninterruptible sleep)."""
+    try:
+        with open(path / "cgroup.freeze", "w") as fh:
+            fh.write("1" if frozen else "0")
+    except OSError:
         return False
-    return False
+    if not frozen:
+        return True
+    return _wait(lambda: events(path).get("frozen", "1").strip() == "1", timeout)
 
 
-def kill(path: Path) -> None:
-    """Kill every process in the cgroup (cgroup.kill, else SIGKILL each pid)."""
+def kill(path: Path, timeout: float = 2.0) -> int:
+    """Kill every process in the cgroup's tree (cgroup.kill, 5.14+, else SIGKILL
+    each pid) and wait until the kernel says it is empty (populated 0), at most
+    `timeout` s. Returns how many processes are still there (0: empty). Frozen
+    processes die too (a fatal signal gets through the freezer)."""
     try:
         with open(path / "cgroup.kill", "w") as fh:
             fh.write("1")
-        return
     except FileNotFoundError:
-        pass
-    for _ in range(50):
-        ps = pids(path)
-        if not ps:
-            return
-        for pid in ps:
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.02)
+        if not path.is_dir():
+            return 0
+
+        def sigkill_all() -> bool:
+            ps = tree_pids(path)
+            for pid in ps:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+            return not ps
+        _wait(sigkill_all, timeout)
+    _wait(lambda: not populated(path), timeout)
+    return len(tree_pids(path)) if populated(path) else 0
 
 
 def remove(path: Path, timeout: float = 2.0) -> None:

@@ -186,7 +186,7 @@ def validate(data: dict, src: _Src) -> dict:
             if not isinstance(val, str):
                 raise src.err(None, "description", "expected a string")
             continue
-        if top not in ("filesystem", "network", "syscalls", "unix"):
+        if top not in ("filesystem", "network", "syscalls", "unix", "env"):
             raise src.err(None, top, f"unknown key {top!r}: expected [filesystem], [network], "
                                      "[syscalls] (or description)") if not isinstance(val, dict) else \
                 src.err(top, None, f"unknown section [{top}]: expected [filesystem], [network], [syscalls]")
@@ -241,6 +241,18 @@ def validate(data: dict, src: _Src) -> dict:
                         raise src.err("network", k, f"{x!r}: {e}", x) from None
             o[k] = list(items)
         out["network"] = o
+    env = data.get("env")
+    if env is not None:
+        for k in env:
+            if k != "pass":
+                raise src.err("env", k, f"unknown key {k!r}: the only key is pass = [names]")
+        from corral.policy.env import check_names
+        names = _list(src, "env", "pass", env.get("pass", []))
+        try:
+            check_names(names)
+        except ValueError as e:
+            raise src.err("env", "pass", str(e)) from None
+        out["env"] = {"pass": list(names)}
     ux = data.get("unix")
     if ux is not None:
         for k in ux:

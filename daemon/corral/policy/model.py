@@ -8,6 +8,7 @@
                             "allow_system_write": bool},          # input only, see below
       "syscalls":   {"deny": [name]},
       "unix":       {"allow": [socket path]},                     # normalize() output
+      "env":        {"pass": [variable name]},                    # normalize() output
       "allow_system_write": bool,                                 # normalize() output
     }
 
@@ -308,6 +309,9 @@ def check_limits(policy: dict, err=None, protected=()) -> None:
                     raise err("filesystem", key, f"path {_short(p)} is "
                                                  f"{len(p.encode('utf-8', 'surrogatepass'))} bytes: "
                                                  f"more than the limit of {MAX_PATH_BYTES - 1} (PATH_MAX)")
+    env = policy.get("env")
+    if isinstance(env, dict) and _n(env.get("pass")) > MAX_PATHS:
+        raise err("env", "pass", f"{len(env['pass'])} names: more than the limit of {MAX_PATHS}")
     for section, key, v in _unix_lists(policy):
         if _n(v) > MAX_PATHS:
             raise err(section, key, f"{len(v)} sockets: more than the limit of {MAX_PATHS}")
@@ -387,17 +391,19 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root",
     if not isinstance(policy, dict):
         raise PolicyError(f"policy must be a map of sections, not {type(policy).__name__}")
     policy = dict(policy)
-    unknown = set(policy) - {"network", "filesystem", "syscalls", "unix", "allow_system_write"}
+    unknown = set(policy) - {"network", "filesystem", "syscalls", "unix", "env",
+                             "allow_system_write"}
     if unknown:
         shown = sorted(_short(u, 40) for u in unknown)
         raise PolicyError(f"unknown policy section(s) [{', '.join(shown[:5])}"
                           f"{' ...' if len(shown) > 5 else ''}]: expected network, filesystem, "
-                          "syscalls, unix")
+                          "syscalls, unix, env")
     if not isinstance(policy.get("allow_system_write", False), bool):
         raise PolicyError("allow_system_write: expected true or false")
     # Structure, then counts and lengths, then parsing.
     net = _section(policy, "network", NET_LIST_KEYS + (UNIX_KEY,))
     _section(policy, "unix", ("allow",))          # shape only: _unix_lists reads it
+    env = _section(policy, "env", ("pass",))
     fs = _section(policy, "filesystem", FS_KEYS, FS_FLAG_KEYS)
     sc = policy.get("syscalls") or {}
     if not isinstance(sc, dict) or set(sc) - {"deny"} or not isinstance(sc.get("deny") or [], list):
@@ -405,7 +411,13 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root",
     check_limits(policy, protected=frozenset(protected_write))
 
     out: dict = {"network": None, "filesystem": None, "syscalls": {"deny": []},
-                 "unix": {"allow": []}, "allow_system_write": False}
+                 "unix": {"allow": []}, "env": {"pass": []}, "allow_system_write": False}
+    if env is not None:
+        from corral.policy.env import check_names
+        try:
+            out["env"]["pass"] = sorted(check_names(env.get("pass")))
+        except ValueError as e:
+            raise PolicyError(str(e)) from None
     sockets = set()
     for section, key, v in _unix_lists(policy):
         for p in v or []:
@@ -518,6 +530,10 @@ def narrowing_violations(old: dict, new: dict) -> list[str]:
     for s in (old.get("syscalls") or {}).get("deny", []):
         if s not in (new.get("syscalls") or {}).get("deny", []):
             why.append(f"no longer denies syscall {s}")
+    old_env = set((old.get("env") or {}).get("pass") or [])
+    for n in (new.get("env") or {}).get("pass") or []:
+        if n not in old_env:
+            why.append(f"passes the environment variable {n} which the current policy does not")
     old_unix = set((old.get("unix") or {}).get("allow") or [])
     for p in (new.get("unix") or {}).get("allow") or []:
         if p not in old_unix:

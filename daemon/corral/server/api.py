@@ -33,7 +33,7 @@ class Services:
     """What the API uses of the daemon, and nothing more."""
     sessions: object                          # server.sessions.SessionTable
     audit: Callable[..., dict]                # audit(record, must=False) -> stored record
-    end_session: Callable[..., None]          # end_session(session, why, must=True)
+    end_session: Callable[..., dict]          # end_session(session, why, must=, reason=) -> counts
     status: Callable[[], dict]                # version, features, audit log state
 
 
@@ -182,6 +182,9 @@ class Api:
         parent = caller.session
         if caller.confined and parent is None:
             self._refuse(conn, "start a session from a corral cgroup with no live session")
+        keep_running = req.get("keep_running", False)
+        if not isinstance(keep_running, bool):
+            raise ProtocolError(P.E_BAD_REQUEST, "'keep_running' must be true or false")
         policy = self._normalize(conn, req.get("policy"))
         if parent is not None:
             why = pol.narrowing_violations(parent.policy, policy)
@@ -192,14 +195,15 @@ class Api:
         self._check_user_limits(conn, uid, policy)
         try:
             s = self.sessions.prepare(policy, uid, conn.peer.gid,
-                                        parent.id if parent else None, conn.peer.pid)
+                                        parent.id if parent else None, conn.peer.pid,
+                                        keep_running=keep_running)
         except pol.PolicyError as e:
             raise ProtocolError(P.E_BAD_POLICY, str(e)) from None
         try:
             self._log_first({"kind": "session", "op": "start", "verdict": "info", "session": s.id,
                              "pid": conn.peer.pid, "uid": uid, "target": s.cgroup,
                              "cgid": s.cgid, "policy": s.policy, "enforcement": s.enforcement,
-                             "rule": "", "parent": s.parent})
+                             "rule": "", "parent": s.parent, "keep_running": keep_running})
             self.sessions.admit(s, conn.peer)
         except BaseException as e:
             self.sessions.discard(s)
@@ -282,13 +286,46 @@ class Api:
         return s.public()
 
     def op_end_session(self, conn, req):
-        s, _ = self._target(conn, req)
+        """End a session and kill what is left in it; answered once its cgroup is
+        empty, with how many processes were killed.
+
+        A session whose leader has exited and that does not keep running is one
+        the daemon ends on its own (housekeeping); asking only makes that happen
+        now: `corral run` does, after its command exits, so it returns after the
+        leftovers are gone. The session's parent session may ask that too. Any
+        other end is a change: logged first, refused if the log cannot take it."""
+        caller = self._caller(conn)
+        note = self._reason(req)
+        who = f"pid {conn.peer.pid} uid {conn.peer.uid}"
+        s = self._ended_child(conn, caller, req.get("session"))
+        if s is None:
+            s, _ = self._target(conn, req, caller)
+        if not s.keep_running and not s.leader_alive():
+            return self.end_session(s, f"command exited ({note or 'leader gone'}; asked by {who})",
+                                    reason="command exited")
         try:
-            self.end_session(s, f"ended by pid {conn.peer.pid} uid {conn.peer.uid}", must=True)
+            return self.end_session(s, f"ended by {who}" + (f": {note}" if note else ""),
+                                    must=True, reason="corral end")
         except LogUnavailable as e:
             raise ProtocolError(P.E_LOG, f"refused: the session was not ended because its audit "
                                          f"record could not be written: {e}") from None
-        return True
+
+    def _ended_child(self, conn, caller: Caller, sid):
+        """For a caller inside a session: `sid` if it is a session started from
+        the caller's whose leader has exited (ending it is the daemon's own
+        rule, see op_end_session); not_found if such a child already ended;
+        else None (the usual authority applies)."""
+        if caller.session is None or not isinstance(sid, str) or sid == caller.session.id:
+            return None
+        s = self.sessions.by_id.get(sid)
+        if s is not None:
+            if s.parent == caller.session.id and not s.keep_running and not s.leader_alive():
+                return s
+            return None
+        ended = self.sessions.recently_ended.get(sid)
+        if ended is not None and ended[1] == caller.session.id:
+            raise ProtocolError(P.E_NOT_FOUND, f"session {sid!r} has already ended")
+        return None
 
     def op_subscribe_events(self, conn, req):
         caller = self._caller(conn)

@@ -292,8 +292,15 @@ class Daemon:
     def _reap(self) -> None:
         for s in self.sessions.ended():
             try:
-                self.end_session(s, "cgroup empty", kill=False)
+                self.end_session(s, "cgroup empty", kill=False, reason="cgroup empty")
             except Exception as e:      # the next session still gets cleaned up
+                self._step_failed(f"end session {s.id}", e)
+        # A session ends with its command (unless keep_running), even if the
+        # `corral run` that waited for it was killed and cannot ask.
+        for s in self.sessions.leaders_gone():
+            try:
+                self.end_session(s, f"leader pid {s.leader_pid} exited", reason="leader exited")
+            except Exception as e:
                 self._step_failed(f"end session {s.id}", e)
 
     def _flush_refusals(self) -> None:
@@ -330,20 +337,42 @@ class Daemon:
             await asyncio.sleep(delay)
             delay = 0.5 if time.monotonic() - started > 60 else min(delay * 2, 30)
 
-    def end_session(self, s, why: str, kill: bool = True, must: bool = False) -> None:
-        """End a session. Asked for (must=True): logged first, refused if the log
-        cannot take it. Found empty by the watcher: cleaned up whatever the log says."""
+    def end_session(self, s, why: str, kill: bool = True, must: bool = False,
+                    reason: str | None = None) -> dict:
+        """End a session: kill what is left in it (kill=True), wait until its
+        cgroup is empty (bounded), remove it. Asked for (must=True): logged first,
+        with the count of processes about to be killed (frozen meanwhile, so the
+        count is exact), and refused if the log cannot take it. The daemon's own
+        ends (cgroup empty, leader exited) are logged when done, whatever the log
+        says. Returns {"killed": N, "remaining": M} (M: still exiting after the wait)."""
+        killed = self.sessions.hold(s) if kill else 0
         rec = {"kind": "session", "op": "end", "verdict": "info", "session": s.id,
-               "target": s.cgroup, "rule": why, "uid": s.owner_uid}
+               "target": s.cgroup, "rule": why, "uid": s.owner_uid,
+               "reason": reason or why, "killed": killed, "keep_running": s.keep_running}
         if must:
-            rec = self.audit(rec, must=True)
+            try:
+                rec = self.audit(rec, must=True)
+            except BaseException:
+                if kill:
+                    self.sessions.release(s)
+                raise
         now = time.monotonic()
         self._ended = {k: v for k, v in self._ended.items() if v[0] > now - 60}
         file_rules = self.filelsm.snapshot(s.cgid) if self.filelsm is not None else None
         self._ended[s.cgid] = (now, s.id, self.net.snapshot(s.cgid), file_rules)
-        self.sessions.end(s, kill=kill)
+        left = self.sessions.end(s, kill=kill)
         if not must:
+            if left:
+                rec["remaining"] = left
             self.audit(rec)
+        elif left:
+            self.audit({"kind": "session", "op": "end_incomplete", "verdict": "warn",
+                        "session": s.id, "target": s.cgroup, "uid": s.owner_uid,
+                        "remaining": left, "rule": f"{left} process(es) still in the cgroup "
+                        "after SIGKILL and the wait (uninterruptible sleep?)"})
+        log.info("session %s ended (%s): %d process(es) killed%s", s.id, reason or why, killed,
+                 f", {left} still exiting" if left else "")
+        return {"session": s.id, "killed": killed, "remaining": left}
 
     # -- run ---------------------------------------------------------------
     async def serve(self) -> None:
@@ -382,7 +411,7 @@ class Daemon:
         pump.join(timeout=2)
         if self.args.end_sessions_on_exit:
             for s in list(self.sessions.by_id.values()):
-                self.end_session(s, "daemon stopping")
+                self.end_session(s, "daemon stopping", reason="daemon stopping")
         # Otherwise sessions stay confined: programs stay attached, maps stay
         # pinned, and the next daemon re-adopts them.
         self.audit({"kind": "daemon", "op": "stop", "verdict": "info", "target": "", "rule": ""})

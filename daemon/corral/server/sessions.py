@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import secrets
+import select
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,10 +38,25 @@ class Session:
     # Addresses learned from allowed DNS answers: [rule text, expiry epoch]; the
     # resolver's, as it last handed them over (SessionTable.set_dns_rules).
     dns_rules: list = field(default_factory=list)
+    # False: the session ends, and whatever is left in it is killed, when its
+    # leader (the process that registered it: `corral run`'s command) exits.
+    # True: it lasts until its cgroup empties or it is ended (daemon-style use).
+    keep_running: bool = False
+    # A pidfd for the leader (not a field: never saved; -1 when the leader is
+    # gone or could not be pinned again after a daemon restart).
+    leader_fd = -1
+
+    def leader_alive(self) -> bool:
+        if self.leader_fd < 0:
+            return False
+        p = select.poll()
+        p.register(self.leader_fd, select.POLLIN)     # readable once it has exited
+        return not p.poll(0)
 
     def public(self) -> dict:
         d = asdict(self)
         d["pids"] = cgroups.pids(Path(self.cgroup))
+        d["leader_alive"] = self.leader_alive()
         return d
 
 
@@ -57,11 +73,14 @@ class SessionTable:
             dns.on_learned = self.set_dns_rules     # how the resolver hands over what it learned
         self.by_id: dict[str, Session] = {}
         self.by_cgid: dict[int, Session] = {}
+        # Sessions ended in the last minute: id -> (monotonic time, parent id), so
+        # a parent session asking to end a child that already ended hears so.
+        self.recently_ended: dict[str, tuple[float, str | None]] = {}
         STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # -- lifecycle ----------------------------------------------------------
     def prepare(self, policy: dict, uid: int, gid: int, parent: str | None,
-                leader_pid: int) -> Session:
+                leader_pid: int, keep_running: bool = False) -> Session:
         """A new session's cgroup with its policy in the kernel maps, nobody in it
         yet (so nothing is enforced on anyone, and nothing is decided, until admit())."""
         sid = secrets.token_hex(4)
@@ -70,7 +89,7 @@ class SessionTable:
         path = cgroups.create(sid)
         s = Session(id=sid, cgid=cgroups.cgroup_id(path), cgroup=str(path), owner_uid=uid,
                     owner_gid=gid, leader_pid=leader_pid, policy=policy, created=time.time(),
-                    parent=parent)
+                    parent=parent, keep_running=keep_running)
         try:
             self._install(s)
         except Exception:
@@ -97,12 +116,16 @@ class SessionTable:
                     log.warning("cannot move pid %d back out of %s: %s", pid, s.id, e)
             from corral.server.peer import PeerGone
             raise PeerGone(f"pid {peer.pid} exited while it was being moved into its session")
+        # The peer's own pin, so the leader is the process that asked, whatever
+        # its pid names later.
+        s.leader_fd = os.dup(peer.pidfd)
         self.by_id[s.id] = s
         self.by_cgid[s.cgid] = s
         self._save(s)
 
     def discard(self, s: Session) -> None:
         """Undo prepare() (or a failed admit())."""
+        self._close_leader(s)
         self._uninstall(s)
         try:
             cgroups.remove(Path(s.cgroup))
@@ -123,25 +146,73 @@ class SessionTable:
             raise
         self._save(s)
 
-    def end(self, s: Session, kill: bool = True) -> None:
+    def hold(self, s: Session) -> int:
+        """Freeze the session's processes (nothing forks any more) and count them,
+        for the record written before they are killed. release() undoes it."""
+        cgroups.freeze(Path(s.cgroup))
+        return len(cgroups.tree_pids(Path(s.cgroup)))
+
+    def release(self, s: Session) -> None:
+        cgroups.freeze(Path(s.cgroup), frozen=False)
+
+    def end(self, s: Session, kill: bool = True) -> int:
+        """Kill what is left (kill=True), wait until the cgroup is empty (bounded),
+        then remove its kernel state and cgroup. Returns how many processes were
+        still there after the wait (0: the cgroup emptied)."""
         path = Path(s.cgroup)
-        if kill:
-            cgroups.kill(path)
+        left = cgroups.kill(path) if kill else 0
+        if left:
+            log.warning("session %s: %d process(es) still in %s after SIGKILL (uninterruptible "
+                        "sleep?); they die when they wake", s.id, left, path)
+        self._close_leader(s)
         self._uninstall(s)
         try:
-            cgroups.remove(path)
+            cgroups.remove(path, timeout=0.1 if left else 2.0)
         except cgroups.CgroupError as e:
             log.warning("%s", e)
         self.by_id.pop(s.id, None)
         self.by_cgid.pop(s.cgid, None)
+        now = time.monotonic()
+        self.recently_ended = {k: v for k, v in self.recently_ended.items() if v[0] > now - 60}
+        self.recently_ended[s.id] = (now, s.parent)
         try:
             (STATE_DIR / f"{s.id}.json").unlink()
         except FileNotFoundError:
             pass
+        return left
 
     def ended(self) -> list[Session]:
         """Sessions whose cgroup has emptied."""
         return [s for s in self.by_id.values() if not cgroups.populated(Path(s.cgroup))]
+
+    def leaders_gone(self) -> list[Session]:
+        """Sessions that end with their leader, whose leader has exited."""
+        return [s for s in self.by_id.values() if not s.keep_running and not s.leader_alive()]
+
+    @staticmethod
+    def _close_leader(s: Session) -> None:
+        if s.leader_fd >= 0:
+            try:
+                os.close(s.leader_fd)
+            except OSError:
+                pass
+            s.leader_fd = -1
+
+    def _pin_leader(self, s: Session) -> None:
+        """After a restart: a pidfd for the saved leader pid, if that pid is still
+        in the session's cgroup once pinned (then it is a session process: the
+        leader, unless the leader died and a session process got its pid)."""
+        try:
+            fd = os.pidfd_open(s.leader_pid)
+        except OSError:
+            return
+        s.leader_fd = fd
+        if cgroups.cgroup_of(s.leader_pid) != self._rel(s) or not s.leader_alive():
+            self._close_leader(s)
+
+    @staticmethod
+    def _rel(s: Session) -> str:
+        return "/" + str(Path(s.cgroup).relative_to(cgroups.cgroup2_mount()))
 
     # -- kernel state -------------------------------------------------------
     def set_dns_rules(self, s: Session, rules: list[tuple[str, float]]) -> None:
@@ -228,14 +299,21 @@ class SessionTable:
         out = []
         for f in sorted(STATE_DIR.glob("*.json")):
             try:
-                s = Session(**json.loads(f.read_text()))
-            except (ValueError, TypeError) as e:
+                state = json.loads(f.read_text())
+                # Saved before sessions ended with their leader: they keep the
+                # lifetime they were started with.
+                state.setdefault("keep_running", True)
+                s = Session(**state)
+            except (ValueError, TypeError, AttributeError) as e:
                 log.warning("ignoring unreadable session state %s: %s", f, e)
                 continue
             if s.id not in live or cgroups.cgroup_id(Path(s.cgroup)) != s.cgid:
                 f.unlink(missing_ok=True)
                 continue
             s.enforcement.pop("filesystem", None) if self.filelsm is None else None
+            # A daemon that died between freezing a session and killing it.
+            cgroups.freeze(Path(s.cgroup), frozen=False)
+            self._pin_leader(s)
             self.by_id[s.id] = s
             self.by_cgid[s.cgid] = s
             self._install(s)

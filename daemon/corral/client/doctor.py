@@ -71,6 +71,8 @@ def report() -> dict:
     except Exception as e:
         rep["native_extension"] = {"active": False, "why": str(e)}
     rep["dns"] = (daemon or {}).get("dns", {"active": False, "why": "daemon not running"})
+    from corral.server import auditlink
+    rep["erofs_audit"] = auditlink.erofs_report()   # writes the read-only mount view refuses
     rep["limits"] = [
         "network rules are IP-level: an allowed IP also reaches other sites hosted on it "
         "(shared CDN addresses)",
@@ -173,6 +175,7 @@ def render(rep: dict) -> str:
         f"native ext  {_mark(rep['native_extension'])} {rep['native_extension'].get('why', '')}",
         f"dns         {_mark(rep['dns'])} {rep['dns'].get('why') or rep['dns'].get('upstream', '')}",
         f"peer id     {_mark(rep['peer_identity'])} {rep['peer_identity']['why']}",
+        f"erofs audit {_mark(rep['erofs_audit'])} {rep['erofs_audit']['why']}",
         _log_line(rep["audit_log"]),
         "session boundary:",
     ]

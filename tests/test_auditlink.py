@@ -321,16 +321,20 @@ def test_earlier_corrald_configuration_is_brought_up_to_date(link):
                 ctl.request(auditlink.AUDIT_DEL_RULE, r)
         auditlink.remove_erofs_rules()
         assert not auditlink.erofs_report()["active"]
-        ln = auditlink.AuditLink()
+        ln = auditlink.AuditLink(erofs=True)
         try:
             assert ln.adopted and not ln.enabled_by_us and ln.erofs_abis == ["b64", "b32"]
         finally:
             ln.close()
         excl = [r for r in auditlink._listed(ctl) if auditlink._is_our_exclude(r)]
+        assert auditlink.erofs_report()["active"]
+        # not opted in: the next link takes the (host-wide costly) rule away again
+        auditlink.AuditLink().close()
+        assert not auditlink.erofs_report()["active"]
     finally:
         ctl.close()
+        auditlink.remove_erofs_rules()
     assert _conds(excl) == _conds(map(auditlink._parse_rule, auditlink.exclude_rules()))
-    assert auditlink.erofs_report()["active"]
 
 
 def test_kernel_lost_counter_is_reported(link):

@@ -161,6 +161,20 @@ def _under(path, base) -> bool:
     return isinstance(path, str) and (path == str(base) or path.startswith(str(base) + "/"))
 
 
+@pytest.fixture(scope="module")
+def daemon():
+    """This module's own corrald, started with --audit-erofs (the rule is opt-in:
+    it slows every syscall on the host while loaded); the rule goes with it."""
+    from conftest import make_daemon
+    d = make_daemon("corral-erofs", extra_args=["--no-dns", "--audit-erofs"])
+    d.start()
+    try:
+        yield d
+    finally:
+        d.cleanup()
+        auditlink.remove_erofs_rules()
+
+
 @pytest.fixture
 def erofs_rule(daemon):
     """The rule corrald loaded at start (or CORRAL_TEST_EROFS_RULE=delete: none)."""

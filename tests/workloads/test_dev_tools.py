@@ -4,7 +4,6 @@ in a fresh project directory under $HOME, the way a user starts an agent there,
 and is checked from outside afterwards."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

@@ -45,6 +45,9 @@ def add_policy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-ssh-agent", action="store_true",
                    help="--allow-unix $SSH_AUTH_SOCK: the session may use your ssh-agent (sign "
                         "with its keys, not read them)")
+    p.add_argument("--pass-env", action="append", default=[], metavar="NAME",
+                   help="keep this credential-looking environment variable in the session "
+                        "(by default *_TOKEN, *SECRET*, AWS_*, ... are removed)")
     p.add_argument("--deny-syscall", action="append", default=[], metavar="NAME")
     p.add_argument("--no-mandatory", action="append", default=[], metavar="NAME",
                    help="drop one named mandatory protection (see corral policy show)")
@@ -86,6 +89,8 @@ def policy_from_args(args) -> dict:
         unix.append(agent)
     if unix:
         flags["unix"] = {"allow": unix}
+    if args.pass_env:
+        flags["env"] = {"pass": list(args.pass_env)}
     # Counts and lengths before merging (merging is quadratic in the list sizes).
     pol.check_limits(flags, lambda section, key, msg: pol.PolicyError(
         f"{_FLAG_OF.get((section, key), f'{section}.{key}')}: {msg}"))
@@ -98,14 +103,52 @@ def policy_from_args(args) -> dict:
             out["filesystem"]["allow_system_write"] = True
         else:
             out["allow_system_write"] = True
-    from corral.policy.paths import caller_home
-    pol.normalize(out, cwd=os.getcwd(), home=caller_home())   # raises what the daemon would refuse
+    from corral.policy.paths import caller_homes, expand_homes
+    homes = caller_homes()
+    out = expand_homes(out, homes)     # "~" is $HOME and the passwd home when they differ
+    norm = pol.normalize(out, cwd=os.getcwd(), home=homes[0])  # raises what the daemon would
+    _create_missing_writable(norm["filesystem"]["allow_write"])  # refuse
+    _note_missing_denials(norm["filesystem"])
     if pol.system_write_flag(out):
         print("corral: note: --allow-system-write: this session may write system trees (/, /usr, "
               "/etc, /var/lib...) where its allow_write says: it could rewrite system binaries and "
               "configuration (cron, systemd units); corral's own code paths stay read-only",
               file=sys.stderr)
     return out
+
+
+def _create_missing_writable(paths: list[str]) -> None:
+    """--allow-write of a path that does not exist grants nothing (a rule needs
+    an object): create it, as the caller, and say so."""
+    for p in paths:
+        if os.path.lexists(p):
+            continue
+        try:
+            os.makedirs(p, exist_ok=True)
+        except OSError as e:
+            raise pol.PolicyError(f"allow_write {p} does not exist and cannot be created: "
+                                  f"{e.strerror}") from None
+        print(f"corral: note: created {p} (allow_write names it; it did not exist)",
+              file=sys.stderr)
+
+
+def _note_missing_denials(fs: dict) -> None:
+    """A denial of a path that does not exist is kept: say how it takes effect."""
+    for key in ("deny_read", "deny_write"):
+        for p in fs.get(key) or []:
+            if not os.path.lexists(p) and not _is_mandatory_default(p):
+                print(f"corral: note: {key} {p} does not exist: kept, it applies if the path "
+                      "appears during the session", file=sys.stderr)
+
+
+def _is_mandatory_default(p: str) -> bool:
+    """Mandatory protections of names that usually do not exist (.vscode, ~/.zshrc...)
+    are not news for every session."""
+    import fnmatch
+    from corral.policy.files import MANDATORY
+    base = os.path.basename(p)
+    return any(fnmatch.fnmatchcase(base, os.path.basename(x.rstrip("/")))
+               for m in MANDATORY for x in m.paths)
 
 
 _FLAG_OF = {("network", "allow"): "--allow-net", ("network", "deny"): "--deny-net",
@@ -115,7 +158,7 @@ _FLAG_OF = {("network", "allow"): "--allow-net", ("network", "deny"): "--deny-ne
             ("filesystem", "deny_read"): "--deny-read", ("filesystem", "allow_read"): "--allow-read",
             ("filesystem", "allow_write"): "--allow-write",
             ("filesystem", "deny_write"): "--deny-write", ("syscalls", "deny"): "--deny-syscall",
-            ("unix", "allow"): "--allow-unix"}
+            ("unix", "allow"): "--allow-unix", ("env", "pass"): "--pass-env"}
 
 
 # -- commands -------------------------------------------------------------------
@@ -158,16 +201,28 @@ def cmd_run(args) -> int:
             # would be blocked by rules frozen at exec.
             fs = None
         guard = mountguard.apply(fs, session["policy"].get("unix"),
-                                 mask_sockets=session["enforcement"].get("unix_peers") != "bpf-lsm")
+                                 mask_sockets=session["enforcement"].get("unix_peers") != "bpf-lsm",
+                                 allow_weaker=args.allow_weaker)
+        # Protected names that do not exist yet and that corrald watches (it
+        # quarantines them when the session makes them, makes them read-only in
+        # this mount view when someone else does): Landlock need not refuse new
+        # entries in their parent for them. --strict-protect keeps that freeze.
+        watched = set(session["enforcement"].get("watched_names") or []) \
+            if guard["mountguard"] and guard["policy"] and not args.strict_protect else set()
+        if watched:
+            guard["policy"] = dict(guard["policy"], deny_write=[
+                p for p in guard["policy"].get("deny_write") or [] if p not in watched])
         report = confine.apply(guard["policy"],
                                session["policy"]["syscalls"]["deny"],
                                keep_caps=args.keep_caps, allow_weaker=args.allow_weaker,
                                seccomp_log=True)
+        report["watched_names"] = sorted(watched)
         if guard["mountguard"]:
             report["read_only_mounts"] = guard["read_only"]
             report["read_only_view"] = guard["read_only_view"]
             report["writable_mounts"] = guard["writable"]
             report["masked_sockets"] = guard["masked_sockets"]
+            report["hidden_paths"] = guard["hidden"]
             report["mount_namespace"] = guard["namespace"]
         if guard["sockets_skipped"]:
             report["sockets_not_masked"] = guard["sockets_skipped"]
@@ -194,6 +249,13 @@ def cmd_run(args) -> int:
               "Landlock by refusing new entries directly in: " + ", ".join(report["frozen_dirs"]) +
               " (create them before the session, or see `corral policy show mandatory`)",
               file=sys.stderr)
+    from corral.policy.env import strip
+    env, removed = strip(dict(os.environ), (session["policy"].get("env") or {}).get("pass") or [])
+    if removed and args.verbose:
+        print("corral: removed from the environment (credential-looking names; pass one with "
+              "--pass-env NAME): " + ", ".join(removed), file=sys.stderr)
+    os.environ.clear()
+    os.environ.update(env)
     os.environ["CORRAL_SESSION"] = sid
     import signal
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):    # Python ignores them; the command must not
@@ -310,6 +372,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                      help="let the session outlive the command: what it leaves running (a "
                           "daemon) stays until it exits or `corral end` (default: when the "
                           "command exits, everything left in its session is killed)")
+    run.add_argument("--strict-protect", action="store_true",
+                     help="protected names that do not exist yet (.mcp.json, .vscode...) are "
+                          "guarded by Landlock alone: nothing new can be created in their "
+                          "directory (default: corrald watches them, the rest stays writable)")
     run.add_argument("-v", "--verbose", action="store_true")
     run.add_argument("cmd", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)

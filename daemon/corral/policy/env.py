@@ -25,12 +25,15 @@ SECRET_PATTERNS = (
 # Looks like a credential by name but is not one (and tools break without them).
 NOT_SECRET = ("SSH_AUTH_SOCK", "GPG_AGENT_INFO", "XAUTHORITY", "KRB5CCNAME_DIR",
               "TOKENIZERS_PARALLELISM")
+# Where a tool finds its CA certificates: paths, not secrets, and TLS breaks without them.
+NOT_SECRET_PATTERNS = ("*_CA_BUNDLE", "*CA_CERTS*", "*_CERTS_FILE", "*_CERT_FILE", "*_CA_FILE",
+                       "*_CA_PATH", "*_CAFILE", "*_CAPATH")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def looks_secret(name: str) -> bool:
     n = name.upper()
-    if n in NOT_SECRET:
+    if n in NOT_SECRET or any(fnmatch.fnmatchcase(n, p) for p in NOT_SECRET_PATTERNS):
         return False
     return any(fnmatch.fnmatchcase(n, p) for p in SECRET_PATTERNS)
 

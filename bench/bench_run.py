@@ -61,6 +61,61 @@ def breakdown_child(argv: list[str], socket_path: str) -> dict:
         except (ImportError, AttributeError):
             pass
 
+    # mountguard.apply split into its parts, timed here (not in the implementation).
+    # Labels starting with two spaces are parts of a step above: not summed into "other".
+    try:
+        from corral.client import mountguard as mg
+        from corral.kernel import unixdiag
+    except ImportError:
+        mg = None
+    if mg is not None:
+        depth = [0]
+
+        def part(label, fn):
+            def w(*a, **kw):
+                depth[0] += 1
+                t0 = time.perf_counter()
+                try:
+                    return fn(*a, **kw)
+                finally:
+                    depth[0] -= 1
+                    lab = "  mountguard: " + (label(*a, **kw) if callable(label) else label)
+                    t[lab] = t.get(lab, 0.0) + time.perf_counter() - t0
+            return w
+
+        for fn, label in (("foreign_sockets", "sockets to mask: unix_diag dump + stat each (foreign_sockets)"),
+                          ("plan", "plan/writable_roots/read_masks (policy -> mounts)"),
+                          ("writable_roots", "plan/writable_roots/read_masks (policy -> mounts)"),
+                          ("read_masks", "plan/writable_roots/read_masks (policy -> mounts)"),
+                          ("ensure_refusal_file", "ensure_refusal_file"),
+                          ("_enter_namespace", "unshare(CLONE_NEWNS)"),
+                          ("_read_only_view", "read-only view (bind roots, mount_setattr, mountinfo)"),
+                          ("_bind", "deny_write binds (pins, read-only)"),
+                          ("_mask_read", "deny_read masks (empty tmpfs / refusal file)")):
+            if hasattr(mg, fn):
+                setattr(mg, fn, part(label, getattr(mg, fn)))
+        if hasattr(unixdiag, "bound_sockets"):
+            unixdiag.bound_sockets = part("    of which unix_diag dump (bound_sockets)", unixdiag.bound_sockets)
+        if hasattr(mg, "_mount"):
+            raw_mount = mg._mount
+
+            def mount(src, dst, flags, what):
+                if depth[0]:                    # inside a part above: counted there
+                    return raw_mount(src, dst, flags, what)
+                lab = "make / private" if what == "make / private" else "foreign socket masks (bind + remount ro)"
+                return part(lab, raw_mount)(src, dst, flags, what)
+            mg._mount = mount
+        if hasattr(mg, "apply"):
+            raw_apply = mg.apply
+
+            def apply(*a, **kw):
+                r = raw_apply(*a, **kw)
+                t["# sockets masked"] = float(len(r.get("masked_sockets") or []))
+                t["# deny_read paths hidden"] = float(len(r.get("hidden") or []))
+                t["# writable roots"] = float(len(r.get("writable") or []))
+                return r
+            mg.apply = apply
+
     class Exec(BaseException):
         pass
 
@@ -75,15 +130,24 @@ def breakdown_child(argv: list[str], socket_path: str) -> dict:
     except SystemExit as e:
         raise RuntimeError(f"corral run exited {e.code} before exec") from None
     total = time.perf_counter() - t0
-    t["other"] = total - sum(t.values())
+    t["other"] = total - sum(v for k, v in t.items() if not k.startswith((" ", "#")))
+    if "mountguard.apply (mount namespace)" in t:
+        mparts = [k for k in t if k.startswith("  mountguard: ") and not k.startswith("  mountguard:   ")]
+        t["  mountguard: rest (dicts, chdir, checks)"] = (t["mountguard.apply (mount namespace)"]
+                                                       - sum(t[k] for k in mparts))
     t["total in-process (excl. interpreter start + imports)"] = total
     return t
 
 
 def run_breakdown(d: B.Daemon, argv: list[str], k: int) -> dict:
     """Fork k children (each becomes a session and is confined), collect their timings."""
-    # Import in the parent so the children measure the steps, not the imports.
+    # The children are `corral run` against THIS daemon: corral.config reads CORRAL_* at
+    # import time (the run dir holds the refusal file mountguard binds over foreign
+    # sockets, and the daemon's socket is the one it must not mask).
     import importlib
+    os.environ.update(d.corral_env())
+    importlib.reload(importlib.import_module("corral.config"))
+    # Import in the parent so the children measure the steps, not the imports.
     for m in ("cli", "connection", "confine", "landlock", "mountguard"):   # not logcli/policycli:
         # build_parser imports those on every `corral run`, so that stays in the numbers
         try:
@@ -236,15 +300,31 @@ def main() -> int:
 
         results["breakdown"] = {}
         for label, argv in (("corral run -- true", ["run", "--", true]),
-                            ("corral run --profile offline -- true", ["run", "--profile", "offline", "--", true])):
+                            ("corral run --profile offline -- true", ["run", "--profile", "offline", "--", true]),
+                            ("corral run --profile agent -- true", ["run", "--profile", "agent", "--", true])):
             bd = run_breakdown(d, argv, args.k)
             results["breakdown"][label] = bd
             print(f"\nBreak-down of `{label}` in-process (median of {args.k} forked children, ms):")
             if "error" in bd:
                 print(f"  failed: {bd['error']}")
                 continue
-            for step, v in bd.items():
-                print(f"  {step:55} {v * 1000:8.2f}")
+            main_steps = [k2 for k2 in bd if not k2.startswith((" ", "#"))]
+            order = []
+            for k2 in main_steps:
+                order.append(k2)
+                if k2.startswith("mountguard.apply"):
+                    parts = [k3 for k3 in bd if k3.startswith("  ") and not k3.startswith("  mountguard:   ")]
+                    for k3 in parts:
+                        order.append(k3)
+                        if "foreign_sockets" in k3:    # its own part right below it
+                            order += [k4 for k4 in bd if k4.startswith("  mountguard:   ")]
+            order += [k2 for k2 in bd if k2.startswith("#")]
+            for step in order:
+                v = bd[step]
+                if step.startswith("#"):
+                    print(f"  {step:65} {v:8.0f}")
+                    continue
+                print(f"  {step:65} {v * 1000:8.2f}")
                 if label == "corral run -- true":
                     summary.append(B.row("run", f"  in corral run -- true: {step}", round(v * 1000, 2), "ms",
                                          "", f"median of {args.k} forked children"))

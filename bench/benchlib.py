@@ -43,7 +43,10 @@ class Daemon(harness.Daemon):
     """A private corrald instance (tests/harness.py), or somebody else's running one
     (env: its CORRAL_* variables), which is then neither started nor stopped here."""
 
-    def __init__(self, name: str = "corral-bench", extra_args=("--no-dns",), env: dict | None = None):
+    def __init__(self, name: str = "corral-bench", extra_args=("--no-dns",), env: dict | None = None,
+                 extra_env: dict | None = None):
+        """extra_env: more variables for a private daemon and its clients (e.g.
+        CORRAL_NO_UNIX_HOOKS=1, or PYTHONPATH/CORRAL_BPF_DIR of another tree)."""
         self.owned = env is None
         if env is not None:                     # somebody else's running instance
             run_dir = Path(env["CORRAL_RUN_DIR"])
@@ -54,7 +57,8 @@ class Daemon(harness.Daemon):
             self.log_dir = Path(env.get("CORRAL_LOG_DIR") or self.log_dir)
             self.pid = int(env.get("CORRAL_BENCH_PID", "0")) or None
             return
-        super().__init__(f"{name}-{os.getpid()}", harness.new_tmp(name), extra_args, bin_dir=BIN)
+        super().__init__(f"{name}-{os.getpid()}", harness.new_tmp(name), extra_args, extra_env,
+                         bin_dir=BIN)
 
     def corral_env(self) -> dict:
         """The CORRAL_* variables a child needs to talk to this instance."""
@@ -109,6 +113,21 @@ def daemon(name: str = "corral-bench", fresh: bool = False, extra_args=DNS_ARGS)
     if shared and not fresh:
         return Daemon(env=json.loads(shared))
     return Daemon(name, extra_args=extra_args)
+
+
+def unix_hooks_supported() -> bool:
+    """Does this kernel have cgroup connect_unix/sendmsg_unix (6.7+), so that a daemon
+    with and one without them (CORRAL_NO_UNIX_HOOKS=1) differ?"""
+    sys.path.insert(0, str(REPO / "daemon"))
+    from corral.backends.net import unix_hooks_supported as supported
+    return supported()
+
+
+def no_unix_hooks_daemon(name: str = "corral-bench-nohooks") -> Daemon:
+    """A private corrald whose net.c is compiled without CORRAL_UNIX_HOOKS
+    (backends/net.py reads CORRAL_NO_UNIX_HOOKS): the same daemon minus the
+    cgroup connect_unix/sendmsg_unix programs. Use as a context manager."""
+    return Daemon(name, extra_args=("--no-dns",), extra_env={"CORRAL_NO_UNIX_HOOKS": "1"})
 
 
 # -- results ------------------------------------------------------------------------
@@ -215,9 +234,22 @@ def corral_progs(instance: str) -> dict[str, int]:
     root = cgroups.cgroup2_mount() / instance
     p = subprocess.run(["bpftool", "-j", "cgroup", "show", str(root)], capture_output=True, text=True)
     try:
-        return {e["name"]: e["id"] for e in json.loads(p.stdout or "[]")}
+        out = {e["name"]: e["id"] for e in json.loads(p.stdout or "[]")}
     except ValueError:
-        return {}
+        out = {}
+    # bpftool before 7.3 does not list the attach types it does not know
+    # (cgroup_unix_connect/sendmsg, 6.7+): take those from the pinned links.
+    for link in Path(f"/sys/fs/bpf/{instance}").glob("net-*/link_*"):
+        q = subprocess.run(["bpftool", "-j", "link", "show", "pinned", str(link)],
+                           capture_output=True, text=True)
+        try:
+            pid = json.loads(q.stdout)["prog_id"]
+            name = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id", str(pid)],
+                                             capture_output=True, text=True).stdout)["name"]
+        except (ValueError, KeyError):
+            continue
+        out.setdefault(name, pid)
+    return out
 
 
 def prog_stats(ids: dict[str, int]) -> dict[str, tuple[int, int]]:

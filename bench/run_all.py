@@ -34,10 +34,13 @@ import benchlib as B  # noqa: E402
 # (short name, script, args, args with --quick)
 BENCHES = [
     ("net", "bench_net.py", [], ["-n", "5000", "-r", "2"]),
+    ("unix", "bench_unix.py", [], ["-n", "5000", "-r", "2", "--refused-n", "2000", "--refused-rounds", "1",
+                                   "--cpu-seconds", "1"]),
     ("run", "bench_run.py", [], ["--runs", "10", "-k", "5"]),
     ("rss", "bench_rss.py", [], ["-n", "50", "--batches", "1"]),
     ("seccomp", "bench_seccomp.py", [], []),
     ("landlock", "bench_landlock.py", [], []),
+    ("filepolicy", "bench_filepolicy.py", [], ["-n", "2000", "--reps", "3", "-r", "1"]),
     ("file_lsm", "bench_file_lsm.py", [], []),
     ("dns", "bench_dns.py", [], []),
     ("peers", "bench_peers.py", [], ["--runs", "5", "--true-runs", "5", "-n", "5000", "--rounds", "1"]),

@@ -618,6 +618,21 @@ def test_report_with_odd_keys_is_refused_and_state_stays_saveable(daemon):
         srv.close()
 
 
+def test_a_second_confinement_report_from_inside_is_refused(daemon):
+    """`corral run` reports once, before exec; the agent cannot rewrite the record
+    of what was enforced (nor the Unix refusals computed with it)."""
+    code = (r"import os, sys; sys.path.insert(0, %r); from cpharness import call, raw; "
+            r"s = raw(type('D', (), {'socket': os.environ['CORRAL_SOCK']})); "
+            r"r = call(s, 'report_confinement', session=os.environ['CORRAL_SESSION'], "
+            r"report={'landlock': False, 'seccomp': False}); print(r['error']['code'])") \
+        % str(Path(__file__).parent)
+    p = daemon.corral("run", "--no-net", "--", sys.executable, "-c", code,
+                      env={"CORRAL_SOCK": str(daemon.socket)})
+    assert p.stdout.strip() == P.E_FORBIDDEN, (p.stdout, p.stderr)
+    rec = [r for r in daemon.records() if r.get("op") == "confined"]
+    assert rec and rec[-1]["report"].get("seccomp") is True, rec[-1:]
+
+
 def test_hung_up_clients_leave_no_tracebacks(daemon):
     before = daemon.stderr_text().count("Traceback")
     for _ in range(5):

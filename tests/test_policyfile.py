@@ -37,7 +37,9 @@ def test_corral_run_with_srt_settings_and_profile(daemon, tmp_path):
     finally:
         srv.close()
     assert p.returncode == 0, p.stderr
-    assert p.stdout.split() == ["ok", "1", "ok", "13", "13"], p.stdout
+    got = p.stdout.split()
+    # a write outside allowWrite: the read-only mount view refuses it (EROFS, 30)
+    assert got[:3] == ["ok", "1", "ok"] and got[3] in ("13", "30") and got[4] == "13", p.stdout
     assert "allowLocalBinding" in p.stderr
     # --profile offline: no network at all
     p = daemon.corral("run", "--profile", "offline", "--", sys.executable, "-c", code.replace(

@@ -223,6 +223,10 @@ class Api:
             raise ProtocolError(P.E_FORBIDDEN, "only a process inside the session may report "
                                 "its confinement")
         report = _plain_report(req.get("report"))
+        if "client" in s.enforcement:
+            # `corral run` reports once, before exec; a second report comes from
+            # the agent and would rewrite what the log says was enforced.
+            raise ProtocolError(P.E_FORBIDDEN, "this session's confinement was already reported")
         if len(P.encode(report)) > L.MAX_REPORT_BYTES:
             raise ProtocolError(P.E_LIMIT, f"'report' exceeds {L.MAX_REPORT_BYTES} bytes")
         status = conn.peer.proc_status()
@@ -236,11 +240,28 @@ class Api:
         if mismatch:
             report["mismatch"] = mismatch
         s.enforcement["client"] = report
+        s.enforcement["unix_refusals"] = self._refuse_foreign_sockets(s)
         self.sessions.save(s)
         self.audit({"kind": "session", "op": "confined", "verdict": "info" if not mismatch
                       else "warn", "session": s.id, "pid": conn.peer.pid, "uid": conn.peer.uid,
                       "target": s.cgroup, "rule": "", "report": report}, must=False)
         return report
+
+    def _refuse_foreign_sockets(self, s) -> int:
+        """Exact-path refusals with a record for the Unix sockets bound outside
+        the session, computed here (not taken from the report) while the only
+        session process is `corral run` itself, before exec: nothing bound now
+        is the session's own. The client's mount view masks the same sockets."""
+        from corral.config import SOCKET
+        from corral.kernel import unixdiag
+        try:
+            names, _ = unixdiag.foreign((s.policy.get("unix") or {}).get("allow") or [],
+                                        [str(SOCKET)])
+            return self.sessions.net.set_unix_refusals(s.cgid, names)
+        except OSError as e:
+            log.warning("session %s: Unix socket refusals not installed (%s); the mount view "
+                        "still refuses them, without records of their own", s.id, e)
+            return 0
 
     def op_session_info(self, conn, req):
         caller = self._caller(conn)

@@ -176,7 +176,7 @@ def cmd_run(args) -> int:
     # The parent waits outside the session and ends it when the command exits
     # (client/supervise.py); this child goes on: it becomes the session's leader.
     from corral.client import supervise
-    report_session = supervise.start(keep_running=args.keep_running)
+    report_session = supervise.start(keep_running=args.keep_running, quiet=args.quiet)
     try:
         c = Client()
         session = c.call("register_session", policy=policy, keep_running=args.keep_running)
@@ -377,6 +377,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                           "guarded by Landlock alone: nothing new can be created in their "
                           "directory (default: corrald watches them, the rest stays writable)")
     run.add_argument("-v", "--verbose", action="store_true")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="no summary line of what was refused when the command ends")
     run.add_argument("cmd", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)
 

@@ -29,7 +29,7 @@ IGNORED = (signal.SIGINT, signal.SIGQUIT)
 END_TIMEOUT = 5.0       # seconds for the daemon to end the session and answer
 
 
-def start(keep_running: bool):
+def start(keep_running: bool, quiet: bool = False):
     """Fork; in the child return report(sid), to be called once the session is
     registered. In the parent: supervise the child, then exit."""
     for f in (sys.stdout, sys.stderr):
@@ -57,10 +57,10 @@ def start(keep_running: bool):
             os.close(w)
         return report
     os.close(w)
-    _supervise(pid, r, keep_running, old_mask)
+    _supervise(pid, r, keep_running, old_mask, quiet)
 
 
-def _supervise(pid: int, r: int, keep_running: bool, old_mask) -> None:
+def _supervise(pid: int, r: int, keep_running: bool, old_mask, quiet: bool = False) -> None:
     try:
         child = os.pidfd_open(pid)      # signals reach this child, never a reused pid
     except OSError:
@@ -99,23 +99,35 @@ def _supervise(pid: int, r: int, keep_running: bool, old_mask) -> None:
     code = os.waitstatus_to_exitcode(status)
     if sid and not keep_running:
         _end(sid.decode(errors="replace"),
-             f"exit status {code}" if code >= 0 else f"killed by signal {-code}")
+             f"exit status {code}" if code >= 0 else f"killed by signal {-code}", quiet)
     _exit_like(code)
 
 
-def _end(sid: str, note: str) -> None:
+def _end(sid: str, note: str, quiet: bool = False) -> None:
     from corral.client.connection import Client, CorralError
     try:
         # Bounded: the daemon answers within seconds (its kill wait is bounded);
         # one that does not (overloaded) still ends the session on its own.
         with Client(timeout=END_TIMEOUT) as c:
-            c.call("end_session", session=sid, reason=note)
+            done = c.call("end_session", session=sid, reason=note)
+        if not quiet:
+            summary(sid, (done or {}).get("denied") or {})
     except CorralError as e:
         if e.code != "not_found":       # already ended (emptied, or the daemon was first)
             print(f"corral: warning: could not end session {sid}: {e.message}; corrald ends "
                   f"it when it next finds its command gone", file=sys.stderr)
     except OSError as e:
         print(f"corral: warning: could not end session {sid}: {e}", file=sys.stderr)
+
+
+def summary(sid: str, denied: dict) -> None:
+    """One line on stderr when something was refused: what, how often, and where
+    to read about it (the tools' own errors rarely say a sandbox was involved)."""
+    if not denied:
+        return
+    parts = ", ".join(f"{n} {kind}" for kind, n in sorted(denied.items(), key=lambda kv: -kv[1]))
+    print(f"corral: session {sid}: refused {parts}; see `corral log --session {sid}` "
+          "(-q: no summary)", file=sys.stderr)
 
 
 def _exit_like(code: int) -> None:

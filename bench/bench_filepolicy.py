@@ -156,7 +156,7 @@ def bench_landlock(tree: Path, n: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=20000, help="open+close per repetition (default 20000)")
-    ap.add_argument("--reps", type=int, default=10, help="repetitions per process (default 10)")
+    ap.add_argument("--reps", type=int, default=8, help="repetitions per process (default 8)")
     ap.add_argument("-r", "--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     ap.add_argument("--before", metavar="REV", help="also a git worktree of REV (e.g. 65b2ceb~1)")
     ap.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH",

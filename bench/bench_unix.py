@@ -205,8 +205,14 @@ def main() -> int:
                         if expect_fail and r["ok"]:
                             raise RuntimeError(f"{r['ok']} connects went through")
                         if not expect_fail and r["fail"]:
-                            raise RuntimeError(f"{r['fail']} connects failed (first errno "
-                                               f"{r['first_errno']}: {os.strerror(r['first_errno'])})")
+                            why = (f"{r['fail']} connects failed (first errno "
+                                   f"{r['first_errno']}: {os.strerror(r['first_errno'])})")
+                            results.setdefault("own_socket_refused", []).append(f"{name} (probe): {why}")
+                            # once more: an intermittent refusal should not drop the condition
+                            p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+                            r = parse(p.stdout)
+                            if r["fail"]:
+                                raise RuntimeError(why + f"; again on a second try: {r['fail']} failed")
                         errnos[name] = r["first_errno"]
                     except RuntimeError as e:
                         why = f"exit {p.returncode}: {e}; stderr: {p.stderr.strip()[-400:]}"
@@ -217,7 +223,7 @@ def main() -> int:
                 stats_cm.__exit__(None, None, None)
             results["bpf_run_time"] = bpf_ns
 
-            def rounds(table, n_rounds):
+            def rounds(table, n_rounds, expect_fail=False):
                 times = {n: [] for n in table}
                 for rnd in range(n_rounds):
                     for name, (argv, env) in table.items():
@@ -226,8 +232,7 @@ def main() -> int:
                             # to start for a moment (a hard-linked foreign socket): retry, counted.
                             p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
                             try:
-                                times[name].extend(parse(p.stdout)["chunks"])
-                                break
+                                r = parse(p.stdout)
                             except RuntimeError:
                                 why = f"{name}: exit {p.returncode} in round {rnd}: {p.stderr.strip()[-300:]}"
                                 results.setdefault("retries", []).append(why)
@@ -235,11 +240,25 @@ def main() -> int:
                                 if attempt == 2:
                                     raise RuntimeError(why) from None
                                 time.sleep(1.0)
+                                continue
+                            if not expect_fail and r["fail"]:
+                                # The session's own socket refused: a finding, not a number
+                                # (failed connects are fast and would bias the chunks).
+                                why = (f"{name}: round {rnd}: {r['fail']} of {r['ok'] + r['fail']} connects "
+                                       f"to its own socket failed (first errno {r['first_errno']}: "
+                                       f"{os.strerror(r['first_errno'])})")
+                                results.setdefault("own_socket_refused", []).append(why)
+                                print(f"[bench_unix] {why} (run discarded, retrying)", file=sys.stderr)
+                                if attempt == 2:
+                                    raise RuntimeError(why)
+                                continue
+                            times[name].extend(r["chunks"])
+                            break
                 return times
 
             t0 = time.monotonic()
             times = rounds(conds, args.rounds)
-            rtimes = rounds(refused, args.refused_rounds)
+            rtimes = rounds(refused, args.refused_rounds, expect_fail=True)
             results["seconds_measuring"] = round(time.monotonic() - t0, 1)
             if args.cpu_seconds > 0:
                 cpu = daemon_cpu(d, args.cpu_seconds)
@@ -303,6 +322,12 @@ def main() -> int:
               f"({cpu['seconds']:.0f} s each; unixwatch polls unix_diag every 0.2 s)")
         summary.append(B.row("unix", "corrald CPU while one session lives", round(cpu["one_session_ms_per_s"], 2),
                              "ms/s", "", f"{cpu['idle_ms_per_s']:.2f} ms/s with none (unixwatch poll 0.2 s)"))
+    refused_own = results.get("own_socket_refused") or []
+    print(f"\nruns whose connects to the session's own socket were refused: {len(refused_own)}")
+    for why in refused_own:
+        print(f"  {why}")
+    summary.append(B.row("unix", "runs with own-socket connects refused (discarded, retried)", len(refused_own),
+                         "runs", "0", refused_own[0][:160] if refused_own else ""))
     for name, why in results["errors"].items():
         summary.append(B.row("unix", f"{name}", None, "", "", f"NOT MEASURED: {why[:160]}"))
     results["summary"] = summary

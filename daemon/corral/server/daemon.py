@@ -60,6 +60,7 @@ class Daemon:
         self._ended: dict[int, tuple[float, str, list, list | None]] = {}
         self._step_errors: dict[str, float] = {}
         self._refusals_flushed = 0.0
+        self._denied: dict[str, dict[str, int]] = {}    # session id -> kind -> refusals
 
     # -- start-up ----------------------------------------------------------
     def load(self) -> None:
@@ -70,12 +71,21 @@ class Daemon:
         self.features["network"] = {"active": True, "backend": "bpf-cgroup-sock-addr",
                                     "headers": self.net.header_mode,
                                     "note": "IP-level: an allowed IP also reaches every other "
-                                            "site hosted on it (shared CDN addresses)"}
+                                            "site hosted on it (shared CDN addresses)",
+                                    "unix_hooks": self.net.unix_hooks}
         self.filelsm = self._load_filelsm()
         self.dns = self._load_dns()
         self.log = EventLog(LOG_DIR)
         self.sessions = SessionTable(self.net, self.filelsm, self.dns)
         self.auditlink = self._load_auditlink()
+        # Protected names that do not exist yet: watched, not frozen (issue 12).
+        from corral.server.namewatch import NameWatch
+        self.namewatch = NameWatch(self.sessions, self.audit)
+        self.sessions.namewatch = self.namewatch
+        self.features["protected_names"] = self.namewatch.status()
+        from corral.client.mountguard import refusal_file
+        from corral.server.unixwatch import UnixWatch
+        self.unixwatch = UnixWatch(self.sessions, self.audit, refusal_file())
         recovered = self.sessions.recover()
         # Only now, migrating from another build of net.c: the sessions are in the new maps.
         self.net.activate()
@@ -137,7 +147,8 @@ class Daemon:
         ok, why = auditlink.probe()
         f.update(probe=why)
         try:
-            link = auditlink.AuditLink(cgroup_prefix="/" + cgroups.ROOT_NAME)
+            link = auditlink.AuditLink(cgroup_prefix="/" + cgroups.ROOT_NAME,
+                                       erofs=self.args.audit_erofs)
         except OSError as e:
             f.update(active=False, why=str(e))
             log.warning("kernel audit link: %s (Landlock/seccomp denials not logged)", e)
@@ -172,6 +183,12 @@ class Daemon:
         for k in ("session", "pid", "comm", "uid", "kind", "op", "target", "verdict", "rule"):
             rec.setdefault(k, None)
         rec = self.log.append(rec, must=must)
+        sid = rec.get("session")
+        if rec.get("verdict") == "deny" and sid and hasattr(self, "sessions") \
+                and sid in self.sessions.by_id:
+            # per-session refusal counts for the line `corral run` prints at the end
+            c = self._denied.setdefault(sid, {})
+            c[rec.get("kind") or "other"] = c.get(rec.get("kind") or "other", 0) + 1
         if hasattr(self, "api"):
             self.api.publish(rec)
         return rec
@@ -266,7 +283,9 @@ class Daemon:
             await asyncio.sleep(SESSION_POLL)
             for name, step in (("audit link", self._read_audit_link), ("sessions", self._reap),
                                ("lost events", self._count_lost), ("log", self.log.retry),
-                               ("refusals", self._flush_refusals)):
+                               ("refusals", self._flush_refusals),
+                               ("unix sockets", self.unixwatch.step),
+                               ("protected names", self.namewatch.step)):
                 try:
                     step()
                 except Exception as e:
@@ -346,9 +365,16 @@ class Daemon:
         ends (cgroup empty, leader exited) are logged when done, whatever the log
         says. Returns {"killed": N, "remaining": M} (M: still exiting after the wait)."""
         killed = self.sessions.hold(s) if kill else 0
+        if self.auditlink is not None:
+            try:        # kernel audit records still on their way count for this session too
+                self.audit_link_read()
+            except Exception:
+                pass
+        denied = self._denied.pop(s.id, {})
         rec = {"kind": "session", "op": "end", "verdict": "info", "session": s.id,
                "target": s.cgroup, "rule": why, "uid": s.owner_uid,
-               "reason": reason or why, "killed": killed, "keep_running": s.keep_running}
+               "reason": reason or why, "killed": killed, "keep_running": s.keep_running,
+               "denied": denied}
         if must:
             try:
                 rec = self.audit(rec, must=True)
@@ -372,7 +398,7 @@ class Daemon:
                         "after SIGKILL and the wait (uninterruptible sleep?)"})
         log.info("session %s ended (%s): %d process(es) killed%s", s.id, reason or why, killed,
                  f", {left} still exiting" if left else "")
-        return {"session": s.id, "killed": killed, "remaining": left}
+        return {"session": s.id, "killed": killed, "remaining": left, "denied": denied}
 
     # -- run ---------------------------------------------------------------
     async def serve(self) -> None:
@@ -393,6 +419,8 @@ class Daemon:
         pump.start()
         if self.auditlink is not None:
             self.loop.add_reader(self.auditlink.fileno(), self._read_audit_link_guarded)
+        if self.namewatch.fileno() >= 0:
+            self.loop.add_reader(self.namewatch.fileno(), self.namewatch.read)
         watcher = self.loop.create_task(self._supervise("watcher", self._watch))
         log.info("listening on %s", SOCKET)
         sd_notify("READY=1\nSTATUS=serving")
@@ -404,6 +432,9 @@ class Daemon:
             self.loop.remove_reader(self.auditlink.fileno())
             self.audit_link_read()
             self.auditlink.close()
+        if self.namewatch.fileno() >= 0:
+            self.loop.remove_reader(self.namewatch.fileno())
+        self.namewatch.close()
         await server.close()
         if self.dns is not None:
             await self.dns.stop()
@@ -442,6 +473,11 @@ def main(argv=None) -> int:
                     help="an address learned from DNS stays allowed at least this long (default 30)")
     ap.add_argument("--dns-max-ttl", type=float, default=86400, metavar="SECONDS",
                     help="... and at most this long; answers' TTLs are capped to it (default 86400)")
+    ap.add_argument("--audit-erofs", action="store_true",
+                    default=os.environ.get("CORRAL_AUDIT_EROFS") == "1",
+                    help="record each write the read-only mount view refuses (EROFS) through a "
+                         "kernel audit exit rule; costs ~200 ns on every syscall of every "
+                         "process on the host while loaded (measured), so it is off by default")
     ap.add_argument("--end-sessions-on-exit", action="store_true",
                     help="kill sessions on SIGTERM (default: leave them confined for the next daemon)")
     args = ap.parse_args(argv)

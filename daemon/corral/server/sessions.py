@@ -76,6 +76,8 @@ class SessionTable:
         # Sessions ended in the last minute: id -> (monotonic time, parent id), so
         # a parent session asking to end a child that already ended hears so.
         self.recently_ended: dict[str, tuple[float, str | None]] = {}
+        # Protected names that do not exist yet (server/namewatch.py), set by the daemon.
+        self.namewatch = None
         STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # -- lifecycle ----------------------------------------------------------
@@ -121,10 +123,16 @@ class SessionTable:
         s.leader_fd = os.dup(peer.pidfd)
         self.by_id[s.id] = s
         self.by_cgid[s.cgid] = s
+        if self.namewatch is not None:
+            # In place before the reply: `corral run` leaves exactly these to it.
+            self.namewatch.watch(s)
+            s.enforcement["watched_names"] = self.namewatch.covers(s)
         self._save(s)
 
     def discard(self, s: Session) -> None:
         """Undo prepare() (or a failed admit())."""
+        if self.namewatch is not None:
+            self.namewatch.forget(s)
         self._close_leader(s)
         self._uninstall(s)
         try:
@@ -164,6 +172,8 @@ class SessionTable:
         if left:
             log.warning("session %s: %d process(es) still in %s after SIGKILL (uninterruptible "
                         "sleep?); they die when they wake", s.id, left, path)
+        if self.namewatch is not None:
+            self.namewatch.forget(s)
         self._close_leader(s)
         self._uninstall(s)
         try:
@@ -266,7 +276,8 @@ class SessionTable:
         if self.dns is not None and s.dns_port and dns_changed:
             self.dns.update_session(s)
         s.enforcement.update(enforcement)
-        for k in [k for k in s.enforcement if k not in enforcement and k != "client"]:
+        for k in [k for k in s.enforcement
+                  if k not in enforcement and k not in ("client", "watched_names")]:
             del s.enforcement[k]
 
     def _uninstall(self, s: Session) -> None:
@@ -317,6 +328,8 @@ class SessionTable:
             self.by_id[s.id] = s
             self.by_cgid[s.cgid] = s
             self._install(s)
+            if self.namewatch is not None:
+                self.namewatch.watch(s)     # the names `corral run` left to it
             out.append(s)
         # Session cgroups with no state cannot be re-adopted safely: end them.
         for sid in live - set(self.by_id):

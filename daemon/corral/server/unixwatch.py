@@ -10,9 +10,10 @@ for each socket it has not seen, it finds which session (if any) holds it
 
 1. adds the socket's exact path to the session's refusal map (connect_unix:
    EPERM and a record, at once), then
-2. binds the refusal file over it inside the session's mount namespace (a
-   short-lived helper process setns()es there through a pidfd of a session
-   process), after checking that the path there leads to the same socket.
+2. binds the refusal file over it inside the session's mount namespace
+   (nsmount.py: a short-lived helper process setns()es there through a pidfd
+   of a session process), after checking that the path there leads to the
+   same socket.
 
 A window remains between bind() outside and the mask (up to POLL seconds plus
 ~30 ms for the helper): a connect() through another spelling of the path in
@@ -22,33 +23,16 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from corral.config import SOCKET
 from corral.kernel import cgroups, unixdiag
+from corral.server import nsmount
 
 log = logging.getLogger("corral.unixwatch")
 
 POLL = 0.2                   # seconds between unix_diag dumps while sessions live (0.1 ms each here)
-
-# Runs in a fresh single-threaded interpreter (setns(CLONE_NEWNS) refuses a
-# multi-threaded caller); argv[5] is a pidfd of a session process.
-_MASK = r"""
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-refusal, ino, dev, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-if libc.setns(int(sys.argv[5]), 0x00020000) != 0:
-    sys.exit("setns: " + os.strerror(ctypes.get_errno()))
-st = os.stat(path)
-if (st.st_ino, st.st_dev) != (ino, dev):
-    sys.exit(2)                                   # not that socket here: nothing to mask
-if libc.mount(refusal.encode(), path.encode(), None, ctypes.c_ulong(4096), None) != 0:
-    sys.exit("mount: " + os.strerror(ctypes.get_errno()))
-libc.mount(None, path.encode(), None, ctypes.c_ulong(4096 | 32 | 1 | 2 | 4 | 8), None)
-"""
 
 
 class UnixWatch:
@@ -125,37 +109,14 @@ class UnixWatch:
 
     def _mask(self, s, b) -> bool:
         self.sessions.net.set_unix_refusals(s.cgid, [b.name])
-        fd = self._pidfd(s)
+        fd = nsmount.session_pidfd(self.sessions, s)
         if fd < 0:
             return False
         try:
-            p = subprocess.run([sys.executable, "-S", "-c", _MASK, self.refusal, str(b.ino),
-                                str(b.dev), b.name, str(fd)], pass_fds=(fd,),
-                               capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError) as e:
-            log.warning("session %s: masking %s: %s", s.id, b.name, e)
-            return False
+            # Only if the path there still leads to that socket.
+            return nsmount.bind_in(fd, self.refusal, b.name, readonly=True, expect=(b.ino, b.dev))
         finally:
             os.close(fd)
-        if p.returncode not in (0, 2):
-            log.warning("session %s: masking %s: %s", s.id, b.name, p.stderr.strip()[-200:])
-        return p.returncode == 0
-
-    def _pidfd(self, s) -> int:
-        """A pidfd of a process in the session (the leader's pin if it lives):
-        pinned first, then confirmed in the session's cgroup, so a pid reused
-        meanwhile is never the one whose namespace we enter."""
-        if getattr(s, "leader_fd", -1) >= 0 and s.leader_alive():
-            return os.dup(s.leader_fd)
-        for pid in cgroups.pids(Path(s.cgroup)):
-            try:
-                fd = os.pidfd_open(pid)
-            except OSError:
-                continue
-            if cgroups.cgroup_of(pid) == self.sessions._rel(s):
-                return fd
-            os.close(fd)
-        return -1
 
 
 def _stat_key(path: str):

@@ -1,0 +1,1056 @@
+"""Protected names that do not exist yet, watched instead of frozen.
+
+The mandatory deny_write entries name agent and editor configuration that a
+fresh project usually does not have yet (./.mcp.json, ./.vscode, ./.idea,
+./.gitmodules, ./.claude/settings*.json). Landlock cannot guard a path that
+does not exist except by refusing every new entry in its nearest existing
+parent, which freezes the project root. Where Landlock is the file backend,
+the daemon watches those names instead and `corral run` leaves them out of
+what Landlock has to complement (unless --strict-protect):
+
+* fanotify (FAN_REPORT_DFID_NAME: directory file handle + name) reports
+  FAN_CREATE and FAN_MOVED_TO in every existing directory on the way from the
+  outermost allow_write root down to each protected name. A directory of that
+  chain that appears later (.claude for .claude/settings.json) is marked when
+  its creation is reported, then walked at once: what was made in it before
+  the mark existed is found there.
+* Every report is only a reason to walk the protected path again, one
+  directory descriptor at a time (O_NOFOLLOW: the session may have replaced
+  any component with a symlink). The creator is the reported pid, looked up
+  in /proc and, once it has exited, in a map filled by a BPF program on the
+  sched_process_exit tracepoint (pid -> cgroup id, comm): `sh -c 'echo >
+  .mcp.json'` has exited long before its event is read.
+* Made by a process of a session that protects it: **quarantined**, i.e.
+  renamed (renameat2 RENAME_NOREPLACE from the parent's descriptor: a symlink
+  is moved, never followed) into LOG_DIR/quarantine/<session> (root, 0700); on
+  another filesystem copied (regular file up to 1 MiB, O_NOFOLLOW; a directory
+  tree bounded, symlinks recreated, never followed) and removed. Logged as
+  kind "file", op "quarantine", verdict "deny".
+* Made outside every session that protects it (the developer's editor): left
+  in place and made read-only inside each protecting session's mount
+  namespace (nsmount.py), on the mount its path crosses there (the only one
+  the session's cwd and descriptors can lead through: nothing is stacked
+  over a directory it may already hold; so the directories above it are not
+  pinned, and the session can still rename them, which moves the name away
+  and a new one it makes there is quarantined). Logged as op
+  "protected_readonly".
+* Creator unknown (an entry found by a walk rather than by its own report:
+  made in a new directory before the mark reached it, while the daemon was
+  down, or lost to a queue overflow): quarantined, fail closed.
+
+Fail closed: a name is "covered" (covers()) only if every existing directory
+of its chain is marked; the client takes only covered names out of Landlock's
+list, so a session whose names could not be watched keeps Landlock's freeze.
+
+What remains:
+* Between a creation in the session and its quarantine (the reader's
+  latency, ~1 ms here) the entry is in place; a process of the session that
+  opened it keeps its descriptor (its writes land in the quarantined copy).
+* An entry made in a new directory of the chain before the mark reached it
+  (~1 ms) has no report of its own: quarantined, even if the developer made
+  it (their file is then in the quarantine, with a record saying so).
+* A name made outside can be written by the session until its read-only
+  mount is in place (the helper process: ~20 ms on an idle host, more under
+  load); a descriptor opened, or a hard link made, in that window stays
+  writable (a link count above one is logged).
+* The mount lands on the mount the path crosses in the session's view; a
+  descriptor the session held on an older mount stacked at the same place
+  would not see it (`corral run` leaves none: it changes directory after
+  building the view and closes inherited descriptors).
+* Nothing is watched while corrald is down; what appeared meanwhile is
+  quarantined when it is back, unless it is a mount point of the session's
+  view already.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes as ct
+import errno
+import fnmatch
+import logging
+import os
+import stat
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from corral.kernel import cgroups
+from corral.kernel.mountinfo import under
+from corral.server import nsmount
+
+log = logging.getLogger("corral.namewatch")
+
+FAN_CLOEXEC, FAN_NONBLOCK = 0x1, 0x2
+FAN_REPORT_DIR_FID, FAN_REPORT_NAME = 0x400, 0x800
+FAN_MARK_ADD, FAN_MARK_REMOVE, FAN_MARK_ONLYDIR = 0x1, 0x2, 0x8
+FAN_MOVED_TO, FAN_CREATE, FAN_Q_OVERFLOW, FAN_ONDIR = 0x80, 0x100, 0x4000, 0x40000000
+MASK = FAN_CREATE | FAN_MOVED_TO | FAN_ONDIR
+FAN_EVENT_INFO_TYPE_DFID_NAME = 2
+AT_EMPTY_PATH = 0x1000
+RENAME_NOREPLACE = 1
+_META = struct.Struct("<IBBHQii")        # struct fanotify_event_metadata
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+COPY_FILE_MAX = 1 << 20                  # cross-filesystem quarantine: bytes kept per file
+COPY_FOLLOW = 10.0                       # ... and for so many seconds, copied again if it grows
+COPY_TREE_BYTES = 8 << 20                # ... per directory tree
+COPY_TREE_ENTRIES = 1000
+COPY_TREE_DEPTH = 16
+MAX_QUARANTINED = 256                    # per session; beyond, entries are removed, not kept
+RECORDS_PER_SECOND = 20                  # per session; beyond, counted in one summary
+
+_libc = ct.CDLL(None, use_errno=True)
+_libc.fanotify_init.argtypes = [ct.c_uint, ct.c_uint]
+_libc.fanotify_mark.argtypes = [ct.c_int, ct.c_uint, ct.c_uint64, ct.c_int, ct.c_char_p]
+_libc.renameat2.argtypes = [ct.c_int, ct.c_char_p, ct.c_int, ct.c_char_p, ct.c_uint]
+
+
+class _Handle(ct.Structure):
+    _fields_ = [("handle_bytes", ct.c_uint32), ("handle_type", ct.c_int32),
+                ("f_handle", ct.c_ubyte * 128)]
+
+
+def _err(what: str) -> OSError:
+    e = ct.get_errno()
+    return OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def _fsid(fd: int) -> bytes:
+    buf = ct.create_string_buffer(120)          # struct statfs; f_fsid at offset 56 (x86-64, arm64)
+    if _libc.fstatfs(fd, buf) != 0:
+        raise _err("fstatfs")
+    return buf.raw[56:64]
+
+
+def handle_key(fd: int) -> tuple[bytes, int, bytes]:
+    """(fsid, handle type, handle) of an open directory: what fanotify reports."""
+    h = _Handle()
+    h.handle_bytes = 128
+    mount_id = ct.c_int()
+    if _libc.name_to_handle_at(fd, b"", ct.byref(h), ct.byref(mount_id), AT_EMPTY_PATH) != 0:
+        raise _err("name_to_handle_at")
+    return (_fsid(fd), h.handle_type, bytes(h.f_handle[:h.handle_bytes]))
+
+
+def parse_events(data: bytes):
+    """fanotify records -> (mask, pid, key or None, name or None)."""
+    off = 0
+    while off + _META.size <= len(data):
+        ev_len, _vers, _, meta_len, mask, _fd, pid = _META.unpack_from(data, off)
+        if ev_len < _META.size:
+            break
+        key = name = None
+        i = off + meta_len
+        while i + 4 <= off + ev_len:
+            itype, _, ilen = struct.unpack_from("<BBH", data, i)
+            if ilen < 4:
+                break
+            if itype == FAN_EVENT_INFO_TYPE_DFID_NAME and ilen >= 20:
+                fsid = data[i + 4:i + 12]
+                hbytes, htype = struct.unpack_from("<Ii", data, i + 12)
+                key = (fsid, htype, data[i + 20:i + 20 + hbytes])
+                raw = data[i + 20 + hbytes:i + ilen]
+                name = os.fsdecode(raw.split(b"\0", 1)[0])
+            i += ilen
+        yield mask, pid, key, name
+        off += ev_len
+
+
+# -- who made it: /proc, then the exit map ------------------------------------------
+def _insn(code, dst=0, src=0, off=0, imm=0) -> bytes:
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+class ExitTracker:
+    """pid -> (cgroup id, comm) of processes that exited recently, from a BPF
+    program on the sched_process_exit tracepoint (raw tracepoint, LRU map).
+    It runs in the exiting task before it leaves its cgroup, so a creator that
+    is gone by the time its fanotify report is read is still placed."""
+
+    ENTRIES = 16384
+
+    def __init__(self):
+        from corral.kernel import bpf
+        lib = bpf.lib()
+        lib.bpf_map_create.argtypes = [ct.c_int, ct.c_char_p, ct.c_uint32, ct.c_uint32,
+                                       ct.c_uint32, ct.c_void_p]
+        lib.bpf_prog_load.argtypes = [ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_void_p,
+                                      ct.c_size_t, ct.c_void_p]
+        lib.bpf_raw_tracepoint_open.argtypes = [ct.c_char_p, ct.c_int]
+        for f in (lib.bpf_map_create, lib.bpf_prog_load, lib.bpf_raw_tracepoint_open):
+            f.restype = ct.c_int
+        self._lib = lib
+        self.map_fd = self.prog_fd = self.link_fd = -1
+        try:
+            self.map_fd = bpf.chk(lib.bpf_map_create(9, b"corral_exits", 4, 24, self.ENTRIES,
+                                                     None), "map")       # BPF_MAP_TYPE_LRU_HASH
+            prog = b"".join([
+                _insn(0x85, imm=14),                    # r0 = bpf_get_current_pid_tgid()
+                _insn(0x77, dst=0, imm=32),             # r0 >>= 32 (the tgid)
+                _insn(0x63, dst=10, src=0, off=-4),     # key = r0
+                _insn(0x85, imm=80),                    # r0 = bpf_get_current_cgroup_id()
+                _insn(0x7b, dst=10, src=0, off=-32),    # value.cgid = r0
+                _insn(0xbf, dst=1, src=10), _insn(0x07, dst=1, imm=-24),
+                _insn(0xb7, dst=2, imm=16),
+                _insn(0x85, imm=16),                    # bpf_get_current_comm(value.comm, 16)
+                _insn(0x18, dst=1, src=1, imm=self.map_fd), _insn(0),
+                _insn(0xbf, dst=2, src=10), _insn(0x07, dst=2, imm=-4),
+                _insn(0xbf, dst=3, src=10), _insn(0x07, dst=3, imm=-32),
+                _insn(0xb7, dst=4, imm=0),
+                _insn(0x85, imm=2),                     # bpf_map_update_elem(map, key, value, ANY)
+                _insn(0xb7, dst=0, imm=0),
+                _insn(0x95),
+            ])
+            buf = ct.create_string_buffer(prog, len(prog))
+            self.prog_fd = bpf.chk(lib.bpf_prog_load(17, b"corral_exits", b"GPL", buf,
+                                                     len(prog) // 8, None), "program")
+            self.link_fd = bpf.chk(lib.bpf_raw_tracepoint_open(b"sched_process_exit",
+                                                               self.prog_fd), "attach")
+        except OSError:
+            self.close()
+            raise
+
+    def lookup(self, pid: int) -> tuple[int, str] | None:
+        k = ct.c_uint32(pid)
+        v = ct.create_string_buffer(24)
+        if self._lib.bpf_map_lookup_elem(self.map_fd, ct.byref(k), v) != 0:
+            return None
+        cgid = struct.unpack_from("<Q", v.raw)[0]
+        return cgid, v.raw[8:24].split(b"\0", 1)[0].decode(errors="replace")
+
+    def close(self) -> None:
+        for name in ("link_fd", "prog_fd", "map_fd"):
+            fd = getattr(self, name, -1)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+
+def cgroup_path_of_id(cgid: int) -> str | None:
+    """A cgroup2 id -> its path relative to the mount ('/a/b'), while it exists."""
+    h = _Handle()
+    h.handle_bytes, h.handle_type = 8, 0xfe                  # FILEID_KERNFS
+    struct.pack_into("<Q", h.f_handle, 0, cgid)
+    try:
+        mfd = os.open(cgroups.cgroup2_mount(), _DIR_FLAGS)
+    except OSError:
+        return None
+    try:
+        fd = _libc.open_by_handle_at(mfd, ct.byref(h), os.O_PATH | os.O_CLOEXEC)
+        if fd < 0:
+            return None
+        try:
+            p = os.readlink(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+    finally:
+        os.close(mfd)
+    base = str(cgroups.cgroup2_mount())
+    if not under(p, base):
+        return None
+    rel = os.path.relpath(p, base)
+    return "/" if rel == "." else "/" + rel
+
+
+@dataclass
+class Creator:
+    kind: str                    # "session" (a live session), "outside", "unknown"
+    pid: int | None = None
+    session: str | None = None
+    comm: str | None = None
+    why: str = ""
+
+    def text(self) -> str:
+        who = f"pid {self.pid}" + (f" ({self.comm})" if self.comm else "")
+        if self.kind == "session":
+            return f"{who} of session {self.session}"
+        return who if self.kind == "outside" else (self.why or "creator unknown")
+
+
+# -- state ---------------------------------------------------------------------------
+@dataclass
+class Target:
+    path: str                    # the protected path
+    top: str                     # the outermost allow_write root holding it
+    parts: list[str]             # components below top
+    marks: dict = field(default_factory=dict)       # chain level -> mark key
+    covered: bool = False        # every existing directory of the chain marked (last walk)
+
+    @property
+    def chain(self) -> list[str]:
+        """top, top/p1, top/p1/p2, ..., path."""
+        out = [self.top]
+        for p in self.parts:
+            out.append(os.path.join(out[-1], p))
+        return out
+
+
+@dataclass
+class Mark:
+    fd: int
+    path: str
+    ino: int
+    dev: int
+    refs: set = field(default_factory=set)           # (session id, target path, level)
+
+
+@dataclass
+class Watched:
+    session: object
+    targets: dict = field(default_factory=dict)      # path -> Target
+    handled: dict = field(default_factory=dict)      # path -> (ino, dev) left in place, read-only
+    pending: list = field(default_factory=list)      # read-only binds waiting for the mount view
+    mounted: set = field(default_factory=set)        # recovered: mount points in its view
+    live: list = field(default_factory=list)         # [fd, copy path, until, (size, mtime)]
+    quarantined: int = 0
+    records: list = field(default_factory=lambda: [0.0, 0, 0])   # window start, count, suppressed
+
+
+class NameWatch:
+    def __init__(self, sessions, audit, quarantine_root: Path | None = None):
+        from corral import config
+        self.sessions = sessions           # SessionTable
+        self.audit = audit                 # callable(record, must=False)
+        self.qroot = Path(quarantine_root or config.LOG_DIR / "quarantine")
+        self.by_session: dict[str, Watched] = {}
+        self.marks: dict[tuple, Mark] = {}
+        self.fd = -1
+        self.why = ""
+        self.exits = None
+        self._pool = None
+        self._closing = False
+        try:
+            fd = _libc.fanotify_init(FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DIR_FID
+                                     | FAN_REPORT_NAME, os.O_RDONLY)
+            if fd < 0:
+                raise _err("fanotify_init")
+            self.fd = fd
+        except OSError as e:
+            self.why = str(e)
+            log.warning("protected names cannot be watched (%s): Landlock keeps refusing new "
+                        "entries where they would appear", e)
+            return
+        try:
+            self.exits = ExitTracker()
+        except Exception as e:          # creators that exited count as unknown: quarantined
+            self.why = f"exit tracker: {e}"
+            log.warning("no exit tracker (%s): entries made by processes that exited before "
+                        "their report was read are quarantined whoever made them", e)
+
+    # -- the daemon's side ------------------------------------------------------
+    def status(self) -> dict:
+        return {"active": self.fd >= 0, "exit_tracker": self.exits is not None,
+                **({"why": self.why} if self.why else {})}
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        self._closing = True    # from here, helpers run inline
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self.fd >= 0:
+            self.read()         # what was reported before the daemon stops
+        for m in self.marks.values():
+            os.close(m.fd)
+        self.marks.clear()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.exits is not None:
+            self.exits.close()
+            self.exits = None
+
+    def covers(self, s) -> list[str]:
+        """The deny_write paths of session `s` this watcher really covers (every
+        existing directory of their chain marked): only those may be left out
+        of Landlock's list."""
+        w = self.by_session.get(s.id)
+        if w is None:
+            return []
+        return sorted(p for p, t in w.targets.items() if t.covered)
+
+    def watch(self, s) -> list[str]:
+        """Start watching session `s` (admitted, or recovered after a restart);
+        returns covers(s). Never raises: whatever cannot be watched stays with
+        Landlock."""
+        try:
+            return self._watch(s)
+        except Exception:
+            log.exception("session %s: protected names not watched", s.id)
+            self.forget(s)
+            return []
+
+    def forget(self, s) -> None:
+        if s.id not in self.by_session:
+            return
+        if self.fd >= 0:
+            self.read()         # what its last processes made is still its to quarantine
+        w = self.by_session.pop(s.id, None)
+        if w is None:
+            return
+        self._follow_copies(w, final=True)
+        for t in w.targets.values():
+            for level in list(t.marks):
+                self._release(w, t, level)
+
+    def read(self) -> None:
+        """The fanotify descriptor is readable (the daemon's loop)."""
+        try:
+            self._drain()
+            self._flush()
+        except Exception as e:
+            log.exception("protected names: %s", e)
+
+    def step(self) -> None:
+        """Housekeeping: read-only binds that waited for a session's mount view."""
+        if any(w.pending for w in self.by_session.values()):
+            self._flush()
+        now = time.monotonic()
+        for w in self.by_session.values():
+            if w.live:
+                self._follow_copies(w)
+            start, _, suppressed = w.records
+            if suppressed and now - start >= 1:
+                self.audit({"kind": "rate", "op": "suppressed", "verdict": "info",
+                            "session": w.session.id, "target": f"{suppressed} event(s)",
+                            "count": suppressed, "rule": "protected names: per-session limit"},
+                           must=False)
+                w.records[:] = [now, 0, 0]
+
+    # -- setting up --------------------------------------------------------------
+    def candidates(self, fs: dict) -> list[tuple[str, str]]:
+        """(path, top) of the deny_write paths that do not exist and lie in an
+        allow_write tree (and not under an existing denied path)."""
+        allow = fs.get("allow_write") or []
+        deny = fs.get("deny_write") or []
+        out = []
+        for p in deny:
+            if os.path.lexists(p):
+                continue
+            roots = [a for a in allow if under(p, a) and p != a]
+            if not roots:
+                continue        # not writable at all: Landlock refuses it, no freeze
+            if any(d != p and under(p, d) and os.path.lexists(d) for d in deny):
+                continue        # inside a denied tree that exists (read-only mount)
+            out.append((p, min(roots, key=len)))
+        return out
+
+    def _watch(self, s) -> list[str]:
+        if self.fd < 0 or s.id in self.by_session:
+            return self.covers(s)
+        if s.enforcement.get("filesystem") == "bpf-lsm":
+            return []           # the BPF LSM decides by path, live: nothing to freeze
+        fs = s.policy.get("filesystem")
+        if not fs:
+            return []
+        recovered = s.enforcement.get("watched_names")
+        w = Watched(session=s)
+        self.by_session[s.id] = w
+        if recovered is not None:
+            allow = fs.get("allow_write") or []
+            names = []
+            for p in recovered:
+                roots = [a for a in allow if under(p, a) and p != a]
+                if roots and p in (fs.get("deny_write") or []):
+                    names.append((p, min(roots, key=len)))
+        else:
+            names = self.candidates(fs)
+        for p, top in names:
+            rel = os.path.relpath(p, top)
+            w.targets[p] = Target(path=p, top=top, parts=rel.split(os.sep))
+        if recovered is not None:
+            pidfd = nsmount.session_pidfd(self.sessions, s)
+            if pidfd >= 0:
+                pid = nsmount.pid_of(pidfd)
+                w.mounted = (nsmount.mountpoints(pid) or set()) if pid else set()
+                os.close(pidfd)
+        for t in list(w.targets.values()):
+            # A new session: nothing exists yet (candidates), so this only marks
+            # the chain. Recovered: whatever appeared while no daemon watched.
+            self._check(w, t, None, mode="recover" if recovered is not None else "initial")
+        if recovered is not None:
+            lost = sorted(set(recovered) - set(self.covers(s)))
+            if lost:
+                log.error("session %s: %s no longer watched although `corral run` left them "
+                          "to the watcher", s.id, ", ".join(lost))
+        self._flush()
+        return self.covers(s)
+
+    # -- marks -------------------------------------------------------------------
+    def _hold(self, w: Watched, t: Target, level: int, fd: int) -> bool:
+        """Target `t` needs the directory open at `fd` (chain level `level`)
+        marked. Returns True if a new fanotify mark was added (then the caller
+        reads what it reported meanwhile before it trusts a walk)."""
+        try:
+            key = handle_key(fd)
+        except OSError as e:
+            log.warning("%s: %s", t.chain[level], e)
+            return False
+        if t.marks.get(level) == key:
+            return False
+        if level in t.marks:
+            self._release(w, t, level)
+        m = self.marks.get(key)
+        fresh = m is None
+        if fresh:
+            if _libc.fanotify_mark(self.fd, FAN_MARK_ADD | FAN_MARK_ONLYDIR, MASK, fd, None) != 0:
+                e = _err("fanotify_mark")
+                log.warning("cannot watch %s: %s", t.chain[level], e)
+                if level > 0:   # was covered: the name now depends on this directory
+                    self._record(w, {"kind": "file", "op": "protected_unwatched",
+                                     "verdict": "warn", "target": t.path,
+                                     "rule": f"cannot watch {t.chain[level]}: {e.strerror}"})
+                return False
+            st = os.fstat(fd)
+            m = Mark(fd=os.dup(fd), path=t.chain[level], ino=st.st_ino, dev=st.st_dev)
+            self.marks[key] = m
+        m.refs.add((w.session.id, t.path, level))
+        t.marks[level] = key
+        return fresh
+
+    def _release(self, w: Watched, t: Target, level: int) -> None:
+        key = t.marks.pop(level, None)
+        m = self.marks.get(key) if key else None
+        if m is None:
+            return
+        m.refs.discard((w.session.id, t.path, level))
+        if not m.refs:
+            _libc.fanotify_mark(self.fd, FAN_MARK_REMOVE | FAN_MARK_ONLYDIR, MASK, m.fd, None)
+            os.close(m.fd)
+            del self.marks[key]
+
+    # -- events ------------------------------------------------------------------
+    def _drain(self) -> None:
+        """Read and handle every queued report (also called after a new mark)."""
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            for mask, pid, key, name in parse_events(data):
+                self._event(mask, pid, key, name)
+
+    def _event(self, mask: int, pid: int, key, name) -> None:
+        if mask & FAN_Q_OVERFLOW:
+            log.warning("fanotify queue overflow: walking every protected name again")
+            for w in list(self.by_session.values()):
+                for t in list(w.targets.values()):
+                    self._check(w, t, None, mode="rescan", why="reports lost to a queue overflow")
+            return
+        if pid == os.getpid() or key is None:
+            return
+        m = self.marks.get(key)
+        if m is None:
+            return
+        hits = []
+        for sid, path, level in list(m.refs):
+            w = self.by_session.get(sid)
+            t = w.targets.get(path) if w else None
+            if t is not None and level + 1 < len(t.chain) and t.parts[level] == name:
+                hits.append((w, t, level + 1))
+        if not hits:
+            return
+        who = self.creator(pid)
+        for w, t, level in hits:
+            self._check(w, t, (who, level, (m.ino, m.dev)))
+
+    def creator(self, pid: int) -> Creator:
+        if pid <= 0:
+            return Creator("unknown", why="no pid in the report")
+        try:
+            cg = cgroups.cgroup_of(pid)
+        except OSError:
+            cg = None
+        comm = None
+        if cg is not None:
+            try:
+                with open(f"/proc/{pid}/comm") as fh:
+                    comm = fh.read().strip()
+            except OSError:
+                pass
+        elif self.exits is not None:
+            hit = self.exits.lookup(pid)
+            if hit is not None:
+                cgid, comm = hit
+                s = self.sessions.by_cgid.get(cgid)
+                cg = ("/" + str(Path(s.cgroup).relative_to(cgroups.cgroup2_mount()))) if s \
+                    else cgroup_path_of_id(cgid)
+                if cg is None:
+                    return Creator("unknown", pid, comm=comm,
+                                   why=f"pid {pid} ({comm}) exited, its cgroup is gone")
+        if cg is None:
+            return Creator("unknown", pid, why=f"pid {pid} exited before it was placed")
+        if not cgroups.in_tree(cg):
+            return Creator("outside", pid, comm=comm)
+        sid = cgroups.session_of_path(cg)
+        if sid in self.sessions.by_id:
+            return Creator("session", pid, sid, comm)
+        return Creator("unknown", pid, comm=comm, why=f"pid {pid} of corral cgroup {cg} "
+                                                       "(no live session)")
+
+    # -- walking a protected path -----------------------------------------------
+    def _check(self, w: Watched, t: Target, ev, mode: str = "event", why: str = "") -> None:
+        """Walk `t` from its top, marking each directory of its chain, and act on
+        the protected entry (or a symlink on the way) if one is there. `ev`:
+        (creator, level of the entry the report named, (ino, dev) of its
+        directory). `mode`: "event", "initial" (a new session: what exists is
+        the mount view's, made read-only by `corral run`), "recover" (after a
+        restart), "rescan" (after a queue overflow)."""
+        try:
+            fd = os.open(t.top, _DIR_FLAGS)
+        except OSError as e:
+            log.warning("session %s: %s: %s", w.session.id, t.top, e)
+            return
+        walked = [0]
+        try:
+            if self._hold(w, t, 0, fd):
+                self._drain()
+            for i in range(1, len(t.chain)):
+                if w.session.id not in self.by_session or t.path not in w.targets:
+                    return
+                name = t.parts[i - 1]
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except (FileNotFoundError, NotADirectoryError):
+                    self._release_below(w, t, i)    # the rest of the chain is gone
+                    return
+                final = i == len(t.chain) - 1
+                if final or stat.S_ISLNK(st.st_mode):
+                    self._release_below(w, t, i)
+                    if mode == "initial":
+                        w.handled[t.chain[i]] = _ident(fd, name, st)
+                    else:
+                        who = self._attribute(ev, i, fd, mode, why)
+                        self._found(w, t, i, fd, name, st, who, mode)
+                    return
+                if not stat.S_ISDIR(st.st_mode):
+                    self._release_below(w, t, i)
+                    return      # a file where a directory would be: nothing below it
+                nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+                walked.append(i)
+                if self._hold(w, t, i, fd):
+                    self._drain()       # what the new mark reported before we walk on
+        except OSError as e:
+            log.warning("session %s: walking %s: %s", w.session.id, t.path, e)
+        finally:
+            os.close(fd)
+            t.covered = all(level in t.marks for level in walked)
+
+    def _release_below(self, w: Watched, t: Target, i: int) -> None:
+        for level in [lv for lv in t.marks if lv >= i]:
+            self._release(w, t, level)
+
+    @staticmethod
+    def _attribute(ev, i: int, parent_fd: int, mode: str, why: str) -> Creator:
+        if mode == "recover":
+            return Creator("unknown", why="appeared while corrald was not watching")
+        if ev is None:
+            return Creator("unknown", why=why or "found by a walk, not reported")
+        who, level, dir_key = ev
+        if level == i:
+            st = os.fstat(parent_fd)
+            if (st.st_ino, st.st_dev) == dir_key:
+                return who
+            return Creator("unknown", why="reported in a directory that has moved since")
+        if level > i:
+            return Creator("unknown", why="the path changed since the report")
+        if who.kind == "session":
+            return Creator("session", who.pid, who.session, who.comm)
+        return Creator("unknown", why=f"made in a new directory before the watch reached it "
+                                      f"(the directory: {who.text()})")
+
+    def _protecting(self, path: str) -> list[Watched]:
+        """Sessions one of whose protected paths is `path` or lies beneath it."""
+        return [w for w in self.by_session.values()
+                if any(under(p, path) for p in w.targets)]
+
+    def _found(self, w: Watched, t: Target, i: int, parent_fd: int, name: str, st,
+               who: Creator, mode: str) -> None:
+        path = t.chain[i]
+        key = _ident(parent_fd, name, st)
+        if w.handled.get(path) == key:
+            return
+        if mode == "recover":
+            rep = w.session.enforcement.get("client") or {}
+            dropped = rep.get("watched_names")
+            if path in w.mounted or (dropped is not None and path not in dropped):
+                w.handled[path] = key       # read-only in its view already, or Landlock's
+                return
+        protecting = self._protecting(path)
+        if who.kind == "session" and who.session not in {x.session.id for x in protecting}:
+            who = Creator("outside", who.pid, comm=who.comm)    # a session that may make it
+        if who.kind == "outside":
+            try:
+                follow = os.stat(name, dir_fd=parent_fd)
+            except OSError:
+                follow = None
+            for x in protecting:
+                x.handled[path] = key
+                if follow is None:
+                    self._record(x, {"kind": "file", "op": "protected_unwatched",
+                                     "verdict": "warn", "target": path, "pid": who.pid,
+                                     "comm": who.comm,
+                                     "rule": "protected name created outside the session is a "
+                                             "symlink to nothing: not made read-only"})
+                    continue
+                x.pending.append({"path": path, "expect": [follow.st_ino, follow.st_dev],
+                                  "key": key, "creator": who,
+                                  "rule": f"protected name created outside the session "
+                                          f"({_mandatory(path)})"})
+            return
+        owner = self.by_session.get(who.session) if who.kind == "session" else w
+        self._quarantine(owner or w, parent_fd, name, st, path, who)
+
+    # -- quarantine -------------------------------------------------------------
+    def _qdir(self, sid: str) -> int:
+        """A descriptor of quarantine/<sid> (each level root's, mode 0700)."""
+        self.qroot.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        fd = os.open(self.qroot.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        for name in (self.qroot.name, sid):
+            try:
+                os.mkdir(name, 0o700, dir_fd=fd)
+            except FileExistsError:
+                pass
+            try:
+                nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            finally:
+                os.close(fd)
+            fd = nfd
+            st = os.fstat(fd)
+            if st.st_uid != 0 or st.st_gid != 0 or stat.S_IMODE(st.st_mode) != 0o700:
+                os.fchown(fd, 0, 0)
+                os.fchmod(fd, 0o700)
+        return fd
+
+    def _quarantine(self, w: Watched, parent_fd: int, name: str, st, path: str,
+                    who: Creator) -> None:
+        sid = w.session.id
+        rec = {"kind": "file", "op": "quarantine", "verdict": "deny", "target": path,
+               "session": sid, "pid": who.pid, "comm": who.comm, "creator": who.kind,
+               "rule": f"protected name created in the session ({_mandatory(path)})"
+               if who.kind == "session" else
+               f"protected name created, {who.text()} ({_mandatory(path)})",
+               "file_type": _ftype(st.st_mode)}
+        try:
+            qfd = self._qdir(sid)
+        except OSError as e:
+            log.error("quarantine directory for %s: %s; removing %s instead", sid, e, path)
+            qfd = -1
+        try:
+            if qfd < 0 or w.quarantined >= MAX_QUARANTINED:
+                _remove(parent_fd, name, st)
+                rec.update(moved_to=None, how="removed",
+                           note="quarantine full" if qfd >= 0 else "no quarantine directory")
+            else:
+                qname = f"{time.time_ns()}-{name}"
+                rec["moved_to"] = str(self.qroot / sid / qname)
+                if _libc.renameat2(parent_fd, os.fsencode(name), qfd, os.fsencode(qname),
+                                   RENAME_NOREPLACE) == 0:
+                    rec["how"] = "rename"
+                else:
+                    e = ct.get_errno()
+                    if e != errno.EXDEV:
+                        raise OSError(e, os.strerror(e))
+                    copied = _copy_out(parent_fd, name, st, qfd, qname)
+                    fd = copied.pop("_fd", -1)
+                    if fd >= 0:     # a writer may still hold it: copied again while it grows
+                        fst = os.fstat(fd)
+                        w.live.append([fd, rec["moved_to"], time.monotonic() + COPY_FOLLOW,
+                                       (fst.st_size, fst.st_mtime_ns)])
+                    rec.update(copied)
+                    rec["how"] = "copy"
+                w.quarantined += 1
+        except FileNotFoundError:
+            return              # gone already (removed by its maker, or quarantined)
+        except OSError as e:
+            rec.update(verdict="warn", op="quarantine_failed", moved_to=None, error=str(e))
+            log.error("session %s: cannot quarantine %s: %s", sid, path, e)
+        finally:
+            if qfd >= 0:
+                os.close(qfd)
+        self._record(w, rec)
+
+    @staticmethod
+    def _follow_copies(w: Watched, final: bool = False) -> None:
+        """Cross-filesystem quarantine: what its writer added since, copied again."""
+        now = time.monotonic()
+        keep = []
+        for item in w.live:
+            fd, path, until, seen = item
+            try:
+                st = os.fstat(fd)
+                if (st.st_size, st.st_mtime_ns) != seen:
+                    item[3] = (st.st_size, st.st_mtime_ns)
+                    data = os.pread(fd, COPY_FILE_MAX, 0)
+                    out = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    try:
+                        os.write(out, data)
+                    finally:
+                        os.close(out)
+            except OSError as e:
+                log.warning("quarantined copy %s: %s", path, e)
+                until = 0
+            if final or now >= until:
+                os.close(fd)
+            else:
+                keep.append(item)
+        w.live[:] = keep
+
+    # -- read-only in the other sessions ----------------------------------------
+    def _flush(self) -> None:
+        for w in list(self.by_session.values()):
+            if not w.pending:
+                continue
+            rep = w.session.enforcement.get("client")
+            if rep is None:
+                continue        # not confined yet: wait for its report (step)
+            todo, w.pending = w.pending, []
+            dropped = rep.get("watched_names")
+            todo = [p for p in todo if dropped is None or p["path"] in dropped]
+            if not todo:
+                continue        # Landlock still has these names: nothing to add
+            if not rep.get("mount_namespace"):
+                for p in todo:
+                    self._readonly_record(w, p, "warn", "the session has no mount view: "
+                                                        "not made read-only")
+                continue
+            pidfd = nsmount.session_pidfd(self.sessions, w.session)
+            if pidfd < 0:
+                continue        # nobody left in the session
+            ops = [{"src": p["path"], "dst": p["path"], "readonly": True, "recursive": True,
+                    "expect": p["expect"]} for p in todo]
+            self._bind(w, todo, pidfd, ops)
+
+    def _bind(self, w: Watched, todo: list, pidfd: int, ops: list) -> None:
+        """Run the helper (nsmount.py: a process start, tens of ms) on a worker
+        thread when the daemon's loop runs, so quarantines do not wait for it;
+        the results come back to the loop (_bound)."""
+        def job():
+            try:
+                return nsmount.bind_many(pidfd, ops)
+            finally:
+                os.close(pidfd)
+        try:
+            loop = None if self._closing else asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            self._bound(w, todo, job())
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corral-nsmount")
+
+        def done(fut):
+            try:
+                res = fut.result()
+            except Exception as e:
+                res = [f"helper: {e}"] * len(todo)
+            self._bound(w, todo, res)
+        loop.run_in_executor(self._pool, job).add_done_callback(done)
+
+    def _bound(self, w: Watched, todo: list, res: list) -> None:
+        if self.by_session.get(w.session.id) is not w:
+            return              # the session ended meanwhile
+        for item, r in zip(todo, res):
+            if r == "ok":
+                links = _links(item["path"])
+                # A second name made before the mount (same mount, so link()
+                # worked) stays writable: say so.
+                self._readonly_record(w, item, "warn" if links > 1 else "info",
+                                      f"it has {links} names: the others stay writable"
+                                      if links > 1 else "")
+            elif r == "mismatch":
+                # Replaced meanwhile: its replacement was (or will be) reported
+                # on its own and handled by who made it.
+                if w.handled.get(item["path"]) == item["key"]:
+                    w.handled.pop(item["path"])
+            else:
+                self._readonly_record(w, item, "warn", r)
+
+    def _readonly_record(self, w: Watched, p: dict, verdict: str, error: str) -> None:
+        who = p["creator"]
+        rec = {"kind": "file", "op": "protected_readonly", "verdict": verdict,
+               "target": p["path"], "session": w.session.id, "pid": who.pid, "comm": who.comm,
+               "creator": who.kind, "rule": p["rule"]}
+        if error:
+            rec["error"] = error
+        self._record(w, rec)
+
+    def _record(self, w: Watched, rec: dict) -> None:
+        now = time.monotonic()
+        if now - w.records[0] >= 1:
+            if w.records[2]:
+                self.audit({"kind": "rate", "op": "suppressed", "verdict": "info",
+                            "session": w.session.id, "target": f"{w.records[2]} event(s)",
+                            "count": w.records[2], "rule": "protected names: per-session limit"},
+                           must=False)
+            w.records[:] = [now, 0, 0]
+        w.records[1] += 1
+        if w.records[1] > RECORDS_PER_SECOND:
+            w.records[2] += 1
+            return
+        rec.setdefault("session", w.session.id)
+        self.audit(rec, must=False)
+
+
+# -- helpers ----------------------------------------------------------------------------
+def _mandatory(path: str) -> str:
+    """Which mandatory protection a protected path comes from, for the record."""
+    from corral.policy.files import MANDATORY
+    for m in MANDATORY:
+        if m.kind != "deny_write":
+            continue
+        for pat in m.paths:
+            if pat.startswith("./") and fnmatch.fnmatchcase(path, "*/" + pat[2:]):
+                return f"mandatory {m.name}"
+    return "deny_write"
+
+
+def _ident(parent_fd: int, name: str, st) -> tuple:
+    """What an entry is, beyond its inode number (reused at once by ext4 after
+    a delete): its file handle (inode and generation), not following a symlink."""
+    h = _Handle()
+    h.handle_bytes = 128
+    mount_id = ct.c_int()
+    if _libc.name_to_handle_at(parent_fd, os.fsencode(name), ct.byref(h), ct.byref(mount_id),
+                               0) == 0:
+        return (st.st_dev, h.handle_type, bytes(h.f_handle[:h.handle_bytes]))
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
+
+
+def _links(path: str) -> int:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 1
+    return 1 if stat.S_ISDIR(st.st_mode) else st.st_nlink
+
+
+def _ftype(mode: int) -> str:
+    for test, name in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "directory"),
+                       (stat.S_ISLNK, "symlink"), (stat.S_ISFIFO, "fifo"),
+                       (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "other"
+
+
+def _same(st, parent_fd: int, name: str) -> bool:
+    try:
+        now = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev)
+
+
+def _remove(parent_fd: int, name: str, st) -> None:
+    import shutil
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=parent_fd)
+    else:
+        os.unlink(name, dir_fd=parent_fd)
+
+
+def _copy_file(src_dir: int, name: str, dst_dir: int, qname: str, limit: int,
+               keep: list | None = None) -> tuple[int, bool]:
+    """Copy up to `limit` bytes of a regular file (never through a symlink);
+    `keep`: a list that receives the source descriptor, left open."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=src_dir)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - len(data)))
+            if not chunk:
+                break
+            data += chunk
+    except BaseException:
+        os.close(fd)
+        raise
+    if keep is None:
+        os.close(fd)
+    else:
+        keep.append(fd)
+    out = os.open(qname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                  0o600, dir_fd=dst_dir)
+    try:
+        os.write(out, data[:limit])
+    finally:
+        os.close(out)
+    return min(len(data), limit), len(data) > limit
+
+
+def _copy_tree(src_dir: int, name: str, dst_dir: int, qname: str, budget: dict,
+               depth: int = 0) -> None:
+    os.mkdir(qname, 0o700, dir_fd=dst_dir)
+    sfd = os.open(name, _DIR_FLAGS, dir_fd=src_dir)
+    dfd = os.open(qname, _DIR_FLAGS, dir_fd=dst_dir)
+    try:
+        for e in os.scandir(sfd):
+            if budget["entries"] <= 0:
+                budget["truncated"] = True
+                return
+            budget["entries"] -= 1
+            if e.is_symlink():
+                os.symlink(os.readlink(e.name, dir_fd=sfd), e.name, dir_fd=dfd)
+            elif e.is_dir(follow_symlinks=False):
+                if depth + 1 >= COPY_TREE_DEPTH:
+                    budget["truncated"] = True
+                    continue
+                _copy_tree(sfd, e.name, dfd, e.name, budget, depth + 1)
+            elif e.is_file(follow_symlinks=False):
+                n, cut = _copy_file(sfd, e.name, dfd, e.name,
+                                    max(0, min(COPY_FILE_MAX, budget["bytes"])))
+                budget["bytes"] -= n
+                budget["truncated"] |= cut
+            else:
+                budget["skipped"] += 1          # fifo, socket, device: not copied
+    finally:
+        os.close(sfd)
+        os.close(dfd)
+
+
+def _copy_out(parent_fd: int, name: str, st, qfd: int, qname: str) -> dict:
+    """Quarantine across filesystems: copy what is there (bounded, never
+    following a symlink), then remove it if it is still the same object. A
+    regular file's descriptor comes back as "_fd" (its writer may go on)."""
+    out: dict = {}
+    kept: list = []
+    try:
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(name, dir_fd=parent_fd), qname, dir_fd=qfd)
+        elif stat.S_ISREG(st.st_mode):
+            n, cut = _copy_file(parent_fd, name, qfd, qname, COPY_FILE_MAX, keep=kept)
+            out.update(bytes_kept=n, truncated=cut)
+        elif stat.S_ISDIR(st.st_mode):
+            budget = {"entries": COPY_TREE_ENTRIES, "bytes": COPY_TREE_BYTES,
+                      "truncated": False, "skipped": 0}
+            _copy_tree(parent_fd, name, qfd, qname, budget)
+            out.update(truncated=budget["truncated"], not_copied=budget["skipped"])
+        else:
+            out.update(moved_to=None, note="not a file, directory or symlink: removed")
+        if _same(st, parent_fd, name):
+            _remove(parent_fd, name, st)
+        else:
+            out["note"] = "replaced while it was copied; the copy is of the first one"
+            try:
+                now = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+                _remove(parent_fd, name, now)
+            except FileNotFoundError:
+                pass
+    except BaseException:
+        for fd in kept:
+            os.close(fd)
+        raise
+    if kept:
+        out["_fd"] = kept[0]
+    return out

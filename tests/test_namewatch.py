@@ -1,0 +1,390 @@
+"""Protected names that do not exist yet (issue 12): watched by corrald, not
+frozen by Landlock. End to end through `corral run` on the real kernel, in a
+fresh `git init` project (no .mcp.json, .vscode, .claude, .idea, .gitmodules):
+
+* new entries at the project root work (the control: --strict-protect keeps
+  today's freeze);
+* a protected name made in the session is quarantined (gone from its place,
+  in LOG_DIR/quarantine/<session> with its content, logged);
+* one made outside while the session runs stays in place, unchanged, and the
+  session cannot modify it.
+
+Sessions are started by `corral run` in child processes, never from pytest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import ppid
+
+CORRAL = str(Path(sys.executable).parent / "corral")
+PROTECTED = (".mcp.json", ".vscode", ".idea", ".gitmodules", ".claude")
+
+
+@pytest.fixture
+def project():
+    base = Path(tempfile.mkdtemp(prefix="corral-nw-"))
+    proj = base / "proj"
+    proj.mkdir()
+    subprocess.run(["git", "init", "-q", str(proj)], check=True)
+    for n in PROTECTED:
+        assert not (proj / n).exists()
+    (base / "out").mkdir()
+    try:
+        yield base, proj
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run(daemon, proj, script: str, *flags, timeout=60):
+    env = {k: v for k, v in daemon.env.items() if k not in ("TMUX", "SSH_AUTH_SOCK")}
+    return subprocess.run([CORRAL, "run", *flags, "--", "sh", "-c", script], cwd=proj, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def log_records(daemon, session: str | None = None) -> list[dict]:
+    args = ["log", "--json"] + (["--session", session] if session else [])
+    p = daemon.corral(*args, check=True)
+    return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+
+
+def quarantine_record(daemon, target: str, timeout=5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        for r in log_records(daemon):
+            if r.get("op") == "quarantine" and r.get("target") == target:
+                return r
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no quarantine record for {target}")
+        time.sleep(0.05)
+
+
+def gone_within(path: Path, timeout=2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not os.path.lexists(path):
+            return True
+        time.sleep(0.01)
+    return not os.path.lexists(path)
+
+
+# -- the project root stays writable ---------------------------------------------------
+FRESH_WORK = """set -e
+touch new.py
+mkdir sub
+printf 'print(1)\\n' > hello.py.tmp.$$
+mv hello.py.tmp.$$ hello.py
+"""
+
+
+def test_fresh_project_root_takes_new_entries(daemon, project):
+    _, proj = project
+    p = run(daemon, proj, FRESH_WORK)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert (proj / "new.py").exists() and (proj / "sub").is_dir()
+    assert (proj / "hello.py").read_text() == "print(1)\n"
+    assert not list(proj.glob("*.tmp.*"))
+    assert str(proj) not in p.stderr, p.stderr          # no frozen_dirs note for the root
+
+
+def test_strict_protect_keeps_the_freeze(daemon, project):
+    """The control: what the watcher replaces, and what --strict-protect keeps."""
+    _, proj = project
+    p = run(daemon, proj, "touch new.py", "--strict-protect")
+    assert p.returncode != 0, (p.stdout, p.stderr)
+    assert "Permission denied" in p.stderr, p.stderr
+    assert not (proj / "new.py").exists()
+    assert str(proj) in p.stderr and "refusing new entries" in p.stderr, p.stderr
+
+
+def test_strict_protect_still_refuses_protected_names(daemon, project):
+    _, proj = project
+    p = run(daemon, proj, "echo '{}' > .mcp.json; echo rc=$?", "--strict-protect")
+    assert "rc=0" not in p.stdout, (p.stdout, p.stderr)
+    assert not (proj / ".mcp.json").exists()
+
+
+# -- made in the session: quarantined ----------------------------------------------------
+CASES = {
+    "mcp_json": ("printf '{\"mcpServers\": 1}' > .mcp.json", ".mcp.json",
+                 lambda q: q.read_text() == '{"mcpServers": 1}'),
+    "vscode_tasks": ("mkdir .vscode && printf '{\"tasks\": 1}' > .vscode/tasks.json "
+                     "&& echo WROTE; true", ".vscode", None),
+    "claude_settings": ("mkdir .claude && printf '{\"hooks\": 1}' > .claude/settings.json",
+                        ".claude/settings.json", lambda q: q.read_text() == '{"hooks": 1}'),
+    "rename_to_mcp": ("printf '{\"renamed\": 1}' > x.json && mv x.json .mcp.json", ".mcp.json",
+                      lambda q: q.read_text() == '{"renamed": 1}'),
+    "symlink_mcp": ("printf '{\"target\": 1}' > target.json && ln -s target.json .mcp.json",
+                    ".mcp.json", lambda q: q.is_symlink() and os.readlink(q) == "target.json"),
+    "gitmodules": ("printf '[submodule]\\n' > .gitmodules", ".gitmodules",
+                   lambda q: q.read_text() == "[submodule]\n"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_protected_name_made_in_session_is_quarantined(daemon, project, case):
+    _, proj = project
+    script, rel, content_ok = CASES[case]
+    p = run(daemon, proj, script + "; sleep 0.3")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    target = proj / rel
+    assert gone_within(target), f"{target} still there"
+    rec = quarantine_record(daemon, str(target))
+    print(f"{case}: {json.dumps(rec)}")
+    assert rec["kind"] == "file" and rec["verdict"] == "deny" and rec["creator"] == "session"
+    assert "protected name created in the session (mandatory" in rec["rule"], rec
+    assert rec["session"] and rec["pid"], rec
+    q = Path(rec["moved_to"])
+    assert q.parent.parent.name == "quarantine" and q.parent.name == rec["session"]
+    assert os.path.lexists(q), rec
+    st = os.stat(q.parent)
+    assert st.st_uid == 0 and st.st_mode & 0o777 == 0o700
+    if case == "vscode_tasks":
+        assert q.is_dir()
+        if "WROTE" in p.stdout:         # written before the move: moved with it
+            assert (q / "tasks.json").read_text() == '{"tasks": 1}'
+    else:
+        assert content_ok(q), (case, q)
+    if case == "symlink_mcp":           # the link was moved, not what it names
+        assert (proj / "target.json").read_text() == '{"target": 1}'
+    # corral log (text) shows it too
+    text = daemon.corral("log", "--session", rec["session"], check=True).stdout
+    assert "quarantine" in text and str(target) in text, text
+    # the rest of the session's work is left alone
+    assert (proj / ".git").is_dir()
+
+
+def test_quarantine_delay(daemon, project):
+    """Median delay between a creation in the session and the quarantine, as the
+    session sees it (20 tries)."""
+    base, proj = project
+    probe = base / "delay.py"
+    probe.write_text(r"""
+import json, os, sys, time
+out = []
+for i in range(20):
+    name = ".mcp.json" if i % 2 == 0 else ".gitmodules"
+    t0 = time.monotonic()
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.close(fd)
+    while os.path.lexists(name):
+        if time.monotonic() - t0 > 2:
+            break
+        time.sleep(0.0002)
+    out.append(time.monotonic() - t0)
+    time.sleep(0.02)
+print(json.dumps(out))
+""")
+    env = {k: v for k, v in daemon.env.items() if k not in ("TMUX", "SSH_AUTH_SOCK")}
+    p = subprocess.run([CORRAL, "run", "--", sys.executable, str(probe)], cwd=proj, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    delays = json.loads(p.stdout)
+    med = statistics.median(delays)
+    print(f"creation -> quarantine: median {med * 1000:.2f} ms, min {min(delays) * 1000:.2f} "
+          f"ms, max {max(delays) * 1000:.2f} ms over {len(delays)}")
+    assert max(delays) < 2, delays
+    assert not (proj / ".mcp.json").exists() and not (proj / ".gitmodules").exists()
+
+
+def test_cross_filesystem_quarantine_copies(daemon):
+    """The project on a tmpfs, the quarantine on the log's filesystem: copied
+    (bounded, symlinks not followed), then removed."""
+    base = Path(tempfile.mkdtemp(prefix="corral-nw-tmpfs-"))
+    proj = base / "proj"
+    proj.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(proj)], check=True)
+    try:
+        subprocess.run(["git", "init", "-q", str(proj)], check=True)
+        p = run(daemon, proj, "printf 'x%.0s' $(seq 100) > .mcp.json; "
+                              "mkdir .idea.tmp && printf w > .idea.tmp/workspace.xml && "
+                              "ln -s /etc/passwd .idea.tmp/link && mv .idea.tmp .idea; sleep 0.3")
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        for rel in (".mcp.json", ".idea"):
+            assert gone_within(proj / rel), rel
+        r = quarantine_record(daemon, str(proj / ".mcp.json"))
+        assert r["how"] == "copy", r
+        # copied when it appeared, again as its writer (holding it open) went on
+        wait_for(lambda: Path(r["moved_to"]).read_text() == "x" * 100, 3, "the copy's content")
+        r = quarantine_record(daemon, str(proj / ".idea"))
+        q = Path(r["moved_to"])
+        assert r["how"] == "copy", r
+        assert (q / "workspace.xml").read_text() == "w"
+        assert os.readlink(q / "link") == "/etc/passwd"
+    finally:
+        subprocess.run(["umount", "-l", str(proj)], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -- made outside while the session runs: read-only in the session ----------------------
+OUTSIDE_PROBE = r"""
+import errno, json, os, sys, time
+go, out = sys.argv[1], sys.argv[2]
+open(out + ".ready", "w").close()
+while not os.path.exists(go):
+    time.sleep(0.02)
+res = {}
+def attempt(name, fn):
+    try:
+        fn()
+        res[name] = "ok"
+    except OSError as e:
+        res[name] = errno.errorcode.get(e.errno, str(e.errno))
+def append(p, data):
+    def f():
+        with open(p, "a") as fh:
+            fh.write(data)
+    return f
+attempt("append_mcp", append(".mcp.json", "pwned"))
+attempt("truncate_mcp", lambda: os.truncate(".mcp.json", 0))
+attempt("rename_mcp_away", lambda: os.rename(".mcp.json", "mcp.bak"))
+attempt("unlink_mcp", lambda: os.unlink(".mcp.json"))
+attempt("replace_mcp", lambda: (open("evil.json", "w").write("{}"),
+                                os.rename("evil.json", ".mcp.json")))
+attempt("write_tasks", append(".vscode/tasks.json", "pwned"))
+attempt("create_in_vscode", append(".vscode/launch.json", "pwned"))
+attempt("rename_vscode_away", lambda: os.rename(".vscode", "vscode.bak"))
+attempt("write_claude_settings", append(".claude/settings.json", "pwned"))
+attempt("write_idea", lambda: open(".idea/workspace.xml", "w").write("pwned"))
+attempt("write_new_py", append("new.py", "ok"))       # the control: still writable
+with open(out, "w") as fh:
+    json.dump(res, fh)
+"""
+
+
+def wait_for(cond, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_protected_name_made_outside_is_read_only_in_session(daemon, project):
+    base, proj = project
+    probe = base / "outside_probe.py"
+    probe.write_text(OUTSIDE_PROBE)
+    go, out = base / "out" / "go", base / "out" / "res.json"
+    env = {k: v for k, v in daemon.env.items() if k not in ("TMUX", "SSH_AUTH_SOCK")}
+    proc = subprocess.Popen([CORRAL, "run", "--", sys.executable, str(probe), str(go), str(out)],
+                            cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: os.path.exists(str(out) + ".ready") or proc.poll() is not None, 30,
+                 "the session")
+        assert proc.poll() is None, proc.communicate()
+        with daemon.client() as c:
+            sid = next(s["id"] for s in c.call("list_sessions") if ppid(s["leader_pid"]) == proc.pid)
+        # The developer, outside: an editor's files, and a short-lived process
+        # that has exited before its report is read (the exit tracker places it).
+        (proj / ".vscode").mkdir()
+        (proj / ".vscode" / "tasks.json").write_text('{"dev": 1}')
+        (proj / ".mcp.json").write_text('{"dev": 2}')
+        subprocess.run(["mkdir", str(proj / ".idea")], check=True)
+        (proj / ".claude").mkdir()
+        (proj / ".claude" / "settings.json").write_text('{"dev": 3}')
+        want = {str(proj / n) for n in (".vscode", ".mcp.json", ".idea")}
+
+        def marked():
+            got = {r["target"] for r in log_records(daemon, sid)
+                   if r.get("op") == "protected_readonly" and r.get("verdict") == "info"}
+            return want <= got
+        wait_for(marked, 10, "protected_readonly records")
+        recs = [r for r in log_records(daemon, sid) if r.get("op") in ("protected_readonly",
+                                                                     "quarantine")]
+        for r in recs:
+            print(json.dumps(r))
+        # .claude/settings.json: made in a directory before the watch reached it,
+        # by whom cannot be told: quarantined (fail closed), or, if its own
+        # report came after the mark, read-only like the others.
+        cs = str(proj / ".claude" / "settings.json")
+        wait_for(lambda: any(r["target"] == cs for r in log_records(daemon, sid)
+                             if r.get("op") in ("protected_readonly", "quarantine")), 10,
+                 "a record for .claude/settings.json")
+        cs_recs = [r for r in log_records(daemon, sid) if r["target"] == cs
+                   and r.get("op") in ("protected_readonly", "quarantine")]
+        assert all(r["creator"] != "session" for r in recs), recs
+        go.write_text("")
+        o, e = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (o, e)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    res = json.loads(out.read_text())
+    print(res)
+    refused = ("EROFS", "EACCES", "EPERM", "EBUSY")
+    for k in ("append_mcp", "truncate_mcp", "rename_mcp_away", "unlink_mcp", "replace_mcp",
+              "write_tasks", "create_in_vscode", "rename_vscode_away", "write_idea"):
+        assert res[k] in refused, (k, res)
+    assert res["write_new_py"] == "ok", res
+    if cs_recs[0]["op"] == "protected_readonly":
+        assert res["write_claude_settings"] in refused, res
+    # outside: all still there, unchanged, and the developer can still edit them
+    assert (proj / ".mcp.json").read_text() == '{"dev": 2}'
+    assert (proj / ".vscode" / "tasks.json").read_text() == '{"dev": 1}'
+    assert not (proj / ".vscode" / "launch.json").exists()
+    assert (proj / ".idea").is_dir() and not list((proj / ".idea").iterdir())
+    assert not (proj / "mcp.bak").exists() and not (proj / "vscode.bak").exists()
+    (proj / ".mcp.json").write_text('{"dev": 4}')
+
+
+def test_daemon_restart_keeps_watching(project):
+    """A restarted daemon re-adopts the watch of a live session: a name made
+    then is still quarantined; one made read-only before stays so and in place."""
+    from conftest import make_daemon
+    base, proj = project
+    d = make_daemon("corral-nw-restart", extra_args=["--no-dns"])
+    d.start()
+    proc = None
+    try:
+        probe = base / "restart_probe.py"
+        probe.write_text(r"""
+import os, sys, time
+go = sys.argv[1]
+open(go + ".ready", "w").close()
+while not os.path.exists(go):
+    time.sleep(0.02)
+open(".mcp.json", "w").write("{}")
+time.sleep(1.0)
+try:
+    open(".vscode/tasks.json", "a").write("x")
+    print("vscode: ok")
+except OSError as e:
+    print("vscode:", e.errno)
+""")
+        go = base / "out" / "go"
+        env = {k: v for k, v in d.env.items() if k not in ("TMUX", "SSH_AUTH_SOCK")}
+        proc = subprocess.Popen([CORRAL, "run", "--", sys.executable, str(probe), str(go)],
+                                cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        wait_for(lambda: os.path.exists(str(go) + ".ready") or proc.poll() is not None, 30,
+                 "the session")
+        (proj / ".vscode").mkdir()
+        (proj / ".vscode" / "tasks.json").write_text("dev")
+        wait_for(lambda: any(r.get("op") == "protected_readonly" for r in d.records()), 10,
+                 "protected_readonly")
+        d.stop()
+        d.start()
+        go.write_text("")
+        o, e = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (o, e)
+        assert "vscode: 30" in o, o                 # EROFS
+        assert gone_within(proj / ".mcp.json")
+        r = next(r for r in d.records() if r.get("op") == "quarantine")
+        assert r["target"] == str(proj / ".mcp.json") and os.path.exists(r["moved_to"]), r
+        assert (proj / ".vscode" / "tasks.json").read_text() == "dev"
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        d.cleanup(remove_tmp=True)

@@ -95,7 +95,11 @@ class Daemon(harness.Daemon):
             self.cleanup(remove_tmp=True)
 
     def __enter__(self):
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()         # a daemon that failed to start leaves its cgroup and pins
+            raise
 
     def __exit__(self, *exc):
         self.stop()

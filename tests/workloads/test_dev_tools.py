@@ -47,7 +47,7 @@ git worktree add -q {wt} feature
 echo more >> {wt}/a.txt
 git -C {wt} commit -qam second
 git log --all --oneline
-""", "--allow-write", wt)
+""", "--allow-write", ".", "--allow-write", wt)
     assert p.returncode == 0, (p.stdout, p.stderr)
     log = subprocess.run(["git", "-C", str(fresh), "log", "--all", "--oneline"],
                          capture_output=True, text=True, check=True).stdout

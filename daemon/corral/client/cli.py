@@ -268,17 +268,31 @@ def cmd_run(args) -> int:
 
 
 def _frozen_dirs(fs: dict | None) -> list[str]:
-    """Directories where Landlock's complement refuses new entries: the nearest
-    existing ancestor of each deny_write path that does not exist yet."""
+    """Directories where Landlock's complement refuses new entries: for each
+    deny_write path that does not exist yet inside a writable tree, its nearest
+    existing ancestor and every directory above it up to that tree's root (the
+    complement withholds "make" rights on each of them). Outside the writable
+    trees nothing can be created anyway, so nothing is lost there."""
+    from corral.kernel.mountinfo import under
+    fs = fs or {}
+    roots = fs.get("allow_write") or []
     out: list[str] = []
-    for p in (fs or {}).get("deny_write") or []:
+    for p in fs.get("deny_write") or []:
         if os.path.lexists(p):
             continue
+        inside = [r for r in roots if under(p, r) and p != r]
+        if not inside:
+            continue
+        top = min(inside, key=len)
         d = os.path.dirname(p)
         while d != "/" and not os.path.isdir(d):
             d = os.path.dirname(d)
-        if d not in out:
-            out.append(d)
+        while under(d, top):
+            if d not in out:
+                out.append(d)
+            if d == top:
+                break
+            d = os.path.dirname(d)
     return out
 
 

@@ -297,10 +297,16 @@ def apply(fs: dict | None, unix: dict | None = None, *, read_only_view: bool = T
         _bind(p, readonly=True)
     for p in hidden:
         _mask_read(p, refusal)
+    gone = []
     for p in masked:
-        _mount(refusal, p, MS_BIND, f"mask socket {p}")
+        if _libc.mount(refusal.encode(), p.encode(), None, ctypes.c_ulong(MS_BIND), None) != 0:
+            if ctypes.get_errno() == 2:     # ENOENT: unlinked since the dump, nothing to reach
+                gone.append(p)
+                continue
+            _check(-1, f"mask socket {p}")
         _mount(None, p, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
                f"read-only mask {p}")
+    masked = [p for p in masked if p not in gone]
     # Our cwd still points into the old mounts; relative paths must see the new ones.
     os.chdir(os.getcwd())
     done = set(ro)

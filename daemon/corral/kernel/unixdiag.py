@@ -43,9 +43,10 @@ def _kdev_to_st(kdev: int) -> int:
 
 
 def bound_sockets() -> list[BoundSocket]:
-    """Every pathname Unix socket bound on this host (all network namespaces
-    share the filesystem, so all of them are reachable by path). Abstract and
-    unbound sockets are left out. Raises OSError if the kernel refuses the dump."""
+    """Every pathname Unix socket on this host that can be reached by its path:
+    listening stream/seqpacket sockets and bound datagram sockets (all network
+    namespaces share the filesystem). Abstract, unbound, connected and accepted
+    stream sockets are left out. Raises OSError if the kernel refuses the dump."""
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
     try:
         req = _REQ.pack(socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, UDIAG_SHOW_NAME | UDIAG_SHOW_VFS,
@@ -74,8 +75,16 @@ def bound_sockets() -> list[BoundSocket]:
         s.close()
 
 
+TCP_LISTEN = 10
+
+
 def _parse(msg: bytes) -> BoundSocket | None:
-    _fam, typ, _state, _pad, sock_ino, _cookie = _MSG.unpack_from(msg, 0)
+    _fam, typ, state, _pad, sock_ino, _cookie = _MSG.unpack_from(msg, 0)
+    if typ != socket.SOCK_DGRAM and state != TCP_LISTEN:
+        # A stream or seqpacket socket is reached only through a listener. The
+        # sockets a listener accepts carry its name and socket file too, and
+        # come and go with every connection: not another socket to mask.
+        return None
     name = vfs = None
     off = _MSG.size
     while off + 4 <= len(msg):

@@ -221,7 +221,10 @@ def test_unix_socket_connect(session, ws):
     srv3 = _listen(ws / "rw/hidden/x.sock")
     os.symlink(run, ws / "varrun")
     try:
-        s = session({"allow_write": [str(ws / "rw")] + DEV_W, "deny_read": [str(ws / "rw/hidden")]})
+        # app.sock is this (outside) process's: the session boundary refuses it
+        # unless unix.allow names it (test_session_boundary_lsm.py)
+        s = session({"allow_write": [str(ws / "rw")] + DEV_W, "deny_read": [str(ws / "rw/hidden")],
+                     "unix": {"allow": [str(ws / "rw/app.sock"), str(ws / "rw/hidden/x.sock")]}})
         denied(s.run([sys.executable, "-S", "-c", CONNECT, str(run / "docker.sock")]))
         denied(s.run([sys.executable, "-S", "-c", CONNECT, str(ws / "varrun/docker.sock")]))
         assert "connected" in ok(s.run([sys.executable, "-S", "-c", CONNECT, str(ws / "rw/app.sock")]))

@@ -11,7 +11,29 @@ Policy dict (canonical absolute paths):
     allow_write : create/write/truncate/rename/delete/link/mkdir/chmod/chown allowed
     deny_write  : exceptions inside allow_write; always win
 Reading is otherwise allowed, writing otherwise denied. Connecting to an
-AF_UNIX path socket needs read and write permission on the socket file.
+AF_UNIX path socket needs read and write permission on the socket file
+(unix.allow lifts the default-deny of writing for the sockets it names; deny
+rules still win).
+
+The session boundary (issue 11; Landlock on 6.1 scopes neither signals nor
+Unix sockets, so on the BPF LSM tier this backend enforces it):
+    unix_peers : connect/sendto reach only sockets created in the session's
+                 cgroup (or below: nested cgroups), socketpairs, and pathname
+                 sockets named in the policy's unix.allow (plus corral's own
+                 socket). unix.allow is matched by object -- (cgid, dev, ino)
+                 of each socket that exists at install/update, RB_UNIX_ALLOW
+                 in irules -- and by the bound socket's real path (prules), so
+                 a socket re-created at the same place (a restarted agent or
+                 daemon) still matches. Abstract sockets of processes outside
+                 are always refused.
+    signals    : kill/tgkill/pidfd_send_signal only to the session's tasks.
+    ptrace     : attach, /proc/PID/mem|environ|fd..., PTRACE_TRACEME: same.
+    metadata   : utimes (inode_setattr), setxattr, removexattr follow the
+                 write rules, like chmod/chown/truncate.
+Each refusal is EPERM (open() of /proc/PID/mem reports the kernel's EACCES)
+and an event (kind file, op unix_connect/unix_send/signal/ptrace/traceme/
+setattr/setxattr/removexattr, rule RULE_FILE_UNIX_FOREIGN or
+RULE_FILE_TASK_FOREIGN for boundary refusals).
 
 Rules are installed twice: by object, (cgid, dev, ino) for paths that exist
 now (follows renames, bind mounts and hard links), and by name, (cgid,
@@ -29,17 +51,32 @@ Hooks: file_open (read/write from f_mode), path_mknod/mkdir/symlink/link/
 unlink/rmdir/rename (both ends; the source of a rename or link needs read and
 write, so a read-denied file can't be moved or linked out of its tree)/
 truncate/chmod/chown (the path_* hooks: they carry the vfsmount, so the walk
-crosses mounts; needs CONFIG_SECURITY_PATH, which Debian has), and
+crosses mounts; needs CONFIG_SECURITY_PATH, which Debian has),
 unix_stream_connect/unix_may_send (the *bound socket's* own path, i.e. the
-real object; connecting needs read and write on the socket file).
+real object; connecting needs read and write on the socket file, and the peer
+must be the session's or allowed), inode_setattr/inode_setxattr/
+inode_removexattr (dentry only: the mount is found among the superblock's
+mounts the caller can see, see find_mount() in file_lsm.c), task_kill,
+ptrace_access_check, ptrace_traceme.
 
 Known limits:
 * walks are bounded (MAX_DEPTH = 64 levels incl. mount roots): deeper paths
   are denied and logged (rule id RULE_FILE_TOO_DEEP, op too_deep);
   rule paths may have at most MAX_PDEPTH = 24 components (ValueError).
-* not mediated: utimensat (timestamps only), xattrs, stat(), chdir, mount in
-  a private mount namespace (a bind mount of a denied tree is still denied:
-  the walk meets the denied directory's inode).
+* not mediated: stat(), chdir, mount in a private mount namespace (a bind
+  mount of a denied tree is still denied: the walk meets the denied
+  directory's inode), SIGIO/SIGURG to an F_SETOWN target outside the session.
+* dentry-only hooks (utimes, xattrs) use the first mount of the object's
+  superblock that the caller can see and that holds the object; by-name rules
+  of paths created after registration may differ between two bind mounts of
+  the same tree. More than 16 mounts of one superblock before the caller's:
+  denied (too_deep). Calls under overridden credentials (overlayfs copy-up)
+  are not checked: the caller's own call on the overlay object was.
+* "the session's own" is the session's cgroup and the cgroups below it. The
+  daemon makes nested sessions as sibling cgroups (corral/<id>): to each other
+  they are outside.
+* unix.allow by object needs the socket to exist at install/update; a socket
+  bound later is matched by name (its bound path), not by object.
 * by-name rules use the path from the top of the mount tree the object
   lives in; pivot_root in a private mount namespace or detached mount trees
   (open_tree) only keep the by-object rules. Files hard-linked *later, by
@@ -62,7 +99,8 @@ from pathlib import Path
 
 from corral.kernel import abi, bpf, cgroups, mountinfo
 from corral.kernel.abi import (RB_ALLOW_READ, RB_ALLOW_WRITE, RB_ANCESTOR, RB_DENY_INODE,  # noqa: F401
-                               RB_DENY_READ, RB_DENY_WRITE, RB_PSEUDO, RULE_USER, SESS_FILE_ENFORCE)
+                               RB_DENY_READ, RB_DENY_WRITE, RB_PSEUDO, RB_UNIX_ALLOW, RULE_USER,
+                               SESS_FILE_ENFORCE)
 from corral.kernel.bpf import BpfError, btf_cflags  # noqa: F401  (btf_cflags: tools, tests)
 from corral.backends.base import Backend
 from corral.kernel.events import describe_file_rule
@@ -83,13 +121,26 @@ HARDLINK_SCAN_LIMIT = 200_000
 
 HOOKS = ["file_open", "path_truncate", "path_chmod", "path_chown", "path_mknod",
          "path_mkdir", "path_symlink", "path_unlink", "path_rmdir", "path_link",
-         "path_rename", "unix_stream_connect", "unix_may_send"]
+         "path_rename", "unix_stream_connect", "unix_may_send",
+         "inode_setattr", "inode_setxattr", "inode_removexattr",
+         "task_kill", "ptrace_access_check", "ptrace_traceme"]
 MAPS = ["fconf_map", "fsess", "irules", "prules", "file_events", "file_lost", "file_lost_seen"]
 
 KINDS = [("deny_read", RB_DENY_READ, "rd"), ("allow_read", RB_ALLOW_READ, "rd"),
          ("allow_write", RB_ALLOW_WRITE, "wr"), ("deny_write", RB_DENY_WRITE, "wr")]
 
 _M64 = (1 << 64) - 1
+
+# What this backend enforces, for the session's `enforcement` (corral doctor,
+# corral ps): each part of the policy and the layer that covers it.
+ENFORCES = {"filesystem": "bpf-lsm", "unix_peers": "bpf-lsm", "signals": "bpf-lsm",
+            "ptrace": "bpf-lsm", "metadata": "bpf-lsm"}
+
+# event.rule of boundary refusals (bpf/file_lsm.c), for the log
+BOUNDARY_RULES = {
+    abi.RULE_FILE_UNIX_FOREIGN: "Unix socket of a process outside the session, not in unix.allow",
+    abi.RULE_FILE_TASK_FOREIGN: "process outside the session",
+}
 
 # The implicit rules are the Landlock backend's: both backends must agree.
 from corral.client.landlock import DEVICE_WRITE_PATHS, PROTECTED_FSTYPES, PROTECTED_PATHS, PSEUDO_FSTYPES
@@ -241,12 +292,35 @@ def corral_paths() -> list[str]:
         return ["/run/corral", "/var/log/corral", "/var/cache/corral", str(ROOT)]
 
 
-def compile_policy(seed: int, pol: dict, implicit: bool = True) -> Compiled:
+def split_policy(policy: dict | None, unix: dict | None = None) -> tuple[dict, list[str]]:
+    """-> (file policy, unix.allow list). Takes the filesystem section, that
+    section with a "unix" key, or a whole normalized policy (with
+    "filesystem" and "unix" sections); `unix` (a {"allow": [...]} section)
+    wins over what the dict says. Missing unix (sessions recorded before
+    unix.allow existed): nothing allowed."""
+    pol = dict(policy or {})
+    if {"filesystem", "network", "syscalls"} & set(pol):
+        whole = pol
+        pol = dict(whole.get("filesystem") or {})
+        ux = whole.get("unix")
+    else:
+        ux = pol.pop("unix", None)
+    if unix is not None:
+        ux = unix
+    allow = (ux.get("allow") or []) if isinstance(ux, dict) else []
+    return pol, [str(p) for p in allow]
+
+
+def compile_policy(seed: int, pol: dict, implicit: bool = True,
+                   unix_allow: list[str] | None = None) -> Compiled:
     """Policy dict -> map entries. With `implicit` (the default, as the Landlock
     backend does) a few character devices are always writable and cgroup/bpf
-    filesystems are never writable."""
+    filesystems are never writable, and corral's socket may be connected to.
+    `unix_allow` (or a "unix" key in `pol`): sockets of processes outside the
+    session it may connect to (RB_UNIX_ALLOW, by object and by name)."""
     c = Compiled()
     devs = _DevMap()
+    pol, allow_unix = split_policy(pol, {"allow": unix_allow} if unix_allow is not None else None)
     unknown = set(pol) - {k for k, _, _ in KINDS}
     if unknown:
         log.warning("file policy: ignoring unknown keys %s", sorted(unknown))
@@ -267,6 +341,8 @@ def compile_policy(seed: int, pol: dict, implicit: bool = True) -> Compiled:
                   for p in protected_mounts() + corral_paths()]
         items += [("deny_read", RB_DENY_READ, "rd", p, "implicit deny_read (bpffs)")
                   for p in bpf_mounts()]
+        items += [("unix.allow", RB_UNIX_ALLOW, "-", str(SOCKET), "implicit: corral's socket")]
+    items += [("unix.allow", RB_UNIX_ALLOW, "-", p, "unix.allow") for p in allow_unix]
     for kind, bit, slot, raw, label in items:
         p = canonical(raw)
         idx = len(c.rules)
@@ -352,6 +428,8 @@ def cgroup_level(cgid: int) -> int:
 # ---------------------------------------------------------------- loader
 class FileLsm(Backend):
     label = "bpf-lsm"
+    #: what a session this backend installed is confined in, and by what
+    enforces = ENFORCES
 
     def __init__(self, force_btf_headers: bool = False):
         bpf.ensure_bpffs(BPFFS)
@@ -445,8 +523,9 @@ class FileLsm(Backend):
             self._keys[cgid] = (ik, pk)
         return self._keys[cgid]
 
-    def _install(self, cgid: int, fs_policy: dict) -> Compiled:
-        comp = compile_policy(self.seed, fs_policy or {})
+    def _install(self, cgid: int, policy: dict, unix: dict | None = None) -> Compiled:
+        fs_policy, allow_unix = split_policy(policy, unix)
+        comp = compile_policy(self.seed, fs_policy, unix_allow=allow_unix)
         level = cgroup_level(cgid)
         if level >= 16:
             raise ValueError(f"cgroup {cgid} is nested too deep (level {level} >= 16)")
@@ -480,23 +559,35 @@ class FileLsm(Backend):
             self.prules.delete(k)
         self._keys[cgid] = (new_i, new_p)
         self._rules[cgid] = comp.rules
-        self._record(cgid, fs_policy)
+        self._record(cgid, {**fs_policy, "unix": {"allow": allow_unix}})
         return comp
 
     # -- the backend interface (backends/base.py)
-    def install(self, cgid: int, policy: dict, **how) -> None:
-        self._install(cgid, policy)
+    def install(self, cgid: int, policy: dict, unix: dict | None = None, **how) -> None:
+        """`policy`: the filesystem section (optionally with a "unix" key) or a
+        whole normalized policy; `unix`: the policy's unix section
+        ({"allow": [socket paths]}), when the caller passes it apart."""
+        self._install(cgid, policy, unix)
+
+    def enforcement(self) -> dict:
+        """What this backend enforces for a session it installed (merged into
+        the session's `enforcement`)."""
+        return dict(ENFORCES)
 
     def remove(self, cgid: int) -> None:
         self.remove_session(cgid)
 
     def describe(self, cgid: int, rule_id: int) -> str:
+        if rule_id in BOUNDARY_RULES:
+            return BOUNDARY_RULES[rule_id]
         return describe_file_rule(rule_id, self.rule_for(cgid, rule_id))
 
     def snapshot(self, cgid: int) -> list | None:
         return self.rules_snapshot(cgid)
 
     def describe_snapshot(self, snapshot: list | None, rule_id: int) -> str:
+        if rule_id in BOUNDARY_RULES:
+            return BOUNDARY_RULES[rule_id]
         idx = rule_id - RULE_USER
         rule = snapshot[idx] if snapshot and 0 <= idx < len(snapshot) else None
         return describe_file_rule(rule_id, rule)

@@ -8,10 +8,12 @@ reported once across restarts (kernel/bpf.py LossCounter)."""
 from __future__ import annotations
 
 import ctypes as ct
+import errno
 import ipaddress
 import logging
 import os
 import re
+import struct
 import time
 from pathlib import Path
 
@@ -45,6 +47,79 @@ def unix_hooks_supported(release: str | None = None) -> bool:
     """cgroup connect_unix/sendmsg_unix exist from 6.7 on."""
     m = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
     return bool(m) and (int(m.group(1)), int(m.group(2))) >= (6, 7)
+
+
+# -- the session's own loopback servers (bpf/net.c, CORRAL_OWN_LOOPBACK) -------
+_SYS_bpf = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
+BPF_PROG_LOAD = 5
+BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
+BPF_CGROUP_INET4_CONNECT = 10
+# helper ids (enum bpf_func_id)
+_SK_LOOKUP_TCP, _SK_LOOKUP_UDP, _SK_RELEASE, _PROBE_READ_KERNEL = 84, 85, 86, 113
+
+
+def _insn(code, dst=0, src=0, off=0, imm=0) -> bytes:
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+def _lookup_probe_program() -> bytes:
+    """What own_server4() and own_lookup() in net.c do, as the verifier will see
+    it: ctx->type and the caller's socket's fields read, TCP and UDP lookups in
+    the caller's netns, the found socket's address copied through the stack as
+    a number (bpf_probe_read_kernel), bpf_sk_release."""
+    tuple_at = [_insn(0xbf, dst=2, src=10), _insn(0x07, dst=2, imm=-40),     # r2 = &tuple
+                _insn(0xb7, dst=3, imm=12),                                  # sizeof(tuple.ipv4)
+                _insn(0xb7, dst=4, imm=-1),                                  # BPF_F_CURRENT_NETNS
+                _insn(0xb7, dst=5, imm=0), _insn(0xbf, dst=1, src=6)]        # flags, ctx
+    return b"".join([
+        _insn(0xbf, dst=6, src=1),                                           # r6 = ctx
+        _insn(0x61, dst=1, src=6, off=32),                                   # ctx->type
+        _insn(0x79, dst=1, src=6, off=64),                                   # ctx->sk
+        _insn(0x61, dst=1, src=1, off=44),                                   # ctx->sk->src_port
+        _insn(0xb7, dst=7, imm=0),
+        *[_insn(0x7b, dst=10, src=7, off=-8 * i) for i in range(1, 6)],     # tuple = {}
+        *tuple_at, _insn(0x85, imm=_SK_LOOKUP_TCP),
+        _insn(0x15, dst=0, off=10),                                          # NULL: to the UDP lookup
+        _insn(0x7b, dst=10, src=0, off=-48),                                 # slot = sk
+        _insn(0xbf, dst=8, src=0),
+        _insn(0xbf, dst=1, src=10), _insn(0x07, dst=1, imm=-56),
+        _insn(0xb7, dst=2, imm=8),
+        _insn(0xbf, dst=3, src=10), _insn(0x07, dst=3, imm=-48),
+        _insn(0x85, imm=_PROBE_READ_KERNEL),                                 # p = (u64)slot
+        _insn(0xbf, dst=1, src=8), _insn(0x85, imm=_SK_RELEASE),
+        *tuple_at, _insn(0x85, imm=_SK_LOOKUP_UDP),
+        _insn(0x15, dst=0, off=2),                                           # NULL: to the return
+        _insn(0xbf, dst=1, src=0), _insn(0x85, imm=_SK_RELEASE),
+        _insn(0xb7, dst=0, imm=1), _insn(0x95),                              # return 1
+    ])
+
+
+def own_loopback_probe() -> tuple[bool, str]:
+    """Does this kernel's verifier take, in a cgroup connect program, the socket
+    lookup bpf/net.c does for the session's own loopback servers? Loads (and
+    closes) the same calls in a tiny program. -> (supported, why)."""
+    libc = ct.CDLL(None, use_errno=True)
+    libc.syscall.restype = ct.c_long
+    insns = _lookup_probe_program()
+    ibuf = ct.create_string_buffer(insns, len(insns))
+    lic = ct.create_string_buffer(b"GPL")
+    logbuf = ct.create_string_buffer(16384)
+    attr = bytearray(144)
+    struct.pack_into("<IIQQIIQ", attr, 0, BPF_PROG_TYPE_CGROUP_SOCK_ADDR, len(insns) // 8,
+                     ct.addressof(ibuf), ct.addressof(lic), 1, len(logbuf), ct.addressof(logbuf))
+    struct.pack_into("<16s", attr, 48, b"corral_ownprobe")
+    struct.pack_into("<I", attr, 68, BPF_CGROUP_INET4_CONNECT)
+    abuf = ct.create_string_buffer(bytes(attr), len(attr))
+    fd = libc.syscall(_SYS_bpf, BPF_PROG_LOAD, abuf, len(attr))
+    if fd < 0:
+        e = ct.get_errno()
+        lines = [ln for ln in logbuf.value.decode(errors="replace").splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "helper" in ln or "func" in ln), lines[-1] if lines else "")
+        return False, f"{errno.errorcode.get(e, e)}: {why}".rstrip(": ")
+    os.close(fd)
+    return True, "socket lookup in cgroup sock_addr programs"
+
+
 # active_gen is shared by every build (PIN_DIR/active_gen); the rest are one
 # build's (PIN_DIR/net-<version>/). An older build's events, lost and
 # lost_seen are read by its successor, whatever their layout (event_pin_layouts).
@@ -104,7 +179,19 @@ class NetBpf(Backend):
         pages = ringbuf_pages()
         self.layouts = event_pin_layouts(pages)
         self.unix_hooks = unix_hooks_supported() and os.environ.get("CORRAL_NO_UNIX_HOOKS") != "1"
-        self.version = bpf.source_version("net.c", f"pages={pages} unix={int(self.unix_hooks)}")
+        # The session's own loopback servers, found by the kernel's socket lookup
+        # (CORRAL_NO_OWN_LOOPBACK=1: compiled out, loopback as any other address).
+        if os.environ.get("CORRAL_NO_OWN_LOOPBACK") == "1":
+            self.own_loopback, self.own_loopback_why = False, "CORRAL_NO_OWN_LOOPBACK=1"
+        else:
+            self.own_loopback, self.own_loopback_why = own_loopback_probe()
+        if self.own_loopback:
+            log.info("own loopback servers: reachable without a rule (%s)", self.own_loopback_why)
+        else:
+            log.warning("own loopback servers: need allow_localhost_ports, the kernel lookup is "
+                        "off (%s)", self.own_loopback_why)
+        self.version = bpf.source_version("net.c", f"pages={pages} unix={int(self.unix_hooks)} "
+                                                   f"own={int(self.own_loopback)}")
         self.pins = bpf.VersionedPins(PIN_DIR, "net", self.version)
         self.pin_dir = self.pins.dir
         self.pin_dir.mkdir(mode=0o700, exist_ok=True)
@@ -119,6 +206,8 @@ class NetBpf(Backend):
                    "EVENTS_RINGBUF_PAGES": pages, "CORRAL_GENERATION": self.generation}
         if self.unix_hooks:
             defines["CORRAL_UNIX_HOOKS"] = 1
+        if self.own_loopback:
+            defines["CORRAL_OWN_LOOPBACK"] = 1
         self.bpf, self.header_mode = bpf.compile_program("net.c", defines)
         self.pinned_maps = PINNED_MAPS + (["unix_deny"] if self.unix_hooks else [])
         self._check_pinned_layouts()
@@ -380,7 +469,9 @@ class NetBpf(Backend):
     def _attached_ids(cgroup_fd: int) -> list[tuple[int, int]]:
         """(attach type, program id) of every corral program attached here."""
         out = []
-        for atype in sorted({a for _, a in PROGRAMS + [SOCK_CREATE] + UNIX_PROGRAMS}):
+        # The Unix attach types only where the kernel has them (6.1 says EINVAL).
+        unix = UNIX_PROGRAMS if unix_hooks_supported() else []
+        for atype in sorted({a for _, a in PROGRAMS + [SOCK_CREATE] + unix}):
             for pid in bpf.cgroup_programs(cgroup_fd, atype):
                 if (bpf.prog_name(pid) or "").startswith("corral_"):
                     out.append((atype, pid))

@@ -267,8 +267,11 @@ class SessionTable:
         if fs is not None:
             if self.filelsm is not None:
                 flags |= SESS_FILE_ENFORCE
-            self.files.install(s.cgid, fs)
+            self.files.install(s.cgid, fs, unix=s.policy.get("unix"))
             enforcement["filesystem"] = self.files.label
+            # what else the file backend covers (BPF LSM: Unix peers, signals, ptrace, metadata)
+            enforcement.update({k: v for k, v in getattr(self.files, "enforces", {}).items()
+                                if k != "filesystem"})
         elif s.enforcement.get("filesystem") == self.files.label:
             self.files.remove(s.cgid)
         s.rules = self.net.install(s.cgid, s.policy, [r for r, _ in s.dns_rules], flags,

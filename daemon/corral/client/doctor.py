@@ -123,8 +123,10 @@ def boundary(rep: dict, daemon: dict | None) -> dict:
                                    ("; their exact paths are refused with EPERM and a record"
                                     if hooks else "; refusals have no records of their own "
                                     "(kernel < 6.7: no connect_unix hook)") +
-                                   "; a socket bound outside after the session started is "
-                                   "not masked")
+                                   "; one bound outside after the session started is masked "
+                                   "within 0.2 s (corrald's unix_diag poll; until then another "
+                                   "spelling of its path reaches it); a session does not start "
+                                   "while a foreign socket has a second name (hard link)")
     else:
         out["unix_sockets"] = item(False, "", mv_why)
     scoped = abi >= 6
@@ -138,8 +140,29 @@ def boundary(rep: dict, daemon: dict | None) -> dict:
         out["metadata"] = item(True, "bpf-lsm", "chmod, chown, utimes, xattrs, truncate by object")
     else:
         out["metadata"] = item(mv_ok, "read-only mount view",
-                               "chmod, chown, utimes, xattrs, truncate outside allow_write: EROFS"
-                               if mv_ok else mv_why)
+                               "chmod, chown, utimes, xattrs, truncate (and every write) outside "
+                               "allow_write: EROFS; each one a record only with corrald "
+                               "--audit-erofs (see erofs audit)" if mv_ok else mv_why)
+    pn = (daemon or {}).get("protected_names") or {}
+    if lsm:
+        out["protected_names"] = item(True, "bpf-lsm", "by name: a protected path that does not "
+                                      "exist yet cannot be created, nothing else is refused")
+    elif pn.get("active"):
+        out["protected_names"] = item(True, "corrald fanotify watch",
+                                      "a protected name that does not exist yet (.mcp.json, "
+                                      ".vscode, .claude/settings.json...) made by the session is "
+                                      "moved to quarantine within ~1 ms (corral log names it); "
+                                      "made outside, it is made read-only in the session "
+                                      "(tens of ms); --strict-protect: refused by Landlock, "
+                                      "which then refuses every new entry in its directory" +
+                                      ("" if pn.get("exit_tracker") else "; creators that exited "
+                                       "before their event was read count as unknown: "
+                                       "quarantined"))
+    else:
+        out["protected_names"] = item(False, "", "no fanotify watch (" + (pn.get("why") or
+                                      "daemon not running") + "): Landlock refuses every new "
+                                      "entry in the directory of a protected name that does "
+                                      "not exist yet")
     out["lifecycle"] = item(kill_ok, "cgroup.kill", "what is left when the command exits is "
                             "killed (corral run --keep-running keeps it)" if kill_ok
                             else "no cgroup.kill (kernel < 5.14)")

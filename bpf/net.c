@@ -5,7 +5,17 @@
  *   DNS steering (port 53, when the session has domain rules) -> deny trie
  *   -> allow trie -> default deny.
  * IPv4-mapped IPv6 is judged as IPv4; 0.0.0.0 / :: are judged as loopback,
- * because that is where the kernel delivers them. */
+ * because that is where the kernel delivers them.
+ *
+ * With CORRAL_OWN_LOOPBACK (net.py sets it when this kernel's verifier takes
+ * the socket lookup in these programs), a loopback destination the rules
+ * leave at default deny is allowed when the socket it would reach belongs to
+ * the caller's session (own_server4/own_server6 below). */
+#if defined(CORRAL_OWN_LOOPBACK) && !defined(CORRAL_BTF_HEADERS)
+#include <linux/cgroup-defs.h>
+#include <linux/kernfs.h>
+#include <net/sock.h>
+#endif
 #include "common.h"
 #include "ratelimit.h"
 #include "pinned.h"
@@ -13,6 +23,8 @@
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
 #define IPPROTO_MPTCP_ 262
+#define SOCK_STREAM_ 1
+#define SOCK_DGRAM_ 2
 #define SOCK_RAW_ 3
 
 struct dns_orig {            /* where a steered DNS socket really wanted to go */
@@ -202,6 +214,162 @@ static __always_inline int steer_dns6(struct bpf_sock_addr *ctx, struct session_
     return 1;
 }
 
+#ifdef CORRAL_OWN_LOOPBACK
+/* ---- the session's own loopback servers (issue 13) ----
+ *
+ * Only on the default-deny path to a loopback destination: the kernel's own
+ * socket lookup for the destination (bpf_sk_lookup_tcp for a stream socket,
+ * bpf_sk_lookup_udp for a datagram one; the caller's network namespace) finds
+ * the socket this connect or datagram would reach, and it is the session's
+ * when the cgroup it was created in (sk_cgrp_data, what bpf_sk_cgroup_id
+ * reads; that helper is not offered to these programs, 6.1 to 6.18) is the
+ * caller's session cgroup or below it.
+ *
+ * The lookup runs without the packet, so where the real delivery could pick
+ * another socket than the lookup did, the found one does not count:
+ *   - SO_REUSEPORT on it (TCP or UDP): a group chooses by a hash of the source
+ *     port the connect has not got yet (or by the group's BPF program), and a
+ *     group of the same uid may mix owners;
+ *   - SO_REUSEADDR on a UDP socket: other sockets may share the address and
+ *     port, and which one a datagram reaches depends on the receiving CPU.
+ * Without those a TCP listener or UDP socket holds its address and port alone
+ * (bind() refuses anyone else, device-bound or wildcard), so what the lookup
+ * found is what the kernel delivers to. A listener bound to 0.0.0.0 or ::
+ * answers for 127.0.0.1 in the lookup as in the kernel. An explicit deny rule
+ * still wins: this replaces only RULE_DEFAULT_DENY. Nothing is recorded for
+ * what this allows.
+ *
+ * What stays open: the decision is made when the connect or datagram is; a
+ * UDP socket connect()ed to the session's server sends later datagrams with
+ * no hook, so if the server goes and something outside the session binds the
+ * port, they reach that (as a host NAT rule rewriting a loopback destination
+ * is invisible to these hooks, for rules and lookups alike). */
+#define OWN_CG_WALK 4      /* cgroup levels climbed from the socket's cgroup */
+#define SKC_HEAD 24        /* bytes of sock_common read: through the reuse bitfields */
+#define OFF(type, field) __builtin_offsetof(type, field)
+_Static_assert(OFF(struct sock_common, skc_bound_dev_if) <= SKC_HEAD,
+               "sock_common: the reuse bits moved");
+#define KRD(dst, addr) bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)(addr))
+
+/* Is the socket at kernel address p the session's (cgroup cgid or below)? */
+static __always_inline int sk_in_session(u64 p, u64 cgid, int udp)
+{
+    u8 head[SKC_HEAD] __attribute__((aligned(8)));
+    if (bpf_probe_read_kernel(head, sizeof(head), (void *)p))
+        return 0;
+    struct sock_common *c = (struct sock_common *)head;
+    if (c->skc_reuseport || (udp && c->skc_reuse))
+        return 0;
+    u64 cg = 0;
+    if (KRD(cg, p + OFF(struct sock, sk_cgrp_data) + OFF(struct sock_cgroup_data, cgroup)))
+        return 0;
+#pragma unroll
+    for (int i = 0; i < OWN_CG_WALK; i++) {
+        u64 kn = 0, id = 0, parent = 0;
+        if (!cg || KRD(kn, cg + OFF(struct cgroup, kn)) || !kn)
+            return 0;
+        if (KRD(id, kn + OFF(struct kernfs_node, id)))
+            return 0;
+        if (id == cgid)
+            return 1;
+        if (KRD(parent, cg + OFF(struct cgroup, self) +
+                        OFF(struct cgroup_subsys_state, parent)) || !parent)
+            return 0;
+        cg = parent - OFF(struct cgroup, self);
+    }
+    return 0;
+}
+
+/* Look the destination up as the kernel will deliver to it; 1 if the session owns it. */
+static __always_inline int own_lookup(struct bpf_sock_addr *ctx, u64 cgid,
+                                      struct bpf_sock_tuple *t, u32 len)
+{
+    u32 type = ctx->type;
+    struct bpf_sock *sk;
+    if (type == SOCK_STREAM_)
+        sk = bpf_sk_lookup_tcp(ctx, t, len, BPF_F_CURRENT_NETNS, 0);
+    else if (type == SOCK_DGRAM_)
+        sk = bpf_sk_lookup_udp(ctx, t, len, BPF_F_CURRENT_NETNS, 0);
+    else
+        return 0;
+    if (!sk)
+        return 0;
+    /* The verifier lets no arithmetic onto a socket pointer: its value, as a
+     * number, is copied through the stack for the reads above. */
+    struct bpf_sock *slot = sk;
+    u64 p = 0;
+    int own = 0;
+    if (!bpf_probe_read_kernel(&p, sizeof(p), &slot) && p)
+        own = sk_in_session(p, cgid, type == SOCK_DGRAM_);
+    bpf_sk_release(sk);
+    return own;
+}
+
+static __always_inline int is_loopback4(u32 addr)      /* network order */
+{
+    return (bpf_ntohl(addr) >> 24) == 127;
+}
+
+/* A field of the caller's struct bpf_sock, loaded from the socket pointer
+ * itself: clang likes to fold neighbouring fields into one base address plus
+ * offsets, arithmetic the verifier refuses on a socket pointer. */
+#define SK_LD(sk, field) ({ u32 _v; \
+    asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(_v) \
+                 : "r"(sk), "i"(__builtin_offsetof(struct bpf_sock, field))); _v; })
+
+/* The source of the tuple is the caller's socket's own address and port
+ * (bound, or autobound by sendmsg), an unbound address being the one the
+ * kernel picks towards loopback (127.0.0.1, ::1): a connected UDP socket of
+ * the session (a client waiting for its server's reply) matches only so.
+ * Whatever the source, the destination's socket holds its port alone (see
+ * above): the source decides only whether it is found.
+ *
+ * addr: network order, 0.0.0.0 already made 127.0.0.1 (also for ::ffff:a.b.c.d) */
+static __always_inline int own_server4(struct bpf_sock_addr *ctx, u64 cgid, u32 addr, u16 port)
+{
+    if (!is_loopback4(addr))
+        return 0;
+    struct bpf_sock *me = ctx->sk;
+    u32 fam = SK_LD(me, family), s4 = SK_LD(me, src_ip4), sport = SK_LD(me, src_port);
+    u32 m0 = SK_LD(me, src_ip6[0]), m1 = SK_LD(me, src_ip6[1]);
+    u32 m2 = SK_LD(me, src_ip6[2]), m3 = SK_LD(me, src_ip6[3]);
+    u32 src = s4;
+    if (fam != AF_INET)                 /* a dual-stack socket: bound to ::ffff:a.b.c.d? */
+        src = ((m0 | m1) == 0 && m2 == bpf_htonl(0xffff)) ? m3 : 0;
+    struct bpf_sock_tuple t = {};
+    t.ipv4.saddr = src ? src : bpf_htonl(LOOPBACK4);
+    t.ipv4.sport = bpf_htons((u16)sport);
+    t.ipv4.daddr = addr;
+    t.ipv4.dport = bpf_htons(port);
+    return own_lookup(ctx, cgid, &t, sizeof(t.ipv4));
+}
+
+/* a: network order, :: already made ::1 */
+static __always_inline int own_server6(struct bpf_sock_addr *ctx, u64 cgid, const u32 *a, u16 port)
+{
+    if ((a[0] | a[1] | a[2]) != 0 || a[3] != bpf_htonl(1))
+        return 0;
+    struct bpf_sock *me = ctx->sk;
+    struct bpf_sock_tuple t = {};
+    u32 s0 = SK_LD(me, src_ip6[0]), s1 = SK_LD(me, src_ip6[1]);
+    u32 s2 = SK_LD(me, src_ip6[2]), s3 = SK_LD(me, src_ip6[3]);
+    if ((s0 | s1 | s2 | s3) == 0)
+        s3 = bpf_htonl(1);
+    t.ipv6.saddr[0] = s0; t.ipv6.saddr[1] = s1; t.ipv6.saddr[2] = s2; t.ipv6.saddr[3] = s3;
+    t.ipv6.sport = bpf_htons((u16)me->src_port);
+    t.ipv6.daddr[3] = a[3];
+    t.ipv6.dport = bpf_htons(port);
+    return own_lookup(ctx, cgid, &t, sizeof(t.ipv6));
+}
+#define OWN_SERVER4(ctx, cgid, rule, addr, port) \
+    ((rule) == RULE_DEFAULT_DENY && own_server4(ctx, cgid, addr, port))
+#define OWN_SERVER6(ctx, cgid, rule, a, port) \
+    ((rule) == RULE_DEFAULT_DENY && own_server6(ctx, cgid, a, port))
+#else
+#define OWN_SERVER4(ctx, cgid, rule, addr, port) 0
+#define OWN_SERVER6(ctx, cgid, rule, a, port) 0
+#endif
+
 static __always_inline int check4(struct bpf_sock_addr *ctx, u8 op)
 {
     u64 cgid = bpf_get_current_cgroup_id();
@@ -216,7 +384,7 @@ static __always_inline int check4(struct bpf_sock_addr *ctx, u8 op)
         addr = bpf_htonl(0x7f000001);
     int deny = 1;
     u32 rule = decide4(cgid, addr, port, &deny);
-    if (!deny)
+    if (!deny || OWN_SERVER4(ctx, cgid, rule, addr, port))
         return 1;
     emit(cgid, cfg, op, AF_INET, &addr, port, rule);
     return 0;
@@ -242,7 +410,7 @@ static __always_inline int check6(struct bpf_sock_addr *ctx, u8 op)
         if (v4 == 0)
             v4 = bpf_htonl(0x7f000001);
         rule = decide4(cgid, v4, port, &deny);
-        if (!deny)
+        if (!deny || OWN_SERVER4(ctx, cgid, rule, v4, port))
             return 1;
         emit(cgid, cfg, op, AF_INET, &v4, port, rule);
         return 0;
@@ -252,7 +420,7 @@ static __always_inline int check6(struct bpf_sock_addr *ctx, u8 op)
     if ((a[0] | a[1] | a[2] | a[3]) == 0)
         a[3] = bpf_htonl(1);   /* :: connects to ::1 */
     rule = decide6(cgid, a, port, &deny);
-    if (!deny)
+    if (!deny || OWN_SERVER6(ctx, cgid, rule, a, port))
         return 1;
     emit(cgid, cfg, op, AF_INET6, a, port, rule);
     return 0;

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-DENIED_ERRNOS = {"EACCES", "EPERM", "EXDEV", "EROFS"}
+DENIED_ERRNOS = {"EACCES", "EPERM", "EXDEV", "EROFS", "EBUSY"}   # EBUSY: a mount point
 
 # backend -> case name -> (expected, reason)
 BACKEND_DIFFERENCES: dict[str, dict[str, tuple[str, str]]] = {
@@ -48,6 +48,28 @@ BACKEND_DIFFERENCES: dict[str, dict[str, tuple[str, str]]] = {
         "create_in_dir_on_complement_path": (
             "DENIED", "deny_write inside allow_write is a complement: directories on the path "
                       "to the denied one get no create right (fails closed)"),
+        "create_file_and_dir_at_writable_root": (
+            ["DENIED", "DENIED", "ENOENT"], "Landlock alone (--strict-protect): the missing "
+            "deny_write path freezes its parent; `corral run` adds the watch (backend 'host')"),
+        "write_then_rename_at_writable_root": (
+            ["DENIED", "DENIED"], "Landlock alone: as above (each save makes a new name at "
+            "the root first)"),
+    },
+    # What `corral run` sets up on this host: the mount view (read-only outside
+    # allow_write, deny_read hidden, deny_write binds), Landlock, and corrald's
+    # watch of missing protected names.
+    "host": {
+        "hardlink_preexisting_to_denied": (
+            "OK", "Landlock is path based and the mount view hides the denied directory, not "
+                  "a link made before the session elsewhere"),
+        "hardlink_preexisting_in_parent_of_denied": (
+            ["OK", "DENIED"], "as hardlink_preexisting_to_denied: the link in work/ predates "
+                              "the session; the denied directory itself stays hidden"),
+        "mkdir_denied_not_yet_existing": (
+            "OK", "made, then moved to quarantine by corrald within ~1 ms "
+                  "(protected_name_created_at_root_never_stays checks it never stays)"),
+        "protected_name_created_at_root_never_stays": (
+            ["OK", "OK"], "made, then quarantined by corrald: it never stays"),
     },
     "bpf-lsm": {},
 }
@@ -264,6 +286,36 @@ CASES: list[Case] = [
          ["DENIED", "DENIED", "OK", "OK"], policy_update={"allow_write": ["/"]},
          doc="sysctls (kernel.core_pattern!) and the cgroup tree stay read-only even for "
              "allow_write=/ : uid 0 without capabilities passes DAC there"),
+    Case("create_file_and_dir_at_writable_root",
+         'rec(lambda: create("{B}/work/new_at_root.py"))\n'
+         'rec(lambda: os.mkdir("{B}/work/newdir"))\n'
+         'rec(lambda: create("{B}/work/newdir/x"))',
+         ["OK", "OK", "OK"],
+         doc="new entries directly in the writable root, while a deny_write path below it "
+             "(work/blocked_future) does not exist yet: what an agent does first in a fresh project"),
+    Case("write_then_rename_at_writable_root",
+         'def f():\n'
+         '    with open("{B}/work/hello.py.tmp.123", "w") as fh:\n'
+         '        fh.write("print(1)")\n'
+         '    os.rename("{B}/work/hello.py.tmp.123", "{B}/work/hello.py")\n'
+         '    read("{B}/work/hello.py")\n'
+         'rec(f)\n'
+         'def g():\n'
+         '    with open("{B}/work/file.txt.tmp", "w") as fh:\n'
+         '        fh.write("new")\n'
+         '    os.rename("{B}/work/file.txt.tmp", "{B}/work/file.txt")\n'
+         'rec(g)',
+         ["OK", "OK"], doc="an editor's (Claude Code's Write tool's) save at the project root"),
+    Case("protected_name_created_at_root_never_stays",
+         'rec(lambda: create("{B}/work/blocked_future"))\n'
+         'def gone():\n'
+         '    end = time.time() + 3\n'
+         '    while os.path.lexists("{B}/work/blocked_future") and time.time() < end:\n'
+         '        time.sleep(0.01)\n'
+         '    if os.path.lexists("{B}/work/blocked_future"):\n'
+         '        raise OSError(errno.EEXIST, "still there")\n'
+         'rec(gone)',
+         ["DENIED", "OK"], doc="a deny_write name that did not exist: never ends up there"),
     Case("devices_usable",
          'rec(lambda: append("/dev/null")); rec(lambda: read("/dev/zero")); rec(lambda: read("/dev/urandom"))',
          ["OK", "OK", "OK"]),

@@ -46,6 +46,8 @@ def test_suite_controls_unconfined(tmp_path):
         return p.returncode, p.stdout, p.stderr
     res = fspolicy_suite.run_all(unconfined, "unconfined", tmp_path)
     for name, got in res.items():
+        if name.endswith("_never_stays"):
+            continue        # about corrald removing what was made: nothing removes it here
         assert not isinstance(got, str) or "expected" in got, (name, got)
         obs = fspolicy_suite.OBSERVED["unconfined"][name]
         assert all(g == "OK" for g in obs), (name, obs)

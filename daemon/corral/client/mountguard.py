@@ -168,6 +168,13 @@ def plan(fs: dict | None) -> tuple[list[str], list[str]]:
     return pins, ro
 
 
+_VIEW_BUILT = False      # this process is in the private namespace apply() made
+
+
+def view_built() -> bool:
+    return _VIEW_BUILT
+
+
 def _enter_namespace() -> str:
     if _libc.unshare(CLONE_NEWNS) == 0:
         return "mount namespace"
@@ -287,6 +294,8 @@ def apply(fs: dict | None, unix: dict | None = None, *, read_only_view: bool = T
         raise MountGuardError(f"{refusal} is missing: corrald creates it at start; is this "
                               "corral run talking to a corrald of another installation?")
     how = _enter_namespace()
+    global _VIEW_BUILT
+    _VIEW_BUILT = True
     # Nothing we mount may leak back to the host's mount table.
     _mount(None, "/", MS_REC | MS_PRIVATE, "make / private")
     if ro_view:

@@ -1,4 +1,6 @@
-"""Protected names that do not exist yet, watched instead of frozen.
+"""Protected names that do not exist yet, watched instead of frozen: which
+names to watch for a session, the fanotify marks, the reports, who made an
+entry, and what is done with it (quarantine.py, nsmount.py).
 
 The mandatory deny_write entries name agent and editor configuration that a
 fresh project usually does not have yet (./.mcp.json, ./.vscode, ./.idea,
@@ -8,24 +10,26 @@ parent, which freezes the project root. Where Landlock is the file backend,
 the daemon watches those names instead and `corral run` leaves them out of
 what Landlock has to complement (unless --strict-protect):
 
-* fanotify (FAN_REPORT_DFID_NAME: directory file handle + name) reports
-  FAN_CREATE and FAN_MOVED_TO in every existing directory on the way from the
-  outermost allow_write root down to each protected name. A directory of that
-  chain that appears later (.claude for .claude/settings.json) is marked when
-  its creation is reported, then walked at once: what was made in it before
-  the mark existed is found there.
+* fanotify (kernel/fanotify.py; FAN_REPORT_DFID_NAME: directory file handle
+  + name) reports FAN_CREATE and FAN_MOVED_TO in every existing directory on
+  the way from the outermost allow_write root down to each protected name. A
+  directory of that chain that appears later (.claude for
+  .claude/settings.json) is marked when its creation is reported, then walked
+  at once: what was made in it before the mark existed is found there.
 * Every report is only a reason to walk the protected path again, one
   directory descriptor at a time (O_NOFOLLOW: the session may have replaced
   any component with a symlink). The creator is the reported pid, looked up
   in /proc and, once it has exited, in a map filled by a BPF program on the
-  sched_process_exit tracepoint (pid -> cgroup id, comm): `sh -c 'echo >
-  .mcp.json'` has exited long before its event is read.
-* Made by a process of a session that protects it: **quarantined**, i.e.
-  renamed (renameat2 RENAME_NOREPLACE from the parent's descriptor: a symlink
-  is moved, never followed) into LOG_DIR/quarantine/<session> (root, 0700); on
-  another filesystem copied (regular file up to 1 MiB, O_NOFOLLOW; a directory
-  tree bounded, symlinks recreated, never followed) and removed. Logged as
-  kind "file", op "quarantine", verdict "deny".
+  sched_process_exit tracepoint (kernel/exits.py, bpf/exits.c: pid -> cgroup
+  id, comm): `sh -c 'echo > .mcp.json'` has exited long before its event is
+  read.
+* Made by a process of a session that protects it: **quarantined**
+  (quarantine.py), i.e. renamed (renameat2 RENAME_NOREPLACE from the parent's
+  descriptor: a symlink is moved, never followed) into
+  LOG_DIR/quarantine/<session> (root, 0700); on another filesystem copied
+  (regular file up to 1 MiB, O_NOFOLLOW; a directory tree bounded, symlinks
+  recreated, never followed) and removed. Logged as kind "file", op
+  "quarantine", verdict "deny".
 * Made outside every session that protects it (the developer's editor): left
   in place and made read-only inside each protecting session's mount
   namespace (nsmount.py), on the mount its path crosses there (the only one
@@ -36,7 +40,9 @@ what Landlock has to complement (unless --strict-protect):
   "protected_readonly".
 * Creator unknown (an entry found by a walk rather than by its own report:
   made in a new directory before the mark reached it, while the daemon was
-  down, or lost to a queue overflow): quarantined, fail closed.
+  down, or lost to a queue overflow; or made by a process that has exited
+  and that the exit tracker does not know, or has not loaded): quarantined,
+  fail closed.
 
 Fail closed: a name is "covered" (covers()) only if every existing directory
 of its chain is marked; the client takes only covered names out of Landlock's
@@ -64,8 +70,6 @@ What remains:
 from __future__ import annotations
 
 import asyncio
-import ctypes as ct
-import errno
 import fnmatch
 import logging
 import os
@@ -77,169 +81,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.kernel import cgroups
+from corral.kernel import fanotify as fan
+from corral.kernel.exits import ExitTracker
 from corral.kernel.mountinfo import under
-from corral.server import nsmount
+from corral.server import nsmount, quarantine
 
 log = logging.getLogger("corral.namewatch")
 
-FAN_CLOEXEC, FAN_NONBLOCK = 0x1, 0x2
-FAN_REPORT_DIR_FID, FAN_REPORT_NAME = 0x400, 0x800
-FAN_MARK_ADD, FAN_MARK_REMOVE, FAN_MARK_ONLYDIR = 0x1, 0x2, 0x8
-FAN_MOVED_TO, FAN_CREATE, FAN_Q_OVERFLOW, FAN_ONDIR = 0x80, 0x100, 0x4000, 0x40000000
-MASK = FAN_CREATE | FAN_MOVED_TO | FAN_ONDIR
-FAN_EVENT_INFO_TYPE_DFID_NAME = 2
-AT_EMPTY_PATH = 0x1000
-RENAME_NOREPLACE = 1
-_META = struct.Struct("<IBBHQii")        # struct fanotify_event_metadata
+MASK = fan.FAN_CREATE | fan.FAN_MOVED_TO | fan.FAN_ONDIR
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-COPY_FILE_MAX = 1 << 20                  # cross-filesystem quarantine: bytes kept per file
-COPY_FOLLOW = 10.0                       # ... and for so many seconds, copied again if it grows
-COPY_TREE_BYTES = 8 << 20                # ... per directory tree
-COPY_TREE_ENTRIES = 1000
-COPY_TREE_DEPTH = 16
-MAX_QUARANTINED = 256                    # per session; beyond, entries are removed, not kept
 RECORDS_PER_SECOND = 20                  # per session; beyond, counted in one summary
-
-_libc = ct.CDLL(None, use_errno=True)
-_libc.fanotify_init.argtypes = [ct.c_uint, ct.c_uint]
-_libc.fanotify_mark.argtypes = [ct.c_int, ct.c_uint, ct.c_uint64, ct.c_int, ct.c_char_p]
-_libc.renameat2.argtypes = [ct.c_int, ct.c_char_p, ct.c_int, ct.c_char_p, ct.c_uint]
-
-
-class _Handle(ct.Structure):
-    _fields_ = [("handle_bytes", ct.c_uint32), ("handle_type", ct.c_int32),
-                ("f_handle", ct.c_ubyte * 128)]
-
-
-def _err(what: str) -> OSError:
-    e = ct.get_errno()
-    return OSError(e, f"{what}: {os.strerror(e)}")
-
-
-def _fsid(fd: int) -> bytes:
-    buf = ct.create_string_buffer(120)          # struct statfs; f_fsid at offset 56 (x86-64, arm64)
-    if _libc.fstatfs(fd, buf) != 0:
-        raise _err("fstatfs")
-    return buf.raw[56:64]
-
-
-def handle_key(fd: int) -> tuple[bytes, int, bytes]:
-    """(fsid, handle type, handle) of an open directory: what fanotify reports."""
-    h = _Handle()
-    h.handle_bytes = 128
-    mount_id = ct.c_int()
-    if _libc.name_to_handle_at(fd, b"", ct.byref(h), ct.byref(mount_id), AT_EMPTY_PATH) != 0:
-        raise _err("name_to_handle_at")
-    return (_fsid(fd), h.handle_type, bytes(h.f_handle[:h.handle_bytes]))
-
-
-def parse_events(data: bytes):
-    """fanotify records -> (mask, pid, key or None, name or None)."""
-    off = 0
-    while off + _META.size <= len(data):
-        ev_len, _vers, _, meta_len, mask, _fd, pid = _META.unpack_from(data, off)
-        if ev_len < _META.size:
-            break
-        key = name = None
-        i = off + meta_len
-        while i + 4 <= off + ev_len:
-            itype, _, ilen = struct.unpack_from("<BBH", data, i)
-            if ilen < 4:
-                break
-            if itype == FAN_EVENT_INFO_TYPE_DFID_NAME and ilen >= 20:
-                fsid = data[i + 4:i + 12]
-                hbytes, htype = struct.unpack_from("<Ii", data, i + 12)
-                key = (fsid, htype, data[i + 20:i + 20 + hbytes])
-                raw = data[i + 20 + hbytes:i + ilen]
-                name = os.fsdecode(raw.split(b"\0", 1)[0])
-            i += ilen
-        yield mask, pid, key, name
-        off += ev_len
 
 
 # -- who made it: /proc, then the exit map ------------------------------------------
-def _insn(code, dst=0, src=0, off=0, imm=0) -> bytes:
-    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
-
-
-class ExitTracker:
-    """pid -> (cgroup id, comm) of processes that exited recently, from a BPF
-    program on the sched_process_exit tracepoint (raw tracepoint, LRU map).
-    It runs in the exiting task before it leaves its cgroup, so a creator that
-    is gone by the time its fanotify report is read is still placed."""
-
-    ENTRIES = 16384
-
-    def __init__(self):
-        from corral.kernel import bpf
-        lib = bpf.lib()
-        lib.bpf_map_create.argtypes = [ct.c_int, ct.c_char_p, ct.c_uint32, ct.c_uint32,
-                                       ct.c_uint32, ct.c_void_p]
-        lib.bpf_prog_load.argtypes = [ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_void_p,
-                                      ct.c_size_t, ct.c_void_p]
-        lib.bpf_raw_tracepoint_open.argtypes = [ct.c_char_p, ct.c_int]
-        for f in (lib.bpf_map_create, lib.bpf_prog_load, lib.bpf_raw_tracepoint_open):
-            f.restype = ct.c_int
-        self._lib = lib
-        self.map_fd = self.prog_fd = self.link_fd = -1
-        try:
-            self.map_fd = bpf.chk(lib.bpf_map_create(9, b"corral_exits", 4, 24, self.ENTRIES,
-                                                     None), "map")       # BPF_MAP_TYPE_LRU_HASH
-            prog = b"".join([
-                _insn(0x85, imm=14),                    # r0 = bpf_get_current_pid_tgid()
-                _insn(0x77, dst=0, imm=32),             # r0 >>= 32 (the tgid)
-                _insn(0x63, dst=10, src=0, off=-4),     # key = r0
-                _insn(0x85, imm=80),                    # r0 = bpf_get_current_cgroup_id()
-                _insn(0x7b, dst=10, src=0, off=-32),    # value.cgid = r0
-                _insn(0xbf, dst=1, src=10), _insn(0x07, dst=1, imm=-24),
-                _insn(0xb7, dst=2, imm=16),
-                _insn(0x85, imm=16),                    # bpf_get_current_comm(value.comm, 16)
-                _insn(0x18, dst=1, src=1, imm=self.map_fd), _insn(0),
-                _insn(0xbf, dst=2, src=10), _insn(0x07, dst=2, imm=-4),
-                _insn(0xbf, dst=3, src=10), _insn(0x07, dst=3, imm=-32),
-                _insn(0xb7, dst=4, imm=0),
-                _insn(0x85, imm=2),                     # bpf_map_update_elem(map, key, value, ANY)
-                _insn(0xb7, dst=0, imm=0),
-                _insn(0x95),
-            ])
-            buf = ct.create_string_buffer(prog, len(prog))
-            self.prog_fd = bpf.chk(lib.bpf_prog_load(17, b"corral_exits", b"GPL", buf,
-                                                     len(prog) // 8, None), "program")
-            self.link_fd = bpf.chk(lib.bpf_raw_tracepoint_open(b"sched_process_exit",
-                                                               self.prog_fd), "attach")
-        except OSError:
-            self.close()
-            raise
-
-    def lookup(self, pid: int) -> tuple[int, str] | None:
-        k = ct.c_uint32(pid)
-        v = ct.create_string_buffer(24)
-        if self._lib.bpf_map_lookup_elem(self.map_fd, ct.byref(k), v) != 0:
-            return None
-        cgid = struct.unpack_from("<Q", v.raw)[0]
-        return cgid, v.raw[8:24].split(b"\0", 1)[0].decode(errors="replace")
-
-    def close(self) -> None:
-        for name in ("link_fd", "prog_fd", "map_fd"):
-            fd = getattr(self, name, -1)
-            if fd >= 0:
-                os.close(fd)
-                setattr(self, name, -1)
-
-
 def cgroup_path_of_id(cgid: int) -> str | None:
     """A cgroup2 id -> its path relative to the mount ('/a/b'), while it exists."""
-    h = _Handle()
-    h.handle_bytes, h.handle_type = 8, 0xfe                  # FILEID_KERNFS
-    struct.pack_into("<Q", h.f_handle, 0, cgid)
     try:
         mfd = os.open(cgroups.cgroup2_mount(), _DIR_FLAGS)
     except OSError:
         return None
     try:
-        fd = _libc.open_by_handle_at(mfd, ct.byref(h), os.O_PATH | os.O_CLOEXEC)
-        if fd < 0:
+        try:
+            fd = fan.open_by_handle(mfd, fan.FILEID_KERNFS, struct.pack("<Q", cgid),
+                                    os.O_PATH | os.O_CLOEXEC)
+        except OSError:
             return None
         try:
             p = os.readlink(f"/proc/self/fd/{fd}")
@@ -322,11 +187,8 @@ class NameWatch:
         self._pool = None
         self._closing = False
         try:
-            fd = _libc.fanotify_init(FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DIR_FID
-                                     | FAN_REPORT_NAME, os.O_RDONLY)
-            if fd < 0:
-                raise _err("fanotify_init")
-            self.fd = fd
+            self.fd = fan.init(fan.FAN_CLOEXEC | fan.FAN_NONBLOCK | fan.FAN_REPORT_DIR_FID
+                               | fan.FAN_REPORT_NAME, os.O_RDONLY)
         except OSError as e:
             self.why = str(e)
             log.warning("protected names cannot be watched (%s): Landlock keeps refusing new "
@@ -392,7 +254,7 @@ class NameWatch:
         w = self.by_session.pop(s.id, None)
         if w is None:
             return
-        self._follow_copies(w, final=True)
+        quarantine.follow(w.live, final=True)
         for t in w.targets.values():
             for level in list(t.marks):
                 self._release(w, t, level)
@@ -412,7 +274,7 @@ class NameWatch:
         now = time.monotonic()
         for w in self.by_session.values():
             if w.live:
-                self._follow_copies(w)
+                quarantine.follow(w.live)
             start, _, suppressed = w.records
             if suppressed and now - start >= 1:
                 self.audit({"kind": "rate", "op": "suppressed", "verdict": "info",
@@ -486,7 +348,7 @@ class NameWatch:
         marked. Returns True if a new fanotify mark was added (then the caller
         reads what it reported meanwhile before it trusts a walk)."""
         try:
-            key = handle_key(fd)
+            key = fan.handle_key(fd)
         except OSError as e:
             log.warning("%s: %s", t.chain[level], e)
             return False
@@ -497,8 +359,9 @@ class NameWatch:
         m = self.marks.get(key)
         fresh = m is None
         if fresh:
-            if _libc.fanotify_mark(self.fd, FAN_MARK_ADD | FAN_MARK_ONLYDIR, MASK, fd, None) != 0:
-                e = _err("fanotify_mark")
+            try:
+                fan.mark(self.fd, fan.FAN_MARK_ADD | fan.FAN_MARK_ONLYDIR, MASK, fd)
+            except OSError as e:
                 log.warning("cannot watch %s: %s", t.chain[level], e)
                 if level > 0:   # was covered: the name now depends on this directory
                     self._record(w, {"kind": "file", "op": "protected_unwatched",
@@ -519,7 +382,10 @@ class NameWatch:
             return
         m.refs.discard((w.session.id, t.path, level))
         if not m.refs:
-            _libc.fanotify_mark(self.fd, FAN_MARK_REMOVE | FAN_MARK_ONLYDIR, MASK, m.fd, None)
+            try:
+                fan.mark(self.fd, fan.FAN_MARK_REMOVE | fan.FAN_MARK_ONLYDIR, MASK, m.fd)
+            except OSError:
+                pass        # the kernel dropped it already: its directory was removed
             os.close(m.fd)
             del self.marks[key]
 
@@ -533,11 +399,11 @@ class NameWatch:
                 return
             if not data:
                 return
-            for mask, pid, key, name in parse_events(data):
+            for mask, pid, key, name in fan.parse_events(data):
                 self._event(mask, pid, key, name)
 
     def _event(self, mask: int, pid: int, key, name) -> None:
-        if mask & FAN_Q_OVERFLOW:
+        if mask & fan.FAN_Q_OVERFLOW:
             log.warning("fanotify queue overflow: walking every protected name again")
             for w in list(self.by_session.values()):
                 for t in list(w.targets.values()):
@@ -624,7 +490,7 @@ class NameWatch:
                 if final or stat.S_ISLNK(st.st_mode):
                     self._release_below(w, t, i)
                     if mode == "initial":
-                        w.handled[t.chain[i]] = _ident(fd, name, st)
+                        w.handled[t.chain[i]] = fan.entry_key(fd, name, st)
                     else:
                         who = self._attribute(ev, i, fd, mode, why)
                         self._found(w, t, i, fd, name, st, who, mode)
@@ -675,7 +541,7 @@ class NameWatch:
     def _found(self, w: Watched, t: Target, i: int, parent_fd: int, name: str, st,
                who: Creator, mode: str) -> None:
         path = t.chain[i]
-        key = _ident(parent_fd, name, st)
+        key = fan.entry_key(parent_fd, name, st)
         if w.handled.get(path) == key:
             return
         if mode == "recover":
@@ -710,26 +576,6 @@ class NameWatch:
         self._quarantine(owner or w, parent_fd, name, st, path, who)
 
     # -- quarantine -------------------------------------------------------------
-    def _qdir(self, sid: str) -> int:
-        """A descriptor of quarantine/<sid> (each level root's, mode 0700)."""
-        self.qroot.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        fd = os.open(self.qroot.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        for name in (self.qroot.name, sid):
-            try:
-                os.mkdir(name, 0o700, dir_fd=fd)
-            except FileExistsError:
-                pass
-            try:
-                nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            finally:
-                os.close(fd)
-            fd = nfd
-            st = os.fstat(fd)
-            if st.st_uid != 0 or st.st_gid != 0 or stat.S_IMODE(st.st_mode) != 0o700:
-                os.fchown(fd, 0, 0)
-                os.fchmod(fd, 0o700)
-        return fd
-
     def _quarantine(self, w: Watched, parent_fd: int, name: str, st, path: str,
                     who: Creator) -> None:
         sid = w.session.id
@@ -740,69 +586,19 @@ class NameWatch:
                f"protected name created, {who.text()} ({_mandatory(path)})",
                "file_type": _ftype(st.st_mode)}
         try:
-            qfd = self._qdir(sid)
-        except OSError as e:
-            log.error("quarantine directory for %s: %s; removing %s instead", sid, e, path)
-            qfd = -1
-        try:
-            if qfd < 0 or w.quarantined >= MAX_QUARANTINED:
-                _remove(parent_fd, name, st)
-                rec.update(moved_to=None, how="removed",
-                           note="quarantine full" if qfd >= 0 else "no quarantine directory")
-            else:
-                qname = f"{time.time_ns()}-{name}"
-                rec["moved_to"] = str(self.qroot / sid / qname)
-                if _libc.renameat2(parent_fd, os.fsencode(name), qfd, os.fsencode(qname),
-                                   RENAME_NOREPLACE) == 0:
-                    rec["how"] = "rename"
-                else:
-                    e = ct.get_errno()
-                    if e != errno.EXDEV:
-                        raise OSError(e, os.strerror(e))
-                    copied = _copy_out(parent_fd, name, st, qfd, qname)
-                    fd = copied.pop("_fd", -1)
-                    if fd >= 0:     # a writer may still hold it: copied again while it grows
-                        fst = os.fstat(fd)
-                        w.live.append([fd, rec["moved_to"], time.monotonic() + COPY_FOLLOW,
-                                       (fst.st_size, fst.st_mtime_ns)])
-                    rec.update(copied)
-                    rec["how"] = "copy"
-                w.quarantined += 1
+            moved, live = quarantine.move_out(self.qroot, sid, parent_fd, name, st,
+                                              w.quarantined >= quarantine.MAX_PER_SESSION, path)
         except FileNotFoundError:
             return              # gone already (removed by its maker, or quarantined)
         except OSError as e:
             rec.update(verdict="warn", op="quarantine_failed", moved_to=None, error=str(e))
             log.error("session %s: cannot quarantine %s: %s", sid, path, e)
-        finally:
-            if qfd >= 0:
-                os.close(qfd)
+        else:
+            rec.update(moved)
+            if live is not None:
+                w.live.append(live)
+            w.quarantined += 1
         self._record(w, rec)
-
-    @staticmethod
-    def _follow_copies(w: Watched, final: bool = False) -> None:
-        """Cross-filesystem quarantine: what its writer added since, copied again."""
-        now = time.monotonic()
-        keep = []
-        for item in w.live:
-            fd, path, until, seen = item
-            try:
-                st = os.fstat(fd)
-                if (st.st_size, st.st_mtime_ns) != seen:
-                    item[3] = (st.st_size, st.st_mtime_ns)
-                    data = os.pread(fd, COPY_FILE_MAX, 0)
-                    out = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
-                    try:
-                        os.write(out, data)
-                    finally:
-                        os.close(out)
-            except OSError as e:
-                log.warning("quarantined copy %s: %s", path, e)
-                until = 0
-            if final or now >= until:
-                os.close(fd)
-            else:
-                keep.append(item)
-        w.live[:] = keep
 
     # -- read-only in the other sessions ----------------------------------------
     def _flush(self) -> None:
@@ -914,18 +710,6 @@ def _mandatory(path: str) -> str:
     return "deny_write"
 
 
-def _ident(parent_fd: int, name: str, st) -> tuple:
-    """What an entry is, beyond its inode number (reused at once by ext4 after
-    a delete): its file handle (inode and generation), not following a symlink."""
-    h = _Handle()
-    h.handle_bytes = 128
-    mount_id = ct.c_int()
-    if _libc.name_to_handle_at(parent_fd, os.fsencode(name), ct.byref(h), ct.byref(mount_id),
-                               0) == 0:
-        return (st.st_dev, h.handle_type, bytes(h.f_handle[:h.handle_bytes]))
-    return (st.st_dev, st.st_ino, st.st_ctime_ns)
-
-
 def _links(path: str) -> int:
     try:
         st = os.stat(path)
@@ -941,116 +725,3 @@ def _ftype(mode: int) -> str:
         if test(mode):
             return name
     return "other"
-
-
-def _same(st, parent_fd: int, name: str) -> bool:
-    try:
-        now = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev)
-
-
-def _remove(parent_fd: int, name: str, st) -> None:
-    import shutil
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=parent_fd)
-    else:
-        os.unlink(name, dir_fd=parent_fd)
-
-
-def _copy_file(src_dir: int, name: str, dst_dir: int, qname: str, limit: int,
-               keep: list | None = None) -> tuple[int, bool]:
-    """Copy up to `limit` bytes of a regular file (never through a symlink);
-    `keep`: a list that receives the source descriptor, left open."""
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=src_dir)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        data = b""
-        while len(data) <= limit:
-            chunk = os.read(fd, min(1 << 16, limit + 1 - len(data)))
-            if not chunk:
-                break
-            data += chunk
-    except BaseException:
-        os.close(fd)
-        raise
-    if keep is None:
-        os.close(fd)
-    else:
-        keep.append(fd)
-    out = os.open(qname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                  0o600, dir_fd=dst_dir)
-    try:
-        os.write(out, data[:limit])
-    finally:
-        os.close(out)
-    return min(len(data), limit), len(data) > limit
-
-
-def _copy_tree(src_dir: int, name: str, dst_dir: int, qname: str, budget: dict,
-               depth: int = 0) -> None:
-    os.mkdir(qname, 0o700, dir_fd=dst_dir)
-    sfd = os.open(name, _DIR_FLAGS, dir_fd=src_dir)
-    dfd = os.open(qname, _DIR_FLAGS, dir_fd=dst_dir)
-    try:
-        for e in os.scandir(sfd):
-            if budget["entries"] <= 0:
-                budget["truncated"] = True
-                return
-            budget["entries"] -= 1
-            if e.is_symlink():
-                os.symlink(os.readlink(e.name, dir_fd=sfd), e.name, dir_fd=dfd)
-            elif e.is_dir(follow_symlinks=False):
-                if depth + 1 >= COPY_TREE_DEPTH:
-                    budget["truncated"] = True
-                    continue
-                _copy_tree(sfd, e.name, dfd, e.name, budget, depth + 1)
-            elif e.is_file(follow_symlinks=False):
-                n, cut = _copy_file(sfd, e.name, dfd, e.name,
-                                    max(0, min(COPY_FILE_MAX, budget["bytes"])))
-                budget["bytes"] -= n
-                budget["truncated"] |= cut
-            else:
-                budget["skipped"] += 1          # fifo, socket, device: not copied
-    finally:
-        os.close(sfd)
-        os.close(dfd)
-
-
-def _copy_out(parent_fd: int, name: str, st, qfd: int, qname: str) -> dict:
-    """Quarantine across filesystems: copy what is there (bounded, never
-    following a symlink), then remove it if it is still the same object. A
-    regular file's descriptor comes back as "_fd" (its writer may go on)."""
-    out: dict = {}
-    kept: list = []
-    try:
-        if stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(name, dir_fd=parent_fd), qname, dir_fd=qfd)
-        elif stat.S_ISREG(st.st_mode):
-            n, cut = _copy_file(parent_fd, name, qfd, qname, COPY_FILE_MAX, keep=kept)
-            out.update(bytes_kept=n, truncated=cut)
-        elif stat.S_ISDIR(st.st_mode):
-            budget = {"entries": COPY_TREE_ENTRIES, "bytes": COPY_TREE_BYTES,
-                      "truncated": False, "skipped": 0}
-            _copy_tree(parent_fd, name, qfd, qname, budget)
-            out.update(truncated=budget["truncated"], not_copied=budget["skipped"])
-        else:
-            out.update(moved_to=None, note="not a file, directory or symlink: removed")
-        if _same(st, parent_fd, name):
-            _remove(parent_fd, name, st)
-        else:
-            out["note"] = "replaced while it was copied; the copy is of the first one"
-            try:
-                now = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-                _remove(parent_fd, name, now)
-            except FileNotFoundError:
-                pass
-    except BaseException:
-        for fd in kept:
-            os.close(fd)
-        raise
-    if kept:
-        out["_fd"] = kept[0]
-    return out

@@ -256,6 +256,10 @@ def cmd_run(args) -> int:
               "--pass-env NAME): " + ", ".join(removed), file=sys.stderr)
     os.environ.clear()
     os.environ.update(env)
+    if "GIT_TEMPLATE_DIR" not in os.environ:
+        from corral.client.mountguard import git_template
+        if os.path.isdir(git_template()):
+            os.environ["GIT_TEMPLATE_DIR"] = git_template()   # git init: no .git/hooks
     os.environ["CORRAL_SESSION"] = sid
     import signal
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):    # Python ignores them; the command must not

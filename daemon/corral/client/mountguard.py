@@ -113,6 +113,20 @@ def ensure_refusal_file() -> str:
     return path
 
 
+def git_template() -> str:
+    """An empty git template directory for sessions (GIT_TEMPLATE_DIR): `git init`
+    in a session then makes no .git/hooks, a protected name corrald would
+    otherwise quarantine while git is still copying its sample hooks into it."""
+    from corral import config
+    return str(config.RUN_DIR / "git-template")
+
+
+def ensure_git_template() -> str:
+    path = git_template()
+    os.makedirs(path, mode=0o755, exist_ok=True)
+    return path
+
+
 def foreign_sockets(fs: dict | None, unix: dict | None) -> dict:
     """Which pathname sockets to mask: {"mask": [paths], "skipped": [why...]}:
     every socket bound on the host now (unixdiag.foreign) but the daemon's

@@ -80,7 +80,7 @@ class Daemon:
         self.auditlink = self._load_auditlink()
         # Protected names that do not exist yet: watched, not frozen (issue 12).
         from corral.server.namewatch import NameWatch
-        self.namewatch = NameWatch(self.sessions, self.audit)
+        self.namewatch = NameWatch(self.sessions, self.audit, enabled=self.filelsm is None)
         self.sessions.namewatch = self.namewatch
         self.features["protected_names"] = self.namewatch.status()
         from corral.client.mountguard import refusal_file
@@ -408,8 +408,9 @@ class Daemon:
             self.loop.add_signal_handler(sig, self.stop_event.set)
         # What `corral run` binds over the Unix sockets a session may not reach
         # (client/mountguard.py); made here so unprivileged clients find it.
-        from corral.client.mountguard import ensure_refusal_file
+        from corral.client.mountguard import ensure_git_template, ensure_refusal_file
         ensure_refusal_file()
+        ensure_git_template()
         server = Server(SOCKET, self.api)
         await server.start()
         if self.dns is not None:

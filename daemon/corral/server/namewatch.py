@@ -174,7 +174,8 @@ class Watched:
 
 
 class NameWatch:
-    def __init__(self, sessions, audit, quarantine_root: Path | None = None):
+    def __init__(self, sessions, audit, quarantine_root: Path | None = None,
+                 enabled: bool = True):
         from corral import config
         self.sessions = sessions           # SessionTable
         self.audit = audit                 # callable(record, must=False)
@@ -186,6 +187,11 @@ class NameWatch:
         self.exits = None
         self._pool = None
         self._closing = False
+        if not enabled:
+            # BPF LSM decides by name in the kernel: nothing to watch, and no
+            # exit tracker to compile (100+ s under TCG on the VM tier).
+            self.why = "not needed: the BPF LSM backend guards names that do not exist"
+            return
         try:
             self.fd = fan.init(fan.FAN_CLOEXEC | fan.FAN_NONBLOCK | fan.FAN_REPORT_DIR_FID
                                | fan.FAN_REPORT_NAME, os.O_RDONLY)

@@ -190,7 +190,9 @@ def render(rep: dict) -> str:
         f"cgroup2     {rep['cgroup2']}",
         f"lsm list    {','.join(rep['lsm_list']) or '(securityfs unreadable)'}",
         f"daemon      {rep['daemon']}",
-        f"network     {_mark(rep['network'])} {rep['network'].get('backend') or rep['network'].get('why', '')}",
+        f"network     {_mark(rep['network'])} {rep['network'].get('backend') or rep['network'].get('why', '')}"
+        + ("; the session's own loopback servers need no rule" if rep["network"].get("own_loopback")
+           else ""),
         f"files       backend: {fs['backend']}",
         f"  bpf-lsm   {_mark(fs['bpf_lsm'])} {fs['bpf_lsm'].get('why', '')}",
         f"  landlock  {_mark(fs['landlock'])} {fs['landlock'].get('why', '')}",

@@ -72,7 +72,8 @@ class Daemon:
                                     "headers": self.net.header_mode,
                                     "note": "IP-level: an allowed IP also reaches every other "
                                             "site hosted on it (shared CDN addresses)",
-                                    "unix_hooks": self.net.unix_hooks}
+                                    "unix_hooks": self.net.unix_hooks,
+                                    "own_loopback": getattr(self.net, "own_loopback", False)}
         self.filelsm = self._load_filelsm()
         self.dns = self._load_dns()
         self.log = EventLog(LOG_DIR)

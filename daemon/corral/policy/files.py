@@ -410,8 +410,10 @@ MANDATORY: tuple[Mandatory, ...] = (
     Mandatory("vscode", "deny_write", ("./.vscode",), "tasks and settings run by the editor"),
     Mandatory("idea", "deny_write", ("./.idea",), "run configurations used by the IDE"),
     Mandatory("claude-settings", "deny_write",
-              ("./.claude/settings.json", "./.claude/settings.local.json", "./.claude/settings*.json"),
-              "agent permissions and hooks (the agent could grant itself anything)"),
+              ("./.claude/settings.json", "./.claude/settings.local.json", "./.claude/settings*.json",
+               "~/.claude/settings.json", "~/.claude/settings.local.json"),
+              "agent permissions and hooks (the agent could grant itself anything); the user's "
+              "~/.claude/settings.json holds hooks that run commands outside the session"),
     Mandatory("policy-files", "deny_write", (),
               "the corral policy files this session was started from"),
     Mandatory("ssh", "deny_read", ("~/.ssh",), "SSH keys"),

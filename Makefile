@@ -12,8 +12,13 @@ APT_PACKAGES := python3-bpfcc bpftool libseccomp-dev python3-venv python3-dev li
 # The VM tier: a stock Debian kernel with BPF LSM, booted under qemu.
 VM_APT_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static
 BENCH_APT_PACKAGES := hyperfine bubblewrap socat ripgrep
+# The real agent the tests run in a session (tests/agents): Claude Code from npm, pinned,
+# into the (gitignored) venv. 2.1.110 is the last release that is plain JavaScript
+# for node >= 18 (2.1.120 on ships a native binary; by 2.1.200 it needs node >= 22).
+CLAUDE_CODE_VERSION := 2.1.110
+CLAUDE := $(VENV)/node/node_modules/.bin/claude
 
-.PHONY: install apt venv demo start stop test unit lint vmtest bench clean
+.PHONY: install apt venv agent-clis demo start stop test unit lint vmtest bench clean
 
 install: apt venv
 
@@ -49,6 +54,20 @@ $(VENV)/bin/corral-fast: $(VENV)/.installed
 	chmod +x $(VENV)/bin/corral.tmp && mv $(VENV)/bin/corral.tmp $(VENV)/bin/corral && \
 	touch $@
 
+# Installs only when the pinned version is missing; without npm or a network it says so
+# and goes on (tests/agents then skip, naming why).
+agent-clis:
+	@if [ "$$($(CLAUDE) --version 2>/dev/null | cut -d' ' -f1)" != "$(CLAUDE_CODE_VERSION)" ]; then \
+		if ! command -v npm >/dev/null; then \
+			echo "corral: npm not found: not installing Claude Code (tests/agents will skip)"; \
+		else \
+			echo "installing @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION) into $(VENV)/node"; \
+			npm install --prefix $(VENV)/node --no-audit --no-fund --no-save --loglevel=error \
+				@anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION) || \
+				echo "corral: could not install Claude Code (tests/agents will skip)"; \
+		fi; \
+	fi
+
 start: install
 	@bash systemd/start-corrald.sh
 
@@ -58,7 +77,7 @@ stop:
 demo: start
 	$(PY) -m corral.client.demo
 
-test: install
+test: install agent-clis
 	$(PY) -m pytest -v -p no:cacheprovider tests
 
 # Pure logic only: needs no root, no BPF, no daemon (also runs as nobody).

@@ -162,3 +162,10 @@ def test_allow_write_of_a_missing_path_is_created_and_said(daemon, home):
                        cwd=home, env=e, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and f"deny_read {home / 'nothere'} does not exist: kept" in p.stderr, \
         p.stderr
+    # a name with a suffix is made as a file (what ~/.claude.json must be)
+    f = home / "state" / "agent.json"
+    p = subprocess.run([CORRAL, "run", "--allow-write", str(f), "--", "sh", "-c",
+                        f"echo '{{}}' > {f}"], cwd=home, env=e, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0 and "as an empty file" in p.stderr, p.stderr
+    assert f.is_file() and f.read_text() == "{}\n"

@@ -123,13 +123,20 @@ def _create_missing_writable(paths: list[str]) -> None:
     for p in paths:
         if os.path.lexists(p):
             continue
+        # A name with a suffix (~/.claude.json, notes.txt) is a file, others a
+        # directory (~/.claude, out/): the rule needs the object the agent expects.
+        as_file = bool(os.path.splitext(os.path.basename(p))[1])
         try:
-            os.makedirs(p, exist_ok=True)
+            if as_file:
+                os.makedirs(os.path.dirname(p), exist_ok=True)
+                os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+            else:
+                os.makedirs(p, exist_ok=True)
         except OSError as e:
             raise pol.PolicyError(f"allow_write {p} does not exist and cannot be created: "
                                   f"{e.strerror}") from None
-        print(f"corral: note: created {p} (allow_write names it; it did not exist)",
-              file=sys.stderr)
+        print(f"corral: note: created {p} as an empty {'file' if as_file else 'directory'} "
+              "(allow_write names it; it did not exist)", file=sys.stderr)
 
 
 def _note_missing_denials(fs: dict) -> None:

@@ -169,3 +169,7 @@ def test_allow_write_of_a_missing_path_is_created_and_said(daemon, home):
                        timeout=60)
     assert p.returncode == 0 and "as an empty file" in p.stderr, p.stderr
     assert f.is_file() and f.read_text() == "{}\n"
+    t = home / "state" / "notes.txt"
+    p = subprocess.run([CORRAL, "run", "--allow-write", str(t), "--", "true"], cwd=home, env=e,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and t.is_file() and t.read_text() == "", p.stderr

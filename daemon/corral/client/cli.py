@@ -95,6 +95,7 @@ def policy_from_args(args) -> dict:
     pol.check_limits(flags, lambda section, key, msg: pol.PolicyError(
         f"{_FLAG_OF.get((section, key), f'{section}.{key}')}: {msg}"))
     merged = policyfile.merge(base, flags)
+    _allow_base_urls(merged)
     out = policyfile.apply_mandatory(merged, set(args.no_mandatory), files=loaded)
     if getattr(args, "allow_system_write", False):
         # Not a section of its own: --allow-system-write alone keeps the default
@@ -108,7 +109,7 @@ def policy_from_args(args) -> dict:
     out = expand_homes(out, homes)     # "~" is $HOME and the passwd home when they differ
     norm = pol.normalize(out, cwd=os.getcwd(), home=homes[0])  # raises what the daemon would
     _create_missing_writable(norm["filesystem"]["allow_write"])  # refuse
-    _note_missing_denials(norm["filesystem"])
+    _note_missing_denials(norm["filesystem"], args.deny_read + args.deny_write, homes)
     if pol.system_write_flag(out):
         print("corral: note: --allow-system-write: this session may write system trees (/, /usr, "
               "/etc, /var/lib...) where its allow_write says: it could rewrite system binaries and "
@@ -129,21 +130,35 @@ def _create_missing_writable(paths: list[str]) -> None:
         try:
             if as_file:
                 os.makedirs(os.path.dirname(p), exist_ok=True)
-                os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                if p.endswith(".json"):
+                    os.write(fd, b"{}\n")    # an empty file is not JSON (Claude Code refuses it)
+                os.close(fd)
             else:
                 os.makedirs(p, exist_ok=True)
         except OSError as e:
             raise pol.PolicyError(f"allow_write {p} does not exist and cannot be created: "
                                   f"{e.strerror}") from None
         print(f"corral: note: created {p} as an empty {'file' if as_file else 'directory'} "
+              f"{'({}) ' if p.endswith('.json') else ''}"
               "(allow_write names it; it did not exist)", file=sys.stderr)
 
 
-def _note_missing_denials(fs: dict) -> None:
-    """A denial of a path that does not exist is kept: say how it takes effect."""
+def _note_missing_denials(fs: dict, given: list[str], homes: list[str]) -> None:
+    """A denial the user gave (a flag) of a path that does not exist is kept: say
+    how it takes effect. Profiles' and mandatory lists name paths that usually
+    do not exist (~/.azure...): not news for every session."""
+    from corral.policy.paths import expand_path
+    mine = set()
+    for g in given:
+        for h in homes:
+            try:
+                mine.add(expand_path(g, os.getcwd(), h))
+            except pol.PolicyError:
+                pass
     for key in ("deny_read", "deny_write"):
         for p in fs.get(key) or []:
-            if not os.path.lexists(p) and not _is_mandatory_default(p):
+            if p in mine and not os.path.lexists(p) and not _is_mandatory_default(p):
                 print(f"corral: note: {key} {p} does not exist: kept, it applies if the path "
                       "appears during the session", file=sys.stderr)
 
@@ -169,9 +184,65 @@ _FLAG_OF = {("network", "allow"): "--allow-net", ("network", "deny"): "--deny-ne
 
 
 # -- commands -------------------------------------------------------------------
+_POLICY_OPTIONS = ("policy", "profile", "srt_settings", "allow_net", "deny_net", "no_net",
+                   "allow_domain", "deny_domain", "allow_localhost_port", "deny_read",
+                   "allow_read", "allow_write", "deny_write", "allow_system_write",
+                   "allow_unix", "allow_ssh_agent", "pass_env", "deny_syscall")
+
+
+def _profile_from_command(args) -> None:
+    """`corral run -- claude` with no policy option: the profile made for that agent."""
+    from corral.policy.files import PROFILE_FOR_COMMAND
+    if any(getattr(args, k, None) for k in _POLICY_OPTIONS):
+        return
+    name = PROFILE_FOR_COMMAND.get(os.path.basename(args.cmd[0]))
+    if name:
+        args.profile = name
+        print(f"corral: profile {name} (chosen by the command name; --profile NAME or any "
+              "policy option to choose otherwise)", file=sys.stderr)
+
+
+def _allow_base_urls(policy: dict) -> None:
+    """ANTHROPIC_BASE_URL / OPENAI_BASE_URL name where the agent's API is: with a
+    network policy, that endpoint is allowed (and said)."""
+    from urllib.parse import urlsplit
+    import ipaddress
+    net = policy.get("network")
+    if net is None:
+        return
+    for var in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL"):
+        url = os.environ.get(var)
+        if not url:
+            continue
+        try:
+            u = urlsplit(url)
+            host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
+        except ValueError:
+            host = None
+        if not host or u.scheme not in ("http", "https"):
+            print(f"corral: warning: {var}={url!r} is not an http(s) URL: nothing allowed for it",
+                  file=sys.stderr)
+            continue
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        if ip is not None and ip.is_loopback:
+            key, rule = "allow_localhost_ports", str(port)
+        elif ip is not None:
+            key, rule = "allow", f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+        else:
+            key, rule = "allow_domains", f"{host}:{port}"
+        lst = net.setdefault(key, [])
+        if rule not in lst:
+            lst.append(rule)
+            print(f"corral: note: {var} allows {rule}", file=sys.stderr)
+
+
 def cmd_run(args) -> int:
     if not args.cmd:
         die("usage: corral run [options] -- CMD [ARGS...]", EXIT_USAGE)
+    _profile_from_command(args)
     try:
         policy = policy_from_args(args)
     except (pol.PolicyError, OSError) as e:

@@ -186,6 +186,11 @@ def validate(data: dict, src: _Src) -> dict:
             if not isinstance(val, str):
                 raise src.err(None, "description", "expected a string")
             continue
+        if top == "extends":
+            if not isinstance(val, str) or not re.match(r"^[A-Za-z0-9_-]+$", val):
+                raise src.err(None, "extends", "expected the name of a built-in profile")
+            out["extends"] = val
+            continue
         if top not in ("filesystem", "network", "syscalls", "unix", "env"):
             raise src.err(None, top, f"unknown key {top!r}: expected [filesystem], [network], "
                                      "[syscalls] (or description)") if not isinstance(val, dict) else \
@@ -315,9 +320,19 @@ def load_policy_file(path: str, loaded: list[str] | None = None) -> dict:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise PolicyError(f"{path}: not UTF-8 text ({e})") from None
-    out = parse_policy_text(text, path)
+    out = _extend(parse_policy_text(text, path), loaded)
     _note(loaded, os.path.abspath(path))
     return out
+
+
+def _extend(policy: dict, loaded: list[str] | None, depth: int = 0) -> dict:
+    """`extends = "agent"`: the named built-in profile, then this file's lists on top."""
+    name = policy.pop("extends", None)
+    if name is None:
+        return policy
+    if depth >= 3:
+        raise PolicyError(f"extends {name!r}: profiles extend each other more than 3 deep")
+    return merge(load_profile(name, loaded, _depth=depth + 1), policy)
 
 
 # -- profiles ---------------------------------------------------------------------------
@@ -337,7 +352,7 @@ def list_profiles() -> list[tuple[str, str]]:
     return out
 
 
-def load_profile(name: str, loaded: list[str] | None = None) -> dict:
+def load_profile(name: str, loaded: list[str] | None = None, _depth: int = 0) -> dict:
     if not re.match(r"^[A-Za-z0-9_-]+$", name or ""):
         raise PolicyError(f"bad profile name {name!r}")
     p = profile_path(name)
@@ -345,9 +360,13 @@ def load_profile(name: str, loaded: list[str] | None = None) -> dict:
         names = ", ".join(n for n, _ in list_profiles())
         raise PolicyError(f"unknown profile {name!r}: built-in profiles are {names} "
                           "(or give a file with --policy)")
-    out = parse_policy_text(p.read_text(), str(p))
+    out = _extend(parse_policy_text(p.read_text(), str(p)), loaded, _depth)
     _note(loaded, str(p))
     return out
+
+
+# `corral run -- NAME ...` with no policy options: the profile for that agent.
+PROFILE_FOR_COMMAND = {"claude": "claude", "codex": "codex"}
 
 
 # -- merging -------------------------------------------------------------------------

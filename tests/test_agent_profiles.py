@@ -65,10 +65,9 @@ def _run(d, fake_agents, tmp_path, *argv, env=None):
 
 
 def _policy(d, sid) -> dict:
-    with d.client() as c:
-        for r in d.records():
-            if r.get("op") == "start" and r.get("session") == sid:
-                return r["policy"]
+    for r in d.records():
+        if r.get("op") == "start" and r.get("session") == sid:
+            return r["policy"]
     raise AssertionError(f"no start record for {sid}")
 
 

@@ -278,9 +278,19 @@ def cmd_run(args) -> int:
             # then only keeps the always-on protections, or a live widening
             # would be blocked by rules frozen at exec.
             fs = None
-        guard = mountguard.apply(fs, session["policy"].get("unix"),
-                                 mask_sockets=session["enforcement"].get("unix_peers") != "bpf-lsm",
-                                 allow_weaker=args.allow_weaker)
+        try:
+            guard = mountguard.apply(fs, session["policy"].get("unix"),
+                                     mask_sockets=session["enforcement"].get("unix_peers")
+                                     != "bpf-lsm", allow_weaker=args.allow_weaker)
+        except (mountguard.MountGuardError, OSError) as e:
+            if not args.allow_weaker or "hard link" in str(e):
+                raise
+            # Asked for: start without the view, and say what that leaves open.
+            print(f"corral: warning: no mount view ({e}); --allow-weaker: Unix sockets of "
+                  "processes outside the session stay reachable and metadata outside "
+                  "allow_write is not protected", file=sys.stderr)
+            guard = {"mountguard": False, "policy": fs, "masked_sockets": [],
+                     "sockets_skipped": [], "weaker": str(e)}
         # Protected names that do not exist yet and that corrald watches (it
         # quarantines them when the session makes them, makes them read-only in
         # this mount view when someone else does): Landlock need not refuse new
@@ -302,6 +312,8 @@ def cmd_run(args) -> int:
             report["masked_sockets"] = guard["masked_sockets"]
             report["hidden_paths"] = guard["hidden"]
             report["mount_namespace"] = guard["namespace"]
+        if guard.get("weaker"):
+            report["mount_view_missing"] = guard["weaker"]
         if guard["sockets_skipped"]:
             report["sockets_not_masked"] = guard["sockets_skipped"]
         frozen = _frozen_dirs(guard["policy"])

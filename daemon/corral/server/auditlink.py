@@ -508,16 +508,21 @@ def _install_erofs_rules(ctl: _Control) -> list[str]:
     return done
 
 
+def _delete_erofs_rules(ctl: _Control) -> int:
+    """Remove every exit rule keyed corral-erofs through `ctl`; -> how many."""
+    n = 0
+    for r in _listed(ctl):
+        if _is_erofs_rule(r):
+            ctl.request(AUDIT_DEL_RULE, r["body"])
+            n += 1
+    return n
+
+
 def remove_erofs_rules() -> int:
     """Remove every exit rule keyed corral-erofs (tests; restore_audit does it too)."""
     ctl = _Control()
     try:
-        n = 0
-        for r in _listed(ctl):
-            if _is_erofs_rule(r):
-                ctl.request(AUDIT_DEL_RULE, r["body"])
-                n += 1
-        return n
+        return _delete_erofs_rules(ctl)
     finally:
         ctl.close()
 
@@ -946,9 +951,7 @@ class AuditLink:
         if not self.erofs:
             # Not asked for: take ours away if an earlier (opted-in) corrald left them.
             try:
-                for r in _listed(ctl):
-                    if _is_erofs_rule(r):
-                        ctl.request(AUDIT_DEL_RULE, r["body"])
+                _delete_erofs_rules(ctl)
             except OSError as e:
                 log.warning("could not remove an earlier EROFS audit rule: %s", e)
             return

@@ -174,6 +174,13 @@ def _list(src: _Src, section: str, key: str, v) -> list:
     return v
 
 
+def _only_key(src: _Src, section: str, table: dict, key: str, shown: str) -> None:
+    """A section with one key (its name and how it is written in `shown`)."""
+    for k in table:
+        if k != key:
+            raise src.err(section, k, f"unknown key {k!r}: the only key is {shown}")
+
+
 def validate(data: dict, src: _Src) -> dict:
     """Check a parsed policy file; return the policy dict (sections as given).
 
@@ -248,9 +255,7 @@ def validate(data: dict, src: _Src) -> dict:
         out["network"] = o
     env = data.get("env")
     if env is not None:
-        for k in env:
-            if k != "pass":
-                raise src.err("env", k, f"unknown key {k!r}: the only key is pass = [names]")
+        _only_key(src, "env", env, "pass", "pass = [names]")
         from corral.policy.env import check_names
         names = _list(src, "env", "pass", env.get("pass", []))
         try:
@@ -260,17 +265,13 @@ def validate(data: dict, src: _Src) -> dict:
         out["env"] = {"pass": list(names)}
     ux = data.get("unix")
     if ux is not None:
-        for k in ux:
-            if k != "allow":
-                raise src.err("unix", k, f"unknown key {k!r}: the only key is allow = [socket paths]")
+        _only_key(src, "unix", ux, "allow", "allow = [socket paths]")
         for p in _list(src, "unix", "allow", ux.get("allow", [])):
             _check_path(src, "unix", "allow", p)
         out["unix"] = {"allow": list(ux.get("allow", []))}
     sc = data.get("syscalls")
     if sc is not None:
-        for k in sc:
-            if k != "deny":
-                raise src.err("syscalls", k, f"unknown key {k!r}: the only key is deny = [names]")
+        _only_key(src, "syscalls", sc, "deny", "deny = [names]")
         names = _list(src, "syscalls", "deny", sc.get("deny", []))
         from corral.client.seccomp_rules import UNDENIABLE
         for n in names:

@@ -231,6 +231,18 @@ def read_masks(fs: dict | None) -> list[str]:
     return outermost(out)
 
 
+def _bind_refusal(refusal: str, p: str) -> bool:
+    """The refusal file bound read-only over `p` (a denied file, a foreign
+    socket). False if `p` is gone (unlinked since it was listed): nothing to reach."""
+    if _libc.mount(refusal.encode(), p.encode(), None, ctypes.c_ulong(MS_BIND), None) != 0:
+        if ctypes.get_errno() == 2:     # ENOENT
+            return False
+        _check(-1, f"mask {p}")
+    _mount(None, p, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+           f"read-only mask {p}")
+    return True
+
+
 def _mask_read(p: str, refusal: str) -> None:
     """An empty, read-only, mode-0000 mount over a denied path: nothing under it
     is reachable by any name through it, nothing created in it later either, and
@@ -239,9 +251,8 @@ def _mask_read(p: str, refusal: str) -> None:
     if os.path.isdir(p):
         _check(_libc.mount(b"corral-denied", p.encode(), b"tmpfs", ctypes.c_ulong(flags),
                            b"mode=000,size=4k,nr_inodes=1"), f"mask {p}")
-    else:
-        _mount(refusal, p, MS_BIND, f"mask {p}")
-        _mount(None, p, MS_BIND | MS_REMOUNT | flags, f"read-only mask {p}")
+    elif not _bind_refusal(refusal, p):
+        raise MountGuardError(f"mask {p}: {os.strerror(2)}")
 
 
 def writable_roots(fs: dict | None) -> list[str]:
@@ -320,16 +331,7 @@ def apply(fs: dict | None, unix: dict | None = None, *, read_only_view: bool = T
         _bind(p, readonly=True)
     for p in hidden:
         _mask_read(p, refusal)
-    gone = []
-    for p in masked:
-        if _libc.mount(refusal.encode(), p.encode(), None, ctypes.c_ulong(MS_BIND), None) != 0:
-            if ctypes.get_errno() == 2:     # ENOENT: unlinked since the dump, nothing to reach
-                gone.append(p)
-                continue
-            _check(-1, f"mask socket {p}")
-        _mount(None, p, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-               f"read-only mask {p}")
-    masked = [p for p in masked if p not in gone]
+    masked = [p for p in masked if _bind_refusal(refusal, p)]
     # Our cwd still points into the old mounts; relative paths must see the new ones.
     os.chdir(os.getcwd())
     done = set(ro)

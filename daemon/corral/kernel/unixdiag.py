@@ -103,6 +103,16 @@ def _parse(msg: bytes) -> BoundSocket | None:
                        type=typ, sock_ino=sock_ino)
 
 
+def file_key(path: str) -> tuple[int, int] | None:
+    """(st_ino, st_dev) of what `path` leads to (the identity unix_diag reports
+    for a socket file), None if nothing is there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_dev)
+
+
 def foreign(allow: list[str] = (), keep: list[str] = ()) -> tuple[list[str], list[str]]:
     """(names, skipped) of the sockets bound now that a new session may not
     reach: all of them (it has none yet) but those whose socket file is one of
@@ -113,13 +123,8 @@ def foreign(allow: list[str] = (), keep: list[str] = ()) -> tuple[list[str], lis
     relative name was looked up under a cwd we cannot know: those come back in
     `skipped`, with the reason."""
     import stat as _stat
-    exempt = set()
-    for p in list(allow) + list(keep):
-        try:
-            st = os.stat(p)
-            exempt.add((st.st_ino, st.st_dev))
-        except OSError:
-            pass        # not there now: nothing to let through
+    # a path not there now lets nothing through
+    exempt = {k for k in map(file_key, list(allow) + list(keep)) if k is not None}
     names: list[str] = []
     skipped: list[str] = []
     for b in bound_sockets():

@@ -55,11 +55,11 @@ class UnixWatch:
         if not fresh:
             return
         owners = self._owners(live, {b.sock_ino for b in fresh})
-        exempt = _stat_key(str(SOCKET))
+        exempt = unixdiag.file_key(str(SOCKET))
         for b in fresh:
             if not b.name.startswith("/"):
                 continue
-            key = _stat_key(b.name)
+            key = unixdiag.file_key(b.name)
             if key != (b.ino, b.dev) or key == exempt:
                 continue
             owner = owners.get(b.sock_ino)
@@ -85,7 +85,7 @@ class UnixWatch:
 
     @staticmethod
     def _allowed(s, key) -> bool:
-        return any(_stat_key(p) == key for p in (s.policy.get("unix") or {}).get("allow") or [])
+        return any(unixdiag.file_key(p) == key for p in (s.policy.get("unix") or {}).get("allow") or [])
 
     @staticmethod
     def _owners(live, inodes: set[int]) -> dict:
@@ -117,11 +117,3 @@ class UnixWatch:
             return nsmount.bind_in(fd, self.refusal, b.name, readonly=True, expect=(b.ino, b.dev))
         finally:
             os.close(fd)
-
-
-def _stat_key(path: str):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_dev)

@@ -60,22 +60,6 @@ def policy_toml(rules: list[str]) -> str:
 CHUNK = 1000
 
 
-def parse(out: str) -> dict:
-    line = [ln for ln in out.splitlines() if ln.startswith("ok=")]
-    if not line:
-        raise RuntimeError(f"connect_loop printed no result: {out!r}")
-    r = {}
-    for kv in line[-1].split():
-        k, _, v = kv.partition("=")
-        r[k] = [int(x) / CHUNK for x in v.split(",") if x] if k == "chunks" else int(v)
-    return r
-
-
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=20000, help="connects per run (default 20000)")
@@ -154,7 +138,7 @@ def main() -> int:
                         dt = after[pn][1] - before.get(pn, (0, 0))[1]
                         bpf_ns[name][pn] = {"calls": dc, "ns_per_call": dt / dc if dc else None}
                 try:
-                    r = parse(p.stdout)
+                    r = B.loop_result(p.stdout, "connect_loop", CHUNK)
                     if r["fail"]:
                         raise RuntimeError(f"{r['fail']} of {args.n} connects failed "
                                            f"(first errno {r['first_errno']}: {os.strerror(r['first_errno'])})")
@@ -174,7 +158,7 @@ def main() -> int:
                         # start for a moment (e.g. a hard-linked foreign Unix socket): retry, counted.
                         p = subprocess.run(argv, env=envs[name], capture_output=True, text=True, timeout=300)
                         try:
-                            r = parse(p.stdout)
+                            r = B.loop_result(p.stdout, "connect_loop", CHUNK)
                             break
                         except RuntimeError:
                             why = f"{name}: exit {p.returncode} in round {rnd}: {p.stderr.strip()[-300:]}"
@@ -193,12 +177,12 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     base = B.median(times["bare"])
-    base10 = pct(times["bare"], 0.1)
+    base10 = B.quantile(times["bare"], 0.1)
     print(f"\nTCP connect+close to 127.0.0.1:{port}, N={args.n} per run, {args.rounds} interleaved "
           f"rounds; samples = ns per connect over chunks of {CHUNK} connects")
     print(f"{'condition':26} {'median ns':>10} {'ratio':>7} {'p10 ns':>8} {'ratio':>7} {'p90 ns':>8} {'samples':>7}")
     for name, ts in times.items():
-        m, p10, p90 = B.median(ts), pct(ts, 0.1), pct(ts, 0.9)
+        m, p10, p90 = B.median(ts), B.quantile(ts, 0.1), B.quantile(ts, 0.9)
         ratio, ratio10 = m / base, p10 / base10
         results["conditions"][name] = {"ns_per_connect_median": m, "ns_per_connect_p10": p10,
                                        "ns_per_connect_p90": p90, "samples": len(ts),

@@ -60,22 +60,6 @@ import benchlib as B  # noqa: E402
 CHUNK = 1000
 
 
-def parse(out: str, chunk: int = CHUNK) -> dict:
-    line = [ln for ln in out.splitlines() if ln.startswith("ok=")]
-    if not line:
-        raise RuntimeError(f"unix_connect_loop printed no result: {out[-300:]!r}")
-    r = {}
-    for kv in line[-1].split():
-        k, _, v = kv.partition("=")
-        r[k] = [int(x) / chunk for x in v.split(",") if x] if k == "chunks" else int(v)
-    return r
-
-
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
-
-
 def cpu_ns(pid: int) -> int:
     """ns on CPU of every live thread of pid (/proc/PID/task/*/schedstat, field 1)."""
     total = 0
@@ -201,7 +185,7 @@ def main() -> int:
                             dt = after[pn][1] - before.get(pn, (0, 0))[1]
                             bpf_ns[name][pn] = {"calls": dc, "ns_per_call": dt / dc if dc else None}
                     try:
-                        r = parse(p.stdout)
+                        r = B.loop_result(p.stdout, "unix_connect_loop", CHUNK)
                         if expect_fail and r["ok"]:
                             raise RuntimeError(f"{r['ok']} connects went through")
                         if not expect_fail and r["fail"]:
@@ -210,7 +194,7 @@ def main() -> int:
                             results.setdefault("own_socket_refused", []).append(f"{name} (probe): {why}")
                             # once more: an intermittent refusal should not drop the condition
                             p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-                            r = parse(p.stdout)
+                            r = B.loop_result(p.stdout, "unix_connect_loop", CHUNK)
                             if r["fail"]:
                                 raise RuntimeError(why + f"; again on a second try: {r['fail']} failed")
                         errnos[name] = r["first_errno"]
@@ -232,7 +216,7 @@ def main() -> int:
                             # to start for a moment (a hard-linked foreign socket): retry, counted.
                             p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
                             try:
-                                r = parse(p.stdout)
+                                r = B.loop_result(p.stdout, "unix_connect_loop", CHUNK)
                             except RuntimeError:
                                 why = f"{name}: exit {p.returncode} in round {rnd}: {p.stderr.strip()[-300:]}"
                                 results.setdefault("retries", []).append(why)
@@ -272,12 +256,12 @@ def main() -> int:
 
     base_name = "bare/self"
     base = B.median(times.get(base_name) or times.get("bare/outside listener") or [])
-    base10 = pct(times.get(base_name, []), 0.1)
+    base10 = B.quantile(times.get(base_name, []), 0.1)
     print(f"\nUnix stream connect+close, N={args.n} per run, {args.rounds} interleaved rounds; samples = "
           f"ns per connect over chunks of {CHUNK}; ratio against {base_name}")
     print(f"{'condition':38} {'median ns':>10} {'ratio':>7} {'p10 ns':>8} {'ratio':>7} {'p90 ns':>8} {'samples':>7}")
     for name, ts in times.items():
-        m, p10, p90 = B.median(ts), pct(ts, 0.1), pct(ts, 0.9)
+        m, p10, p90 = B.median(ts), B.quantile(ts, 0.1), B.quantile(ts, 0.9)
         ratio, ratio10 = m / base, p10 / base10
         results["conditions"][name] = {"ns_per_connect_median": m, "ns_per_connect_p10": p10,
                                        "ns_per_connect_p90": p90, "samples": len(ts),
@@ -293,7 +277,7 @@ def main() -> int:
     print(f"{'condition':48} {'errno':>7} {'median ns':>10} {'p10 ns':>8} {'p90 ns':>8} {'vs bare self':>12}")
     import errno as E
     for name, ts in rtimes.items():
-        m, p10, p90 = B.median(ts), pct(ts, 0.1), pct(ts, 0.9)
+        m, p10, p90 = B.median(ts), B.quantile(ts, 0.1), B.quantile(ts, 0.9)
         en = errnos.get(name, 0)
         results["refused"][name] = {"errno": en, "errno_name": E.errorcode.get(en, str(en)),
                                     "ns_per_connect_median": m, "ns_per_connect_p10": p10,

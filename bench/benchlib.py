@@ -159,6 +159,25 @@ def compile_c(name: str) -> Path:
     return out
 
 
+def loop_result(out: str, prog: str, chunk: int) -> dict:
+    """The `ok=N fail=M chunks=t1,t2,...` line the C loops (bench/c/*_loop.c) print:
+    counts as ints, chunks as ns per call (each chunk's total / `chunk`)."""
+    line = [ln for ln in out.splitlines() if ln.startswith("ok=")]
+    if not line:
+        raise RuntimeError(f"{prog} printed no result: {out[-300:]!r}")
+    r = {}
+    for kv in line[-1].split():
+        k, _, v = kv.partition("=")
+        r[k] = [int(x) / chunk for x in v.split(",") if x] if k == "chunks" else int(v)
+    return r
+
+
+def quantile(xs, q):
+    """The q-quantile (0..1) of xs, nearest rank below; nan for none."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 

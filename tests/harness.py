@@ -7,6 +7,7 @@ standard library is imported at module level: the unit tier imports nothing of
 this, and bench/ imports it through sys.path."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -145,6 +146,17 @@ def new_tmp(name: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f"{name}-"))
     tmp.chmod(0o755)        # unprivileged clients must reach the socket, as under /run
     return tmp
+
+
+@contextlib.contextmanager
+def home_project(prefix: str):
+    """An empty project directory under $HOME (where a user starts an agent: not
+    /tmp, so "the project is writable" is not just "/tmp is writable"), removed after."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=str(Path.home())))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def ppid(pid: int) -> int | None:

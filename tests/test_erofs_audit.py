@@ -24,11 +24,12 @@ import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+import harness
 
 from corral.server import auditlink
 from harness import BIN
@@ -203,11 +204,8 @@ def outside():
 
 @pytest.fixture
 def project():
-    d = Path(tempfile.mkdtemp(prefix="cea-", dir=str(Path.home())))
-    try:
+    with harness.home_project("cea-") as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 # ---- through corrald + `corral run` ---------------------------------------------

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
+
+import harness
 
 REPO = Path(__file__).resolve().parents[2]
 # Installed by `make test` (the Makefile's agent-clis target); the pin lives there.
@@ -34,11 +35,8 @@ def claude_bin() -> Path:
 @pytest.fixture
 def project():
     """An empty project directory under $HOME, as a user starts an agent there."""
-    d = Path(tempfile.mkdtemp(prefix="cagent-", dir=str(Path.home())))
-    try:
+    with harness.home_project("cagent-") as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -7,10 +7,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
+
+import harness
 
 CORRAL = str(Path(sys.executable).parent / "corral")
 
@@ -27,12 +28,11 @@ def run(daemon, cwd, script: str, *flags, timeout=300):
 @pytest.fixture
 def fresh():
     """An empty directory (no .git, no .vscode...) under $HOME."""
-    d = Path(tempfile.mkdtemp(prefix="cwl-", dir=str(Path.home())))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-        shutil.rmtree(str(d) + "-wt", ignore_errors=True)
+    with harness.home_project("cwl-") as d:
+        try:
+            yield d
+        finally:
+            shutil.rmtree(str(d) + "-wt", ignore_errors=True)
 
 
 def test_git_init_commit_branch_worktree(daemon, fresh):

@@ -68,6 +68,32 @@ class SeccompFilter:
             f.seek(0)
             return f.read()
 
+    def export_bpf(self) -> list[tuple[int, bytes]]:
+        """The compiled programs as the kernel takes them (struct sock_filter
+        arrays), each with the seccomp(2) flags its load would use, in load
+        order: what corrald hands `corral exec`'s native launcher, which then
+        loads them without libseccomp (seccomp_export_bpf)."""
+        import ctypes
+        import tempfile
+        mod = native.load()
+        # Not in the cffi module (adding it means rebuilding the extension others
+        # load): the same libseccomp.so.2 through ctypes, the context by address.
+        libseccomp = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+        out = []
+        for i, ctx in enumerate(self._ctxs):
+            with tempfile.TemporaryFile() as f:
+                r = libseccomp.seccomp_export_bpf(
+                    ctypes.c_void_p(int(mod.ffi.cast("uintptr_t", ctx))), f.fileno())
+                if r < 0:
+                    raise ConfineError(f"seccomp_export_bpf: {os.strerror(-r)}")
+                f.seek(0)
+                prog = f.read()
+            if not prog or len(prog) % 8:
+                raise ConfineError(f"seccomp_export_bpf gave {len(prog)} bytes, not sock_filters")
+            # SECCOMP_FILTER_FLAG_LOG (2): the first filter logs its ERRNO denials.
+            out.append((2 if self.log and i == 0 else 0, prog))
+        return out
+
     def release(self) -> None:
         lib = native.load().lib if self._ctxs else None
         for ctx in self._ctxs:
@@ -227,7 +253,8 @@ def _threads() -> int:
 
 def apply(file_policy: dict | None, syscalls_deny: list[str] | tuple[str, ...] = (),
           keep_caps: bool = False, *, allow_weaker: bool = False,
-          seccomp_log: bool = False, keep_fds: tuple[int, ...] = ()) -> dict:
+          seccomp_log: bool = False, keep_fds: tuple[int, ...] = (),
+          export: dict | None = None) -> dict:
     """Harden the calling process (single-threaded, about to exec).
 
     ``file_policy`` None means no file policy: Landlock is still installed
@@ -239,6 +266,10 @@ def apply(file_policy: dict | None, syscalls_deny: list[str] | tuple[str, ...] =
     calling thread; other threads would stay unconfined): ConfineError
     otherwise. ``keep_fds`` are left open (e.g. a status pipe to the caller).
     ``seccomp_log`` audit-logs ERRNO denials (see build_seccomp).
+    ``export``: a dict that receives what was installed, for the next processes
+    of the session (`corral session start`): "seccomp" (export_bpf) and
+    "ruleset_fd" (the Landlock ruleset, left open: the caller hands it to
+    corrald and closes it).
     """
     report: dict = {"landlock": False, "landlock_abi": 0, "seccomp": False,
                     "caps_dropped": False, "no_new_privs": False, "fds_closed": 0}
@@ -278,9 +309,14 @@ def apply(file_policy: dict | None, syscalls_deny: list[str] | tuple[str, ...] =
         report["no_new_privs"] = True
         # 6. landlock
         if ruleset is not None:
-            report["landlock_log_flags"] = landlock.restrict(ruleset, decision["abi"])
+            report["landlock_log_flags"] = landlock.restrict(ruleset, decision["abi"],
+                                                             close=export is None)
             report["landlock"] = True
+            if export is not None:
+                export["ruleset_fd"] = ruleset
         # 7. seccomp last
+        if export is not None:
+            export["seccomp"] = filt.export_bpf()
         filt.load()
         filt.release()
         report["seccomp"] = True

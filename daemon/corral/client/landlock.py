@@ -494,9 +494,10 @@ def build_ruleset(pl: Plan, abi_version: int | None = None) -> tuple[int, dict]:
                 "scoped": scopes(v)}
 
 
-def restrict(ruleset_fd: int, abi_version: int | None = None) -> int:
+def restrict(ruleset_fd: int, abi_version: int | None = None, close: bool = True) -> int:
     """Enforce the ruleset on the calling thread (needs no_new_privs or
-    CAP_SYS_ADMIN). Closes the fd. Returns the restrict_self flags used."""
+    CAP_SYS_ADMIN). Closes the fd (unless `close` is False: the same ruleset
+    for the session's next processes). Returns the restrict_self flags used."""
     v = abi() if abi_version is None else abi_version
     lib = native.load().lib
     flags = restrict_flags(v)
@@ -507,7 +508,8 @@ def restrict(ruleset_fd: int, abi_version: int | None = None) -> int:
             r = lib.corral_landlock_restrict_self(ruleset_fd, 0)
         native.check(r, "landlock_restrict_self")
     finally:
-        os.close(ruleset_fd)
+        if close:
+            os.close(ruleset_fd)
     return flags
 
 

@@ -23,6 +23,7 @@ from corral.policy import model as pol
 from corral import protocol as P
 from corral.server.eventlog import LogUnavailable
 from corral.server.peer import Peer, PeerGone
+from corral.server.sessionops import SessionOps
 from corral.protocol import ProtocolError
 
 log = logging.getLogger("corral.api")
@@ -44,7 +45,7 @@ class Caller:
     confined: bool               # inside corral's cgroup tree (session or not)
 
 
-class Api:
+class Api(SessionOps):     # + session_ready, join_session, exec_prepare, report_exec
     def __init__(self, svc: Services):
         self.sessions = svc.sessions
         self.audit = svc.audit

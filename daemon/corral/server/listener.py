@@ -7,9 +7,11 @@ Who is asking comes from the kernel, pinned when the connection is accepted
 bounded (limits.py): connections, idle time, request rate, value shapes."""
 from __future__ import annotations
 
+import array
 import asyncio
 import logging
 import os
+import socket
 import time
 
 from corral.server import limits as L
@@ -58,6 +60,51 @@ class Connection:
                 await self.writer.drain()
             except (ConnectionError, RuntimeError):
                 self.closed = True
+
+
+class WithFds:
+    """An op's answer that carries descriptors (SCM_RIGHTS on its first byte):
+    the session's cgroup, Landlock ruleset and mount namespace for `corral
+    exec`'s launcher. They go to the connection's own peer only, and are closed
+    here once sent."""
+    def __init__(self, result, fds: list[int]):
+        self.result, self.fds = result, list(fds)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
+
+
+async def _send_with_fds(conn: "Connection", obj: dict, fds: list[int]) -> None:
+    """One sendmsg with the frame and the descriptors, once nothing else is queued
+    (so they ride on this answer's first byte); the rest of a short send queued."""
+    data = P.encode(obj)
+    async with conn.lock:
+        transport = conn.writer.transport
+        for _ in range(1000):
+            if not transport.get_write_buffer_size():
+                break
+            await asyncio.sleep(0.001)
+        else:
+            conn.closed = True
+            transport.abort()
+            return
+        sock = socket.socket(fileno=os.dup(conn.writer.get_extra_info("socket").fileno()))
+        try:
+            n = sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        except OSError:
+            conn.closed = True
+            transport.abort()
+            return
+        finally:
+            sock.close()
+        if n < len(data):
+            conn.writer.write(data[n:])
+            await conn.writer.drain()
 
 
 def _safe_id(req_id):
@@ -224,6 +271,12 @@ class Server:
             result = handler(conn, req)
             if asyncio.iscoroutine(result):
                 result = await result
+            if isinstance(result, WithFds):
+                try:
+                    await _send_with_fds(conn, P.answer(req_id, result.result), result.fds)
+                finally:
+                    result.close()
+                return
             await conn.send(P.answer(req_id, result))
         except P.ProtocolError as e:
             await conn.send(P.error(req_id, e.code, e.message))

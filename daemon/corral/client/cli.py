@@ -247,13 +247,9 @@ def cmd_run(args) -> int:
         policy = policy_from_args(args)
     except (pol.PolicyError, OSError) as e:
         die(f"bad policy: {e}", EXIT_USAGE)
-    try:
-        from corral.client import confine, landlock
-    except ImportError as e:
-        die(f"{e}", 1)
     # The parent waits outside the session and ends it when the command exits
     # (client/supervise.py); this child goes on: it becomes the session's leader.
-    from corral.client import supervise
+    from corral.client import enter, supervise
     report_session = supervise.start(keep_running=args.keep_running, quiet=args.quiet)
     try:
         c = Client()
@@ -265,129 +261,13 @@ def cmd_run(args) -> int:
     c.close()
     sid = session["id"]
     report_session(sid)         # before confinement closes inherited descriptors
-    if session["enforcement"].get("filesystem") != "bpf-lsm":
-        try:
-            landlock.file_policy_decision(session["policy"].get("filesystem"), args.allow_weaker)
-        except landlock.LandlockUnavailable as e:
-            die(str(e), 1)      # we are the session's only process: it ends with us
-    try:
-        from corral.client import mountguard
-        fs = session["policy"].get("filesystem")
-        if session["enforcement"].get("filesystem") == "bpf-lsm":
-            # The kernel decides on the daemon's maps (live, exact); Landlock
-            # then only keeps the always-on protections, or a live widening
-            # would be blocked by rules frozen at exec.
-            fs = None
-        try:
-            guard = mountguard.apply(fs, session["policy"].get("unix"),
-                                     mask_sockets=session["enforcement"].get("unix_peers")
-                                     != "bpf-lsm", allow_weaker=args.allow_weaker)
-        except (mountguard.MountGuardError, OSError) as e:
-            if not args.allow_weaker or "hard link" in str(e):
-                raise
-            # Asked for: start without the view, and say what that leaves open.
-            print(f"corral: warning: no mount view ({e}); --allow-weaker: Unix sockets of "
-                  "processes outside the session stay reachable and metadata outside "
-                  "allow_write is not protected", file=sys.stderr)
-            guard = {"mountguard": False, "policy": fs, "masked_sockets": [],
-                     "sockets_skipped": [], "weaker": str(e)}
-        # Protected names that do not exist yet and that corrald watches (it
-        # quarantines them when the session makes them, makes them read-only in
-        # this mount view when someone else does): Landlock need not refuse new
-        # entries in their parent for them. --strict-protect keeps that freeze.
-        watched = set(session["enforcement"].get("watched_names") or []) \
-            if guard["mountguard"] and guard["policy"] and not args.strict_protect else set()
-        if watched:
-            guard["policy"] = dict(guard["policy"], deny_write=[
-                p for p in guard["policy"].get("deny_write") or [] if p not in watched])
-        report = confine.apply(guard["policy"],
-                               session["policy"]["syscalls"]["deny"],
-                               keep_caps=args.keep_caps, allow_weaker=args.allow_weaker,
-                               seccomp_log=True)
-        report["watched_names"] = sorted(watched)
-        if guard["mountguard"]:
-            report["read_only_mounts"] = guard["read_only"]
-            report["read_only_view"] = guard["read_only_view"]
-            report["writable_mounts"] = guard["writable"]
-            report["masked_sockets"] = guard["masked_sockets"]
-            report["hidden_paths"] = guard["hidden"]
-            report["mount_namespace"] = guard["namespace"]
-        if guard.get("weaker"):
-            report["mount_view_missing"] = guard["weaker"]
-        if guard["sockets_skipped"]:
-            report["sockets_not_masked"] = guard["sockets_skipped"]
-        frozen = _frozen_dirs(guard["policy"])
-        if frozen and report.get("landlock"):
-            report["frozen_dirs"] = frozen
-    except Exception as e:
-        # Fail closed: the command never runs unconfined (and the session,
-        # whose only process we are, ends when we exit).
-        die(f"confinement failed, command not started: {e}")
+    # Mount view, Landlock, seccomp, caps, fds (client/enter.py: shared with corral exec).
+    report = enter.confine(session, allow_weaker=args.allow_weaker,
+                           strict_protect=args.strict_protect, keep_caps=args.keep_caps)
     # Reported from inside the confinement; the daemon checks it against /proc.
-    try:
-        with Client() as c:
-            verified = c.call("report_confinement", session=sid, report=report)
-    except CorralError as e:
-        verified = None
-        print(f"corral: warning: could not report confinement to corrald: {e.message}",
-              file=sys.stderr)
-    if args.verbose:
-        print(f"corral: session {sid}: {json.dumps(session['enforcement'])} {json.dumps(verified)}",
-              file=sys.stderr)
-    if report.get("frozen_dirs"):
-        print("corral: note: protected paths that do not exist yet can only be guarded by "
-              "Landlock by refusing new entries directly in: " + ", ".join(report["frozen_dirs"]) +
-              " (create them before the session, or see `corral policy show mandatory`)",
-              file=sys.stderr)
-    from corral.policy.env import strip
-    env, removed = strip(dict(os.environ), (session["policy"].get("env") or {}).get("pass") or [])
-    if removed and args.verbose:
-        print("corral: removed from the environment (credential-looking names; pass one with "
-              "--pass-env NAME): " + ", ".join(removed), file=sys.stderr)
-    os.environ.clear()
-    os.environ.update(env)
-    if "GIT_TEMPLATE_DIR" not in os.environ:
-        from corral.client.mountguard import git_template
-        if os.path.isdir(git_template()):
-            os.environ["GIT_TEMPLATE_DIR"] = git_template()   # git init: no .git/hooks
-    os.environ["CORRAL_SESSION"] = sid
-    import signal
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):    # Python ignores them; the command must not
-        signal.signal(sig, signal.SIG_DFL)
-    try:
-        os.execvp(args.cmd[0], args.cmd)
-    except OSError as e:
-        die(f"{args.cmd[0]}: {e.strerror}", EXIT_NOT_FOUND)
+    enter.send_report("report_confinement", sid, report, args.verbose, session["enforcement"])
+    enter.exec_command(session, args.cmd, args.verbose)
     return 0
-
-
-def _frozen_dirs(fs: dict | None) -> list[str]:
-    """Directories where Landlock's complement refuses new entries: for each
-    deny_write path that does not exist yet inside a writable tree, its nearest
-    existing ancestor and every directory above it up to that tree's root (the
-    complement withholds "make" rights on each of them). Outside the writable
-    trees nothing can be created anyway, so nothing is lost there."""
-    from corral.kernel.mountinfo import under
-    fs = fs or {}
-    roots = fs.get("allow_write") or []
-    out: list[str] = []
-    for p in fs.get("deny_write") or []:
-        if os.path.lexists(p):
-            continue
-        inside = [r for r in roots if under(p, r) and p != r]
-        if not inside:
-            continue
-        top = min(inside, key=len)
-        d = os.path.dirname(p)
-        while d != "/" and not os.path.isdir(d):
-            d = os.path.dirname(d)
-        while under(d, top):
-            if d not in out:
-                out.append(d)
-            if d == top:
-                break
-            d = os.path.dirname(d)
-    return out
 
 
 def _client() -> Client:
@@ -490,6 +370,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("cmd", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)
 
+    from corral.client import sessioncli     # session start|stop, exec
+    sessioncli.add_parsers(sub, add_policy_flags)
+
     ps = sub.add_parser("ps", help="list sessions")
     ps.add_argument("--json", action="store_true")
     ps.set_defaults(func=cmd_ps)
@@ -521,7 +404,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    fast = "run" if argv[:1] == ["run"] else None
+    fast = argv[0] if argv[:1] in (["run"], ["exec"], ["session"]) else None
     args = build_parser(fast).parse_args(argv)
     if getattr(args, "cmd", None) and args.cmd[:1] == ["--"]:
         args.cmd = args.cmd[1:]

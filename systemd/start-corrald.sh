@@ -25,7 +25,7 @@ if running; then
     exit 0
 fi
 if [ "$(cat /proc/1/comm)" = systemd ]; then
-    sed "s|@REPO@|$repo|g" "$repo/systemd/corrald.service" > /etc/systemd/system/corrald.service
+    sed "s|^ExecStart=/usr/sbin/corrald|ExecStart=$repo/.venv/bin/corrald|" "$repo/systemd/corrald.service" > /etc/systemd/system/corrald.service
     systemctl daemon-reload
     systemctl start corrald
 else

@@ -36,6 +36,8 @@ class Daemon:
             "CORRAL_INSTANCE": instance,
             "CORRAL_RUN_DIR": str(tmp / "run"),
             "CORRAL_LOG_DIR": str(tmp / "log"),
+            # corral.toml, policies.d and the checkpoint key: never the host's /etc/corral
+            "CORRAL_CONFIG_DIR": str(tmp / "etc"),
             "PYTHONUNBUFFERED": "1",
         })
         self.env.update(extra_env or {})

@@ -26,3 +26,10 @@ CGROUP_NAME = os.environ.get("CORRAL_CGROUP_NAME", INSTANCE)
 CACHE_DIR = _path("CORRAL_CACHE_DIR", "/var/cache/corral")
 # Members of this group may read the audit log but not control the daemon.
 AUDIT_GROUP = os.environ.get("CORRAL_AUDIT_GROUP", "corral-audit")
+# Operator configuration: corrald's settings (corral.toml), the named policies an
+# operator ships (policies.d/*.toml, owned by the daemon: see server/policydir.py),
+# and the checkpoint signing key (server/checkpoints.py), made at first start.
+CONFIG_DIR = _path("CORRAL_CONFIG_DIR", f"/etc/{INSTANCE}")
+CONFIG_FILE = _path("CORRAL_CONFIG", str(CONFIG_DIR / "corral.toml"))
+POLICIES_DIR = _path("CORRAL_POLICIES_DIR", str(CONFIG_DIR / "policies.d"))
+CHECKPOINT_KEY = _path("CORRAL_CHECKPOINT_KEY", str(CONFIG_DIR / "checkpoint.key"))

@@ -48,6 +48,9 @@ def report() -> dict:
                             else "daemon not running" if hello is None else "peer not pinned"}
     rep["audit_log"] = (hello or {}).get("log") or {"state": "unknown",
                                                      "error": f"daemon not running: {status}"}
+    rep["exports"] = (hello or {}).get("exports") or {}
+    rep["losses"] = losses(hello)
+    rep["named_policies"] = (hello or {}).get("policies")
     if daemon is None:
         rep["network"] = {"active": False, "why": f"daemon not running: {status}"}
     else:
@@ -82,6 +85,25 @@ def report() -> dict:
                              "(live updates apply to new sessions only); hard links that "
                              "existed before the session can expose a denied file")
     return rep
+
+
+def losses(hello: dict | None) -> dict:
+    """Every count of records lost since corrald started (server/losses.py), with
+    what is counted but not yet on record: a degraded log's current episode and
+    the exports' drops since their last report."""
+    if hello is None:
+        return {}
+    out = dict(hello.get("losses") or {})
+    lg = hello.get("log") or {}
+    if lg.get("lost"):
+        out["log_degraded (now, not yet on record)"] = lg["lost"]
+    if lg.get("refused"):
+        out["changes refused (log unwritable, now)"] = lg["refused"]
+    for name, e in (hello.get("exports") or {}).items():
+        for k in ("dropped", "failed"):
+            if e.get(k):
+                out[f"export {name} {k} (total)"] = e[k]
+    return out
 
 
 def _mount_view() -> tuple[bool, str]:
@@ -183,6 +205,36 @@ def _log_line(st: dict) -> str:
     return f"audit log   {st.get('state')}     {st.get('error', '')}"
 
 
+def _audit_lines(rep: dict) -> list[str]:
+    out = []
+    cp = (rep.get("audit_log") or {}).get("checkpoints")
+    if cp:
+        out.append(f"checkpoints active      ed25519 key {cp.get('key_id')} ({cp.get('public_key')}): "
+                   f"every {cp.get('every')} records, rotation, session end; last seq "
+                   f"{cp.get('last_seq')}, {cp.get('made')} made; copies in {cp.get('file')} and "
+                   "the exports")
+    for name, e in sorted((rep.get("exports") or {}).items()):
+        if e.get("active"):
+            where = e.get("path") or e.get("socket") or e.get("endpoint") or ""
+            out.append(f"export      {name:8} active {where}: {e.get('sent', 0)} sent, "
+                       f"{e.get('queued', 0)} queued, {e.get('dropped', 0)} dropped, "
+                       f"{e.get('failed', 0)} failed" + (f" ({e['error']})" if e.get("error") else ""))
+        else:
+            out.append(f"export      {name:8} off    {e.get('why', '')}")
+    np = rep.get("named_policies")
+    if np:
+        names = ", ".join(np.get("policies") or {}) or "none"
+        out.append(f"policies.d  {np.get('dir')}: {names}" +
+                   (f"; ERROR {np['error']}" if np.get("error") else ""))
+        for name, why in (np.get("errors") or {}).items():
+            out.append(f"  refused   {name}: {why}")
+    ls = rep.get("losses")
+    if ls is not None and rep.get("daemon") == "running":
+        out.append("records lost since corrald started: " +
+                   (", ".join(f"{k} {v}" for k, v in ls.items()) if ls else "none counted"))
+    return out
+
+
 def render(rep: dict) -> str:
     fs = rep["filesystem"]
     lines = [
@@ -202,6 +254,9 @@ def render(rep: dict) -> str:
         f"peer id     {_mark(rep['peer_identity'])} {rep['peer_identity']['why']}",
         f"erofs audit {_mark(rep['erofs_audit'])} {rep['erofs_audit']['why']}",
         _log_line(rep["audit_log"]),
+    ]
+    lines += _audit_lines(rep)
+    lines += [
         "session boundary:",
     ]
     for name, b in rep["boundary"].items():

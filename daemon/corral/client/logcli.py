@@ -1,7 +1,7 @@
 """`corral log`: read, filter, follow and verify the audit log.
 
     corral log [--session ID] [--since T] [--until T] [--kind K] [--verdict V] [--json] [-f]
-    corral log verify
+    corral log verify [--checkpoints FILE [--pubkey FILE]]
 
 T is an ISO time (2026-11-29T18:00, local time unless it carries an offset),
 seconds since the epoch, or a relative time: 30s, 10m, 2h, 1d, 1w (ago).
@@ -11,7 +11,6 @@ not give control of the daemon.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 import sys
@@ -37,6 +36,13 @@ def add_arguments(p) -> None:
     p.add_argument("--verdict", action="append", default=[], choices=["allow", "deny", "info"])
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
     p.add_argument("--dir", metavar="DIR", help=f"log directory (default {config.LOG_DIR})")
+    p.add_argument("--checkpoints", metavar="FILE",
+                   help="verify: also check the log against the signed checkpoints in FILE (a "
+                        "copy kept elsewhere: checkpoints.jsonl or a JSON-lines export); a "
+                        "truncated or rewritten tail is reported")
+    p.add_argument("--pubkey", metavar="FILE",
+                   help=f"verify --checkpoints: the public key (default {config.CHECKPOINT_KEY}"
+                        "'s .pub)")
 
 
 def parse_time(text: str, now: float | None = None) -> float:
@@ -132,7 +138,8 @@ def fmt_row(r: dict) -> str:
 
 def _emit(r: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(r, default=lambda b: b.hex() if isinstance(b, bytes) else str(b)), flush=True)
+        from corral.server.export.schema import to_json
+        print(to_json(r), flush=True)      # the export's form (docs/log-schema.md)
     else:
         print(fmt_row(r), flush=True)
 
@@ -178,6 +185,43 @@ def follow(directory: Path, flt, as_json: bool, after_seq: int = -1, poll: float
         time.sleep(poll)
 
 
+def verify_checkpoints(directory: Path, cp_file: str, pubkey: str | None) -> bool:
+    """The log against signed checkpoints kept elsewhere (server/checkpoints.py).
+    Prints what it found; False on any error (bad signature, truncated, rewritten)."""
+    from corral.server import checkpoints as C
+    key_file = Path(pubkey) if pubkey else C.pub_path(config.CHECKPOINT_KEY)
+    try:
+        key = C.load_public_key(key_file)
+        cps, problems = C.read_checkpoints(Path(cp_file))
+    except (OSError, ValueError, C.CheckpointKeyError) as e:
+        print(f"CHECKPOINTS: cannot read: {e}")
+        return False
+    for p in problems:
+        _warn(p)
+    by_seq, first, last, retention = {}, None, None, None
+    for r in read_records(directory, warn=lambda m: None, tail_ok=True):
+        seq = r.get("seq")
+        by_seq[seq] = r.get("hash")
+        first = seq if first is None else first
+        last = seq
+        if r.get("kind") == "log" and r.get("op") == "retention":
+            retention = r
+    errors, notes, summary = C.check(by_seq, first, last, cps, key, source=cp_file,
+                                     retention=retention)
+    for n in notes:
+        _warn(n)
+    for e in errors:
+        print(f"CHECKPOINT FAILED: {e}")
+    if not cps:
+        print(f"CHECKPOINTS: {cp_file} holds no checkpoint")
+        return False
+    if not errors:
+        print(f"checkpoints ok: {summary['verified']} of {summary['checkpoints']} signed "
+              f"checkpoint(s) match the log (newest: seq {summary['newest_seq']}, "
+              f"{fmt_time(summary['newest_time'])})")
+    return not errors and summary["verified"] > 0
+
+
 def main(args) -> int:
     directory = Path(args.dir) if getattr(args, "dir", None) else config.LOG_DIR
     if not directory.exists():
@@ -197,10 +241,13 @@ def main(args) -> int:
             res = verify(directory)
             for w in res.warnings:
                 _warn(w)
+            cp_ok = True
+            if getattr(args, "checkpoints", None):
+                cp_ok = verify_checkpoints(directory, args.checkpoints, args.pubkey)
             if res.ok:
                 print(f"ok: {res.records} record(s) in {res.segments} segment(s), "
                       f"seq {res.first_seq}..{res.last_seq}; hash chain intact")
-                return 0
+                return 0 if cp_ok else 1
             e = res.error
             print(f"BROKEN: segment {e['segment']} offset {e['offset']} seq {e['seq']}: {e['reason']} "
                   f"({res.records} record(s) before it verified)")

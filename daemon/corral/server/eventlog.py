@@ -74,6 +74,9 @@ log = logging.getLogger("corral.eventlog")
 GENESIS = "0" * 64
 SEGMENT_RE = re.compile(r"^audit-(\d{12})\.msgpack$")
 FSYNC_KINDS = frozenset({"session", "policy", "control", "daemon", "log"})
+# Every record written carries "schema": RECORD_SCHEMA (docs/log-schema.md); records
+# written before the field existed have none (schema 0, the same fields otherwise).
+RECORD_SCHEMA = 1
 
 
 def _env_int(name: str, default: int) -> int:
@@ -432,7 +435,7 @@ class EventLog:
     def __init__(self, directory: Path, segment_bytes: int | None = None,
                  keep_segments: int | None = None, fsync_batch: int | None = None,
                  fsync_interval: float | None = None, group: str | None = None,
-                 retry_interval: float | None = None):
+                 retry_interval: float | None = None, checkpointer=None, on_write=None):
         from corral.config import AUDIT_GROUP
         self.dir = Path(directory)
         self.segment_bytes = segment_bytes or _env_int("CORRAL_LOG_SEGMENT_BYTES", 16 << 20)
@@ -464,6 +467,13 @@ class EventLog:
         self._new_segment = True
         self._force_rotate = False
         self._notes: list[dict] = []      # log/damaged notes still to be written
+        # Every record written (and every checkpoint) goes to on_write(obj), under the
+        # lock: it must only enqueue (server/export). The checkpointer (server/
+        # checkpoints.py) signs the head after rotations, session ends, every N records.
+        self.on_write = on_write
+        self.checkpointer = checkpointer
+        self._rotated = False
+        self._hook_errors = 0
         # degraded-state bookkeeping
         self._state = "ok"
         self._errno: int | None = None
@@ -588,6 +598,7 @@ class EventLog:
         the chain state are unchanged. Lock held, segment open."""
         rec.setdefault("time", time.time())
         full = {k: v for k, v in rec.items() if k not in ("seq", "prev", "hash")}
+        full.setdefault("schema", RECORD_SCHEMA)
         full["seq"] = self._seq
         full["prev"] = self._prev
         full["hash"] = record_hash(full)
@@ -608,7 +619,7 @@ class EventLog:
         self._size = old + len(data)
         self._seq += 1
         self._prev = full["hash"]
-        for k in ("seq", "prev", "hash"):
+        for k in ("schema", "seq", "prev", "hash"):
             rec[k] = full[k]
         if durable:
             self._pending = 0
@@ -616,6 +627,50 @@ class EventLog:
             self._pending += 1
             if self._pending == 1:
                 self._pending_since = time.monotonic()
+        self._after_write(full)
+
+    def _after_write(self, rec: dict) -> None:
+        """Lock held, rec written: hand it to the exports, and sign the head when
+        a checkpoint is due (once the record is fsynced: a checkpoint never signs
+        what a power cut could take back). Never raises."""
+        try:
+            if self.on_write is not None:
+                self.on_write(rec)
+            cp = self.checkpointer
+            if cp is None:
+                return
+            reason = cp.due(rec, self._rotated)
+            self._rotated = False
+            if reason:
+                self._sign(reason)
+        except OSError:
+            pass                        # fsync failed: the next durable write says so
+        except Exception as e:
+            self._hook_errors += 1
+            if self._hook_errors == 1 or self._hook_errors % 1000 == 0:
+                log.error("audit log: export/checkpoint hook failed (%d time(s)): %s: %s",
+                          self._hook_errors, type(e).__name__, e)
+
+    def _sign(self, reason: str) -> dict | None:
+        if self._seq == 0:
+            return None
+        self._sync()
+        c = self.checkpointer.sign(self._seq - 1, self._prev, reason)
+        if self.on_write is not None:
+            self.on_write(c)
+        return c
+
+    def checkpoint(self, reason: str) -> dict | None:
+        """Sign the head now (daemon start and stop). None if there is nothing to
+        sign, no checkpointer, or the log cannot be synced."""
+        with self._lock:
+            if self.checkpointer is None or self._state != "ok" or self._fd < 0:
+                return None
+            try:
+                return self._sign(reason)
+            except OSError as e:
+                self._fail(e, "fsync")
+                return None
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
@@ -742,7 +797,9 @@ class EventLog:
         return {"state": self._state, "error": self._error, "errno": self._errno,
                 "since": self._since, "lost": self.lost, "lost_total": self.lost_total,
                 "refused": self._refused, "dir": str(self.dir),
-                "segment": self._cur.name if self._cur else None, "next_seq": self._seq}
+                "segment": self._cur.name if self._cur else None, "next_seq": self._seq,
+                "hook_errors": self._hook_errors,
+                "checkpoints": self.checkpointer.status() if self.checkpointer else None}
 
     # -- append --
     def append(self, record: dict, must: bool | None = None) -> dict:
@@ -823,6 +880,7 @@ class EventLog:
         self._new_segment = True
         self._open_current()
         self._force_rotate = False
+        self._rotated = True            # the next record written is checkpointed
         segs = segments(self.dir)
         excess = len(segs) - self.keep_segments
         for old in segs[:max(0, excess)]:

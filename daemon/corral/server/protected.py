@@ -147,11 +147,17 @@ def _candidates() -> list[str]:
             add(os.path.join(d, prog))
     try:
         from corral import config
-        for d in (config.CACHE_DIR, config.RUN_DIR, config.LOG_DIR):
+        for d in (config.CACHE_DIR, config.RUN_DIR, config.LOG_DIR, config.CONFIG_DIR,
+                  config.POLICIES_DIR, config.CHECKPOINT_KEY.parent):
             add(str(d))
     except Exception:                                         # pragma: no cover
         pass
     add("/etc/corral")
+    # The packaged entry points and unit (make deb): they run as root or as the user,
+    # outside every session.
+    for f in ("/usr/bin/corral", "/usr/sbin/corrald", "/lib/systemd/system/corrald.service",
+              "/etc/systemd/system/corrald.service"):
+        add(f)
     add(os.path.join("/lib/modules", platform.release(), "build"))
     return out
 

@@ -35,7 +35,7 @@ $(VENV)/bin/python:
 
 # bcc lives in Debian's dist-packages: the venv must see system site-packages.
 venv: $(VENV)/bin/python
-	@if [ ! -f $(VENV)/.installed ] || [ pyproject.toml -nt $(VENV)/.installed ] || [ -n "$$(find native -newer $(VENV)/.installed -type f 2>/dev/null)" ]; then \
+	@if [ ! -f $(VENV)/.installed ] || [ pyproject.toml -nt $(VENV)/.installed ] || [ -n "$$(find native -newer $(VENV)/.installed -type f ! -name 'launcher.c' ! -name 'mpack.*' 2>/dev/null)" ]; then \
 		$(VENV)/bin/pip install -q --upgrade pip setuptools wheel && \
 		$(VENV)/bin/pip install -q -e '.[test]' && touch $(VENV)/.installed; \
 	fi
@@ -44,14 +44,20 @@ venv: $(VENV)/bin/python
 		{ echo "corral: the install is incomplete (see above)"; exit 1; }
 
 # `corral run` sits on every agent's start-up path. Python's `site` (and the .pth
-# files it runs) costs ~40 ms here, so the installed `corral` skips it (-S) and
-# puts the project, the venv and Debian's dist-packages on sys.path itself.
-$(VENV)/bin/corral-fast: $(VENV)/.installed
+# files it runs) costs ~40 ms here, so the Python CLI (`corral-py`) skips it (-S)
+# and puts the project, the venv and Debian's dist-packages on sys.path itself.
+# The installed `corral` is the native launcher (native/launcher.c): it serves
+# `corral exec` itself and execs corral-py for everything else.
+LAUNCHER_SRC := native/launcher.c native/mpack.c native/corral_native.c
+$(VENV)/bin/corral-fast: $(VENV)/.installed $(LAUNCHER_SRC) native/mpack.h native/corral_native.h
 	@site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
 	printf '%s\n' "#!$(abspath $(VENV))/bin/python -S" "import sys" \
 		"sys.path[1:1] = ['$(abspath daemon)', '$$site', '/usr/lib/python3/dist-packages']" \
-		"from corral.client.cli import main" "sys.exit(main())" > $(VENV)/bin/corral.tmp && \
-	chmod +x $(VENV)/bin/corral.tmp && mv $(VENV)/bin/corral.tmp $(VENV)/bin/corral && \
+		"from corral.client.cli import main" "sys.exit(main())" > $(VENV)/bin/corral-py.tmp && \
+	chmod +x $(VENV)/bin/corral-py.tmp && mv $(VENV)/bin/corral-py.tmp $(VENV)/bin/corral-py && \
+	gcc -O2 -Wall -Wextra -Werror -Inative -DCORRAL_PY='"$(abspath $(VENV))/bin/corral-py"' \
+		-o $(VENV)/bin/corral.tmp $(LAUNCHER_SRC) && \
+	mv $(VENV)/bin/corral.tmp $(VENV)/bin/corral && \
 	touch $@
 
 # Installs only when the pinned version is missing; without npm or a network it says so

@@ -1,0 +1,478 @@
+/* corral: the native launcher, the installed `corral` command.
+ *
+ * `corral exec [-v] [-q] SESSION [--] CMD...` is on the path of every shell
+ * command an agent runs, so it is done here without Python: one request to
+ * corrald (exec_prepare), which answers with what it prepared for the
+ * session (its cgroup, Landlock ruleset and mount namespace as descriptors,
+ * its seccomp programs as BPF, the environment names to remove); a child made
+ * directly in the session's cgroup (clone3 CLONE_INTO_CGROUP: no migration
+ * wait) enters the mount view, confines itself (descriptors, capabilities,
+ * no_new_privs, Landlock, seccomp: confine.py's order), reports from inside
+ * (report_exec: corrald checks it against /proc) and execs. The parent waits
+ * outside with `corral run`'s semantics: SIGINT/SIGQUIT ignored, SIGTERM and
+ * SIGHUP forwarded, the command's exit status or signal passed on.
+ *
+ * Everything else, and whatever this cannot serve (an option it does not
+ * know, a caller corrald says to serve otherwise: not root, another mount
+ * namespace, a session without prepared state), is handed over: exec of the
+ * Python CLI (CORRAL_PY, set at build time) with the same arguments.
+ * Nothing is ever started half-confined: every failure ends the child. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/filter.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "corral_native.h"
+#include "mpack.h"
+
+#ifndef CORRAL_PY
+#define CORRAL_PY "corral-py"
+#endif
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+#ifndef __NR_clone3
+#define __NR_clone3 435
+#endif
+#ifndef __NR_pidfd_send_signal
+#define __NR_pidfd_send_signal 424
+#endif
+
+#define MAX_FRAME (1u << 20)
+#define MAX_CMD_REPORTED 16
+
+extern char **environ;
+static char **orig_argv;
+
+static void handover(void)
+{
+    orig_argv[0] = CORRAL_PY;
+    execv(CORRAL_PY, orig_argv);
+    fprintf(stderr, "corral: cannot run the Python CLI %s: %s (reinstall: make venv)\n",
+            CORRAL_PY, strerror(errno));
+    exit(127);
+}
+
+__attribute__((noreturn, format(printf, 2, 3)))
+static void die(int code, const char *fmt, ...)
+{
+    va_list ap;
+    fputs("corral: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    _exit(code);
+}
+
+/* -- talking to corrald ----------------------------------------------------- */
+static const char *socket_path(void)
+{
+    static char buf[PATH_MAX];
+    const char *s = getenv("CORRAL_SOCKET");
+    if (s && *s)
+        return s;
+    const char *run = getenv("CORRAL_RUN_DIR");
+    char def[PATH_MAX];
+    if (!run || !*run) {
+        const char *inst = getenv("CORRAL_INSTANCE");
+        snprintf(def, sizeof def, "/run/%s", inst && *inst ? inst : "corral");
+        run = def;
+    }
+    /* config.py: "<parent of RUN_DIR>/<name of RUN_DIR>.sock" */
+    size_t n = strlen(run);
+    while (n > 1 && run[n - 1] == '/')
+        n--;
+    snprintf(buf, sizeof buf, "%.*s.sock", (int)n, run);
+    return buf;
+}
+
+static int connect_daemon(void)
+{
+    const char *path = socket_path();
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof a.sun_path)
+        die(1, "socket path too long: %s", path);
+    strcpy(a.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+        die(1, "corrald is not running (%s: %s); start it with `systemctl start corrald` or "
+            "`make demo` (or run `corrald` as root)", path, strerror(errno));
+    return fd;
+}
+
+static void send_frame(int fd, struct mp_buf *b)
+{
+    if (b->err)
+        die(1, "request too large");
+    unsigned char hdr[4] = {b->len >> 24, b->len >> 16, b->len >> 8, b->len};
+    struct iovec iov[2] = {{hdr, 4}, {b->p, b->len}};
+    struct msghdr m = {.msg_iov = iov, .msg_iovlen = 2};
+    size_t want = 4 + b->len;
+    ssize_t n = sendmsg(fd, &m, MSG_NOSIGNAL);
+    if (n != (ssize_t)want)
+        die(1, "cannot send to corrald: %s", n < 0 ? strerror(errno) : "short write");
+}
+
+/* One answer frame; descriptors that came with it (SCM_RIGHTS) into fds. */
+static struct mp_node *recv_frame(int fd, int *fds, int maxfds, int *nfds)
+{
+    /* Fresh each time: the parsed nodes of an answer point into its buffer. */
+    unsigned char *buf = malloc(MAX_FRAME + 4);
+    size_t have = 0, want = 4;
+    if (!buf)
+        die(1, "out of memory");
+    *nfds = 0;
+    while (have < want) {
+        char ctl[CMSG_SPACE(8 * sizeof(int))];
+        struct iovec iov = {buf + have, want - have};
+        struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl,
+                           .msg_controllen = sizeof ctl};
+        ssize_t n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            die(1, "corrald closed the connection%s%s", n < 0 ? ": " : "",
+                n < 0 ? strerror(errno) : "");
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+                continue;
+            int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (int i = 0; i < k; i++) {
+                int got;
+                memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+                if (*nfds < maxfds)
+                    fds[(*nfds)++] = got;
+                else
+                    close(got);
+            }
+        }
+        have += n;
+        if (have == 4 && want == 4) {
+            want = 4 + ((size_t)buf[0] << 24 | buf[1] << 16 | buf[2] << 8 | buf[3]);
+            if (want > MAX_FRAME + 4)
+                die(1, "corrald sent an oversized frame");
+        }
+    }
+    struct mp_node *msg = mp_parse(buf + 4, want - 4);
+    if (!msg || msg->type != MP_MAP)
+        die(1, "corrald sent a frame this launcher cannot read");
+    return msg;
+}
+
+/* The result of an answer; an error is printed (or handed over) here. */
+static const struct mp_node *result_of(const struct mp_node *msg, const char *what, int handover_ok)
+{
+    const struct mp_node *ok = mp_get(msg, "ok");
+    if (ok && ok->type == MP_BOOL && ok->i)
+        return mp_get(msg, "result");
+    const struct mp_node *err = mp_get(msg, "error");
+    char *code = mp_cstr(mp_get(err, "code")), *text = mp_cstr(mp_get(err, "message"));
+    if (handover_ok && code && strcmp(code, "unsupported") == 0)
+        handover();
+    die(1, "%s: %s", what, text ? text : "unknown error");
+}
+
+/* -- the command's side ------------------------------------------------------ */
+struct plan {
+    const char *sid;
+    const struct mp_node *res;
+    int cgroup_fd, ruleset_fd, mntns_fd;
+    int landlock_flags;
+    char **cmd;
+};
+
+static void set_env(const struct mp_node *res)
+{
+    const struct mp_node *rm = mp_get(res, "env_remove"), *set = mp_get(res, "env_set");
+    for (uint32_t i = 0; rm && rm->type == MP_ARR && i < rm->len; i++) {
+        char *name = mp_cstr(&rm->items[i]);
+        if (name)
+            unsetenv(name);
+    }
+    for (uint32_t i = 0; set && set->type == MP_MAP && i < set->len; i++) {
+        char *k = mp_cstr(&set->items[2 * i]), *v = mp_cstr(&set->items[2 * i + 1]);
+        if (k && v && setenv(k, v, 1) != 0)
+            die(1, "setenv %s: %s", k, strerror(errno));
+    }
+    signal(SIGPIPE, SIG_DFL);
+    signal(SIGXFSZ, SIG_DFL);
+}
+
+static __attribute__((noreturn)) void run_cmd(char **cmd)
+{
+    execvp(cmd[0], cmd);
+    die(127, "%s: %s", cmd[0], strerror(errno));
+}
+
+static void load_seccomp(const struct mp_node *progs)
+{
+    if (!progs || progs->type != MP_ARR || progs->len == 0)
+        die(1, "confinement failed, command not started: corrald sent no seccomp program");
+    for (uint32_t i = 0; i < progs->len; i++) {
+        const struct mp_node *p = &progs->items[i];
+        if (p->type != MP_ARR || p->len != 2 || p->items[0].type != MP_INT ||
+            p->items[1].type != MP_BIN || p->items[1].len % sizeof(struct sock_filter) ||
+            p->items[1].len == 0)
+            die(1, "confinement failed, command not started: a malformed seccomp program");
+        /* Copied: the frame's bytes need not be aligned for struct sock_filter. */
+        struct sock_filter *f = malloc(p->items[1].len);
+        if (!f)
+            die(1, "out of memory");
+        memcpy(f, p->items[1].s, p->items[1].len);
+        struct sock_fprog prog = {.len = p->items[1].len / sizeof(struct sock_filter), .filter = f};
+        if (syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, (unsigned)p->items[0].i, &prog) != 0)
+            die(1, "confinement failed, command not started: seccomp: %s", strerror(errno));
+    }
+}
+
+/* confine.apply's order: descriptors, capabilities, no_new_privs, Landlock,
+ * seccomp last. The mount view first (setns needs CAP_SYS_ADMIN). */
+static void confine_child(struct plan *pl)
+{
+    if (pl->mntns_fd >= 0) {
+        char cwd[PATH_MAX];
+        if (!getcwd(cwd, sizeof cwd))
+            die(1, "confinement failed, command not started: getcwd: %s", strerror(errno));
+        if (setns(pl->mntns_fd, CLONE_NEWNS) != 0)
+            die(1, "confinement failed, command not started: entering the session's mount "
+                "view: %s", strerror(errno));
+        /* setns put us at the namespace's root: the same directory, in the view. */
+        if (chdir(cwd) != 0)
+            die(1, "confinement failed, command not started: the working directory %s is "
+                "not reachable in the session's view: %s", cwd, strerror(errno));
+    }
+    /* Inherited descriptors: all but 0-2 and the ruleset (moved to 3). */
+    int rs = -1;
+    if (pl->ruleset_fd >= 0) {
+        rs = 3;
+        if (pl->ruleset_fd != 3 && dup3(pl->ruleset_fd, 3, O_CLOEXEC) < 0)
+            die(1, "confinement failed, command not started: dup3: %s", strerror(errno));
+    }
+    int r = corral_close_range(rs >= 0 ? 4 : 3, ~0U);
+    if (r < 0)
+        die(1, "confinement failed, command not started: close_range: %s", strerror(-r));
+    r = corral_set_securebits_noroot();
+    if (r < 0 && r != -EPERM)
+        die(1, "confinement failed, command not started: PR_SET_SECUREBITS: %s", strerror(-r));
+    if ((r = corral_drop_all_caps(-1)) < 0)
+        die(1, "confinement failed, command not started: dropping capabilities: %s",
+            strerror(-r));
+    if (corral_caps_effective_is_zero() != 1)
+        die(1, "confinement failed, command not started: capabilities still present");
+    if (corral_set_no_new_privs() < 0 || corral_get_no_new_privs() != 1)
+        die(1, "confinement failed, command not started: no_new_privs not set");
+    if (rs >= 0) {
+        r = corral_landlock_restrict_self(rs, pl->landlock_flags);
+        if (r < 0 && pl->landlock_flags)
+            r = corral_landlock_restrict_self(rs, 0);   /* logging flags refused */
+        if (r < 0)
+            die(1, "confinement failed, command not started: landlock_restrict_self: %s",
+                strerror(-r));
+        close(rs);
+    }
+    load_seccomp(mp_get(pl->res, "seccomp"));
+}
+
+static void report_exec(struct plan *pl)
+{
+    static unsigned char out[65536];
+    struct mp_buf b = {out, 0, sizeof out, 0};
+    int ncmd = 0;
+    while (pl->cmd[ncmd] && ncmd < MAX_CMD_REPORTED)
+        ncmd++;
+    mp_map(&b, 4);
+    mp_str(&b, "op"); mp_str(&b, "report_exec");
+    mp_str(&b, "id"); mp_int(&b, 2);
+    mp_str(&b, "session"); mp_str(&b, pl->sid);
+    mp_str(&b, "report"); mp_map(&b, 7);
+    mp_str(&b, "path"); mp_str(&b, "native");
+    mp_str(&b, "landlock"); mp_bool(&b, pl->ruleset_fd >= 0);
+    mp_str(&b, "seccomp"); mp_bool(&b, 1);
+    mp_str(&b, "caps_dropped"); mp_bool(&b, 1);
+    mp_str(&b, "no_new_privs"); mp_bool(&b, 1);
+    mp_str(&b, "mount_view"); mp_bool(&b, pl->mntns_fd >= 0);
+    mp_str(&b, "command"); mp_arr(&b, ncmd);
+    for (int i = 0; i < ncmd; i++)
+        mp_strn(&b, pl->cmd[i], strnlen(pl->cmd[i], 4096));
+    int fd = connect_daemon(), fds[1], nfds;
+    send_frame(fd, &b);
+    const struct mp_node *res = result_of(recv_frame(fd, fds, 1, &nfds),
+                                          "confinement report refused, command not started", 0);
+    close(fd);
+    const struct mp_node *missing = mp_get(res, "missing");
+    if (missing && missing->type == MP_ARR && missing->len) {
+        char *what = mp_cstr(&missing->items[0]);
+        die(1, "confinement check failed, command not started: corrald does not see %s on "
+            "this process", what ? what : "?");
+    }
+}
+
+/* -- the parent: waits outside the session ------------------------------------ */
+static int child_pidfd = -1;
+
+static void forward(int sig)
+{
+    syscall(__NR_pidfd_send_signal, child_pidfd, sig, NULL, 0);
+}
+
+static __attribute__((noreturn)) void exit_like(int status)
+{
+    if (WIFSIGNALED(status)) {
+        int sig = WTERMSIG(status);
+        struct rlimit no = {0, 0};
+        setrlimit(RLIMIT_CORE, &no);        /* no core of ours */
+        signal(sig, SIG_DFL);
+        sigset_t s;
+        sigemptyset(&s);
+        sigaddset(&s, sig);
+        sigprocmask(SIG_UNBLOCK, &s, NULL);
+        kill(getpid(), sig);
+        _exit(128 + sig);                   /* a signal whose default is not to die */
+    }
+    _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
+}
+
+static __attribute__((noreturn)) void supervise(pid_t pid, sigset_t *old)
+{
+    struct sigaction ign = {.sa_handler = SIG_IGN}, fw = {.sa_handler = forward};
+    sigaction(SIGINT, &ign, NULL);
+    sigaction(SIGQUIT, &ign, NULL);
+    sigaction(SIGTERM, &fw, NULL);
+    sigaction(SIGHUP, &fw, NULL);
+    sigprocmask(SIG_SETMASK, old, NULL);
+    /* Hold nothing of the command's: its stdin and stdout close when it does. */
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0) {
+        dup2(null, 0);
+        dup2(null, 1);
+        close(null);
+    }
+    int status;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR)
+            die(1, "waitpid: %s", strerror(errno));
+    }
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    exit_like(status);
+}
+
+/* -- corral exec --------------------------------------------------------------- */
+static int do_exec(int argc, char **argv)
+{
+    int i = 2;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "-v") && strcmp(argv[i], "--verbose") && strcmp(argv[i], "-q") &&
+            strcmp(argv[i], "--quiet"))
+            handover();                     /* an option only the Python CLI knows */
+    }
+    if (i >= argc)
+        handover();                         /* usage: said by the Python CLI */
+    struct plan pl = {.sid = argv[i++], .cgroup_fd = -1, .ruleset_fd = -1, .mntns_fd = -1};
+    if (i < argc && strcmp(argv[i], "--") == 0)
+        i++;
+    if (i >= argc)
+        handover();
+    pl.cmd = argv + i;
+
+    /* exec_prepare: the session, our environment's names (never values). */
+    static unsigned char req[1 << 18];
+    struct mp_buf b = {req, 0, sizeof req, 0};
+    uint32_t nenv = 0;
+    for (char **e = environ; *e; e++)
+        nenv++;
+    mp_map(&b, 4);
+    mp_str(&b, "op"); mp_str(&b, "exec_prepare");
+    mp_str(&b, "id"); mp_int(&b, 1);
+    mp_str(&b, "session"); mp_str(&b, pl.sid);
+    mp_str(&b, "env_names"); mp_arr(&b, nenv);
+    for (char **e = environ; *e; e++) {
+        const char *eq = strchr(*e, '=');
+        mp_strn(&b, *e, eq ? (size_t)(eq - *e) : strlen(*e));
+    }
+    if (b.err)
+        handover();                         /* an environment this large: Python's job */
+    int fd = connect_daemon(), fds[8], nfds;
+    send_frame(fd, &b);
+    char what[128];
+    snprintf(what, sizeof what, "cannot exec in session %s", pl.sid);
+    pl.res = result_of(recv_frame(fd, fds, 8, &nfds), what, 1);
+    close(fd);
+    if (!pl.res || pl.res->type != MP_MAP)
+        die(1, "%s: corrald sent no result", what);
+
+    const struct mp_node *inside = mp_get(pl.res, "inside");
+    if (inside && inside->type == MP_BOOL && inside->i) {
+        /* Already in this session, so already confined as it is. */
+        set_env(pl.res);
+        run_cmd(pl.cmd);
+    }
+    const struct mp_node *has = mp_get(pl.res, "has"), *llf = mp_get(pl.res, "landlock_flags");
+    if (nfds != 3 || !has || has->type != MP_ARR || has->len != 3)
+        die(1, "%s: corrald sent %d descriptors, expected 3", what, nfds);
+    pl.cgroup_fd = fds[0];
+    pl.ruleset_fd = has->items[1].i ? fds[1] : (close(fds[1]), -1);
+    pl.mntns_fd = has->items[2].i ? fds[2] : (close(fds[2]), -1);
+    pl.landlock_flags = llf && llf->type == MP_INT ? (int)llf->i : 0;
+
+    sigset_t handled, old;
+    sigemptyset(&handled);
+    sigaddset(&handled, SIGINT);
+    sigaddset(&handled, SIGQUIT);
+    sigaddset(&handled, SIGTERM);
+    sigaddset(&handled, SIGHUP);
+    sigprocmask(SIG_BLOCK, &handled, &old);
+    fflush(NULL);
+    struct clone_args ca;
+    memset(&ca, 0, sizeof ca);
+    ca.flags = CLONE_INTO_CGROUP | CLONE_PIDFD;
+    ca.pidfd = (uintptr_t)&child_pidfd;
+    ca.exit_signal = SIGCHLD;
+    ca.cgroup = (uint64_t)pl.cgroup_fd;
+    long pid = syscall(__NR_clone3, &ca, sizeof ca);
+    if (pid < 0) {
+        if (errno == ENOSYS || errno == E2BIG || errno == EINVAL)
+            handover();                     /* an older kernel: the Python path moves us */
+        die(1, "%s: clone3 into the session's cgroup: %s", what, strerror(errno));
+    }
+    if (pid > 0) {
+        close(pl.cgroup_fd);
+        if (pl.ruleset_fd >= 0)
+            close(pl.ruleset_fd);
+        if (pl.mntns_fd >= 0)
+            close(pl.mntns_fd);
+        supervise((pid_t)pid, &old);
+    }
+    /* The child: born in the session's cgroup. */
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    confine_child(&pl);
+    report_exec(&pl);
+    set_env(pl.res);
+    run_cmd(pl.cmd);
+}
+
+int main(int argc, char **argv)
+{
+    orig_argv = argv;
+    if (argc >= 2 && strcmp(argv[1], "exec") == 0)
+        return do_exec(argc, argv);
+    handover();
+}

@@ -50,3 +50,14 @@ def daemon():
     d.start()
     yield d
     d.cleanup()
+
+
+@pytest.fixture(scope="session")
+def agentd():
+    """A daemon whose DNS resolver runs, upstream this machine's resolver: what the
+    default profile and the agent profiles need (they name the package registries
+    and the agents' APIs by domain; the registries are reachable here)."""
+    d = make_daemon("corral-agentd")
+    d.start()
+    yield d
+    d.cleanup()

@@ -6,7 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 CORRAL = str(Path(sys.executable).parent / "corral")
+
+
+@pytest.fixture(scope="session")
+def daemon(agentd):
+    # Most sessions here run with no policy option, so under the default profile,
+    # which names domains: the daemon's resolver must run.
+    return agentd
+
+
 DUMP = "import json, os; print(json.dumps(dict(os.environ)))"
 
 

@@ -28,6 +28,15 @@ import pytest
 from harness import ppid
 
 CORRAL = str(Path(sys.executable).parent / "corral")
+
+
+@pytest.fixture(scope="session")
+def daemon(agentd):
+    # Most sessions here run with no policy option, so under the default profile,
+    # which names domains: the daemon's resolver must run.
+    return agentd
+
+
 PROTECTED = (".mcp.json", ".vscode", ".idea", ".gitmodules", ".claude")
 
 

@@ -10,7 +10,17 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from unit.test_protected_paths import BIN, REPO, VENV, _site_file
+
+
+@pytest.fixture(scope="session")
+def daemon(agentd):
+    # Most sessions here run with no policy option, so under the default profile,
+    # which names domains: the daemon's resolver must run.
+    return agentd
+
 
 PROBE = r"""
 import errno, json, os, sys

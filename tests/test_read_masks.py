@@ -16,6 +16,14 @@ import pytest
 
 CORRAL = str(Path(sys.executable).parent / "corral")
 
+
+@pytest.fixture(scope="session")
+def daemon(agentd):
+    # Most sessions here run with no policy option, so under the default profile,
+    # which names domains: the daemon's resolver must run.
+    return agentd
+
+
 PROBE = r"""
 import errno, json, os, sys
 home = sys.argv[1]

@@ -36,6 +36,15 @@ import pytest
 from harness import BIN
 
 CORRAL = str(BIN / "corral")
+
+
+@pytest.fixture(scope="session")
+def daemon(agentd):
+    # Most sessions here run with no policy option, so under the default profile,
+    # which names domains: the daemon's resolver must run.
+    return agentd
+
+
 SERVERS = str(Path(__file__).resolve().with_name("boundary_servers.py"))
 REFUSED = {"EACCES", "EPERM"}
 META_REFUSED = {"EROFS", "EACCES", "EPERM"}

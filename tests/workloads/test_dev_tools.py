@@ -1,5 +1,6 @@
-"""Real tools doing real work inside `corral run` (issue 12): git, a Python venv
-with pip install, an editor's write-then-rename at the project root. Each runs
+"""Real tools doing real work inside `corral run` (issue 12): git with a worktree,
+a hook written in the session, an editor's write-then-rename at the project root
+(the everyday jobs under each profile are in test_real_work.py). Each runs
 in a fresh project directory under $HOME, the way a user starts an agent there,
 and is checked from outside afterwards."""
 from __future__ import annotations
@@ -60,30 +61,17 @@ git log --all --oneline
     assert live == [], live
 
 
-def test_git_hook_written_in_session_never_takes_effect(daemon, fresh):
+def test_git_hook_written_in_session_never_takes_effect(agentd, fresh):
     """The control above works; writing a hook into the repository does not."""
     subprocess.run(["git", "init", "-q", str(fresh)], check=True)
-    p = run(daemon, fresh, "printf '#!/bin/sh\\necho pwned\\n' > .git/hooks/pre-commit; "
+    p = run(agentd, fresh, "printf '#!/bin/sh\\necho pwned\\n' > .git/hooks/pre-commit; "
                            "chmod +x .git/hooks/pre-commit; echo rc=$?")
     assert not (fresh / ".git" / "hooks" / "pre-commit").exists(), (p.stdout, p.stderr)
 
 
-def test_python_venv_and_pip_install(daemon, fresh):
-    p = run(daemon, fresh, """set -e
-python3 -m venv .venv
-.venv/bin/pip install -q six==1.16.0
-.venv/bin/python -c 'import six; print(six.__version__)'
-""", timeout=600)
-    assert p.returncode == 0, (p.stdout, p.stderr)
-    assert "1.16.0" in p.stdout
-    out = subprocess.run([str(fresh / ".venv" / "bin" / "python"), "-c",
-                          "import six; print(six.__file__)"], capture_output=True, text=True)
-    assert out.returncode == 0 and str(fresh) in out.stdout, out
-
-
-def test_editor_write_then_rename_at_the_project_root(daemon, fresh):
+def test_editor_write_then_rename_at_the_project_root(agentd, fresh):
     (fresh / "old.py").write_text("print('old')\n")
-    p = run(daemon, fresh, """set -e
+    p = run(agentd, fresh, """set -e
 printf 'print(1)\\n' > hello.py.tmp.$$
 mv hello.py.tmp.$$ hello.py
 printf "print('new')\\n" > old.py.tmp.$$

@@ -28,6 +28,9 @@ def add_policy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-net", action="append", default=[], metavar="CIDR[:PORT[-PORT]]")
     p.add_argument("--deny-net", action="append", default=[], metavar="CIDR[:PORT[-PORT]]")
     p.add_argument("--no-net", action="store_true", help="network policy with nothing allowed")
+    p.add_argument("--open-net", action="store_true",
+                   help="no network policy: every host and port reachable (the profiles, "
+                        "including the default one, allow only their domains)")
     p.add_argument("--allow-domain", action="append", default=[], metavar="NAME[:PORT]")
     p.add_argument("--deny-domain", action="append", default=[], metavar="NAME")
     p.add_argument("--allow-localhost-port", action="append", default=[], metavar="PORT[-PORT]")
@@ -71,6 +74,11 @@ def policy_from_args(args) -> dict:
     flags: dict = {}
     net_flags = {"allow": args.allow_net, "deny": args.deny_net, "allow_domains": args.allow_domain,
                  "deny_domains": args.deny_domain, "allow_localhost_ports": args.allow_localhost_port}
+    open_net = getattr(args, "open_net", False)
+    if open_net and (args.no_net or any(net_flags.values())):
+        raise pol.PolicyError("--open-net lifts the network policy: it cannot be combined with "
+                              "--no-net, --allow-net, --deny-net, --allow-domain, --deny-domain "
+                              "or --allow-localhost-port (drop one or the other)")
     if args.no_net or any(net_flags.values()):
         flags["network"] = {k: v for k, v in net_flags.items() if v}
     fs_flags = {"deny_read": args.deny_read, "allow_read": args.allow_read,
@@ -95,6 +103,8 @@ def policy_from_args(args) -> dict:
     pol.check_limits(flags, lambda section, key, msg: pol.PolicyError(
         f"{_FLAG_OF.get((section, key), f'{section}.{key}')}: {msg}"))
     merged = policyfile.merge(base, flags)
+    if open_net:
+        merged.pop("network", None)     # asked for by name: no network section at all
     _allow_base_urls(merged)
     out = policyfile.apply_mandatory(merged, set(args.no_mandatory), files=loaded)
     if getattr(args, "allow_system_write", False):
@@ -191,15 +201,20 @@ _POLICY_OPTIONS = ("policy", "profile", "srt_settings", "allow_net", "deny_net",
 
 
 def _profile_from_command(args) -> None:
-    """`corral run -- claude` with no policy option: the profile made for that agent."""
+    """With no policy option a session is not left open: the profile made for the
+    command (`corral run -- claude`), else the `agent` profile (network: only its
+    domains). One line says which and how to choose otherwise."""
     from corral.policy.files import PROFILE_FOR_COMMAND
     if any(getattr(args, k, None) for k in _POLICY_OPTIONS):
         return
     name = PROFILE_FOR_COMMAND.get(os.path.basename(args.cmd[0]))
-    if name:
-        args.profile = name
-        print(f"corral: profile {name} (chosen by the command name; --profile NAME or any "
-              "policy option to choose otherwise)", file=sys.stderr)
+    why = "chosen by the command name" if name else "the default"
+    args.profile = name or "agent"
+    if not args.quiet:
+        net = "network unrestricted (--open-net)" if args.open_net else \
+            "network: only its domains, --open-net for all"
+        print(f"corral: profile {args.profile} ({why}; {net}; --profile NAME or --policy FILE "
+              "to choose another, `corral policy show PROFILE` shows it)", file=sys.stderr)
 
 
 def _allow_base_urls(policy: dict) -> None:

@@ -21,6 +21,10 @@ from pathlib import Path
 
 # The corrald/corral next to the running interpreter: the project's venv.
 BIN = Path(sys.executable).parent
+# The installed `corral` is the native launcher (native/launcher.c: serves `corral
+# exec`, hands everything else to the Python CLI); corral-py is that Python CLI.
+CORRAL = BIN / "corral"
+CORRAL_PY = BIN / "corral-py"
 
 
 class Daemon:

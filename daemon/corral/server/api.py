@@ -36,6 +36,7 @@ class Services:
     audit: Callable[..., dict]                # audit(record, must=False) -> stored record
     end_session: Callable[..., dict]          # end_session(session, why, must=, reason=) -> counts
     status: Callable[[], dict]                # version, features, audit log state
+    policies: object = None                   # server.policydir.PolicyDir (named policies)
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Api(SessionOps):     # + session_ready, join_session, exec_prepare, report
         self.audit = svc.audit
         self.end_session = svc.end_session
         self.status = svc.status
+        self.policies = svc.policies
         self.subscribers: dict = {}   # Connection -> filter dict
         self.refusal_log = L.Buckets(L.REFUSAL_LOG_RATE, L.REFUSAL_LOG_BURST)
         from corral.server import protected
@@ -150,6 +152,28 @@ class Api(SessionOps):     # + session_ready, join_session, exec_prepare, report
         except pol.PolicyError as e:
             raise ProtocolError(P.E_BAD_POLICY, str(e)) from None
 
+    def _named_policy(self, conn, name, given):
+        """A policy from policies.d, resolved here (server/policydir.py): with the
+        mandatory protections, `~` as the caller's home. A policy sent with the name
+        may only narrow it (API clients); `corral run --policy-name` sends none."""
+        if self.policies is None:
+            raise ProtocolError(P.E_UNSUPPORTED, "this corrald has no named policies")
+        from corral.policy import files as pf
+        try:
+            n = self.policies.get(name)
+            raw = pf.apply_mandatory(n.policy, set(), cwd=conn.peer.cwd(), files=[n.path])
+        except pol.PolicyError as e:
+            raise ProtocolError(P.E_BAD_POLICY, str(e)) from None
+        policy = self._normalize(conn, raw)
+        if given is not None:
+            narrower = self._normalize(conn, given)
+            why = pol.narrowing_violations(policy, narrower)
+            if why:
+                self._refuse(conn, f"widen the named policy {name!r}", None, P.E_WIDENS,
+                             "; ".join(why))
+            policy = narrower
+        return policy, {"name": n.name, "path": n.path, "sha256": n.sha256}
+
     @staticmethod
     def _reason(req) -> str:
         r = req.get("reason", "")
@@ -186,7 +210,16 @@ class Api(SessionOps):     # + session_ready, join_session, exec_prepare, report
         keep_running = req.get("keep_running", False)
         if not isinstance(keep_running, bool):
             raise ProtocolError(P.E_BAD_REQUEST, "'keep_running' must be true or false")
-        policy = self._normalize(conn, req.get("policy"))
+        from corral import labels as lb
+        try:
+            name, labels = lb.check_name(req.get("name")), lb.check_labels(req.get("labels"))
+        except lb.LabelError as e:
+            raise ProtocolError(P.E_BAD_REQUEST, str(e)) from None
+        named = None
+        if req.get("policy_name") is not None:
+            policy, named = self._named_policy(conn, req.get("policy_name"), req.get("policy"))
+        else:
+            policy = self._normalize(conn, req.get("policy"))
         if parent is not None:
             why = pol.narrowing_violations(parent.policy, policy)
             if why:
@@ -197,14 +230,18 @@ class Api(SessionOps):     # + session_ready, join_session, exec_prepare, report
         try:
             s = self.sessions.prepare(policy, uid, conn.peer.gid,
                                         parent.id if parent else None, conn.peer.pid,
-                                        keep_running=keep_running)
+                                        keep_running=keep_running, name=name, labels=labels,
+                                        policy_name=named)
         except pol.PolicyError as e:
             raise ProtocolError(P.E_BAD_POLICY, str(e)) from None
         try:
             self._log_first({"kind": "session", "op": "start", "verdict": "info", "session": s.id,
                              "pid": conn.peer.pid, "uid": uid, "target": s.cgroup,
                              "cgid": s.cgid, "policy": s.policy, "enforcement": s.enforcement,
-                             "rule": "", "parent": s.parent, "keep_running": keep_running})
+                             "rule": "", "parent": s.parent, "keep_running": keep_running,
+                             **({"policy_name": named} if named else {}),
+                             **({"session_name": name} if name else {}),
+                             **({"labels": labels} if labels else {})})
             self.sessions.admit(s, conn.peer)
         except BaseException as e:
             self.sessions.discard(s)

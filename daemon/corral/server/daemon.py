@@ -61,6 +61,12 @@ class Daemon:
         self._step_errors: dict[str, float] = {}
         self._refusals_flushed = 0.0
         self._denied: dict[str, dict[str, int]] = {}    # session id -> kind -> refusals
+        from corral.server.losses import Losses
+        from corral.server import settings
+        self.settings = getattr(args, "settings", None) or settings.Settings()
+        self.losses = Losses()          # every record lost, by cause (server/losses.py)
+        self.exports = None
+        self.policies = None
 
     # -- start-up ----------------------------------------------------------
     def load(self) -> None:
@@ -76,7 +82,10 @@ class Daemon:
                                     "own_loopback": getattr(self.net, "own_loopback", False)}
         self.filelsm = self._load_filelsm()
         self.dns = self._load_dns()
-        self.log = EventLog(LOG_DIR)
+        self.log = self._open_log()
+        from corral.server import settings
+        from corral.server.policydir import PolicyDir
+        self.policies = PolicyDir(settings.policies_dir(self.settings), audit=self.audit)
         self.sessions = SessionTable(self.net, self.filelsm, self.dns)
         self.auditlink = self._load_auditlink()
         # Protected names that do not exist yet: watched, not frozen (issue 12).
@@ -92,12 +101,28 @@ class Daemon:
         self.net.activate()
         self._replay_downtime()
         self.api = Api(Services(sessions=self.sessions, audit=self.audit,
-                                end_session=self.end_session, status=self.status))
+                                end_session=self.end_session, status=self.status,
+                                policies=self.policies))
         log.info("BPF loaded in %.1fs (headers: %s); %d session(s) recovered",
                  time.monotonic() - t0, self.net.header_mode, len(recovered))
         self.audit({"kind": "daemon", "op": "start", "verdict": "info", "target": str(root),
                     "rule": "", "features": self.features,
                     "recovered": [s.id for s in recovered]})
+        self.log.checkpoint("start")
+
+    def _open_log(self) -> EventLog:
+        """The audit log with its exports (server/export) and signed checkpoints
+        (server/checkpoints.py), as corral.toml says."""
+        from corral.server import export, settings
+        from corral.server.checkpoints import Checkpointer
+        from corral.server.eventlog import audit_gid
+        gid = audit_gid(os.environ.get("CORRAL_AUDIT_GROUP", "corral-audit")) \
+            if os.geteuid() == 0 else 0
+        self.exports = export.build(self.settings, LOG_DIR, gid)
+        cp = Checkpointer(settings.checkpoint_key(self.settings), LOG_DIR / "checkpoints.jsonl",
+                          self.settings.get("log", "checkpoint_every"), str(LOG_DIR), gid)
+        self.features["exports"] = self.exports.status()
+        return EventLog(LOG_DIR, checkpointer=cp, on_write=self.exports.on_write)
 
     def _load_filelsm(self):
         f = self.features.setdefault("filesystem", {})
@@ -171,7 +196,10 @@ class Daemon:
 
     # -- events ------------------------------------------------------------
     def status(self) -> dict:
-        return {"version": self.version, "features": self.features, "log": self.log.status()}
+        return {"version": self.version, "features": self.features, "log": self.log.status(),
+                "losses": self.losses.snapshot(),
+                "exports": self.exports.status() if self.exports else {},
+                "policies": self.policies.status() if self.policies else None}
 
     def audit(self, rec: dict, must: bool = False) -> dict:
         """Every event reaches the log before any subscriber.
@@ -183,7 +211,12 @@ class Daemon:
         rec.setdefault("time", time.time())
         for k in ("session", "pid", "comm", "uid", "kind", "op", "target", "verdict", "rule"):
             rec.setdefault(k, None)
+        s = self.sessions.by_id.get(rec["session"]) if rec["session"] and hasattr(self, "sessions") \
+            else None
+        if s is not None:
+            rec.update(self._meta(s))
         rec = self.log.append(rec, must=must)
+        self.losses.note(rec)
         sid = rec.get("session")
         if rec.get("verdict") == "deny" and sid and hasattr(self, "sessions") \
                 and sid in self.sessions.by_id:
@@ -193,6 +226,16 @@ class Daemon:
         if hasattr(self, "api"):
             self.api.publish(rec)
         return rec
+
+    @staticmethod
+    def _meta(s) -> dict:
+        """What ties a session's records together across a fleet (corral run --name/--label)."""
+        out = {}
+        if getattr(s, "name", None):
+            out["session_name"] = s.name
+        if getattr(s, "labels", None):
+            out["labels"] = s.labels
+        return out
 
     def kernel_event(self, raw: bytes) -> None:
         rec = events.decode(raw)
@@ -286,6 +329,8 @@ class Daemon:
                                ("lost events", self._count_lost), ("log", self.log.retry),
                                ("refusals", self._flush_refusals),
                                ("unix sockets", self.unixwatch.step),
+                               ("exports", self._report_exports),
+                               ("named policies", self.policies.step),
                                ("protected names", self.namewatch.step)):
                 try:
                     step()
@@ -328,6 +373,15 @@ class Daemon:
         if now - self._refusals_flushed >= 5:
             self._refusals_flushed = now
             self.api.flush_refusals()
+
+    def _report_exports(self) -> None:
+        """What the exports dropped or could not write goes on record (every 5 s at most)."""
+        now = time.monotonic()
+        if self.exports is None or now - getattr(self, "_exports_reported", 0.0) < 5:
+            return
+        self._exports_reported = now
+        for rec in self.exports.unreported():
+            self.audit(rec)
 
     def _count_lost(self) -> None:
         lost = self.net.lost_events() + (self.filelsm.lost_events()
@@ -375,7 +429,7 @@ class Daemon:
         rec = {"kind": "session", "op": "end", "verdict": "info", "session": s.id,
                "target": s.cgroup, "rule": why, "uid": s.owner_uid,
                "reason": reason or why, "killed": killed, "keep_running": s.keep_running,
-               "denied": denied}
+               "denied": denied, **self._meta(s)}
         if must:
             try:
                 rec = self.audit(rec, must=True)
@@ -448,7 +502,11 @@ class Daemon:
         # Otherwise sessions stay confined: programs stay attached, maps stay
         # pinned, and the next daemon re-adopts them.
         self.audit({"kind": "daemon", "op": "stop", "verdict": "info", "target": "", "rule": ""})
+        self.log.checkpoint("stop")
         self.log.close()
+        if self.exports is not None:
+            self._exports_reported = 0.0
+            self.exports.close()
 
 
 def raise_fd_limit() -> None:
@@ -482,9 +540,19 @@ def main(argv=None) -> int:
                          "process on the host while loaded (measured), so it is off by default")
     ap.add_argument("--end-sessions-on-exit", action="store_true",
                     help="kill sessions on SIGTERM (default: leave them confined for the next daemon)")
+    ap.add_argument("--config", metavar="FILE",
+                    help="settings file (default: CORRAL_CONFIG or /etc/corral/corral.toml; a "
+                         "missing file means the defaults; options given here win)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from corral.server import settings
+    try:
+        args.settings = settings.load(args.config)
+    except settings.SettingsError as e:
+        print(f"corrald: cannot start: {e}", file=sys.stderr)
+        return 1
+    settings.apply(args.settings, args)
     if os.geteuid() != 0:
         print("corrald: must run as root (it loads BPF programs and manages cgroups)", file=sys.stderr)
         return 1

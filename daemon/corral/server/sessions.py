@@ -42,6 +42,11 @@ class Session:
     # leader (the process that registered it: `corral run`'s command) exits.
     # True: it lasts until its cgroup empties or it is ended (daemon-style use).
     keep_running: bool = False
+    # `corral run --name/--label` (corral/labels.py), and the named policy it was
+    # started with (policies.d: name, sha256): carried on every record of the session.
+    name: str | None = None
+    labels: dict = field(default_factory=dict)
+    policy_name: dict | None = None
     # A pidfd for the leader (not a field: never saved; -1 when the leader is
     # gone or could not be pinned again after a daemon restart).
     leader_fd = -1
@@ -82,7 +87,8 @@ class SessionTable:
 
     # -- lifecycle ----------------------------------------------------------
     def prepare(self, policy: dict, uid: int, gid: int, parent: str | None,
-                leader_pid: int, keep_running: bool = False) -> Session:
+                leader_pid: int, keep_running: bool = False, name: str | None = None,
+                labels: dict | None = None, policy_name: dict | None = None) -> Session:
         """A new session's cgroup with its policy in the kernel maps, nobody in it
         yet (so nothing is enforced on anyone, and nothing is decided, until admit())."""
         sid = secrets.token_hex(4)
@@ -91,7 +97,8 @@ class SessionTable:
         path = cgroups.create(sid)
         s = Session(id=sid, cgid=cgroups.cgroup_id(path), cgroup=str(path), owner_uid=uid,
                     owner_gid=gid, leader_pid=leader_pid, policy=policy, created=time.time(),
-                    parent=parent, keep_running=keep_running)
+                    parent=parent, keep_running=keep_running, name=name,
+                    labels=dict(labels or {}), policy_name=policy_name)
         try:
             self._install(s)
         except Exception:

@@ -254,21 +254,49 @@ def _allow_base_urls(policy: dict) -> None:
             print(f"corral: note: {var} allows {rule}", file=sys.stderr)
 
 
+def _session_meta(args) -> dict:
+    """--name, --label and --policy-name as register_session fields (corral/labels.py).
+    A named policy is the operator's (policies.d, read by corrald): no other policy
+    option may change it."""
+    from corral import labels as lb
+    out = {}
+    try:
+        if args.name is not None:
+            out["name"] = lb.check_name(args.name)
+        if args.label:
+            out["labels"] = lb.parse_label_args(args.label)
+    except lb.LabelError as e:
+        die(str(e), EXIT_USAGE)
+    if args.policy_name:
+        given = [k for k in _POLICY_OPTIONS if getattr(args, k, None)]
+        if given:
+            die(f"--policy-name {args.policy_name}: the named policy is the operator's (corrald "
+                "reads it from its policies.d); it cannot be combined with --"
+                + ", --".join(k.replace("_", "-") for k in given), EXIT_USAGE)
+        out["policy_name"] = args.policy_name
+    return out
+
+
 def cmd_run(args) -> int:
     if not args.cmd:
         die("usage: corral run [options] -- CMD [ARGS...]", EXIT_USAGE)
-    _profile_from_command(args)
-    try:
-        policy = policy_from_args(args)
-    except (pol.PolicyError, OSError) as e:
-        die(f"bad policy: {e}", EXIT_USAGE)
+    meta = _session_meta(args)
+    if args.policy_name:
+        policy = None           # corrald resolves the name in its policies.d
+    else:
+        _profile_from_command(args)
+        try:
+            policy = policy_from_args(args)
+        except (pol.PolicyError, OSError) as e:
+            die(f"bad policy: {e}", EXIT_USAGE)
     # The parent waits outside the session and ends it when the command exits
     # (client/supervise.py); this child goes on: it becomes the session's leader.
     from corral.client import enter, supervise
     report_session = supervise.start(keep_running=args.keep_running, quiet=args.quiet)
     try:
         c = Client()
-        session = c.call("register_session", policy=policy, keep_running=args.keep_running)
+        session = c.call("register_session", policy=policy, keep_running=args.keep_running,
+                         **meta)
     except DaemonNotRunning as e:
         die(e.message)
     except CorralError as e:
@@ -382,6 +410,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true")
     run.add_argument("-q", "--quiet", action="store_true",
                      help="no summary line of what was refused when the command ends")
+    run.add_argument("--policy-name", metavar="NAME",
+                     help="the operator's named policy NAME (corrald's policies.d/NAME.toml)")
+    run.add_argument("--name", metavar="NAME", help="a name for the session, on its audit records")
+    run.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                     help="a label on the session's audit records (repeatable)")
     run.add_argument("cmd", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)
 

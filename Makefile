@@ -17,8 +17,12 @@ BENCH_APT_PACKAGES := hyperfine bubblewrap socat ripgrep
 # for node >= 18 (2.1.120 on ships a native binary; by 2.1.200 it needs node >= 22).
 CLAUDE_CODE_VERSION := 2.1.110
 CLAUDE := $(VENV)/node/node_modules/.bin/claude
+# Codex CLI from npm, pinned (a native binary in @openai/codex-linux-x64, ~420 MB), in
+# its own prefix: an `npm install --no-save` into the same one would prune Claude Code.
+CODEX_VERSION := 0.171.0
+CODEX := $(VENV)/node-codex/node_modules/.bin/codex
 
-.PHONY: install apt venv agent-clis demo start stop test unit lint vmtest bench clean
+.PHONY: install apt venv agent-clis demo start stop test unit lint vmtest bench clean deb
 
 install: apt venv
 
@@ -73,6 +77,12 @@ agent-clis:
 				echo "corral: could not install Claude Code (tests/agents will skip)"; \
 		fi; \
 	fi
+	@if [ "$$($(CODEX) --version 2>/dev/null | cut -d' ' -f2)" != "$(CODEX_VERSION)" ] && command -v npm >/dev/null; then \
+		echo "installing @openai/codex@$(CODEX_VERSION) into $(VENV)/node-codex"; \
+		npm install --prefix $(VENV)/node-codex --no-audit --no-fund --no-save --loglevel=error \
+			@openai/codex@$(CODEX_VERSION) || \
+			echo "corral: could not install Codex CLI (tests/agents/test_codex.py will skip)"; \
+	fi
 
 start: install
 	@bash systemd/start-corrald.sh
@@ -104,5 +114,11 @@ bench: install
 	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
 	$(PY) bench/run_all.py
 
+# The Debian package (packaging/build-deb.sh): dist/corral_VERSION_ARCH.deb. Its
+# program is a venv in /usr/lib/corral (wheel + PyPI deps), the unit runs /usr/sbin/corrald.
+deb: venv
+	@command -v dpkg-deb >/dev/null || { echo "corral: make deb needs dpkg-deb"; exit 1; }
+	bash packaging/build-deb.sh dist
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info dist

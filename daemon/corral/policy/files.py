@@ -434,6 +434,9 @@ MANDATORY: tuple[Mandatory, ...] = (
                "~/.claude/settings.json", "~/.claude/settings.local.json"),
               "agent permissions and hooks (the agent could grant itself anything); the user's "
               "~/.claude/settings.json holds hooks that run commands outside the session"),
+    Mandatory("codex-config", "deny_write", ("~/.codex/config.toml", "./.codex/config.toml"),
+              "Codex's config: `notify` and MCP server commands it starts, sandbox and approval "
+              "settings for its next run (outside the session)"),
     Mandatory("policy-files", "deny_write", (),
               "the corral policy files this session was started from"),
     Mandatory("ssh", "deny_read", ("~/.ssh",), "SSH keys"),

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from .fake_anthropic import FakeAnthropic, ToolStep
 
 CORRAL = str(Path(sys.executable).parent / "corral")
@@ -33,7 +35,12 @@ def _sid(stderr: str) -> str:
     return stderr.split("session ", 1)[1].split(":", 1)[0].strip()
 
 
-def test_claude_code_in_a_session(claude_bin, daemon, project, ssh_key, claude_state):
+@pytest.mark.parametrize("mode", ["profile", "flags"])
+def test_claude_code_in_a_session(claude_bin, request, project, ssh_key, claude_state, mode):
+    """`profile`: `corral run -- claude ...` with no policy option (the claude
+    profile, chosen by the command name; its API endpoint from ANTHROPIC_BASE_URL);
+    `flags`: the same policy spelled out with flags, no domains, no resolver."""
+    daemon = request.getfixturevalue("agentd" if mode == "profile" else "daemon")
     home = Path.home()
     key, secret = ssh_key
     settings = claude_state["settings"]
@@ -63,11 +70,12 @@ def test_claude_code_in_a_session(claude_bin, daemon, project, ssh_key, claude_s
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "DISABLE_TELEMETRY": "1",
         })
-        cmd = [CORRAL, "run", "-v", "--no-net", "--allow-localhost-port", str(api.port),
-               "--allow-write", ".", "--allow-write", "/tmp",
-               "--allow-write", str(home / ".claude"), "--allow-write", str(home / ".claude.json"),
-               "--pass-env", "ANTHROPIC_API_KEY",
-               "--", str(claude_bin), "-p", "do it", "--permission-mode", "bypassPermissions",
+        flags = [] if mode == "profile" else [
+            "--no-net", "--allow-localhost-port", str(api.port),
+            "--allow-write", ".", "--allow-write", "/tmp",
+            "--allow-write", str(home / ".claude"), "--allow-write", str(home / ".claude.json"),
+            "--pass-env", "ANTHROPIC_API_KEY"]
+        cmd = [CORRAL, "run", "-v", *flags, "--", str(claude_bin), "-p", "do it", "--permission-mode", "bypassPermissions",
                "--output-format", "json"]
         t0 = time.monotonic()
         p = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
@@ -82,6 +90,9 @@ def test_claude_code_in_a_session(claude_bin, daemon, project, ssh_key, claude_s
 
     # the CLI ran the whole script and ended normally
     assert p.returncode == 0, diag
+    if mode == "profile":
+        assert "profile claude (chosen by the command name" in p.stderr, diag
+        assert f"ANTHROPIC_BASE_URL allows {api.port}" in p.stderr, diag
     out = json.loads(p.stdout)
     assert out.get("subtype") == "success" and not out.get("is_error"), diag
     assert out.get("result") == "All done.", diag

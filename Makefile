@@ -8,7 +8,10 @@ PY := $(VENV)/bin/python
 # Debian packages the daemon, the native extension and the tests need.
 APT_PACKAGES := python3-bpfcc bpftool libseccomp-dev python3-venv python3-dev libffi-dev \
 	gcc make git kmod iproute2 dnsutils dnsmasq-base procps util-linux \
-	tmux dbus-daemon dbus-bin openssh-client attr
+	tmux dbus-daemon dbus-bin openssh-client attr \
+	python3-cryptography systemd
+# (python3-cryptography: the audit log's signed checkpoints; systemd: systemd-analyze
+# verify of the unit in tests/test_deb.py, which also installs the .deb: make deb)
 # The VM tier: a stock Debian kernel with BPF LSM, booted under qemu.
 VM_APT_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static
 BENCH_APT_PACKAGES := hyperfine bubblewrap socat ripgrep

@@ -5,7 +5,8 @@
 #                           Debian's dist-packages) holding the corral wheel (BPF sources
 #                           and the native extension inside) and its PyPI dependencies
 #   /usr/sbin/corrald       -> the venv's corrald
-#   /usr/bin/corral         the CLI, started with python -S (as the checkout's .venv/bin/corral)
+#   /usr/bin/corral         the native launcher (native/launcher.c), which execs
+#   /usr/lib/corral/corral-py   the Python CLI, started with python -S (as in the checkout)
 #   /lib/systemd/system/corrald.service   systemd/corrald.service (ExecStart=/usr/sbin/corrald)
 #   /etc/corral/corral.toml (conffile), /etc/corral/policies.d/
 #   postinst: the corral-audit group, /var/log/corral (root:corral-audit 0750)
@@ -42,16 +43,25 @@ rm -f "$root$venv"/lib/python*/site-packages/corral-*.dist-info/direct_url.json
 install -d "$root/usr/sbin" "$root/usr/bin"
 ln -s "../lib/corral/venv/bin/corrald" "$root/usr/sbin/corrald"
 site=$venv/lib/python$pyver/site-packages
-cat > "$root/usr/bin/corral" <<PY
+cat > "$root$prefix/corral-py" <<PY
 #!$venv/bin/python -S
-# corral's CLI. -S: Python's site (and its .pth files) costs ~40 ms on every agent's
-# start-up; the venv's packages and Debian's dist-packages are put on sys.path here.
+# corral's Python CLI. -S: Python's site (and its .pth files) costs ~40 ms on every
+# agent's start-up; the venv's packages and Debian's dist-packages are put on sys.path here.
 import sys
 sys.path[1:1] = ['$site', '/usr/lib/python3/dist-packages']
 from corral.client.cli import main
 sys.exit(main())
 PY
-chmod 0755 "$root/usr/bin/corral"
+chmod 0755 "$root$prefix/corral-py"
+# /usr/bin/corral: the native launcher (native/launcher.c, as the Makefile builds it for
+# the checkout) that serves `corral exec` and execs corral-py for the rest.
+if [ -f "$repo/native/launcher.c" ]; then
+    gcc -O2 -Wall -Wextra -Werror -I"$repo/native" -DCORRAL_PY="\"$prefix/corral-py\"" \
+        -o "$root/usr/bin/corral" "$repo/native/launcher.c" "$repo/native/mpack.c" \
+        "$repo/native/corral_native.c"
+else
+    ln -s "../lib/corral/corral-py" "$root/usr/bin/corral"
+fi
 
 install -D -m 0644 "$repo/systemd/corrald.service" "$root/lib/systemd/system/corrald.service"
 install -D -m 0644 "$repo/packaging/corral.toml" "$root/etc/corral/corral.toml"

@@ -155,8 +155,8 @@ def _candidates() -> list[str]:
     add("/etc/corral")
     # The packaged entry points and unit (make deb): they run as root or as the user,
     # outside every session.
-    for f in ("/usr/bin/corral", "/usr/sbin/corrald", "/lib/systemd/system/corrald.service",
-              "/etc/systemd/system/corrald.service"):
+    for f in ("/usr/bin/corral", "/usr/sbin/corrald", "/usr/lib/corral",
+              "/lib/systemd/system/corrald.service", "/etc/systemd/system/corrald.service"):
         add(f)
     add(os.path.join("/lib/modules", platform.release(), "build"))
     return out

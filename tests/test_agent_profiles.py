@@ -124,3 +124,78 @@ def test_base_url_makes_its_endpoint_allowed(dnsd, fake_agents, tmp_path):
     p = _run(dnsd, fake_agents, tmp_path, "--", "claude",
              env={"ANTHROPIC_BASE_URL": "https://llm.example.internal:8443"})
     assert p.returncode == 0 and "allows llm.example.internal:8443" in p.stderr, p.stderr
+
+
+# -- the default: `corral run -- CMD` with no policy option --------------------------------
+PROBE_DEFAULT = r"""
+import errno, json, socket, sys
+def tcp(port):
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect(("127.0.0.1", port)); return "connected"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e))
+    finally:
+        s.close()
+def read(p):
+    try:
+        open(p).read(1); return "read"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e))
+print(json.dumps({"host_service": tcp(int(sys.argv[1])), "shadow": read("/etc/shadow")}))
+"""
+
+
+@pytest.fixture
+def host_listener():
+    import socket
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    yield srv.getsockname()[1]
+    srv.close()
+
+
+def test_no_option_runs_the_agent_profile_and_says_so(dnsd, fake_agents, tmp_path, host_listener):
+    p = _run(dnsd, fake_agents, tmp_path, "--", sys.executable, "-c", PROBE_DEFAULT,
+             str(host_listener))
+    assert p.returncode == 0, p.stderr
+    assert "corral: profile agent (the default; network: only its domains, --open-net" in p.stderr
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    # network default-deny (the host's own loopback service included), /etc/shadow
+    # unreadable by a root agent (capabilities dropped, and the profile hides it)
+    assert res == {"host_service": "EPERM", "shadow": "EACCES"}, res
+    sid = p.stderr.split("corral: session ", 1)[1].split(":", 1)[0]
+    pol = _policy(dnsd, sid)
+    assert "pypi.org:443" in pol["network"]["allow_domains"]
+    assert "refused 1 net" in p.stderr and f"corral log --session {sid}" in p.stderr, p.stderr
+
+
+def test_open_net_lifts_only_the_network(dnsd, fake_agents, tmp_path, host_listener):
+    """The control: the same connect goes through with --open-net; the files stay
+    under the profile."""
+    p = _run(dnsd, fake_agents, tmp_path, "--open-net", "--", sys.executable, "-c",
+             PROBE_DEFAULT, str(host_listener))
+    assert p.returncode == 0, p.stderr
+    assert "network unrestricted (--open-net)" in p.stderr
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res == {"host_service": "connected", "shadow": "EACCES"}, res
+    bad = _run(dnsd, fake_agents, tmp_path, "--open-net", "--no-net", "--", "true")
+    assert bad.returncode == 2 and "--open-net lifts the network policy" in bad.stderr
+
+
+def test_quiet_drops_the_profile_line_and_the_summary(dnsd, fake_agents, tmp_path, host_listener):
+    p = _run(dnsd, fake_agents, tmp_path, "-q", "--", sys.executable, "-c", PROBE_DEFAULT,
+             str(host_listener))
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout.strip().splitlines()[-1])["host_service"] == "EPERM"
+    assert "profile agent" not in p.stderr and "refused" not in p.stderr, p.stderr
+
+
+def test_without_the_resolver_the_default_fails_closed(daemon, fake_agents, tmp_path):
+    """The suite's plain daemon runs --no-dns: a default session cannot be given its
+    domains, so it does not start (and says what to do), rather than run open."""
+    p = _run(daemon, fake_agents, tmp_path, "--", "true")
+    assert p.returncode != 0
+    assert "DNS resolver is not running" in p.stderr, p.stderr

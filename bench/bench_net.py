@@ -96,7 +96,7 @@ def main() -> int:
                 pf = tmp / f"net{k}.toml"
                 pf.write_text(policy_toml(allow_rules(port, k)))
                 conds[f"corral run/{k} rules"] = [B.CORRAL, "run", "--policy", str(pf), "--", *client_cmd]
-            conds["corral run/no-net"] = [B.CORRAL, "run", "--", *client_cmd]
+            conds["corral run/no-net"] = [B.CORRAL, "run", "--open-net", "--", *client_cmd]
             envs = {name: env for name in conds}     # which daemon each condition talks to
             if d2 is not None:
                 for name in ("session/no-net", f"session/{ks[0]} rules", f"corral run/{ks[0]} rules"):

@@ -52,6 +52,13 @@ def add_policy_flags(p: argparse.ArgumentParser) -> None:
                    help="keep this credential-looking environment variable in the session "
                         "(by default *_TOKEN, *SECRET*, AWS_*, ... are removed)")
     p.add_argument("--deny-syscall", action="append", default=[], metavar="NAME")
+    p.add_argument("--git-remote", metavar="URL",
+                   help="fetch and push this repository through corrald's git gateway (which "
+                        "holds the token; see README 'git gateway')")
+    p.add_argument("--git-push-branch", metavar="PATTERN",
+                   help="branches pushes may update (default corral/{session}/*)")
+    p.add_argument("--git-allow-force", action="store_true",
+                   help="let pushes to those branches be non-fast-forward")
     p.add_argument("--no-mandatory", action="append", default=[], metavar="NAME",
                    help="drop one named mandatory protection (see corral policy show)")
 
@@ -99,6 +106,12 @@ def policy_from_args(args) -> dict:
         flags["unix"] = {"allow": unix}
     if args.pass_env:
         flags["env"] = {"pass": list(args.pass_env)}
+    if getattr(args, "git_remote", None):
+        flags["git"] = {"remote": args.git_remote, **(
+            {"push_branch": args.git_push_branch} if args.git_push_branch else {}),
+            **({"allow_force": True} if args.git_allow_force else {})}
+    elif getattr(args, "git_push_branch", None) or getattr(args, "git_allow_force", False):
+        raise pol.PolicyError("--git-push-branch/--git-allow-force need --git-remote URL")
     # Counts and lengths before merging (merging is quadratic in the list sizes).
     pol.check_limits(flags, lambda section, key, msg: pol.PolicyError(
         f"{_FLAG_OF.get((section, key), f'{section}.{key}')}: {msg}"))

@@ -129,6 +129,9 @@ def exec_command(session: dict, cmd: list[str], verbose: bool = False):
         if os.path.isdir(git_template()):
             os.environ["GIT_TEMPLATE_DIR"] = git_template()   # git init: no .git/hooks
     os.environ["CORRAL_SESSION"] = session["id"]
+    git = session.get("git") or {}
+    if git.get("config"):       # its remote goes through corrald's git gateway (not ~/.gitconfig)
+        os.environ["GIT_CONFIG_GLOBAL"] = git["config"]
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):    # Python ignores them; the command must not
         signal.signal(sig, signal.SIG_DFL)
     try:

@@ -198,7 +198,7 @@ def validate(data: dict, src: _Src) -> dict:
                 raise src.err(None, "extends", "expected the name of a built-in profile")
             out["extends"] = val
             continue
-        if top not in ("filesystem", "network", "syscalls", "unix", "env"):
+        if top not in ("filesystem", "network", "syscalls", "unix", "env", "git"):
             raise src.err(None, top, f"unknown key {top!r}: expected [filesystem], [network], "
                                      "[syscalls] (or description)") if not isinstance(val, dict) else \
                 src.err(top, None, f"unknown section [{top}]: expected [filesystem], [network], [syscalls]")
@@ -269,6 +269,18 @@ def validate(data: dict, src: _Src) -> dict:
         for p in _list(src, "unix", "allow", ux.get("allow", [])):
             _check_path(src, "unix", "allow", p)
         out["unix"] = {"allow": list(ux.get("allow", []))}
+    git = data.get("git")
+    if git is not None:
+        from corral.policy.gitremote import GIT_KEYS, normalize_git
+        for k in git:
+            if k not in GIT_KEYS:
+                raise src.err("git", k, f"unknown key {k!r}: expected one of {', '.join(GIT_KEYS)}")
+        try:
+            normalize_git(git)
+        except PolicyError as e:
+            key = next((k for k in GIT_KEYS if f"git.{k}" in str(e)), "remote")
+            raise src.err("git", key, str(e)) from None
+        out["git"] = dict(git)
     sc = data.get("syscalls")
     if sc is not None:
         _only_key(src, "syscalls", sc, "deny", "deny = [names]")
@@ -389,6 +401,9 @@ def merge(base: dict, extra: dict) -> dict:
             for k, v in vals.items():
                 if isinstance(v, bool):               # a flag: on if any source turns it on
                     cur[k] = bool(cur.get(k)) or v
+                    continue
+                if isinstance(v, (str, int)):         # a value ([git] remote): the later source's
+                    cur[k] = v
                     continue
                 lst = cur.setdefault(k, [])
                 for x in v or []:

@@ -10,6 +10,8 @@
       "unix":       {"allow": [socket path]},                     # normalize() output
       "env":        {"pass": [variable name]},                    # normalize() output
       "allow_system_write": bool,                                 # normalize() output
+      "git":        None | {"remote", "repo", "push_branch", "allow_force",
+                            "max_push_bytes"},                    # policy/gitremote.py
     }
 
 Unix sockets. A session may always reach the Unix sockets its own processes
@@ -381,23 +383,24 @@ def system_write_flag(policy: dict | None) -> bool:
 
 
 def normalize(policy: dict | None, cwd: str = "/", home: str = "/root",
-              protected_write=()) -> dict:
+              protected_write=(), protected_read=()) -> dict:
     """Validate and canonicalise a policy dict. Raises PolicyError.
 
     `protected_write`: canonical paths (the daemon's own code, protected.py)
-    added to filesystem.deny_write whatever the policy says."""
+    added to filesystem.deny_write whatever the policy says; `protected_read`
+    (the git gateway's credentials and mirrors) to filesystem.deny_read."""
     if policy is None:
         policy = {}
     if not isinstance(policy, dict):
         raise PolicyError(f"policy must be a map of sections, not {type(policy).__name__}")
     policy = dict(policy)
     unknown = set(policy) - {"network", "filesystem", "syscalls", "unix", "env",
-                             "allow_system_write"}
+                             "allow_system_write", "git"}
     if unknown:
         shown = sorted(_short(u, 40) for u in unknown)
         raise PolicyError(f"unknown policy section(s) [{', '.join(shown[:5])}"
                           f"{' ...' if len(shown) > 5 else ''}]: expected network, filesystem, "
-                          "syscalls, unix, env")
+                          "syscalls, unix, env, git")
     if not isinstance(policy.get("allow_system_write", False), bool):
         raise PolicyError("allow_system_write: expected true or false")
     # Structure, then counts and lengths, then parsing.
@@ -411,7 +414,10 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root",
     check_limits(policy, protected=frozenset(protected_write))
 
     out: dict = {"network": None, "filesystem": None, "syscalls": {"deny": []},
-                 "unix": {"allow": []}, "env": {"pass": []}, "allow_system_write": False}
+                 "unix": {"allow": []}, "env": {"pass": []}, "allow_system_write": False,
+                 "git": None}
+    from corral.policy.gitremote import normalize_git
+    out["git"] = normalize_git(policy.get("git"))
     if env is not None:
         from corral.policy.env import check_names
         try:
@@ -460,6 +466,8 @@ def normalize(policy: dict | None, cwd: str = "/", home: str = "/root",
             f[k] = sorted(f[k])
     if protected_write:
         f["deny_write"] = sorted(set(f["deny_write"]) | {os.path.normpath(p) for p in protected_write})
+    if protected_read:
+        f["deny_read"] = sorted(set(f["deny_read"]) | {os.path.normpath(p) for p in protected_read})
     out["filesystem"] = f
     out["allow_system_write"] = system_ok
 
@@ -534,6 +542,9 @@ def narrowing_violations(old: dict, new: dict) -> list[str]:
     for n in (new.get("env") or {}).get("pass") or []:
         if n not in old_env:
             why.append(f"passes the environment variable {n} which the current policy does not")
+    if new.get("git") is not None and new.get("git") != old.get("git"):
+        why.append("changes the git section (remote, push branches), which is fixed when a "
+                   "session starts")
     old_unix = set((old.get("unix") or {}).get("allow") or [])
     for p in (new.get("unix") or {}).get("allow") or []:
         if p not in old_unix:

@@ -148,7 +148,9 @@ class Api(SessionOps):     # + session_ready, join_session, exec_prepare, report
             home = "/"
         cwd = conn.peer.cwd()
         try:
-            return pol.normalize(policy, cwd=cwd, home=home, protected_write=self.protected_write)
+            git = getattr(self.sessions, "git", None)     # its credentials and mirrors
+            return pol.normalize(policy, cwd=cwd, home=home, protected_write=self.protected_write,
+                                 protected_read=git.protected_read() if git is not None else ())
         except pol.PolicyError as e:
             raise ProtocolError(P.E_BAD_POLICY, str(e)) from None
 

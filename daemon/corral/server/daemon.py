@@ -93,6 +93,8 @@ class Daemon:
         self.namewatch = NameWatch(self.sessions, self.audit, enabled=self.filelsm is None)
         self.sessions.namewatch = self.namewatch
         self.features["protected_names"] = self.namewatch.status()
+        self.git = self._load_git()         # before recover(): git sessions get their endpoints
+        self.sessions.git = self.git
         from corral.client.mountguard import refusal_file
         from corral.server.unixwatch import UnixWatch
         self.unixwatch = UnixWatch(self.sessions, self.audit, refusal_file())
@@ -123,6 +125,20 @@ class Daemon:
                           self.settings.get("log", "checkpoint_every"), str(LOG_DIR), gid)
         self.features["exports"] = self.exports.status()
         return EventLog(LOG_DIR, checkpointer=cp, on_write=self.exports.on_write)
+
+    def _load_git(self):
+        """The git gateway (server/gitgateway). A broken credentials file only
+        refuses sessions that ask for git, with its error."""
+        try:
+            from corral.server.gitgateway import GitGateway
+            gw = GitGateway(getattr(self.args, "git_credentials", None), audit=self.audit,
+                            loop=lambda: self.loop)
+        except Exception as e:
+            self.features["git"] = {"active": False, "why": f"{type(e).__name__}: {e}"}
+            log.error("git gateway: %s", e)
+            return None
+        self.features["git"] = gw.status()
+        return gw
 
     def _load_filelsm(self):
         f = self.features.setdefault("filesystem", {})
@@ -254,6 +270,8 @@ class Daemon:
             backend = self.filelsm if self.filelsm is not None else self.sessions.files
         rec["rule"] = backend.describe(cgid, rule_id) if s is not None \
             else backend.describe_snapshot(snap, rule_id)
+        if s is not None and s.git and getattr(self, "git", None) is not None:
+            self.git.hint(s, rec)       # a direct connection to its git upstream: say why
         suppressed = rec.pop("suppressed_before")
         if suppressed:
             self.audit({"kind": "rate", "op": "suppressed", "verdict": "info",
@@ -491,6 +509,8 @@ class Daemon:
         if self.namewatch.fileno() >= 0:
             self.loop.remove_reader(self.namewatch.fileno())
         self.namewatch.close()
+        if getattr(self, "git", None) is not None:
+            self.git.stop()
         await server.close()
         if self.dns is not None:
             await self.dns.stop()
@@ -538,6 +558,9 @@ def main(argv=None) -> int:
                     help="record each write the read-only mount view refuses (EROFS) through a "
                          "kernel audit exit rule; costs ~200 ns on every syscall of every "
                          "process on the host while loaded (measured), so it is off by default")
+    ap.add_argument("--git-credentials", metavar="FILE",
+                    help="the git gateway's credentials (default: CORRAL_GIT_CREDENTIALS or "
+                         "/etc/corral/git-credentials.toml)")
     ap.add_argument("--end-sessions-on-exit", action="store_true",
                     help="kill sessions on SIGTERM (default: leave them confined for the next daemon)")
     ap.add_argument("--config", metavar="FILE",

@@ -47,6 +47,9 @@ class Session:
     name: str | None = None
     labels: dict = field(default_factory=dict)
     policy_name: dict | None = None
+    # The git gateway's endpoint ({"port", "secret", "config", ...}: server/gitgateway),
+    # for a policy with a [git] section; the secret is never in public().
+    git: dict = field(default_factory=dict)
     # A pidfd for the leader (not a field: never saved; -1 when the leader is
     # gone or could not be pinned again after a daemon restart).
     leader_fd = -1
@@ -62,6 +65,7 @@ class Session:
         d = asdict(self)
         d["pids"] = cgroups.pids(Path(self.cgroup))
         d["leader_alive"] = self.leader_alive()
+        d["git"] = {k: v for k, v in self.git.items() if k != "secret"}
         return d
 
 
@@ -83,6 +87,7 @@ class SessionTable:
         self.recently_ended: dict[str, tuple[float, str | None]] = {}
         # Protected names that do not exist yet (server/namewatch.py), set by the daemon.
         self.namewatch = None
+        self.git = None         # the git gateway (server/gitgateway), set by the daemon
         STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # -- lifecycle ----------------------------------------------------------
@@ -100,6 +105,11 @@ class SessionTable:
                     parent=parent, keep_running=keep_running, name=name,
                     labels=dict(labels or {}), policy_name=policy_name)
         try:
+            if policy.get("git") is not None:
+                if self.git is None:
+                    raise pol.PolicyError("this policy has a [git] section but the daemon's git "
+                                          "gateway is not running")
+                s.git = self.git.open(s)
             self._install(s)
         except Exception:
             self.discard(s)
@@ -138,6 +148,7 @@ class SessionTable:
 
     def discard(self, s: Session) -> None:
         """Undo prepare() (or a failed admit())."""
+        self._close_git(s)
         if self.namewatch is not None:
             self.namewatch.forget(s)
         self._close_leader(s)
@@ -183,6 +194,7 @@ class SessionTable:
             self.namewatch.forget(s)
         self._close_leader(s)
         self._uninstall(s)
+        self._close_git(s)
         try:
             cgroups.remove(path, timeout=0.1 if left else 2.0)
         except cgroups.CgroupError as e:
@@ -205,6 +217,13 @@ class SessionTable:
     def leaders_gone(self) -> list[Session]:
         """Sessions that end with their leader, whose leader has exited."""
         return [s for s in self.by_id.values() if not s.keep_running and not s.leader_alive()]
+
+    def _close_git(self, s: Session) -> None:
+        if self.git is not None and (s.git or s.policy.get("git") is not None):
+            try:
+                self.git.close(s)
+            except Exception as e:
+                log.warning("git gateway cleanup for %s: %s", s.id, e)
 
     @staticmethod
     def _close_leader(s: Session) -> None:
@@ -237,7 +256,7 @@ class SessionTable:
         the session, into the kernel: appended when that is all that changed,
         else a full install (of the same policy: the resolver is not asked again)."""
         new = [[r, exp] for r, exp in rules]
-        added = self.net.append_learned(s.cgid, s.policy, [r for r, _ in new])
+        added = self.net.append_learned(s.cgid, self._net_policy(s), [r for r, _ in new])
         s.dns_rules = new
         if added is not None:
             s.rules += added
@@ -281,14 +300,32 @@ class SessionTable:
                                 if k != "filesystem"})
         elif s.enforcement.get("filesystem") == self.files.label:
             self.files.remove(s.cgid)
-        s.rules = self.net.install(s.cgid, s.policy, [r for r, _ in s.dns_rules], flags,
-                                   s.dns_port)
+        s.rules = self.net.install(s.cgid, self._net_policy(s), [r for r, _ in s.dns_rules],
+                                   flags, s.dns_port)
         if self.dns is not None and s.dns_port and dns_changed:
             self.dns.update_session(s)
         s.enforcement.update(enforcement)
         for k in [k for k in s.enforcement
                   if k not in enforcement and k not in ("client", "watched_names")]:
             del s.enforcement[k]
+
+    def _net_policy(self, s: Session) -> dict:
+        """The policy the network backend installs: a session with a network
+        policy and a git endpoint may also reach that endpoint's loopback port
+        (its rule, keyed by its cgroup: no other session's). Without a network
+        policy nothing is added (a network section would make it default-deny);
+        the endpoint still answers only this session's sockets (inet_diag)."""
+        port = s.git.get("port") if s.git else 0
+        net = s.policy.get("network")
+        if not port or net is None:
+            return s.policy
+        cached = getattr(s, "_net_eff", None)
+        if cached is not None and cached[0] is s.policy:
+            return cached[1]
+        eff = dict(s.policy, network=dict(net, allow_localhost_ports=list(
+            net.get("allow_localhost_ports") or []) + [str(port)]))
+        s._net_eff = (s.policy, eff)
+        return eff
 
     def _uninstall(self, s: Session) -> None:
         try:
@@ -337,6 +374,12 @@ class SessionTable:
             self._pin_leader(s)
             self.by_id[s.id] = s
             self.by_cgid[s.cgid] = s
+            if s.policy.get("git") is not None and self.git is not None:
+                try:        # the same port and secret: the session's git config names them
+                    s.git = self.git.open(s, saved=s.git)
+                except Exception as e:
+                    log.warning("session %s: git gateway not reopened: %s", s.id, e)
+                    s.git = {}
             self._install(s)
             if self.namewatch is not None:
                 self.namewatch.watch(s)     # the names `corral run` left to it

@@ -1,0 +1,455 @@
+"""The git gateway (issue 14): a session fetches its repository and pushes to
+its own branches through corrald, which holds the upstream token.
+
+Real git on both sides. The upstream is `git http-backend` behind a small
+HTTP server on loopback (tests/helpers/git_upstream.py) that wants the token
+(basic auth). Sessions are `corral run` child processes of a private daemon
+started with --git-credentials. Every refusal has its control: the upstream
+takes a push to main with the token (so the gateway is what stops it), the
+session's own connection to its endpoint works (so the kernel's peer check is
+what stops the others), the token scanner finds the token outside the session
+(so finding nothing inside means something)."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import make_daemon
+
+HELPER = Path(__file__).resolve().parent / "helpers" / "git_upstream.py"
+GIT = shutil.which("git") or "/usr/bin/git"
+CLEAN_GIT_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "GIT_CONFIG_NOSYSTEM": "1",
+                 "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_TERMINAL_PROMPT": "0",
+                 "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+                 "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+
+
+def git(*args, cwd=None, check=True, env=None):
+    p = subprocess.run([GIT, *args], cwd=cwd, env=dict(CLEAN_GIT_ENV, **(env or {})),
+                       capture_output=True, text=True, timeout=120)
+    if check and p.returncode != 0:
+        raise AssertionError(f"git {args} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p.stdout.strip()
+
+
+class Upstream:
+    def __init__(self, root: Path, token: str):
+        self.root = root
+        self.secret = root / "secret"           # token and credentials: hidden from sessions
+        self.secret.mkdir(mode=0o700)
+        self.token = token
+        self.token_file = self.secret / "token"
+        self.token_file.write_text(token + "\n")
+        self.token_file.chmod(0o600)
+        self.repos = root / "repos"
+        self.stats_file = root / "stats.json"
+        self.proc = None
+
+    def bare(self, name: str, files: int = 3) -> Path:
+        path = self.repos / f"{name}.git"
+        git("init", "-q", "--bare", "-b", "main", str(path))
+        work = Path(tempfile.mkdtemp(prefix="corral-git-seed-"))
+        try:
+            git("init", "-q", "-b", "main", cwd=work)
+            for i in range(files):
+                (work / f"f{i}.txt").write_text(f"file {i}\n")
+            git("add", ".", cwd=work)
+            git("commit", "-qm", "seed", cwd=work)
+            git("push", "-q", str(path), "main", cwd=work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return path
+
+    def start(self):
+        port_file = self.root / "port"
+        self.proc = subprocess.Popen([sys.executable, str(HELPER), str(self.repos),
+                                      str(self.token_file), str(port_file), str(self.stats_file)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            if port_file.exists():
+                self.port = int(port_file.read_text())
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("upstream did not start")
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}.git"
+
+    def authed(self, name: str) -> list[str]:
+        """git options that reach the upstream directly with the token (the control)."""
+        auth = base64.b64encode(f"x-access-token:{self.token}".encode()).decode()
+        return ["-c", f"http.extraHeader=Authorization: Basic {auth}"]
+
+    def ref(self, name: str, ref: str) -> str | None:
+        p = subprocess.run([GIT, "--git-dir", str(self.repos / f"{name}.git"), "rev-parse",
+                            "--verify", "-q", ref], env=CLEAN_GIT_ENV, capture_output=True,
+                           text=True)
+        return p.stdout.strip() or None
+
+    def stats(self) -> dict:
+        return json.loads(self.stats_file.read_text())
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    root = Path(tempfile.mkdtemp(prefix="corral-git-up-"))
+    root.chmod(0o755)
+    u = Upstream(root, "tok_" + secrets.token_hex(20))
+    u.bare("test/repo")
+    u.bare("test/other")
+    u.start()
+    u.creds = u.secret / "git-credentials.toml"
+    u.creds_text = (f'[[remote]]\nurl = "{u.url("test/repo")}"\n'
+                    f'token_file = "{u.token_file}"\n')
+    u.creds.write_text(u.creds_text)
+    u.creds.chmod(0o600)
+    yield u
+    u.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def gd(upstream):
+    d = make_daemon("corral-git", extra_args=["--no-dns", "--git-credentials", str(upstream.creds)])
+    d.start()
+    yield d
+    d.cleanup(remove_tmp=True)
+
+
+@pytest.fixture
+def work():
+    d = Path(tempfile.mkdtemp(prefix="corral-git-work-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+SESSION_ENV = {"GIT_AUTHOR_NAME": "agent", "GIT_AUTHOR_EMAIL": "agent@example.com",
+               "GIT_COMMITTER_NAME": "agent", "GIT_COMMITTER_EMAIL": "agent@example.com",
+               "GIT_TERMINAL_PROMPT": "0", "HOME": "/root"}
+
+
+def run(gd, work, script, *flags, remote=None, timeout=180):
+    """`corral run -v FLAGS --git-remote REMOTE -- sh -c SCRIPT` in `work`."""
+    args = ["run", "-v", *flags]
+    if remote:
+        args += ["--git-remote", remote]
+    p = gd.corral(*args, "--", "sh", "-c", script, cwd=str(work), timeout=timeout,
+                  env=SESSION_ENV)
+    m = re.search(r"corral: session ([0-9a-f]+):", p.stderr)
+    p.sid = m.group(1) if m else None
+    return p
+
+
+def net_flags(work):
+    return ["--no-net", "--allow-write", str(work)]
+
+
+# -- the happy path ------------------------------------------------------------
+def test_clone_fetch_push_own_branch(gd, upstream, work):
+    url = upstream.url("test/repo")
+    main_before = upstream.ref("test/repo", "main")
+    p = run(gd, work, f"""set -e
+git clone -q {url} c && cd c
+test "$(git rev-parse HEAD)" = "{main_before}"
+echo hello > new.txt && git add new.txt && git commit -qm new
+git push origin HEAD:corral/$CORRAL_SESSION/work 2>&1
+git fetch -q origin
+git -c protocol.version=0 fetch -q origin
+git -c protocol.version=0 ls-remote origin | grep -q refs/heads/corral/$CORRAL_SESSION/work
+git ls-remote origin | grep -q refs/heads/main
+echo "pushed=$(git rev-parse HEAD)"
+""", *net_flags(work), remote=url)
+    assert p.returncode == 0, p.stdout + p.stderr
+    pushed = re.search(r"pushed=([0-9a-f]{40})", p.stdout).group(1)
+    assert upstream.ref("test/repo", f"refs/heads/corral/{p.sid}/work") == pushed
+    assert upstream.ref("test/repo", "main") == main_before
+    assert "corral git gateway" in p.stdout and "pushed to" in p.stdout
+    recs = [r for r in gd.records() if r.get("kind") == "git" and r.get("session") == p.sid]
+    assert [(r["op"], r["verdict"], r["ref"]) for r in recs] == \
+        [("push", "allow", f"refs/heads/corral/{p.sid}/work")], recs
+    assert recs[0]["old"] == "0" * 40 and recs[0]["new"] == pushed
+    assert recs[0]["remote"] == url
+    # corral log --kind git shows it
+    lg = gd.corral("log", "--kind", "git", "--json", "--session", p.sid, check=True)
+    lines = [json.loads(x) for x in lg.stdout.splitlines() if x.strip()]
+    assert [x["ref"] for x in lines] == [f"refs/heads/corral/{p.sid}/work"]
+
+
+def test_ssh_style_remotes_are_rewritten(gd, upstream, work):
+    url = upstream.url("test/repo")
+    p = run(gd, work, """set -e
+git clone -q git@127.0.0.1:test/repo.git a
+git clone -q ssh://git@127.0.0.1/test/repo b
+git -C a remote get-url origin
+test -f a/f0.txt && test -f b/f0.txt && echo both-cloned
+""", *net_flags(work), remote=url)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "both-cloned" in p.stdout
+
+
+# -- refusals ---------------------------------------------------------------------
+def test_main_delete_tag_force_are_refused(gd, upstream, work):
+    url = upstream.url("test/repo")
+    main_before = upstream.ref("test/repo", "main")
+    p = run(gd, work, f"""
+git clone -q {url} c && cd c || exit 9
+echo a > a.txt && git add a.txt && git commit -qm a || exit 9
+git push origin HEAD:corral/$CORRAL_SESSION/work >/dev/null 2>&1 || exit 8
+echo "first=$(git rev-parse HEAD)"
+echo "== main"; git push origin HEAD:main 2>&1; echo "rc=$?"
+echo "== delete"; git push origin :corral/$CORRAL_SESSION/work 2>&1; echo "rc=$?"
+echo "== tag"; git tag v1 && git push origin v1 2>&1; echo "rc=$?"
+echo "== force"; git commit -q --amend -m b && git push -f origin HEAD:corral/$CORRAL_SESSION/work 2>&1; echo "rc=$?"
+echo "== other"; git push origin HEAD:refs/notes/x 2>&1; echo "rc=$?"
+exit 0
+""", *net_flags(work), remote=url)
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = p.stdout
+    first = re.search(r"first=([0-9a-f]{40})", out).group(1)
+    parts = dict(x.split("\n", 1) for x in out.split("== ")[1:])
+    for name, what in (("main", "refs/heads/main is not a branch this session may push"),
+                       ("delete", "deleting refs/heads/corral/"), ("tag", "tags are not pushed"),
+                       ("force", "non-fast-forward update"), ("other", "only branches")):
+        assert "rc=0" not in parts[name], (name, parts[name])
+        assert "remote: corral git gateway: refused" in parts[name] and what in parts[name], \
+            (name, parts[name])
+        assert f"refs/heads/corral/{p.sid}/*" in parts[name], (name, parts[name])
+    assert upstream.ref("test/repo", "main") == main_before
+    assert upstream.ref("test/repo", "refs/tags/v1") is None
+    assert upstream.ref("test/repo", f"refs/heads/corral/{p.sid}/work") == first
+    recs = [r for r in gd.records() if r.get("kind") == "git" and r.get("session") == p.sid]
+    denied = {r["ref"] for r in recs if r["verdict"] == "deny"}
+    assert {"refs/heads/main", f"refs/heads/corral/{p.sid}/work", "refs/tags/v1",
+            "refs/notes/x"} <= denied, recs
+    assert all(r["rule"] and r["old"] and r["new"] for r in recs if r["verdict"] == "deny")
+
+
+def test_control_the_upstream_takes_a_push_to_main_with_the_token(upstream, work):
+    """Without the gateway (the token in hand, as the gateway has it) main moves:
+    the refusals above are the gateway's, not the upstream's."""
+    repo = work / "direct"
+    git(*upstream.authed("test/repo"), "clone", "-q", upstream.url("test/repo"), str(repo))
+    git("-C", str(repo), "commit", "-q", "--allow-empty", "-m", "direct")
+    git(*upstream.authed("test/repo"), "-C", str(repo), "push", "-q", "origin", "HEAD:main")
+    assert upstream.ref("test/repo", "main") == git("-C", str(repo), "rev-parse", "HEAD")
+    # and without the token the upstream refuses: the gateway really adds it
+    p = subprocess.run([GIT, "-C", str(repo), "ls-remote", "origin"], env=CLEAN_GIT_ENV,
+                       capture_output=True, text=True)
+    assert p.returncode != 0
+
+
+def test_force_push_with_allow_force_and_size_cap(gd, upstream, work):
+    url = upstream.url("test/repo")
+    pol = work.parent / f"{work.name}.toml"
+    pol.write_text(f'[git]\nremote = "{url}"\npush_branch = "agent/*"\nallow_force = true\n'
+                   f'max_push_bytes = 200000\n[network]\nallow = []\n'
+                   f'[filesystem]\nallow_write = ["{work}"]\n')
+    try:
+        p = run(gd, work, f"""
+git clone -q {url} c && cd c || exit 9
+echo a > a.txt && git add a.txt && git commit -qm a && git push -q origin HEAD:agent/x || exit 8
+git commit -q --amend -m b && git push -q -f origin HEAD:agent/x 2>&1 || exit 7
+echo "forced=$(git rev-parse HEAD)"
+echo "== own"; git push origin HEAD:corral/$CORRAL_SESSION/work 2>&1; echo "rc=$?"
+head -c 600000 /dev/urandom > big.bin && git add big.bin && git commit -qm big
+echo "== big"; git push origin HEAD:agent/x 2>&1; echo "rc=$?"
+exit 0
+""", "--policy", str(pol))
+    finally:
+        pol.unlink()
+    assert p.returncode == 0, p.stdout + p.stderr
+    forced = re.search(r"forced=([0-9a-f]{40})", p.stdout).group(1)
+    assert upstream.ref("test/repo", "refs/heads/agent/x") == forced
+    parts = dict(x.split("\n", 1) for x in p.stdout.split("== ")[1:])
+    assert "rc=0" not in parts["own"] and "allowed: refs/heads/agent/*" in parts["own"]
+    assert "rc=0" not in parts["big"] and "413" in parts["big"], parts["big"]
+    recs = [r for r in gd.records() if r.get("kind") == "git" and r.get("session") == p.sid]
+    assert any(r["verdict"] == "allow" and "allow_force" in r["rule"] for r in recs), recs
+    assert any(r["verdict"] == "deny" and "max_push_bytes" in r["rule"] for r in recs), recs
+
+
+def test_other_repository_and_client_authorization(gd, upstream, work):
+    url = upstream.url("test/repo")
+    bad_before = upstream.stats()["bad"]
+    p = run(gd, work, f"""
+base=$(git config --get-regexp '^url\\..*\\.insteadof$' | head -1 | sed 's/^url\\.//; s/\\.insteadof .*//')
+echo "base=$base"
+other=$(echo "$base" | sed 's,test/repo$,test/other,')
+echo "== other"; git ls-remote "$other" 2>&1; echo "rc=$?"
+echo "== auth"; git -c "http.extraHeader=Authorization: Basic Ym9ndXM6Ym9ndXM=" ls-remote {url} 2>&1; echo "rc=$?"
+""", *net_flags(work), remote=url)
+    assert p.returncode == 0, p.stdout + p.stderr
+    parts = dict(x.split("\n", 1) for x in p.stdout.split("== ")[1:])
+    assert "rc=0" not in parts["other"] and "may only reach" in parts["other"], parts["other"]
+    assert "rc=0" in parts["auth"] and "refs/heads/main" in parts["auth"], parts["auth"]
+    assert upstream.stats()["bad"] == bad_before       # the client's header never went up
+
+
+# -- the endpoint is the session's alone -------------------------------------------
+def _holder(gd, work, url, *flags):
+    """A session that prints its gateway URL and waits for stdin to close."""
+    code = ("import os,re,sys;t=open(os.environ['GIT_CONFIG_GLOBAL']).read();"
+            "print(re.search(r'url \"(http://[^\"]+)\"',t).group(1),flush=True);"
+            "sys.stdin.readline()")
+    p = subprocess.Popen([str(gd.bin_dir / "corral"), "run", "-v", *flags, "--git-remote", url,
+                          "--", sys.executable, "-c", code], cwd=str(work),
+                         env=dict(gd.env, **SESSION_ENV), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline().strip()
+    assert line.startswith("http://127.0.0.1:"), (line, p.stderr.read() if not line else "")
+    return p, line
+
+
+def test_other_sessions_and_the_host_cannot_use_the_endpoint(gd, upstream, work):
+    url = upstream.url("test/repo")
+    holder, gw = _holder(gd, work, url, *net_flags(work))
+    port = int(gw.split(":")[2].split("/")[0])
+    try:
+        # a session with a network policy: the kernel refuses the connect
+        b = run(gd, work, f"""python3 -c '
+import socket, errno
+s = socket.socket()
+try:
+    s.connect(("127.0.0.1", {port})); print("connected")
+except OSError as e:
+    print("errno", errno.errorcode[e.errno])'
+""", *net_flags(work))
+        assert b.returncode == 0, b.stderr
+        assert "errno EPERM" in b.stdout, b.stdout
+        # a session without a network policy reaches the port, with the stolen
+        # secret: the gateway asks the kernel whose socket it is, and refuses
+        c = run(gd, work, f"git ls-remote {gw} 2>&1; echo rc=$?", "--allow-write", str(work))
+        assert "rc=0" not in c.stdout, c.stdout
+        assert "belongs to session" in c.stdout and "another cgroup" in c.stdout, c.stdout
+        # the host (this process, outside every session), with the secret
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{gw}/info/refs?service=git-upload-pack", timeout=10)
+        assert e.value.code == 403 and b"belongs to session" in e.value.read()
+        # control: the holder's own git config works for it (test_clone... pushes), and
+        # the refusals were logged
+        refused = [r for r in gd.records() if r.get("kind") == "git" and r.get("op") == "connect"
+                   and r.get("verdict") == "deny"]
+        assert len(refused) >= 2, refused
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+
+
+def test_direct_connection_to_the_upstream_is_refused_with_a_hint(gd, upstream, work):
+    url = upstream.url("test/repo")
+    p = run(gd, work, f"GIT_CONFIG_GLOBAL=/dev/null git ls-remote {url} 2>&1; echo rc=$?",
+            *net_flags(work), remote=url)
+    assert "rc=0" not in p.stdout, p.stdout
+    rec = gd.wait_record(lambda r: r.get("session") == p.sid and r.get("kind") == "net"
+                         and r.get("verdict") == "deny"
+                         and r.get("target") == f"127.0.0.1:{upstream.port}")
+    assert "git gateway" in (rec.get("hint") or ""), rec
+
+
+# -- the token never enters the session -------------------------------------------
+SCAN = r'''
+import os, sys
+tok = bytes(a ^ b for a, b in zip(bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2])))
+hits, files, procs = [], 0, 0
+if any(tok in (k + "=" + v).encode() for k, v in os.environ.items()):
+    hits.append("environment")
+for root in sys.argv[3:]:
+    for d, dirs, names in os.walk(root):
+        dirs[:] = [x for x in dirs if not os.path.islink(os.path.join(d, x))]
+        for n in names:
+            p = os.path.join(d, n)
+            try:
+                if not os.path.isfile(p) or os.path.islink(p) or os.path.getsize(p) > 8 << 20:
+                    continue
+                with open(p, "rb") as fh:
+                    data = fh.read()
+            except OSError:
+                continue
+            files += 1
+            if tok in data:
+                hits.append(p)
+for pid in os.listdir("/proc"):
+    if not pid.isdigit() or int(pid) == os.getpid():
+        continue
+    for f in ("cmdline", "environ"):
+        try:
+            with open(f"/proc/{pid}/{f}", "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        procs += 1
+        if tok in data:
+            hits.append(f"/proc/{pid}/{f}")
+print("files", files, "procs", procs)
+print("hits", hits)
+'''
+
+
+def _scan_roots(gd, upstream, work):
+    from corral import config  # noqa: F401  (paths of the private instance come from its env)
+    return [str(x) for x in (work, upstream.root, gd.tmp, "/tmp", "/var/tmp", "/dev/shm", "/root",
+                             "/etc", "/run", "/var/cache/corral")
+            if os.path.exists(x)]
+
+
+def test_token_is_not_readable_in_the_session(gd, upstream, work):
+    url = upstream.url("test/repo")
+    key = secrets.token_bytes(len(upstream.token))
+    masked = bytes(a ^ b for a, b in zip(upstream.token.encode(), key))
+    script = work / "scan.py"
+    script.write_text(SCAN)
+    roots = _scan_roots(gd, upstream, work)
+    args = [sys.executable, str(script), masked.hex(), key.hex(), *roots]
+    # control: outside the session the scanner finds it (the token file, the upstream's argv-free
+    # memory is not scanned; corrald's token file is)
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300).stdout
+    assert str(upstream.token_file) in out, out
+    cmd = " ".join(f"'{a}'" for a in args)
+    p = run(gd, work, f"""set -e
+git clone -q {url} c && cd c && git commit -q --allow-empty -m x
+git push -q origin HEAD:corral/$CORRAL_SESSION/scan
+cd .. && {cmd}
+""", *net_flags(work), remote=url, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "hits []" in p.stdout, p.stdout
+    files, procs = map(int, re.search(r"files (\d+) procs (\d+)", p.stdout).groups())
+    assert files > 50 and procs > 0, p.stdout
+
+
+# -- a broken credentials file ------------------------------------------------------
+def test_broken_credentials_refuse_git_sessions_only(gd, upstream, work):
+    try:
+        upstream.creds.write_text('[[remote]]\nurl = "https://example.com/a/b"\ntoken = \n')
+        p = run(gd, work, "true", *net_flags(work), remote=upstream.url("test/repo"))
+        assert p.returncode != 0
+        assert str(upstream.creds) in p.stderr and "TOML" in p.stderr, p.stderr
+        assert upstream.token not in p.stderr
+        q = run(gd, work, "echo fine", *net_flags(work))
+        assert q.returncode == 0 and "fine" in q.stdout, q.stderr
+        upstream.creds.write_text(upstream.creds_text.replace("test/repo", "test/nothere"))
+        p = run(gd, work, "true", *net_flags(work), remote=upstream.url("test/repo"))
+        assert p.returncode != 0 and "no credentials for" in p.stderr, p.stderr
+    finally:
+        upstream.creds.write_text(upstream.creds_text)
+    p = run(gd, work, f"git ls-remote {upstream.url('test/repo')} >/dev/null && echo ok",
+            *net_flags(work), remote=upstream.url("test/repo"))
+    assert "ok" in p.stdout, p.stdout + p.stderr

@@ -54,6 +54,13 @@ def deb():
     out = Path(tempfile.mkdtemp(prefix="corral-deb-out-"))
     own = REPO / ".venv/bin/corral"
     before = _sha(own)
+    # A checkout's system corrald (make start) keeps its settings and checkpoint key in
+    # /etc/corral: put back exactly what was there after the purge.
+    etc, logdir = Path("/etc/corral"), Path("/var/log/corral")
+    saved = out / "etc-corral"
+    had_etc, had_log = etc.exists(), logdir.exists()
+    if had_etc:
+        shutil.copytree(etc, saved, symlinks=True)
     try:
         p = subprocess.run(["bash", str(REPO / "packaging/build-deb.sh"), str(out)],
                            capture_output=True, text=True, timeout=900)
@@ -62,7 +69,8 @@ def deb():
         assert path.is_file() and path.suffix == ".deb", p.stdout
         # apt resolves the Depends (python3-bpfcc, python3-cryptography, libseccomp2...)
         p = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
-                            "-o", "DPkg::Lock::Timeout=300", str(path)],
+                            "-o", "DPkg::Lock::Timeout=300", "-o", "Dpkg::Options::=--force-confold",
+                            str(path)],
                            capture_output=True, text=True, timeout=900,
                            env={**os.environ, **APT_ENV})
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -70,6 +78,14 @@ def deb():
     finally:
         if _installed():
             subprocess.run(["dpkg", "--purge", "corral"], capture_output=True, timeout=300)
+        if had_etc:
+            shutil.rmtree(etc, ignore_errors=True)
+            shutil.copytree(saved, etc, symlinks=True)
+        if not had_log:
+            try:
+                logdir.rmdir()
+            except OSError:
+                pass
         shutil.rmtree(out, ignore_errors=True)
         assert _sha(own) == before, "the checkout's .venv/bin/corral changed"
     assert not Path("/usr/bin/corral").exists() and not Path("/usr/lib/corral").exists()

@@ -42,7 +42,7 @@ class Named:
 class PolicyDir:
     def __init__(self, directory: Path, audit=None, interval: float = CHECK_INTERVAL):
         self.dir = Path(directory)
-        self.audit = audit or (lambda rec, **kw: rec)
+        self.audit = audit if audit is not None else (lambda rec, **kw: rec)
         self.interval = interval
         self.policies: dict[str, Named] = {}
         self.errors: dict[str, str] = {}

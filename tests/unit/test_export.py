@@ -1,0 +1,206 @@
+"""Export of the audit log (server/export): the JSON-lines file read back and checked
+against the chain, rotation of the file, back-pressure and failures counted, the
+journald native protocol against a stand-in socket (datagram and memfd)."""
+from __future__ import annotations
+
+import array
+import json
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from corral.server import eventlog as el
+from corral.server.export import Export, Exports
+from corral.server.export import journald as J
+from corral.server.export.jsonl import JsonlSink
+from unit.test_eventlog import corral
+
+
+def _wait(pred, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_jsonl_export_is_the_log(tmp_path):
+    path = tmp_path / "export.jsonl"
+    exp = Exports([Export(JsonlSink(path))])
+    log = el.EventLog(tmp_path / "log", on_write=exp.on_write, segment_bytes=2000)
+    for i in range(40):
+        log.append({"kind": "net", "op": "connect", "verdict": "deny", "session": "s1",
+                    "session_name": "job", "labels": {"team": "infra"},
+                    "target": f"192.0.2.1:{i}", "rule": "default-deny"})
+    log.close()
+    exp.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    # The same objects `corral log --json` prints, including the log's own records
+    # (retention at rotation), in order.
+    shown = corral("log", "--json", "--dir", str(tmp_path / "log"))
+    assert shown.returncode == 0, shown.stderr
+    kept = [json.loads(x) for x in shown.stdout.splitlines()]
+    assert lines[-len(kept):] == kept
+    assert [r["seq"] for r in lines] == list(range(len(lines)))
+    for a, b in zip(lines, lines[1:]):
+        assert b["prev"] == a["hash"]
+    assert all(r["hash"] == el.record_hash(r) and r["schema"] == el.RECORD_SCHEMA for r in lines)
+    assert all(r["labels"] == {"team": "infra"} for r in lines if r["kind"] == "net")
+
+
+def test_jsonl_reopens_a_moved_file(tmp_path):
+    path = tmp_path / "export.jsonl"
+    sink = JsonlSink(path)
+    sink.write_batch([{"seq": 0}])
+    os.rename(path, tmp_path / "export.jsonl.1")          # logrotate's create mode
+    sink.write_batch([{"seq": 1}])
+    sink.close()
+    assert json.loads((tmp_path / "export.jsonl.1").read_text()) == {"seq": 0}
+    assert json.loads(path.read_text()) == {"seq": 1} and sink.reopened == 1
+
+
+class _Stuck:
+    name = "stuck"
+
+    def __init__(self):
+        self.go = threading.Event()
+        self.got = []
+
+    def write_batch(self, objs):
+        self.go.wait(10)
+        self.got += objs
+
+    def close(self):
+        pass
+
+
+def test_backpressure_is_counted_and_reported(tmp_path):
+    sink = _Stuck()
+    e = Export(sink, queue_size=16)
+    exp = Exports([e])
+    for i in range(100):
+        exp.on_write({"seq": i})
+    assert e.dropped >= 100 - 16 - 1          # one batch may sit in the stuck sink
+    recs = exp.unreported()
+    assert recs and recs[0]["kind"] == "lost" and recs[0]["op"] == "export_backpressure"
+    assert recs[0]["count"] == e.dropped and recs[0]["target"] == "stuck"
+    assert exp.unreported() == []             # reported once
+    sink.go.set()
+    assert _wait(lambda: e.sent + e.dropped == 100)
+    assert e.status()["dropped"] == e.dropped and len(sink.got) == e.sent
+    exp.close()
+
+
+class _Broken:
+    name = "broken"
+
+    def write_batch(self, objs):
+        raise OSError(28, "No space left on device")
+
+    def close(self):
+        pass
+
+
+def test_failed_writes_are_counted():
+    e = Export(_Broken(), queue_size=64)
+    exp = Exports([e])
+    for i in range(5):
+        exp.on_write({"seq": i})
+    assert _wait(lambda: e.failed == 5)
+    recs = exp.unreported()
+    assert recs[0]["op"] == "export_failed" and recs[0]["count"] == 5
+    assert "No space left" in recs[0]["rule"]
+    exp.close()
+
+
+def test_journald_fields_and_encoding():
+    rec = {"schema": 1, "seq": 7, "prev": "a" * 64, "hash": "b" * 64, "kind": "net",
+           "op": "connect", "verdict": "deny", "session": "s1", "session_name": "job",
+           "labels": {"team": "infra", "ci.run-id": "42"}, "target": "192.0.2.1:80",
+           "rule": "line one\nline two", "pid": 12, "uid": 0}
+    pairs = J.fields(rec)
+    d = dict(J.decode(J.encode(pairs)))
+    assert d["PRIORITY"] == "4" and d["SYSLOG_IDENTIFIER"] == "corrald"
+    assert d["CORRAL_SEQ"] == "7" and d["CORRAL_HASH"] == "b" * 64 and d["CORRAL_KIND"] == "net"
+    assert d["CORRAL_SESSION_NAME"] == "job" and d["CORRAL_LABEL_TEAM"] == "infra"
+    assert d["CORRAL_LABEL_CI_RUN_ID"] == "42"
+    assert d["CORRAL_RULE"] == "line one\nline two"            # the binary-safe form
+    assert json.loads(d["CORRAL_RECORD"]) == rec
+    assert "net/connect deny session s1 (job)" in d["MESSAGE"]
+
+
+def _standin(tmp_path):
+    path = tmp_path / "journal.socket"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(path))
+    s.settimeout(5)
+    return s, path
+
+
+def _recv(s):
+    data, anc, _, _ = s.recvmsg(1 << 20, socket.CMSG_SPACE(4))
+    for level, typ, raw in anc:
+        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+            fd = array.array("i", raw[:4])[0]
+            try:
+                return os.pread(fd, 1 << 24, 0), True
+            finally:
+                os.close(fd)
+    return data, False
+
+
+def test_journald_sink_against_a_standin(tmp_path):
+    s, path = _standin(tmp_path)
+    sink = J.JournaldSink(path)
+    try:
+        sink.write_batch([{"seq": 1, "kind": "session", "op": "start", "verdict": "info"}])
+        data, via_fd = _recv(s)
+        assert not via_fd and dict(J.decode(data))["CORRAL_OP"] == "start"
+        big = {"seq": 2, "kind": "session", "op": "start", "policy": {"x": "y" * 400000}}
+        sink.write_batch([big])                # beyond a datagram: a sealed memfd
+        data, via_fd = _recv(s)
+        assert via_fd and sink.via_memfd == 1
+        assert json.loads(dict(J.decode(data))["CORRAL_RECORD"]) == big
+    finally:
+        sink.close()
+        s.close()
+
+
+def test_journald_availability(tmp_path, monkeypatch):
+    monkeypatch.setenv("CORRAL_JOURNAL_SOCKET", str(tmp_path / "none"))
+    ok, why = J.available()
+    assert not ok and "journald is not running" in why
+    s, path = _standin(tmp_path)
+    monkeypatch.setenv("CORRAL_JOURNAL_SOCKET", str(path))
+    assert J.available()[0]
+    s.close()
+
+
+def test_real_journald_if_present():
+    ok, why = J.available()
+    if not ok or os.environ.get("CORRAL_JOURNAL_SOCKET"):
+        pytest.skip(f"no journald here: {why}")
+    import shutil
+    import subprocess
+    import uuid
+    if not shutil.which("journalctl"):
+        pytest.skip("journald runs but journalctl is missing: cannot read the fields back")
+    marker = uuid.uuid4().hex
+    sink = J.JournaldSink()
+    sink.write_batch([{"seq": 0, "kind": "daemon", "op": "test", "verdict": "info",
+                       "target": marker, "labels": {"team": "infra"}}])
+    sink.close()
+    got = []
+
+    def found():
+        p = subprocess.run(["journalctl", "-o", "json", "--no-pager", f"CORRAL_TARGET={marker}"],
+                           capture_output=True, text=True, timeout=30)
+        got[:] = [json.loads(x) for x in p.stdout.splitlines() if x.strip()]
+        return bool(got)
+    assert _wait(found, 10), "journald did not show the record"
+    assert got[0]["CORRAL_OP"] == "test" and got[0]["CORRAL_LABEL_TEAM"] == "infra"
+    assert got[0]["SYSLOG_IDENTIFIER"] == "corrald"

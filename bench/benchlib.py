@@ -219,6 +219,7 @@ def hyperfine(commands: dict[str, list[str] | str], runs: int = 30, warmup: int 
     for n, r in zip(names, data["results"]):
         out[n] = {k: r[k] for k in ("mean", "stddev", "median", "min", "max")}
         out[n]["runs"] = len(r.get("times", []))
+        out[n]["p90"] = quantile(r["times"], 0.9) if r.get("times") else r["max"]
     return out
 
 

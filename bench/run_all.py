@@ -9,7 +9,9 @@ resolver pointed at a closed loopback port) is started
 for the run and handed to the benches through BENCH_DAEMON_ENV; bench_rss
 starts its own fresh one. Each bench runs as a subprocess; one that fails is
 reported as FAILED with its exit status and last lines of output, the others
-still run, and run_all exits 1 at the end. Benches that other engineers own
+still run, and run_all exits 1 at the end. A bench that exits 77 (SKIPPED)
+needs what this host lacks (bench_file_lsm: BPF LSM): it is listed as skipped
+with the reason it printed, and does not fail the run. Benches that other engineers own
 (bench_seccomp, bench_landlock, bench_file_lsm, bench_dns, attacks) are run
 when their file exists.
 """
@@ -37,6 +39,7 @@ BENCHES = [
     ("unix", "bench_unix.py", [], ["-n", "5000", "-r", "2", "--refused-n", "2000", "--refused-rounds", "1",
                                    "--cpu-seconds", "1"]),
     ("run", "bench_run.py", [], ["--runs", "10", "-k", "5"]),
+    ("exec", "bench_exec.py", [], ["--runs", "10", "--loop", "50", "--cpu-n", "10"]),
     ("rss", "bench_rss.py", [], ["-n", "50", "--batches", "1"]),
     ("seccomp", "bench_seccomp.py", [], []),
     ("landlock", "bench_landlock.py", [], []),
@@ -48,6 +51,7 @@ BENCHES = [
     ("control_plane", "bench_control_plane.py", [], ["--quick"]),
 ]
 TIMEOUT = 30 * 60
+SKIPPED = 77        # a bench's "this host cannot run me" (it printed "SKIPPED: why")
 
 
 def run_one(name: str, script: Path, argv: list[str], env: dict, runner: list[str] | None = None) -> dict:
@@ -228,6 +232,13 @@ def main() -> int:
             elif name == "file_lsm" and rec["exit"] != 0:
                 rec["hint"] = "run_all.py --vm runs it in the VM tier"
             report["benches"][name] = rec
+            if rec["exit"] == SKIPPED:
+                why = next((ln.split("SKIPPED:", 1)[1].strip() for ln in reversed(rec["tail"])
+                            if "SKIPPED:" in ln), "the host lacks what it needs")
+                rec["skipped"] = why
+                report["summary"].append(B.row(name, "SKIPPED", None, "", "", why[:150] +
+                                               (f" ({rec['hint']})" if rec.get("hint") else "")))
+                continue
             rows = rows_for(name, rec)
             if rec["exit"] != 0:
                 failed.append(name)
@@ -253,9 +264,13 @@ def main() -> int:
     rows = [dict(r, goal=(r["goal"] + (" ok" if r["goal_met"] else " MISSED")) if r["goal_met"] is not None
                  else r["goal"]) for r in report["summary"]]
     print(table(rows))
-    not_written = [n for n, r in report["benches"].items() if r.get("skipped")]
+    not_written = [n for n, r in report["benches"].items() if r.get("skipped") == "not written yet"]
     if not_written:
         print(f"\nnot present (skipped): {', '.join(not_written)}")
+    skipped = [f"{n} ({r['skipped']})" for n, r in report["benches"].items()
+               if r.get("skipped") and r["skipped"] != "not written yet"]
+    if skipped:
+        print(f"\nskipped, this host cannot run them: {'; '.join(skipped)}")
     if failed:
         print(f"\nFAILED: {', '.join(failed)} (details above and in {out})")
     print(f"\nwrote {out}")

@@ -266,10 +266,10 @@ def apply(file_policy: dict | None, syscalls_deny: list[str] | tuple[str, ...] =
     calling thread; other threads would stay unconfined): ConfineError
     otherwise. ``keep_fds`` are left open (e.g. a status pipe to the caller).
     ``seccomp_log`` audit-logs ERRNO denials (see build_seccomp).
-    ``export``: a dict that receives what was installed, for the next processes
-    of the session (`corral session start`): "seccomp" (export_bpf) and
-    "ruleset_fd" (the Landlock ruleset, left open: the caller hands it to
-    corrald and closes it).
+    ``export``: a dict that receives what the session's next processes reuse
+    (`corral session start`): "ruleset_fd", the Landlock ruleset, left open (the
+    caller hands it to corrald and closes it). Their seccomp programs corrald
+    compiles itself (SeccompFilter.export_bpf).
     """
     report: dict = {"landlock": False, "landlock_abi": 0, "seccomp": False,
                     "caps_dropped": False, "no_new_privs": False, "fds_closed": 0}
@@ -315,8 +315,6 @@ def apply(file_policy: dict | None, syscalls_deny: list[str] | tuple[str, ...] =
             if export is not None:
                 export["ruleset_fd"] = ruleset
         # 7. seccomp last
-        if export is not None:
-            export["seccomp"] = filt.export_bpf()
         filt.load()
         filt.release()
         report["seccomp"] = True

@@ -23,6 +23,7 @@ a process already inside it (already confined: it just execs)."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import time
@@ -66,6 +67,14 @@ def _pidfd_getfd(pidfd: int, fd: int) -> int:
         e = ctypes.get_errno()
         raise OSError(e, f"pidfd_getfd: {os.strerror(e)}")
     return int(r)
+
+
+@functools.lru_cache(maxsize=256)
+def _removed_names(names: tuple, passed: tuple) -> list:
+    """The credential-looking names among an environment's (policy.env.strip),
+    remembered: a shell sends the same names with every command."""
+    from corral.policy.env import strip
+    return strip(dict.fromkeys(names, ""), passed)[1]
 
 
 def _ns_ino(path: str) -> int:
@@ -190,9 +199,7 @@ class SessionOps:
                 not all(isinstance(n, str) for n in names):
             raise P.ProtocolError(P.E_BAD_REQUEST, f"'env_names': a list of at most "
                                   f"{MAX_ENV_NAMES} strings")
-        from corral.policy.env import strip
-        passed = (s.policy.get("env") or {}).get("pass") or []
-        _, remove = strip(dict.fromkeys(names, ""), passed)
+        remove = _removed_names(tuple(names), tuple((s.policy.get("env") or {}).get("pass") or []))
         env = {"CORRAL_SESSION": s.id}
         from corral.client.mountguard import git_template
         if "GIT_TEMPLATE_DIR" not in names and os.path.isdir(git_template()):

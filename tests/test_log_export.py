@@ -1,0 +1,254 @@
+"""The audit log for fleets, through a private corrald: named policies from its
+policies.d (reloaded on change, a broken file refused with file:line while the
+previous version stays, a removed one gone; running sessions untouched), session
+name and labels on every record, the JSON-lines export and journald (a stand-in
+socket speaking the native protocol) carrying them, back-pressure of a reader that
+stops counted and logged, `corral doctor` showing the counters, checkpoints
+verifying the export, and a broken corral.toml refusing to start."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import make_daemon
+from corral.server.export import journald as J
+
+CORRAL = str(Path(sys.executable).parent / "corral")
+CONNECT = ("import socket,sys\n"
+           "try: socket.create_connection(('192.0.2.1', 80), timeout=3)\n"
+           "except PermissionError: print('refused'); sys.exit(0)\n"
+           "sys.exit(3)")
+
+
+class Standin:
+    """A journald stand-in: a datagram socket collecting what corrald sends."""
+
+    def __init__(self, path: Path, read=True):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.got: list[dict] = []
+        self.stop = threading.Event()
+        if read:
+            self.t = threading.Thread(target=self._run, daemon=True)
+            self.t.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                data = self.sock.recv(1 << 20)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.got.append(dict(J.decode(data)))
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+def _config(d, extra=""):
+    etc = d.tmp / "etc"
+    (etc / "policies.d").mkdir(parents=True, exist_ok=True)
+    (etc / "corral.toml").write_text(f'[export]\njsonl = "{d.tmp}/export.jsonl"\n'
+                                     f'journald = "on"\n{extra}')
+    return etc
+
+
+@pytest.fixture(scope="module")
+def fleetd():
+    d = make_daemon("corral-fleet", extra_args=["--no-dns"])
+    d.env["CORRAL_JOURNAL_SOCKET"] = str(d.tmp / "journal.socket")
+    standin = Standin(d.tmp / "journal.socket")
+    etc = _config(d, "[log]\ncheckpoint_every = 50\n")
+    (etc / "policies.d/team.toml").write_text('[network]\nallow = ["127.0.0.1:9"]\n')
+    d.journal = standin
+    d.etc = etc
+    try:
+        d.start()
+        yield d
+    finally:
+        standin.close()
+        d.cleanup(remove_tmp=True)
+
+
+def _run(d, *args, timeout=60, **kw):
+    return subprocess.run([CORRAL, "run", *args], capture_output=True, text=True, env=d.env,
+                          cwd=d.tmp, timeout=timeout, **kw)
+
+
+def _hello(d):
+    with d.client() as c:
+        return c.call("hello")
+
+
+def _wait(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    return None
+
+
+def _starts(d, after=-1):
+    return [r for r in d.records() if r.get("kind") == "session" and r.get("op") == "start"
+            and r["seq"] > after]
+
+
+def test_named_policy_reloads_without_touching_sessions(fleetd):
+    d = fleetd
+    f = d.etc / "policies.d/team.toml"
+    p = _run(d, "--policy-name", "team", "--", "true")
+    assert p.returncode == 0, p.stderr
+    v1 = _starts(d)[-1]
+    assert v1["policy"]["network"]["allow"] == ["127.0.0.1/32:9"]
+    assert v1["policy_name"]["name"] == "team" and v1["policy_name"]["path"] == str(f)
+    # A session of v1 keeps running across the reloads below.
+    long = subprocess.Popen([CORRAL, "run", "--policy-name", "team", "--", "sleep", "60"],
+                            env=d.env, cwd=d.tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert _wait(lambda: len(_starts(d, v1["seq"])) == 1)
+        long_sid = _starts(d, v1["seq"])[0]["session"]
+        # changed: picked up within about a second, new sessions get it
+        f.write_text('[network]\nallow = ["127.0.0.1:10"]\n')
+        rec = d.wait_record(lambda r: r.get("op") == "named_changed", timeout=10)
+        assert rec["previous"] == v1["policy_name"]["sha256"]
+        mark = d.records()[-1]["seq"]
+        assert _run(d, "--policy-name", "team", "--", "true").returncode == 0
+        v2 = _starts(d, mark)[-1]
+        assert v2["policy"]["network"]["allow"] == ["127.0.0.1/32:10"]
+        # broken: refused with file:line, the previous version stays in force
+        f.write_text('[network]\nallow = ["127.0.0.1:11"]\nallow_everything = true\n')
+        bad = d.wait_record(lambda r: r.get("op") == "named_refused", timeout=10)
+        assert f"{f}:3" in bad["rule"] and bad["kept"] == v2["policy_name"]["sha256"]
+        assert f"{f}:3" in _hello(d)["policies"]["errors"]["team"]
+        doc = subprocess.run([CORRAL, "doctor"], capture_output=True, text=True, env=d.env,
+                             timeout=60)
+        assert f"refused   team: {f}:3" in doc.stdout, doc.stdout
+        mark = d.records()[-1]["seq"]
+        assert _run(d, "--policy-name", "team", "--", "true").returncode == 0
+        assert _starts(d, mark)[-1]["policy"]["network"]["allow"] == ["127.0.0.1/32:10"]
+        # the session started on v1 is still there, with v1
+        with d.client() as c:
+            s = c.call("session_info", session=long_sid)
+        assert s["leader_alive"] and s["policy"]["network"]["allow"] == ["127.0.0.1/32:9"]
+        # removed: the name is gone
+        f.unlink()
+        d.wait_record(lambda r: r.get("op") == "named_removed", timeout=10)
+        p = _run(d, "--policy-name", "team", "--", "true")
+        assert p.returncode != 0 and "no named policy 'team'" in p.stderr, p.stderr
+    finally:
+        long.kill()
+        long.wait()
+    # A named policy is the operator's: no other policy option with it.
+    p = _run(d, "--policy-name", "team", "--allow-net", "0.0.0.0/0", "--", "true")
+    assert p.returncode == 2 and "cannot be combined with --allow-net" in p.stderr, p.stderr
+
+
+def test_labels_ride_on_records_exports_and_journald(fleetd):
+    d = fleetd
+    p = _run(d, "--no-net", "--name", "build-7", "--label", "team=infra", "--label",
+             "ci.run=42", "--", sys.executable, "-c", CONNECT)
+    assert p.returncode == 0 and "refused" in p.stdout, p.stdout + p.stderr
+    deny = d.wait_record(lambda r: r.get("kind") == "net" and r.get("session_name") == "build-7")
+    sid = deny["session"]
+    mine = [r for r in d.records() if r.get("session") == sid]
+    assert {r["op"] for r in mine} >= {"start", "confined", "connect", "end"}, mine
+    assert all(r.get("labels") == {"team": "infra", "ci.run": "42"} for r in mine), mine
+    export = d.tmp / "export.jsonl"
+
+    def exported():
+        lines = [json.loads(x) for x in export.read_text().splitlines()]
+        return lines if any(x.get("session") == sid and x.get("op") == "end" for x in lines) \
+            else None
+    lines = _wait(exported)
+    assert lines, export.read_text()[-2000:]
+    by_seq = {r["seq"]: r for r in d.records()}
+    recs = [x for x in lines if x.get("kind") != "checkpoint"]
+    assert recs and all(x == json.loads(json.dumps(by_seq[x["seq"]])) for x in recs)
+    got = _wait(lambda: [m for m in d.journal.got if m.get("CORRAL_SESSION") == sid
+                         and m.get("CORRAL_KIND") == "net"])
+    assert got, d.journal.got[-3:]
+    m = got[0]
+    assert m["CORRAL_LABEL_TEAM"] == "infra" and m["CORRAL_LABEL_CI_RUN"] == "42"
+    assert m["CORRAL_SESSION_NAME"] == "build-7" and m["PRIORITY"] == "4"
+    assert m["CORRAL_HASH"] == deny["hash"] and json.loads(m["CORRAL_RECORD"]) == \
+        json.loads(json.dumps(deny))
+    # session end: a checkpoint, in the export and on journald too
+    assert any(x.get("kind") == "checkpoint" and x.get("reason") == "session_end" for x in lines)
+    assert any(m.get("CORRAL_KIND") == "checkpoint" for m in d.journal.got)
+    v = subprocess.run([CORRAL, "log", "verify", "--dir", str(d.log_dir), "--checkpoints",
+                        str(export), "--pubkey", str(d.etc / "checkpoint.pub")],
+                       capture_output=True, text=True, env=d.env, timeout=60)
+    assert v.returncode == 0 and "checkpoints ok" in v.stdout, v.stdout + v.stderr
+    doc = subprocess.run([CORRAL, "doctor"], capture_output=True, text=True, env=d.env, timeout=60)
+    assert "checkpoints active" in doc.stdout and "export      jsonl    active" in doc.stdout
+    assert "export      journald active" in doc.stdout, doc.stdout
+    assert "records lost since corrald started: ringbuf_overrun 0" in doc.stdout, doc.stdout
+    p = _run(d, "--label", "bad key=x", "--", "true")
+    assert p.returncode == 2 and "label key" in p.stderr
+
+
+def test_export_backpressure_is_counted_and_logged():
+    """journald that stops reading: corrald's journald export fills, drops, counts, and
+    says so in the log and in doctor; the log itself loses nothing."""
+    d = make_daemon("corral-bp", extra_args=["--no-dns"])
+    d.env["CORRAL_JOURNAL_SOCKET"] = str(d.tmp / "journal.socket")
+    standin = Standin(d.tmp / "journal.socket", read=False)
+    _config(d, "queue = 16\n")
+    try:
+        d.start()
+        flood = ("import socket\n"
+                 "for i in range(3000):\n"
+                 "    try: socket.create_connection(('192.0.2.1', 80 + i % 1000), timeout=1)\n"
+                 "    except OSError: pass\n")
+        for _ in range(3):
+            p = _run(d, "--no-net", "-q", "--", sys.executable, "-c", flood, timeout=120)
+            assert p.returncode == 0, p.stderr
+        rec = d.wait_record(lambda r: r.get("kind") == "lost" and r.get("op") ==
+                            "export_backpressure" and r.get("target") == "journald", timeout=15)
+        assert rec["count"] > 0
+        st = _hello(d)["exports"]
+        assert st["journald"]["dropped"] >= rec["count"]
+        # Whatever an export did not write is counted: the JSON-lines file (whose queue of
+        # 16 also overflows in such a burst) holds exactly what it says it sent.
+        lines = (d.tmp / "export.jsonl").read_text().splitlines()
+        assert len(lines) == st["jsonl"]["sent"] and st["jsonl"]["failed"] == 0
+        on_record = sum(r["count"] for r in d.records() if r.get("op") == "export_backpressure")
+        assert on_record <= st["journald"]["dropped"] + st["jsonl"]["dropped"]
+        doc = subprocess.run([CORRAL, "doctor"], capture_output=True, text=True, env=d.env,
+                             timeout=60)
+        assert "export_backpressure" in doc.stdout and "export journald dropped" in doc.stdout
+        denied = [r for r in d.records() if r.get("kind") == "net"]
+        assert len(denied) > 100
+        v = subprocess.run([CORRAL, "log", "verify", "--dir", str(d.log_dir)],
+                           capture_output=True, text=True, env=d.env, timeout=60)
+        assert v.returncode == 0, v.stdout + v.stderr
+    finally:
+        standin.close()
+        d.cleanup(remove_tmp=True)
+
+
+def test_broken_settings_refuse_to_start():
+    d = make_daemon("corral-badconf", extra_args=["--no-dns"])
+    etc = d.tmp / "etc"
+    etc.mkdir()
+    (etc / "corral.toml").write_text('[export]\njsonl = "/tmp/x"\nqueue = "lots"\n')
+    try:
+        with pytest.raises(RuntimeError) as e:
+            d.start(timeout=60)
+        assert f"{etc}/corral.toml:3: export.queue: 'lots' is not records each export may " \
+               "hold" in str(e.value), str(e.value)
+    finally:
+        d.cleanup(remove_tmp=True)

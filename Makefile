@@ -54,7 +54,8 @@ venv: $(VENV)/bin/python
 # files it runs) costs ~40 ms here, so the Python CLI (`corral-py`) skips it (-S)
 # and puts the project, the venv and Debian's dist-packages on sys.path itself.
 # The installed `corral` is the native launcher (native/launcher.c): it serves
-# `corral exec` itself and execs corral-py for everything else.
+# `corral exec` itself and execs corral-py for everything else; as corral-exec it
+# is the shell-command prefix form (CLAUDE_CODE_SHELL_PREFIX, README).
 LAUNCHER_SRC := native/launcher.c native/mpack.c native/corral_native.c
 $(VENV)/bin/corral-fast: $(VENV)/.installed $(LAUNCHER_SRC) native/mpack.h native/corral_native.h
 	@site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
@@ -65,6 +66,7 @@ $(VENV)/bin/corral-fast: $(VENV)/.installed $(LAUNCHER_SRC) native/mpack.h nativ
 	gcc -O2 -Wall -Wextra -Werror -Inative -DCORRAL_PY='"$(abspath $(VENV))/bin/corral-py"' \
 		-o $(VENV)/bin/corral.tmp $(LAUNCHER_SRC) && \
 	mv $(VENV)/bin/corral.tmp $(VENV)/bin/corral && \
+	ln -sf corral $(VENV)/bin/corral-exec && \
 	touch $@
 
 # Installs only when the pinned version is missing; without npm or a network it says so

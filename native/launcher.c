@@ -469,9 +469,53 @@ static int do_exec(int argc, char **argv)
     run_cmd(pl.cmd);
 }
 
+/* `corral-exec --session ID CMDSTRING`: the form a shell-command prefix takes
+ * (Claude Code's CLAUDE_CODE_SHELL_PREFIX runs `PREFIX 'the whole command'` from
+ * its shell): CMDSTRING runs in the session through the same shell that called
+ * us, as `corral exec ID -- SHELL -c CMDSTRING`. More than one word after the
+ * id: they are the command's argv. */
+static int shell_prefix(int argc, char **argv)
+{
+    if (argc < 4 || (strcmp(argv[1], "--session") && strcmp(argv[1], "-s")))
+        die(2, "usage: corral-exec --session ID CMDSTRING (a shell-command prefix; "
+            "`corral session start` prints the id)");
+    static char shell[PATH_MAX];
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/%d/exe", (int)getppid());
+    ssize_t n = readlink(proc, shell, sizeof shell - 1);
+    const char *known[] = {"bash", "zsh", "sh", "dash", NULL}, *sh = "/bin/sh";
+    if (n > 0) {
+        shell[n] = 0;
+        const char *b = strrchr(shell, '/');
+        for (int i = 0; known[i]; i++)
+            if (strcmp(b ? b + 1 : shell, known[i]) == 0)
+                sh = shell;
+    }
+    int extra = argc - 3;
+    char **nv = calloc(8 + extra, sizeof(char *));
+    if (!nv)
+        die(1, "out of memory");
+    int k = 0;
+    nv[k++] = "corral";
+    nv[k++] = "exec";
+    nv[k++] = argv[2];
+    nv[k++] = "--";
+    if (extra == 1) {
+        nv[k++] = (char *)sh;
+        nv[k++] = "-c";
+    }
+    for (int i = 3; i < argc; i++)
+        nv[k++] = argv[i];
+    orig_argv = nv;                 /* what a hand-over passes to the Python CLI */
+    return do_exec(k, nv);
+}
+
 int main(int argc, char **argv)
 {
     orig_argv = argv;
+    const char *name = strrchr(argv[0], '/');
+    if (strcmp(name ? name + 1 : argv[0], "corral-exec") == 0)
+        return shell_prefix(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "exec") == 0)
         return do_exec(argc, argv);
     handover();

@@ -100,6 +100,8 @@ class Upstream:
         return p.stdout.strip() or None
 
     def stats(self) -> dict:
+        if not self.stats_file.exists():
+            return {"good": 0, "bad": 0, "none": 0, "paths": []}
         return json.loads(self.stats_file.read_text())
 
     def stop(self):
@@ -132,6 +134,7 @@ def gd(upstream):
     d.start()
     yield d
     d.cleanup(remove_tmp=True)
+    shutil.rmtree(f"/var/cache/corral/git-mirrors/{d.instance}", ignore_errors=True)
 
 
 @pytest.fixture
@@ -295,12 +298,15 @@ base=$(git config --get-regexp '^url\\..*\\.insteadof$' | head -1 | sed 's/^url\
 echo "base=$base"
 other=$(echo "$base" | sed 's,test/repo$,test/other,')
 echo "== other"; git ls-remote "$other" 2>&1; echo "rc=$?"
+echo "== secret"; git ls-remote "$(echo "$base" | sed -E 's,^(http://[^/]+)/[^/]+/,\\1/wrongsecret/,')" 2>&1; echo "rc=$?"
 echo "== auth"; git -c "http.extraHeader=Authorization: Basic Ym9ndXM6Ym9ndXM=" ls-remote {url} 2>&1; echo "rc=$?"
 """, *net_flags(work), remote=url)
     assert p.returncode == 0, p.stdout + p.stderr
     parts = dict(x.split("\n", 1) for x in p.stdout.split("== ")[1:])
     assert "rc=0" not in parts["other"] and "may only reach" in parts["other"], parts["other"]
     assert "rc=0" in parts["auth"] and "refs/heads/main" in parts["auth"], parts["auth"]
+    assert "rc=0" not in parts["secret"] and "wrong endpoint secret" in parts["secret"], \
+        parts["secret"]
     assert upstream.stats()["bad"] == bad_before       # the client's header never went up
 
 
@@ -453,3 +459,30 @@ def test_broken_credentials_refuse_git_sessions_only(gd, upstream, work):
     p = run(gd, work, f"git ls-remote {upstream.url('test/repo')} >/dev/null && echo ok",
             *net_flags(work), remote=upstream.url("test/repo"))
     assert "ok" in p.stdout, p.stdout + p.stderr
+
+
+# -- a daemon restart ---------------------------------------------------------------
+def test_endpoint_survives_a_daemon_restart(gd, upstream, work):
+    """Sessions stay confined while corrald is down; the restarted daemon reopens
+    each git session's endpoint on the same port with the same secret."""
+    url = upstream.url("test/repo")
+    code = ("import subprocess,sys\n"
+            "for line in sys.stdin:\n"
+            "    p = subprocess.run(['git', 'ls-remote', sys.argv[1]], capture_output=True, text=True)\n"
+            "    print('rc=%d %s' % (p.returncode, 'refs/heads/main' in p.stdout), flush=True)\n")
+    h = subprocess.Popen([str(gd.bin_dir / "corral"), "run", *net_flags(work), "--git-remote", url,
+                          "--", sys.executable, "-c", code, url], cwd=str(work),
+                         env=dict(gd.env, **SESSION_ENV), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        h.stdin.write("go\n")
+        h.stdin.flush()
+        assert h.stdout.readline().strip() == "rc=0 True"
+        gd.stop()
+        gd.start()
+        h.stdin.write("go\n")
+        h.stdin.flush()
+        assert h.stdout.readline().strip() == "rc=0 True", gd.stderr_text()[-3000:]
+    finally:
+        h.stdin.close()
+        h.wait(30)

@@ -57,7 +57,10 @@ class GitGateway:
         for d, mode in ((base_dir(), 0o711), (self.sessions_dir, 0o711), (self.home, 0o700)):
             os.makedirs(d, mode=mode, exist_ok=True)
             os.chmod(d, mode)
-        os.makedirs(mirrors_dir(), mode=0o700, exist_ok=True)
+        if os.path.exists(self.path):
+            # Now, so that every session's deny_read names it (a missing path
+            # would be guarded by Landlock freezing its parent).
+            os.makedirs(mirrors_dir(), mode=0o700, exist_ok=True)
         hook.install(self.hooks)
         self.reload()
 
@@ -81,8 +84,8 @@ class GitGateway:
 
     def protected_read(self) -> list[str]:
         """What no session may read: the credentials, their token files, the mirrors."""
-        out = [str(mirrors_dir())]
-        for p in [self.path, *self.token_files]:
+        out = []
+        for p in [str(mirrors_dir()), self.path, *self.token_files]:
             if os.path.lexists(p):
                 out.append(os.path.realpath(p))
         return out

@@ -33,7 +33,7 @@ def home_state():
     missing: leave the home as it was."""
     import shutil
     home = Path.home()
-    names = [".claude", ".claude.json", ".codex", ".cache", ".npm"]
+    names = [".claude", ".claude.json", ".codex", ".gemini", ".aider", ".cache", ".npm"]
     before = {n for n in names if (home / n).exists()}
     yield
     for n in names:
@@ -46,7 +46,7 @@ def home_state():
 def fake_agents(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("claude", "codex", "other-agent"):
+    for name in ("claude", "codex", "gemini", "aider", "other-agent"):
         f = bin_dir / name
         f.write_text("#!/bin/sh\nexec python3 -c 'import json, os; "
                      "print(json.dumps({k: os.environ.get(k) for k in "
@@ -74,7 +74,9 @@ def _policy(d, sid) -> dict:
 def test_profiles_extend_agent_and_name_their_api():
     agent = files.load_profile("agent")
     for name, host, key in (("claude", "api.anthropic.com:443", "ANTHROPIC_API_KEY"),
-                            ("codex", "api.openai.com:443", "OPENAI_API_KEY")):
+                            ("codex", "api.openai.com:443", "OPENAI_API_KEY"),
+                            ("gemini", "generativelanguage.googleapis.com:443", "GEMINI_API_KEY"),
+                            ("aider", "api.anthropic.com:443", "ANTHROPIC_API_KEY")):
         p = files.load_profile(name)
         assert host in p["network"]["allow_domains"]
         assert set(agent["network"]["allow_domains"]) <= set(p["network"]["allow_domains"])
@@ -102,6 +104,21 @@ def test_codex_by_command_name(dnsd, fake_agents, tmp_path):
     env = json.loads(p.stdout.strip().splitlines()[-1])
     assert env["OPENAI_API_KEY"] == "ok" and env["ANTHROPIC_API_KEY"] is None
     assert "api.openai.com:443" in _policy(dnsd, env["CORRAL_SESSION"])["network"]["allow_domains"]
+
+
+@pytest.mark.parametrize("name,own_state,settings", [
+    ("gemini", "/.gemini", "/.gemini/settings.json"),
+    ("aider", "/.aider", "/.aider.conf.yml")])
+def test_gemini_and_aider_by_command_name(dnsd, fake_agents, tmp_path, name, own_state, settings):
+    p = _run(dnsd, fake_agents, tmp_path, "--", name)
+    assert p.returncode == 0, p.stderr
+    assert f"profile {name} (chosen by the command name" in p.stderr
+    env = json.loads(p.stdout.strip().splitlines()[-1])
+    assert env["GITHUB_TOKEN"] is None
+    pol = _policy(dnsd, env["CORRAL_SESSION"])
+    assert any(w.endswith(own_state) for w in pol["filesystem"]["allow_write"]), pol
+    # the file that makes the agent run commands at its next start stays read-only
+    assert any(w.endswith(settings) for w in pol["filesystem"]["deny_write"]), pol
 
 
 def test_any_policy_option_or_another_command_keeps_the_choice_to_the_user(dnsd, fake_agents,

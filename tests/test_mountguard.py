@@ -48,7 +48,8 @@ def test_read_only_binds_guard_existing_paths_and_keep_project_writable(daemon, 
                         "--allow-write", str(proj), "--deny-write", ".git/hooks",
                         "--deny-write", ".git/config",
                         *[a for n in ("shell-startup", "vscode", "idea", "mcp-config", "gitmodules",
-                                      "claude-settings", "codex-config", "policy-files")
+                                      "claude-settings", "codex-config", "gemini-settings", "aider-config",
+                                      "policy-files")
                                   for a in ("--no-mandatory", n)],
                         "--", sys.executable, "-c", ATTACKS],
                        cwd=proj, env=daemon.env, capture_output=True, text=True, timeout=60)

@@ -379,7 +379,7 @@ def load_profile(name: str, loaded: list[str] | None = None, _depth: int = 0) ->
 
 
 # `corral run -- NAME ...` with no policy options: the profile for that agent.
-PROFILE_FOR_COMMAND = {"claude": "claude", "codex": "codex"}
+PROFILE_FOR_COMMAND = {"claude": "claude", "codex": "codex", "gemini": "gemini", "aider": "aider"}
 
 
 # -- merging -------------------------------------------------------------------------
@@ -452,6 +452,11 @@ MANDATORY: tuple[Mandatory, ...] = (
     Mandatory("codex-config", "deny_write", ("~/.codex/config.toml", "./.codex/config.toml"),
               "Codex's config: `notify` and MCP server commands it starts, sandbox and approval "
               "settings for its next run (outside the session)"),
+    Mandatory("gemini-settings", "deny_write", ("~/.gemini/settings.json", "./.gemini/settings.json"),
+              "Gemini CLI settings: MCP servers and tool discovery commands it runs at its next "
+              "start (outside the session)"),
+    Mandatory("aider-config", "deny_write", ("~/.aider.conf.yml", "./.aider.conf.yml"),
+              "aider's lint-cmd / test-cmd run commands at its next start"),
     Mandatory("policy-files", "deny_write", (),
               "the corral policy files this session was started from"),
     Mandatory("ssh", "deny_read", ("~/.ssh",), "SSH keys"),

@@ -49,6 +49,7 @@ BENCHES = [
     ("peers", "bench_peers.py", [], ["--runs", "5", "--true-runs", "5", "-n", "5000", "--rounds", "1"]),
     ("attacks", "attacks.py", [], []),
     ("control_plane", "bench_control_plane.py", [], ["--quick"]),
+    ("log", "bench_log.py", [], ["--quick"]),
 ]
 TIMEOUT = 30 * 60
 SKIPPED = 77        # a bench's "this host cannot run me" (it printed "SKIPPED: why")

@@ -167,17 +167,22 @@ class GitGateway:
         with self.lock:
             ep = self.endpoints.pop(s.id, None)
         if ep is not None:
-            try:
-                ep.stop()
-            except Exception as e:
-                log.warning("session %s: git endpoint: %s", s.id, e)
-            ep.sess["mirror"].remove()
+            # Off the daemon's loop: shutdown() waits for the serving thread's poll.
+            threading.Thread(target=self._retire, args=(s.id, ep), daemon=True).start()
         else:
             shutil.rmtree(mirrors_dir() / f"{s.id}.git", ignore_errors=True)
         try:
             (self.sessions_dir / f"{s.id}.gitconfig").unlink()
         except FileNotFoundError:
             pass
+
+    @staticmethod
+    def _retire(sid: str, ep) -> None:
+        try:
+            ep.stop()
+        except Exception as e:
+            log.warning("session %s: git endpoint: %s", sid, e)
+        ep.sess["mirror"].remove()
 
     def port(self, s) -> int:
         ep = self.endpoints.get(s.id)
@@ -242,8 +247,8 @@ class GitGateway:
         with self.lock:
             eps = list(self.endpoints.values())
             self.endpoints.clear()
-        for ep in eps:
-            try:
-                ep.stop()
-            except Exception:
-                pass
+        threads = [threading.Thread(target=ep.stop, daemon=True) for ep in eps]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=5)

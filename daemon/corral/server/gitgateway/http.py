@@ -1,6 +1,7 @@
 """One session's git endpoint: a smart-HTTP server on a loopback port that
 only that session reaches (its cgroup's allow rule, and here the kernel's
-answer to "which cgroup made the socket at the other end", server/.. inetdiag).
+answer, when each connection is accepted, to "which cgroup made the socket at
+the other end": kernel/inetdiag.py).
 
     http://127.0.0.1:PORT/<secret>/<host/ORG/REPO>[.git]/info/refs?service=...
                                                         /git-upload-pack
@@ -19,6 +20,7 @@ import json
 import socket
 import tempfile
 import threading
+import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -44,7 +46,15 @@ class Refused(Exception):
         self.status, self.audit = status, audit
 
 
+MAX_ACTIVE = 16            # requests of the session at once
+MAX_REFUSING = 4           # threads answering refused connections at once
+
+
 class Endpoint(ThreadingHTTPServer):
+    """Connections are judged when accepted, before a thread or a byte of the
+    request: only sockets the session's cgroup created get a handler (at most
+    MAX_ACTIVE at once); any other gets a short 403 from a few bounded threads,
+    and at most one audit record a second (with the count in between)."""
     daemon_threads = True
     allow_reuse_address = True
 
@@ -53,7 +63,69 @@ class Endpoint(ThreadingHTTPServer):
         source (TokenSource), push_branch, allow_force, max_push_bytes, mirror (Mirror)."""
         self.gw, self.sess = gw, sess
         self.push_lock = threading.Lock()
+        self.active = threading.BoundedSemaphore(MAX_ACTIVE)
+        self.refusing = threading.BoundedSemaphore(MAX_REFUSING)
+        self.refusal_logged, self.refusals_unlogged = 0.0, 0
         super().__init__(("127.0.0.1", port), Handler)
+
+    def process_request(self, request, client_address):
+        s = self.sess
+        try:
+            cgid = inetdiag.peer_cgroup_id(request)
+            why = None if cgid == s["cgid"] else \
+                (f"corral git gateway: refused: this endpoint belongs to session {s['id']}; the "
+                 f"connection comes from another cgroup (id {cgid})",
+                 {"rule": "peer cgroup is not the session's", "peer_cgid": cgid})
+        except (inetdiag.PeerUnknown, OSError) as e:
+            why = (f"corral git gateway: refused: cannot tell which session connected ({e})",
+                   {"rule": "peer unknown", "reason": str(e)})
+        if why is None:
+            if not self.active.acquire(blocking=False):
+                why = (f"corral git gateway: busy: more than {MAX_ACTIVE} requests at once", None)
+            else:
+                return super().process_request(request, client_address)
+        if why[1] is not None:
+            self._log_refusal(why[1])
+        if self.refusing.acquire(blocking=False):
+            threading.Thread(target=self._refuse, args=(request, why[0]), daemon=True).start()
+        else:
+            request.close()
+
+    def shutdown_request(self, request):
+        super().shutdown_request(request)
+        try:
+            self.active.release()
+        except ValueError:
+            pass
+
+    def _refuse(self, request, msg: str) -> None:
+        """A 403 with the reason, without reading what was sent (bounded drain, so
+        the answer is not lost to a reset)."""
+        try:
+            request.settimeout(2)
+            body = (msg + "\n").encode()
+            request.sendall(b"HTTP/1.0 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+            request.shutdown(socket.SHUT_WR)
+            for _ in range(16):
+                if not request.recv(65536):
+                    break
+        except OSError:
+            pass
+        finally:
+            request.close()
+            self.refusing.release()
+
+    def _log_refusal(self, info: dict) -> None:
+        now = time.monotonic()
+        if now - self.refusal_logged < 1.0:
+            self.refusals_unlogged += 1
+            return
+        self.refusal_logged = now
+        if self.refusals_unlogged:
+            info = dict(info, suppressed_before=self.refusals_unlogged)
+            self.refusals_unlogged = 0
+        self.gw.audit_refusal(self.sess, info)
 
     def start(self) -> None:
         threading.Thread(target=self.serve_forever, name=f"git-gw-{self.sess['id']}",
@@ -140,6 +212,7 @@ class Endpoint(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"       # one request per connection: checked at each
+    timeout = 120                       # a stalled client frees its slot
     server: Endpoint
 
     def log_message(self, fmt, *args):     # the audit log says what matters
@@ -156,7 +229,6 @@ class Handler(BaseHTTPRequestHandler):
         ep = self.server
         s = ep.sess
         try:
-            self._check_peer()
             service = self._route(method)
             if service == "git-receive-pack":
                 self._receive(method)
@@ -170,18 +242,6 @@ class Handler(BaseHTTPRequestHandler):
             pass
         except Exception as e:
             self._text(502, f"corral git gateway: {type(e).__name__}: {ep.redact(str(e))}")
-
-    def _check_peer(self) -> None:
-        s = self.server.sess
-        try:
-            cgid = inetdiag.peer_cgroup_id(self.connection)
-        except inetdiag.PeerUnknown as e:
-            raise Refused(403, f"corral git gateway: refused: cannot tell which session "
-                               f"connected ({e})", {"rule": "peer unknown", "reason": str(e)})
-        if cgid != s["cgid"]:
-            raise Refused(403, f"corral git gateway: refused: this endpoint belongs to session "
-                               f"{s['id']}; the connection comes from another cgroup (id {cgid})",
-                          {"rule": "peer cgroup is not the session's", "peer_cgid": cgid})
 
     def _route(self, method: str) -> str:
         s = self.server.sess

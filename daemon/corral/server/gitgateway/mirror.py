@@ -46,18 +46,20 @@ class Mirror:
         p = subprocess.run([GIT, *args], env=clean_env(self.home, header, extra), cwd=self.home,
                            stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
         if p.returncode not in ok:
-            raise GitFailed(self.redact(p.stderr.decode(errors="replace").strip()
-                                        or f"git {args[0]} exited {p.returncode}"))
+            rejected = [x for x in p.stdout.decode(errors="replace").splitlines()
+                        if x.startswith("!")]           # push --porcelain: refused refs
+            text = "\n".join(rejected + [p.stderr.decode(errors="replace").strip()]).strip()
+            raise GitFailed(self.redact(text or f"git {args[0]} exited {p.returncode}"))
         return p
 
     def create(self) -> None:
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         self._run(["init", "--bare", "-q", "--template=", self.path])
-        for k, v in (("core.hooksPath", self.hooks_dir), ("receive.fsckObjects", "true"),
-                     ("gc.auto", "0"), ("receive.autogc", "false"),
-                     ("receive.denyDeletes", "true"), ("receive.advertisePushOptions", "false"),
-                     ("core.fsmonitor", "false"), ("uploadpack.allowFilter", "false")):
-            self._run(["--git-dir", self.path, "config", k, v])
+        # One write rather than a git child per key (this runs while a session registers).
+        with open(os.path.join(self.path, "config"), "a") as fh:
+            fh.write(f"[core]\n\thooksPath = {self.hooks_dir}\n\tfsmonitor = false\n"
+                     "[receive]\n\tfsckObjects = true\n\tautogc = false\n\tdenyDeletes = true\n"
+                     "\tadvertisePushOptions = false\n[gc]\n\tauto = 0\n")
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

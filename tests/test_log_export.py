@@ -252,3 +252,24 @@ def test_broken_settings_refuse_to_start():
                "hold" in str(e.value), str(e.value)
     finally:
         d.cleanup(remove_tmp=True)
+
+
+def test_unusable_checkpoint_key_is_said_not_hidden():
+    """A key corrald cannot use: it still enforces, and says the log is not anchored."""
+    d = make_daemon("corral-badkey", extra_args=["--no-dns"])
+    key = d.tmp / "etc" / "checkpoint.key"
+    key.parent.mkdir(parents=True)
+    key.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    key.chmod(0o600)
+    try:
+        d.start()
+        rec = d.wait_record(lambda r: r.get("op") == "checkpoints_off")
+        assert str(key) in rec["rule"]
+        doc = subprocess.run([CORRAL, "doctor"], capture_output=True, text=True, env=d.env,
+                             timeout=60)
+        assert f"checkpoints UNAVAILABLE signing key {key}" in doc.stdout, doc.stdout
+        p = _run(d, "--no-net", "--", sys.executable, "-c", CONNECT)
+        assert p.returncode == 0 and "refused" in p.stdout, p.stdout + p.stderr
+        assert not (d.log_dir / "checkpoints.jsonl").exists()
+    finally:
+        d.cleanup(remove_tmp=True)

@@ -51,6 +51,7 @@ def report() -> dict:
     rep["exports"] = (hello or {}).get("exports") or {}
     rep["losses"] = losses(hello)
     rep["named_policies"] = (hello or {}).get("policies")
+    rep["checkpoints_feature"] = (daemon or {}).get("checkpoints") if hello else None
     if daemon is None:
         rep["network"] = {"active": False, "why": f"daemon not running: {status}"}
     else:
@@ -208,6 +209,9 @@ def _log_line(st: dict) -> str:
 def _audit_lines(rep: dict) -> list[str]:
     out = []
     cp = (rep.get("audit_log") or {}).get("checkpoints")
+    off = (rep.get("checkpoints_feature") or {})
+    if not cp and off.get("why"):
+        out.append(f"checkpoints UNAVAILABLE {off['why']}: the log's tail is not anchored")
     if cp:
         out.append(f"checkpoints active      ed25519 key {cp.get('key_id')} ({cp.get('public_key')}): "
                    f"every {cp.get('every')} records, rotation, session end; last seq "

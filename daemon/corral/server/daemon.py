@@ -111,6 +111,9 @@ class Daemon:
                     "rule": "", "features": self.features,
                     "recovered": [s.id for s in recovered]})
         self.log.checkpoint("start")
+        if not self.features["checkpoints"]["active"]:
+            self.audit({"kind": "log", "op": "checkpoints_off", "verdict": "warn", "target": "",
+                        "rule": self.features["checkpoints"]["why"]}, must=False)
 
     def _open_log(self) -> EventLog:
         """The audit log with its exports (server/export) and signed checkpoints
@@ -121,8 +124,17 @@ class Daemon:
         gid = audit_gid(os.environ.get("CORRAL_AUDIT_GROUP", "corral-audit")) \
             if os.geteuid() == 0 else 0
         self.exports = export.build(self.settings, LOG_DIR, gid)
-        cp = Checkpointer(settings.checkpoint_key(self.settings), LOG_DIR / "checkpoints.jsonl",
-                          self.settings.get("log", "checkpoint_every"), str(LOG_DIR), gid)
+        key = settings.checkpoint_key(self.settings)
+        try:
+            cp = Checkpointer(key, LOG_DIR / "checkpoints.jsonl",
+                              self.settings.get("log", "checkpoint_every"), str(LOG_DIR), gid)
+            self.features["checkpoints"] = {"active": True, "key_id": cp.key_id}
+        except Exception as e:
+            # Enforcement does not wait for the anchor; doctor and the log say it is missing.
+            cp = None
+            why = f"signing key {key}: {type(e).__name__}: {e}"
+            self.features["checkpoints"] = {"active": False, "why": why}
+            log.error("audit log checkpoints are OFF: %s (fix it and restart corrald)", why)
         self.features["exports"] = self.exports.status()
         return EventLog(LOG_DIR, checkpointer=cp, on_write=self.exports.on_write)
 

@@ -373,10 +373,13 @@ def test_direct_connection_to_the_upstream_is_refused_with_a_hint(gd, upstream, 
 
 # -- the token never enters the session -------------------------------------------
 SCAN = r'''
-import os, sys
+import base64, os, sys
 tok = bytes(a ^ b for a, b in zip(bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2])))
-hits, files, procs = [], 0, 0
-if any(tok in (k + "=" + v).encode() for k, v in os.environ.items()):
+needles = (tok, base64.b64encode(b"x-access-token:" + tok))     # as is, and as basic auth
+hits, files, procs, unreadable = [], 0, 0, []
+def found(data):
+    return any(n in data for n in needles)
+if any(found((k + "=" + v).encode()) for k, v in os.environ.items()):
     hits.append("environment")
 for root in sys.argv[3:]:
     for d, dirs, names in os.walk(root):
@@ -391,7 +394,7 @@ for root in sys.argv[3:]:
             except OSError:
                 continue
             files += 1
-            if tok in data:
+            if found(data):
                 hits.append(p)
 for pid in os.listdir("/proc"):
     if not pid.isdigit() or int(pid) == os.getpid():
@@ -401,12 +404,15 @@ for pid in os.listdir("/proc"):
             with open(f"/proc/{pid}/{f}", "rb") as fh:
                 data = fh.read()
         except OSError:
+            if f == "environ":
+                unreadable.append(int(pid))
             continue
         procs += 1
-        if tok in data:
+        if found(data):
             hits.append(f"/proc/{pid}/{f}")
 print("files", files, "procs", procs)
 print("hits", hits)
+print("unreadable", unreadable)
 '''
 
 
@@ -486,3 +492,66 @@ def test_endpoint_survives_a_daemon_restart(gd, upstream, work):
     finally:
         h.stdin.close()
         h.wait(30)
+
+
+def test_token_in_the_gateways_git_child_is_not_readable_from_the_session(gd, upstream, work):
+    """While the gateway pushes upstream (made slow here), its git child holds the
+    token in its environment: this process (outside) sees it there; the session,
+    scanning /proc at that moment, cannot read that environment."""
+    import threading
+    url = upstream.url("test/repo")
+    key = secrets.token_bytes(len(upstream.token))
+    masked = bytes(a ^ b for a, b in zip(upstream.token.encode(), key))
+    script = work / "scan.py"
+    script.write_text(SCAN)
+    needle = base64.b64encode(f"x-access-token:{upstream.token}".encode())
+    seen: set[int] = set()
+    stop = threading.Event()
+
+    def watch():                        # the control, outside every session
+        while not stop.is_set():
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    try:
+                        with open(f"/proc/{pid}/environ", "rb") as fh:
+                            if needle in fh.read():
+                                seen.add(int(pid))
+                    except OSError:
+                        pass
+            time.sleep(0.05)
+    slow = upstream.root / "slow-receive"
+    slow.write_text("4")
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        p = run(gd, work, f"""set -e
+git clone -q {url} c && cd c && git commit -q --allow-empty -m slow
+(git push -q origin HEAD:corral/$CORRAL_SESSION/slow >../push.out 2>&1; echo $? >../push.rc) &
+sleep 2
+{sys.executable} {script} {masked.hex()} {key.hex()}
+wait
+echo "push rc $(cat ../push.rc)"
+""", *net_flags(work), remote=url)
+    finally:
+        stop.set()
+        t.join()
+        slow.unlink()
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "push rc 0" in p.stdout, p.stdout + (work / "push.out").read_text()
+    assert seen, "control: the gateway's git child with the token was never seen from outside"
+    assert "hits []" in p.stdout, p.stdout
+    unreadable = set(json.loads(re.search(r"unreadable (\[.*\])", p.stdout).group(1)))
+    assert seen & unreadable, (seen, unreadable)
+
+
+def test_session_without_network_policy_uses_its_endpoint(gd, upstream, work):
+    """No network section: no rule is added (it would make the session
+    default-deny); its own connections still reach the endpoint."""
+    url = upstream.url("test/repo")
+    p = run(gd, work, f"git ls-remote {url} | grep -c refs/heads/main", "--allow-write", str(work),
+            remote=url)
+    assert p.returncode == 0 and p.stdout.strip() == "1", p.stdout + p.stderr
+    info = json.loads(gd.corral("log", "--json", "--session", p.sid, "--kind", "session",
+                                check=True).stdout.splitlines()[0])
+    assert info["policy"]["network"] is None and info["policy"]["git"]["repo"] == \
+        f"127.0.0.1:{upstream.port}/test/repo"

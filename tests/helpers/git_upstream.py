@@ -5,7 +5,9 @@ token, like a forge would. Run as a child process:
     python git_upstream.py ROOT TOKEN_FILE PORT_FILE [STATS_FILE]
 
 serves the bare repositories under ROOT at http://127.0.0.1:PORT/<name>.git,
-writes PORT to PORT_FILE once listening. STATS_FILE (json, rewritten on each
+writes PORT to PORT_FILE once listening. While a file "slow-receive" exists
+beside STATS_FILE, each push waits that many seconds (the tests look at the
+gateway's git children meanwhile). STATS_FILE (json, rewritten on each
 request) counts requests by whether their Authorization was the token (never
 the token itself)."""
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROOT, TOKEN_FILE, PORT_FILE = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -62,6 +65,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._stats("good")
         body = self._body() if self.command == "POST" else b""
+        slow = os.path.join(os.path.dirname(STATS_FILE or PORT_FILE), "slow-receive")
+        if self.path.endswith("/git-receive-pack") and os.path.exists(slow):
+            time.sleep(float(open(slow).read() or 3))
         path, _, query = self.path.partition("?")
         env = {"PATH": "/usr/bin:/bin", "GIT_PROJECT_ROOT": ROOT, "GIT_HTTP_EXPORT_ALL": "1",
                "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",

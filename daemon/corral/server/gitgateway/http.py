@@ -48,13 +48,14 @@ class Refused(Exception):
 
 MAX_ACTIVE = 16            # requests of the session at once
 MAX_REFUSING = 4           # threads answering refused connections at once
+REFUSAL_RECORDS = 5        # audit records of refused connections a second (then counted)
 
 
 class Endpoint(ThreadingHTTPServer):
     """Connections are judged when accepted, before a thread or a byte of the
     request: only sockets the session's cgroup created get a handler (at most
     MAX_ACTIVE at once); any other gets a short 403 from a few bounded threads,
-    and at most one audit record a second (with the count in between)."""
+    and at most REFUSAL_RECORDS audit records a second (the rest counted in the next)."""
     daemon_threads = True
     allow_reuse_address = True
 
@@ -65,7 +66,7 @@ class Endpoint(ThreadingHTTPServer):
         self.push_lock = threading.Lock()
         self.active = threading.BoundedSemaphore(MAX_ACTIVE)
         self.refusing = threading.BoundedSemaphore(MAX_REFUSING)
-        self.refusal_logged, self.refusals_unlogged = 0.0, 0
+        self.refusal_logged, self.refusal_count, self.refusals_unlogged = 0.0, 0, 0
         super().__init__(("127.0.0.1", port), Handler)
 
     def process_request(self, request, client_address):
@@ -118,10 +119,12 @@ class Endpoint(ThreadingHTTPServer):
 
     def _log_refusal(self, info: dict) -> None:
         now = time.monotonic()
-        if now - self.refusal_logged < 1.0:
+        if int(now) != int(self.refusal_logged):
+            self.refusal_logged, self.refusal_count = now, 0
+        if self.refusal_count >= REFUSAL_RECORDS:
             self.refusals_unlogged += 1
             return
-        self.refusal_logged = now
+        self.refusal_count += 1
         if self.refusals_unlogged:
             info = dict(info, suppressed_before=self.refusals_unlogged)
             self.refusals_unlogged = 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import http.client
 import json
+import os
 import socket
 import tempfile
 import threading
@@ -29,7 +30,7 @@ from corral.kernel import inetdiag
 from corral.server.gitgateway import refcheck
 from corral.server.gitgateway.mirror import GitFailed, auth_header
 
-MAX_READ_BODY = 64 << 20            # an upload-pack request (wants, haves)
+MAX_READ_BODY = 16 << 20            # an upload-pack request (wants, haves)
 PASS_REQUEST = ("Git-Protocol", "Content-Type", "Content-Encoding", "Accept", "Accept-Encoding",
                 "User-Agent")
 PASS_RESPONSE = ("Content-Type", "Content-Encoding", "Cache-Control", "Expires", "Pragma")
@@ -382,7 +383,7 @@ class Handler(BaseHTTPRequestHandler):
         gz = self.headers.get("Content-Encoding", "").lower() in ("gzip", "x-gzip")
         inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if gz else None
         size = 0
-        with tempfile.TemporaryFile(dir=mirror.home) as body:
+        with tempfile.TemporaryFile(dir=os.path.dirname(mirror.path)) as body:  # on disk
             for chunk in self._body_chunks():
                 if inflate is not None:
                     chunk = inflate.decompress(chunk)

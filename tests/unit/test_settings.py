@@ -87,15 +87,18 @@ def test_policydir_good_broken_removed(tmp_path):
 
 
 def test_policydir_refuses_files_others_can_write(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("the ownership check applies to a root corrald; this runs as another user")
+    """A root corrald trusts root's files only (owner=0); here the owner is whoever runs
+    the test, so the unit tier checks the same rule as any user."""
     d = tmp_path / "policies.d"
-    d.mkdir()
+    d.mkdir(mode=0o755)
     f = d / "team.toml"
     f.write_text('[network]\nallow = ["10.0.0.0/8:443"]\n')
     os.chmod(f, 0o666)
-    pd = PolicyDir(d, interval=0)
-    assert "writable by root only" in pd.errors["team"] and "team" not in pd.policies
+    me = os.geteuid()
+    pd = PolicyDir(d, interval=0, owner=me)
+    assert "writable by" in pd.errors["team"] and "team" not in pd.policies
     os.chmod(f, 0o644)
     pd.step()
     assert pd.get("team")
+    other = PolicyDir(d, interval=0, owner=me + 1)       # someone else's directory: refused
+    assert "is owned by uid" in other.status()["error"] and "team" not in other.policies

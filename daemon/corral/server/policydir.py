@@ -40,8 +40,11 @@ class Named:
 
 
 class PolicyDir:
-    def __init__(self, directory: Path, audit=None, interval: float = CHECK_INTERVAL):
+    def __init__(self, directory: Path, audit=None, interval: float = CHECK_INTERVAL,
+                 owner: int | None = -1):
         self.dir = Path(directory)
+        # Whose files are trusted: root's for a root corrald (-1: decide by euid; None: no check)
+        self.owner = (0 if os.geteuid() == 0 else None) if owner == -1 else owner
         self.audit = audit if audit is not None else (lambda rec, **kw: rec)
         self.interval = interval
         self.policies: dict[str, Named] = {}
@@ -54,10 +57,13 @@ class PolicyDir:
 
     # -- reading --------------------------------------------------------------
     def _unsafe(self, st: os.stat_result, what: str) -> str | None:
-        if st.st_uid != 0 or st.st_mode & 0o022:
+        if self.owner is None:
+            return None
+        if st.st_uid != self.owner or st.st_mode & 0o022:
+            who = "root" if self.owner == 0 else f"uid {self.owner}"
             return (f"{what} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: "
-                    "a named policy must be root's and writable by root only "
-                    f"(chown root {what}; chmod go-w {what})")
+                    f"a named policy must be {who}'s and writable by {who} only "
+                    f"(chown {'root' if self.owner == 0 else self.owner} {what}; chmod go-w {what})")
         return None
 
     def step(self, force: bool = False) -> None:
@@ -69,7 +75,7 @@ class PolicyDir:
         try:
             st = os.stat(self.dir)
             names = sorted(os.listdir(self.dir))
-            err = self._unsafe(st, str(self.dir)) if os.geteuid() == 0 else None
+            err = self._unsafe(st, str(self.dir))
         except FileNotFoundError:
             names, err = [], None
         except OSError as e:
@@ -116,7 +122,7 @@ class PolicyDir:
 
     def _load(self, name: str, path: Path, st) -> None:
         from corral.policy import files as pf
-        unsafe = self._unsafe(st, str(path)) if os.geteuid() == 0 else None
+        unsafe = self._unsafe(st, str(path))
         try:
             if unsafe:
                 raise PolicyError(unsafe)

@@ -195,6 +195,8 @@ echo "pushed=$(git rev-parse HEAD)"
     lg = gd.corral("log", "--kind", "git", "--json", "--session", p.sid, check=True)
     lines = [json.loads(x) for x in lg.stdout.splitlines() if x.strip()]
     assert [x["ref"] for x in lines] == [f"refs/heads/corral/{p.sid}/work"]
+    text = gd.corral("log", "--kind", "git", "--session", p.sid, check=True).stdout
+    assert f"refs/heads/corral/{p.sid}/work 0000000000..{pushed[:10]} ({url})" in text, text
 
 
 def test_ssh_style_remotes_are_rewritten(gd, upstream, work):

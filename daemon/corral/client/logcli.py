@@ -129,7 +129,11 @@ def fmt_row(r: dict) -> str:
         target = f"{r['count']} event(s) suppressed"
     if r.get("kind") == "policy" and r.get("op") == "update" and isinstance(r.get("policy"), dict):
         target = ", ".join(policy_diff(r.get("old"), r.get("policy"))) or "(no change)"
+    if r.get("kind") == "git" and r.get("new"):         # one ref update of a push
+        target = f"{target} {str(r.get('old'))[:10]}..{str(r['new'])[:10]} ({r.get('remote')})"
     rule = r.get("rule") or ""
+    if r.get("hint"):
+        rule = f"{rule}; {r['hint']}" if rule else str(r["hint"])
     return (f"{fmt_time(r.get('time')):19} {r.get('seq', ''):>6} {str(r.get('session') or '-'):8} "
             f"{str(r.get('kind') or '-'):7} {str(r.get('op') or '-'):12} "
             f"{str(r.get('verdict') or '-'):7} {target}"

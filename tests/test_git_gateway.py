@@ -459,6 +459,8 @@ def test_broken_credentials_refuse_git_sessions_only(gd, upstream, work):
         assert upstream.token not in p.stderr
         q = run(gd, work, "echo fine", *net_flags(work))
         assert q.returncode == 0 and "fine" in q.stdout, q.stderr
+        doc = gd.corral("doctor").stdout
+        assert re.search(r"git gateway UNAVAILABLE .*not valid TOML", doc), doc
         upstream.creds.write_text(upstream.creds_text.replace("test/repo", "test/nothere"))
         p = run(gd, work, "true", *net_flags(work), remote=upstream.url("test/repo"))
         assert p.returncode != 0 and "no credentials for" in p.stderr, p.stderr
@@ -467,6 +469,8 @@ def test_broken_credentials_refuse_git_sessions_only(gd, upstream, work):
     p = run(gd, work, f"git ls-remote {upstream.url('test/repo')} >/dev/null && echo ok",
             *net_flags(work), remote=upstream.url("test/repo"))
     assert "ok" in p.stdout, p.stdout + p.stderr
+    doc = gd.corral("doctor").stdout
+    assert f"git gateway active      {upstream.creds}: 127.0.0.1:{upstream.port}/test/repo" in doc, doc
 
 
 # -- a daemon restart ---------------------------------------------------------------

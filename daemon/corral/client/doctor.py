@@ -75,6 +75,7 @@ def report() -> dict:
     except Exception as e:
         rep["native_extension"] = {"active": False, "why": str(e)}
     rep["dns"] = (daemon or {}).get("dns", {"active": False, "why": "daemon not running"})
+    rep["git_gateway"] = (daemon or {}).get("git", {"active": False, "why": "daemon not running"})
     from corral.server import auditlink
     rep["erofs_audit"] = auditlink.erofs_report()   # writes the read-only mount view refuses
     rep["limits"] = [
@@ -255,6 +256,9 @@ def render(rep: dict) -> str:
         f"seccomp     {_mark(rep['seccomp'])}",
         f"native ext  {_mark(rep['native_extension'])} {rep['native_extension'].get('why', '')}",
         f"dns         {_mark(rep['dns'])} {rep['dns'].get('why') or rep['dns'].get('upstream', '')}",
+        f"git gateway {_mark(rep['git_gateway'])} " + (rep["git_gateway"].get("why") or
+                                                        f"{rep['git_gateway'].get('credentials')}: "
+                                                        f"{', '.join(rep['git_gateway'].get('remotes') or [])}"),
         f"peer id     {_mark(rep['peer_identity'])} {rep['peer_identity']['why']}",
         f"erofs audit {_mark(rep['erofs_audit'])} {rep['erofs_audit']['why']}",
         _log_line(rep["audit_log"]),

@@ -50,6 +50,7 @@ class GitGateway:
         self.remotes: list = []
         self.token_files: list[str] = []
         self.error: str | None = None
+        self._status: dict = {}        # kept current in place: the daemon's features["git"]
         self.lock = threading.Lock()
         self.hooks = str(base_dir() / "hooks")
         self.home = str(base_dir() / "home")
@@ -74,13 +75,16 @@ class GitGateway:
             if str(e) != self.error:
                 log.warning("git gateway: %s", e)
             self.remotes, self.token_files, self.error = [], [], str(e)
-            return
-        self.remotes, self.token_files, self.error = remotes, files, None
+        else:
+            self.remotes, self.token_files, self.error = remotes, files, None
+        self._status.clear()
+        self._status.update({"active": self.error is None, "credentials": self.path,
+                             "remotes": [r.pattern for r in self.remotes],
+                             **({"why": self.error} if self.error else {})})
 
     def status(self) -> dict:
-        return {"active": self.error is None, "credentials": self.path,
-                "remotes": [r.pattern for r in self.remotes],
-                **({"why": self.error} if self.error else {})}
+        """What `corral doctor` shows (the same dict, updated by each reload)."""
+        return self._status
 
     def protected_read(self) -> list[str]:
         """What no session may read: the credentials, their token files, the mirrors."""

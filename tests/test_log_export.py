@@ -299,3 +299,70 @@ def test_real_journald_if_present():
     assert _wait(found, 10), "journald did not show the record"
     assert got[0]["CORRAL_OP"] == "test" and got[0]["CORRAL_LABEL_TEAM"] == "infra"
     assert got[0]["SYSLOG_IDENTIFIER"] == "corrald"
+
+
+@pytest.fixture
+def private_journald(tmp_path):
+    """A real systemd-journald in a private mount namespace (its own tmpfs /run and
+    /var/log/journal: the host's journal, if any, is untouched); its socket is reached
+    through /proc/PID/root, its journal read with nsenter + journalctl."""
+    import shutil
+    jd = next((p for p in ("/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald")
+               if os.access(p, os.X_OK)), None)
+    if jd is None or not shutil.which("journalctl") or not shutil.which("unshare") \
+            or not shutil.which("nsenter"):
+        pytest.skip("systemd-journald, journalctl, unshare or nsenter missing (apt-get install "
+                    "systemd util-linux)")
+    script = ("set -e; mount -t tmpfs tmpfs /run; mkdir -p /run/systemd/journal /run/log; "
+              "if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi; "
+              f"exec {jd}")
+    err = open(tmp_path / "journald.stderr", "wb")
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            stdout=err, stderr=err)
+    sock = Path(f"/proc/{proc.pid}/root/run/systemd/journal/socket")
+    try:
+        if not _wait(lambda: sock.exists() or proc.poll() is not None, 10) or not sock.exists():
+            pytest.skip("systemd-journald did not start here without systemd as PID 1: "
+                        + (tmp_path / "journald.stderr").read_text(errors="replace")[-500:])
+
+        def read(*match):
+            p = subprocess.run(["nsenter", "-t", str(proc.pid), "-m", "journalctl", "-o", "json",
+                                "--no-pager", "SYSLOG_IDENTIFIER=corrald", *match],
+                               capture_output=True, text=True, timeout=30)
+            return [json.loads(x) for x in p.stdout.splitlines() if x.strip()]
+        yield sock, read
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        err.close()
+
+
+def test_records_in_a_real_journald(private_journald):
+    sock, read = private_journald
+    d = make_daemon("corral-journal", extra_args=["--no-dns"])
+    d.env["CORRAL_JOURNAL_SOCKET"] = str(sock)
+    etc = d.tmp / "etc"
+    etc.mkdir()
+    (etc / "corral.toml").write_text('[export]\njournald = "auto"\n')   # on: the socket exists
+    try:
+        d.start()
+        assert _hello(d)["exports"]["journald"]["active"]
+        p = _run(d, "--no-net", "--name", "j-1", "--label", "team=infra", "--", sys.executable,
+                 "-c", CONNECT)
+        assert p.returncode == 0 and "refused" in p.stdout, p.stdout + p.stderr
+        deny = d.wait_record(lambda r: r.get("kind") == "net" and r.get("session_name") == "j-1")
+        got = _wait(lambda: read(f"CORRAL_SESSION={deny['session']}", "CORRAL_KIND=net"))
+        assert got, read()[-3:]
+        m = got[0]
+        assert m["CORRAL_SEQ"] == str(deny["seq"]) and m["CORRAL_HASH"] == deny["hash"]
+        assert m["CORRAL_PREV"] == deny["prev"] and m["CORRAL_VERDICT"] == "deny"
+        assert m["CORRAL_LABEL_TEAM"] == "infra" and m["CORRAL_SESSION_NAME"] == "j-1"
+        assert m["PRIORITY"] == "4" and "net/connect deny" in m["MESSAGE"]
+        assert json.loads(m["CORRAL_RECORD"]) == json.loads(json.dumps(deny))
+        assert _wait(lambda: read("CORRAL_KIND=checkpoint", "CORRAL_REASON=session_end"))
+    finally:
+        d.cleanup(remove_tmp=True)

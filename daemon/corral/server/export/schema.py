@@ -28,4 +28,4 @@ def summary(rec: dict) -> str:
         parts.append(f"[{str(rec['rule'])[:200]}]")
     if rec.get("pid"):
         parts.append(f"pid {rec['pid']}" + (f" {rec['comm']}" if rec.get("comm") else ""))
-    return "corral " + " ".join(parts) + f" seq {rec.get('seq')}"
+    return ("corral " + " ".join(parts) + f" seq {rec.get('seq')}").replace("\n", " ")

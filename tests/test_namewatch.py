@@ -352,7 +352,7 @@ def test_daemon_restart_keeps_watching(project):
     then is still quarantined; one made read-only before stays so and in place."""
     from conftest import make_daemon
     base, proj = project
-    d = make_daemon("corral-nw-restart", extra_args=["--no-dns"])
+    d = make_daemon("corral-nw-restart")     # the default profile names domains: DNS on
     d.start()
     proc = None
     try:
@@ -397,3 +397,226 @@ except OSError as e:
             proc.kill()
             proc.wait()
         d.cleanup(remove_tmp=True)
+
+
+# -- .git/config: content-checked, not quarantined on sight ------------------------------
+# git init in a fresh project (no .git before the session) makes .git/config in
+# the session: corrald reads it at each creation, rename onto it and write, and
+# leaves it while every key is inert; anything else is quarantined.
+@pytest.fixture
+def fresh():
+    base = Path(tempfile.mkdtemp(prefix="corral-nw-git-"))
+    proj = base / "proj"
+    proj.mkdir()
+    (base / "out").mkdir()
+    try:
+        yield base, proj
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def outside_git(proj, *args):
+    """git as the developer runs it, outside every session."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(proj.parent), "GIT_CONFIG_NOSYSTEM": "1"}
+    return subprocess.run(["git", *args], cwd=proj, env=env, capture_output=True, text=True,
+                          timeout=30)
+
+
+GIT_WORK = """set -e
+for i in $(seq 20); do
+  rm -rf .git a
+  git init -q -b main .
+  git config user.name x
+  git config user.email x@example.com
+  echo "x$i" > a
+  git add a
+  git commit -qm "m$i"
+  git branch "b$i"
+  git checkout -q "b$i"
+  git checkout -q main
+  git remote add origin https://example.com/r.git
+  git config branch.main.remote origin
+  git config branch.main.merge refs/heads/main
+  git status --short >/dev/null
+done
+echo DONE
+"""
+
+
+def test_git_init_in_fresh_project_works(daemon, fresh):
+    _, proj = fresh
+    assert not (proj / ".git").exists()
+    p = run(daemon, proj, GIT_WORK, timeout=180)
+    assert p.returncode == 0 and "DONE" in p.stdout, (p.stdout, p.stderr)
+    cfg = proj / ".git" / "config"
+    assert cfg.is_file() and not cfg.is_symlink()
+    got = outside_git(proj, "config", "--file", str(cfg), "--list")
+    assert "user.name=x" in got.stdout and "remote.origin.url=https://example.com/r.git" \
+        in got.stdout, got
+    assert outside_git(proj, "log", "--oneline").stdout.count("\n") == 1
+    # The empty GIT_TEMPLATE_DIR corral run sets: git init makes no .git/hooks
+    # (still quarantined on sight if the session makes one).
+    assert not os.path.lexists(proj / ".git" / "hooks")
+    assert not [r for r in log_records(daemon) if r.get("op") == "quarantine"
+                and r.get("target", "").startswith(str(proj))]
+    recs = [r for r in log_records(daemon) if r.get("target") == str(cfg)]
+    assert not [r for r in recs if r.get("op") == "quarantine"], recs
+    ok = [r for r in recs if r.get("op") == "checked"]
+    assert ok and all(r["verdict"] == "allow" and r["kind"] == "file" for r in ok), recs
+    assert max(r["keys"] for r in ok) >= 9, ok
+    print(f"{len(ok)} checked records, e.g. {json.dumps(ok[-1])}")
+
+
+FSMON = "[core]\n\tfsmonitor = touch {mark}\n"
+SETUP = "set -e; git init -q -b main .; git config user.name x; "
+ATTACKS = {
+    # name: (script after SETUP, where the session looks afterwards)
+    "git_config": "git config core.fsmonitor 'touch {mark}'",
+    "echo_append": "printf '{fsmon}' >> .git/config",
+    "rename_over": "cp .git/config {out}/new; printf '{fsmon}' >> {out}/new; "
+                   "mv {out}/new .git/config",
+    "symlink_swap": "cp .git/config {out}/evil; printf '{fsmon}' >> {out}/evil; "
+                    "ln -s {out}/evil .git/config.new; mv -f .git/config.new .git/config",
+    "hard_link_in": "cp .git/config {out}/evil; printf '{fsmon}' >> {out}/evil; "
+                    "rm .git/config; ln {out}/evil .git/config",
+    "hard_link_out": "ln .git/config {out}/alias; printf '{fsmon}' >> {out}/alias",
+    # written through a descriptor kept open, not closed: FAN_MODIFY
+    "open_fd": "{py} -c \"import os, time; f = open('.git/config', 'a'); time.sleep(0.1); "
+               "f.write('''{fsmon}'''); f.flush(); t = time.monotonic(); "
+               "exec('while os.path.exists(\\'.git/config\\') and time.monotonic() < t + 2: "
+               "time.sleep(0.001)'); "
+               "print('open_fd:', 'gone' if not os.path.exists('.git/config') else 'there', "
+               "'after %.1f ms' % ((time.monotonic() - t) * 1000))\"",
+    "gitfile": "rm -rf .git; git init -q --bare {out}/evil.git; "
+               "git --git-dir={out}/evil.git config core.bare false; "
+               "printf '{fsmon}' >> {out}/evil.git/config; "
+               "echo 'gitdir: {out}/evil.git' > .git",
+}
+
+
+def attack_script(case: str, base: Path) -> tuple[str, Path]:
+    mark = base / "out" / "PWNED"
+    # \n and \t as printf and Python both read them
+    script = ATTACKS[case].format(mark=mark, out=base / "out", py=sys.executable,
+                                  fsmon=FSMON.format(mark=mark).replace("\n", "\\n")
+                                  .replace("\t", "\\t"))
+    return SETUP + script, mark
+
+
+@pytest.mark.parametrize("case", sorted(ATTACKS))
+def test_git_config_attack_outside_any_session_runs(case):
+    """The control: each write, in a repo outside any session, makes the
+    developer's next `git status` run the command."""
+    base = Path(tempfile.mkdtemp(prefix="corral-nw-ctl-"))
+    try:
+        proj = base / "proj"
+        proj.mkdir()
+        (base / "out").mkdir()
+        script, mark = attack_script(case, base)
+        p = subprocess.run(["sh", "-c", script], cwd=proj, capture_output=True, text=True,
+                           timeout=30, env={"PATH": "/usr/bin:/bin", "HOME": str(base),
+                                            "GIT_CONFIG_NOSYSTEM": "1"})
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        assert not mark.exists()
+        outside_git(proj, "status")
+        assert mark.exists(), (case, "git status did not run core.fsmonitor")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("case", sorted(ATTACKS))
+def test_git_config_attack_in_session_is_quarantined(daemon, fresh, case):
+    base, proj = fresh
+    script, mark = attack_script(case, base)
+    target = proj / (".git" if case == "gitfile" else ".git/config")
+    # While the session still runs (the attack's process has returned): gone.
+    p = run(daemon, proj, script + f"; sleep 0.6; test -L {target} || test -f {target} "
+                                   "&& echo STILL || echo GONE")
+    print(p.stdout, p.stderr)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert "GONE" in p.stdout, (case, p.stdout)
+    if case == "open_fd":
+        # Seen by its FAN_MODIFY report (plus the check), not by step()'s look at
+        # the held descriptors every 0.2 s.
+        ms = float(p.stdout.split("open_fd: gone after ", 1)[1].split(" ms")[0])
+        assert ms < 150, p.stdout
+    rec = quarantine_record(daemon, str(target))
+    print(json.dumps(rec))
+    assert rec["verdict"] == "deny" and rec["creator"] in ("session", "unknown"), rec
+    assert "mandatory git-config" in rec["rule"] or case == "gitfile", rec
+    if case in ("git_config", "echo_append", "rename_over", "open_fd"):
+        assert rec["key"] == "core.fsmonitor", rec
+    if case in ("hard_link_in", "hard_link_out"):
+        assert "hard link" in rec["rule"], rec
+    if case == "symlink_swap":
+        assert rec["file_type"] == "symlink", rec
+    assert not os.path.lexists(target) or "fsmonitor" not in target.read_text()
+    outside_git(proj, "status")
+    assert not mark.exists(), (case, "core.fsmonitor ran outside the session")
+
+
+def test_git_remote_ext_url_is_quarantined_https_stays(daemon, fresh):
+    base, proj = fresh
+    mark = base / "out" / "EXT"
+    p = run(daemon, proj, "set -e; git init -q -b main .; "
+                          "git remote add origin https://example.com/r.git; sleep 0.3; "
+                          "test -f .git/config && echo HTTPS_STAYS; "
+                          f"git remote add evil 'ext::sh -c touch% {mark}'; sleep 0.6; "
+                          "test -f .git/config && echo STILL || echo GONE")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert "HTTPS_STAYS" in p.stdout and "GONE" in p.stdout, p.stdout
+    rec = quarantine_record(daemon, str(proj / ".git" / "config"))
+    assert rec["key"] == "remote.evil.url", rec
+    assert "ext::" in Path(rec["moved_to"]).read_text()
+    outside_git(proj, "-c", "protocol.ext.allow=always", "fetch", "evil")
+    assert not mark.exists()
+
+
+# git reads configuration through <gitdir>/commondir (the common directory's
+# config) and <gitdir>/config.worktree (with extensions.worktreeConfig): watched
+# with .git/config, in a .git that existed before the session too.
+SIBLING_ATTACKS = {
+    "commondir": "git init -q --bare {out}/evil.git; "
+                 "git --git-dir={out}/evil.git config core.bare false; "
+                 "printf '{fsmon}' >> {out}/evil.git/config; echo {out}/evil.git > .git/commondir",
+    "config_worktree": "printf '{fsmon}' > .git/config.worktree",
+}
+
+
+def sibling_script(case: str, base: Path) -> tuple[str, Path]:
+    mark = base / "out" / "PWNED"
+    return SIBLING_ATTACKS[case].format(out=base / "out", fsmon=FSMON.format(mark=mark)
+                                        .replace("\n", "\\n").replace("\t", "\\t")), mark
+
+
+@pytest.mark.parametrize("case", sorted(SIBLING_ATTACKS))
+def test_git_config_sibling_in_existing_repo(daemon, project, case):
+    base, proj = project
+    script, mark = sibling_script(case, base)
+    outside_git(proj, "config", "extensions.worktreeConfig", "true")   # the developer's
+    # The control, in a copy of the repo outside any session: git runs it.
+    ctl = base / "control"
+    shutil.copytree(proj, ctl, symlinks=True)
+    c = subprocess.run(["sh", "-c", script], cwd=ctl, capture_output=True, text=True, timeout=30)
+    assert c.returncode == 0, c
+    outside_git(ctl, "status")
+    assert mark.exists(), (case, "the control did not run core.fsmonitor")
+    mark.unlink()
+    shutil.rmtree(base / "out" / "evil.git", ignore_errors=True)
+    rel = ".git/commondir" if case == "commondir" else ".git/config.worktree"
+    pre = ""
+    if case == "config_worktree":   # an inert one stays (content-checked)
+        pre = ("git config --worktree user.name y; sleep 0.3; "
+               "test -f .git/config.worktree && echo INERT_STAYS; ")
+    p = run(daemon, proj, pre + script + f"; sleep 0.6; test -e {rel} && echo STILL || echo GONE")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert "GONE" in p.stdout, (p.stdout, p.stderr)
+    if case == "config_worktree":
+        assert "INERT_STAYS" in p.stdout, p.stdout
+    rec = quarantine_record(daemon, str(proj / rel))
+    print(json.dumps(rec))
+    assert rec["creator"] == "session" and "mandatory git-config" in rec["rule"], rec
+    if case == "config_worktree":
+        assert rec["key"] == "core.fsmonitor", rec
+    outside_git(proj, "status")
+    assert not mark.exists(), (case, "core.fsmonitor ran outside the session")

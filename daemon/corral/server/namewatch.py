@@ -30,6 +30,28 @@ what Landlock has to complement (unless --strict-protect):
   (regular file up to 1 MiB, O_NOFOLLOW; a directory tree bounded, symlinks
   recreated, never followed) and removed. Logged as kind "file", op
   "quarantine", verdict "deny".
+* Content-checked instead (CHECKED: ./.git/config, which `git init` in a
+  fresh project makes, then rewrites at each `git config`): made by a
+  process of the session, or by an unknown one, it is read (from the
+  parent's descriptor, O_NOFOLLOW: a regular file with one name, at most
+  64 KiB) and its keys checked (gitconfig_check.py: a strict parser and
+  git's own must agree, and every key be inert: no core.fsmonitor,
+  hooksPath, sshCommand, pager, editor, alias.*, include*, filter/diff
+  drivers, url.*.insteadOf, remote URLs with ext::/fd::/helper transports,
+  ...). Harmless: left in place (op "checked", verdict "allow", with the
+  count of keys); anything else, a symlink, a hard link, unreadable, too
+  big or not parsed with certainty: quarantined, the record naming the
+  key. Checked again at every creation or rename onto it, every write or
+  close after writing in its directory (FAN_MODIFY, FAN_CLOSE_WRITE on the
+  directory's children, debounced by CHECK_DEBOUNCE), when the descriptor
+  the daemon holds shows a change no report named (step(): a write
+  through a second name or a mapping; a second name itself), and once more
+  when the session ends. A regular file named .git where the chain needs
+  the directory (a "gitdir:" pointer to a configuration elsewhere) is
+  treated like a symlink on the way: quarantined. With every protected
+  .git/config, in a .git that existed as well, two names git reads
+  configuration through are watched (GIT_CONFIG_SIBLINGS): .git/commondir
+  (quarantined on sight) and .git/config.worktree (content-checked).
 * Made outside every session that protects it (the developer's editor): left
   in place and made read-only inside each protecting session's mount
   namespace (nsmount.py), on the mount its path crosses there (the only one
@@ -65,7 +87,24 @@ What remains:
   building the view and closes inherited descriptors).
 * Nothing is watched while corrald is down; what appeared meanwhile is
   quarantined when it is back, unless it is a mount point of the session's
-  view already.
+  view already (a content-checked name is checked then, not quarantined).
+* A content-checked name is in place, as written, from a write until its
+  check (~1 ms after the report, plus git's parse ~5 ms, plus up to
+  CHECK_DEBOUNCE when it was checked just before): git run outside the
+  session in that window reads it. Checks take the daemon's loop (a
+  session writing .git/config in a loop costs up to one check per
+  CHECK_DEBOUNCE).
+* Writes no report names are seen through the held descriptor's size and
+  times, at most SESSION_POLL later; a shared mapping written again in a
+  page already dirty changes neither: seen by the check at session end.
+* The allowlist (gitconfig_check.INERT) is a judgment. .git/commondir and
+  .git/config.worktree (GIT_CONFIG_SIBLINGS) are watched only where they do
+  not exist when the session starts: one that exists (made by the
+  developer) is not read-only in the session, which can rewrite it in
+  place; so is a .git "gitdir:" file that existed before the session (a
+  linked worktree's). Other files git reads in .git (info/attributes,
+  objects/info/alternates, ...) name no program. Making the existing ones
+  read-only needs them on the mandatory list (policy/files.py).
 """
 from __future__ import annotations
 
@@ -84,11 +123,24 @@ from corral.kernel import cgroups
 from corral.kernel import fanotify as fan
 from corral.kernel.exits import ExitTracker
 from corral.kernel.mountinfo import under
-from corral.server import nsmount, quarantine
+from corral.server import gitconfig_check, nsmount, quarantine
 
 log = logging.getLogger("corral.namewatch")
 
 MASK = fan.FAN_CREATE | fan.FAN_MOVED_TO | fan.FAN_ONDIR
+# The directory holding a content-checked name: writes to its children too.
+CHILD_MASK = fan.FAN_MODIFY | fan.FAN_CLOSE_WRITE | fan.FAN_EVENT_ON_CHILD
+WRITE_EVENTS = fan.FAN_MODIFY | fan.FAN_CLOSE_WRITE
+CHECK_DEBOUNCE = 0.02                    # s between two checks of one name on its writes
+# Protected names whose content is checked, not quarantined on sight, when the
+# session makes them: (the mandatory protection they come from) -> the check.
+CHECKED = {"mandatory git-config": gitconfig_check.check}
+# git reads configuration through these as well: <gitdir>/commondir (the
+# common directory, whose config it then reads) and <gitdir>/config.worktree
+# (with extensions.worktreeConfig). Watched with every protected .git/config
+# (where they do not exist yet), in a .git that existed too: the first
+# quarantined on sight, the second content-checked.
+GIT_CONFIG_SIBLINGS = {"commondir": None, "config.worktree": gitconfig_check.check}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 RECORDS_PER_SECOND = 20                  # per session; beyond, counted in one summary
 
@@ -142,6 +194,7 @@ class Target:
     parts: list[str]             # components below top
     marks: dict = field(default_factory=dict)       # chain level -> mark key
     covered: bool = False        # every existing directory of the chain marked (last walk)
+    checker: object = None       # content check (CHECKED) instead of quarantine on sight
 
     @property
     def chain(self) -> list[str]:
@@ -159,6 +212,15 @@ class Mark:
     ino: int
     dev: int
     refs: set = field(default_factory=set)           # (session id, target path, level)
+    mask: int = MASK
+
+
+@dataclass
+class Checked:
+    fd: int                      # held: its changes are seen even through another name
+    ident: tuple                 # (ino, dev)
+    sig: tuple                   # (size, mtime, ctime, links) when it was checked
+    digest: bytes
 
 
 @dataclass
@@ -169,6 +231,8 @@ class Watched:
     pending: list = field(default_factory=list)      # read-only binds waiting for the mount view
     mounted: set = field(default_factory=set)        # recovered: mount points in its view
     live: list = field(default_factory=list)         # [fd, copy path, until, (size, mtime)]
+    checked: dict = field(default_factory=dict)      # path -> Checked: content found harmless
+    last_check: dict = field(default_factory=dict)   # path -> monotonic time of its last check
     quarantined: int = 0
     records: list = field(default_factory=lambda: [0.0, 0, 0])   # window start, count, suppressed
 
@@ -187,6 +251,8 @@ class NameWatch:
         self.exits = None
         self._pool = None
         self._closing = False
+        self._due: dict[tuple, int] = {}     # (session, path) -> pid of its last writer
+        self._timer = None
         if not enabled:
             # BPF LSM decides by name in the kernel: nothing to watch, and no
             # exit tracker to compile (100+ s under TCG on the VM tier).
@@ -257,6 +323,15 @@ class NameWatch:
             return
         if self.fd >= 0:
             self.read()         # what its last processes made is still its to quarantine
+        w = self.by_session.get(s.id)
+        if w is not None:
+            # Its last word on a content-checked name: checked once more, held
+            # descriptors or not (a write through a hard link or a mapping).
+            for t in [t for t in w.targets.values() if t.checker]:
+                self._check(w, t, None, mode="final", why="checked again as the session ended")
+            for c in w.checked.values():
+                os.close(c.fd)
+            w.checked.clear()
         w = self.by_session.pop(s.id, None)
         if w is None:
             return
@@ -278,9 +353,21 @@ class NameWatch:
         if any(w.pending for w in self.by_session.values()):
             self._flush()
         now = time.monotonic()
-        for w in self.by_session.values():
+        for w in list(self.by_session.values()):
+            for path, c in list(w.checked.items()):
+                # Writes no report names (through another link, a shared
+                # mapping): the held descriptor shows them.
+                try:
+                    st = os.fstat(c.fd)
+                    sig = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink)
+                except OSError:
+                    sig = None
+                if sig != c.sig:
+                    self._due.setdefault((w.session.id, path), 0)
             if w.live:
                 quarantine.follow(w.live)
+        if self._due:
+            self._run_due(force=True)
             start, _, suppressed = w.records
             if suppressed and now - start >= 1:
                 self.audit({"kind": "rate", "op": "suppressed", "verdict": "info",
@@ -318,18 +405,25 @@ class NameWatch:
         recovered = s.enforcement.get("watched_names")
         w = Watched(session=s)
         self.by_session[s.id] = w
+        siblings = _git_siblings(fs)
         if recovered is not None:
             allow = fs.get("allow_write") or []
             names = []
             for p in recovered:
                 roots = [a for a in allow if under(p, a) and p != a]
-                if roots and p in (fs.get("deny_write") or []):
+                if roots and (p in (fs.get("deny_write") or []) or p in siblings):
                     names.append((p, min(roots, key=len)))
         else:
             names = self.candidates(fs)
+            have = {p for p, _ in names}
+            more = self.candidates({**fs, "deny_write": list(fs.get("deny_write") or [])
+                                    + sorted(siblings)})
+            names += [c for c in more if c[0] in siblings and c[0] not in have]
         for p, top in names:
             rel = os.path.relpath(p, top)
-            w.targets[p] = Target(path=p, top=top, parts=rel.split(os.sep))
+            w.targets[p] = Target(path=p, top=top, parts=rel.split(os.sep),
+                                  checker=siblings[p] if p in siblings
+                                  else CHECKED.get(_mandatory(p)))
         if recovered is not None:
             pidfd = nsmount.session_pidfd(self.sessions, s)
             if pidfd >= 0:
@@ -358,15 +452,24 @@ class NameWatch:
         except OSError as e:
             log.warning("%s: %s", t.chain[level], e)
             return False
+        want = MASK | (CHILD_MASK if t.checker and level == len(t.parts) - 1 else 0)
         if t.marks.get(level) == key:
-            return False
+            return False        # held with `want` already (it depends on t and level only)
         if level in t.marks:
             self._release(w, t, level)
         m = self.marks.get(key)
         fresh = m is None
-        if fresh:
+        if m is not None and m.mask & want != want:
+            try:        # another target's directory too: add the bits this one needs
+                fan.mark(self.fd, fan.FAN_MARK_ADD | fan.FAN_MARK_ONLYDIR, want, m.fd)
+                m.mask |= want
+                fresh = True
+            except OSError as e:
+                log.warning("cannot watch writes in %s: %s", t.chain[level], e)
+                return False
+        if m is None:
             try:
-                fan.mark(self.fd, fan.FAN_MARK_ADD | fan.FAN_MARK_ONLYDIR, MASK, fd)
+                fan.mark(self.fd, fan.FAN_MARK_ADD | fan.FAN_MARK_ONLYDIR, want, fd)
             except OSError as e:
                 log.warning("cannot watch %s: %s", t.chain[level], e)
                 if level > 0:   # was covered: the name now depends on this directory
@@ -375,7 +478,7 @@ class NameWatch:
                                      "rule": f"cannot watch {t.chain[level]}: {e.strerror}"})
                 return False
             st = os.fstat(fd)
-            m = Mark(fd=os.dup(fd), path=t.chain[level], ino=st.st_ino, dev=st.st_dev)
+            m = Mark(fd=os.dup(fd), path=t.chain[level], ino=st.st_ino, dev=st.st_dev, mask=want)
             self.marks[key] = m
         m.refs.add((w.session.id, t.path, level))
         t.marks[level] = key
@@ -389,7 +492,7 @@ class NameWatch:
         m.refs.discard((w.session.id, t.path, level))
         if not m.refs:
             try:
-                fan.mark(self.fd, fan.FAN_MARK_REMOVE | fan.FAN_MARK_ONLYDIR, MASK, m.fd)
+                fan.mark(self.fd, fan.FAN_MARK_REMOVE | fan.FAN_MARK_ONLYDIR, m.mask, m.fd)
             except OSError:
                 pass        # the kernel dropped it already: its directory was removed
             os.close(m.fd)
@@ -407,6 +510,8 @@ class NameWatch:
                 return
             for mask, pid, key, name in fan.parse_events(data):
                 self._event(mask, pid, key, name)
+            if self._due:
+                self._run_due()
 
     def _event(self, mask: int, pid: int, key, name) -> None:
         if mask & fan.FAN_Q_OVERFLOW:
@@ -420,12 +525,20 @@ class NameWatch:
         m = self.marks.get(key)
         if m is None:
             return
+        write = not mask & (fan.FAN_CREATE | fan.FAN_MOVED_TO)
         hits = []
         for sid, path, level in list(m.refs):
             w = self.by_session.get(sid)
             t = w.targets.get(path) if w else None
-            if t is not None and level + 1 < len(t.chain) and t.parts[level] == name:
-                hits.append((w, t, level + 1))
+            if t is None or level + 1 >= len(t.chain) or t.parts[level] != name:
+                continue
+            if write:
+                # Written in place (or closed after writing): checked again
+                # (debounced: a writer's stream of reports is one check).
+                if mask & WRITE_EVENTS and t.checker and level + 1 == len(t.parts):
+                    self._due[(sid, path)] = pid
+                continue
+            hits.append((w, t, level + 1))
         if not hits:
             return
         who = self.creator(pid)
@@ -467,13 +580,15 @@ class NameWatch:
                                                        "(no live session)")
 
     # -- walking a protected path -----------------------------------------------
-    def _check(self, w: Watched, t: Target, ev, mode: str = "event", why: str = "") -> None:
+    def _check(self, w: Watched, t: Target, ev, mode: str = "event", why: str = "",
+               writer: Creator | None = None) -> None:
         """Walk `t` from its top, marking each directory of its chain, and act on
         the protected entry (or a symlink on the way) if one is there. `ev`:
         (creator, level of the entry the report named, (ino, dev) of its
         directory). `mode`: "event", "initial" (a new session: what exists is
         the mount view's, made read-only by `corral run`), "recover" (after a
-        restart), "rescan" (after a queue overflow)."""
+        restart), "rescan" (after a queue overflow), "write" (a content-checked
+        name written in place, by `writer`), "final" (its session ended)."""
         try:
             fd = os.open(t.top, _DIR_FLAGS)
         except OSError as e:
@@ -491,18 +606,25 @@ class NameWatch:
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except (FileNotFoundError, NotADirectoryError):
                     self._release_below(w, t, i)    # the rest of the chain is gone
+                    self._unchecked(w, t.path)
                     return
                 final = i == len(t.chain) - 1
-                if final or stat.S_ISLNK(st.st_mode):
+                # A regular file named .git is a "gitdir:" pointer: git outside
+                # would read the configuration it names. Like a symlink here.
+                gitfile = t.checker is not None and name == ".git" and stat.S_ISREG(st.st_mode)
+                if final or stat.S_ISLNK(st.st_mode) or gitfile:
                     self._release_below(w, t, i)
+                    if not final:
+                        self._unchecked(w, t.path)
                     if mode == "initial":
                         w.handled[t.chain[i]] = fan.entry_key(fd, name, st)
                     else:
-                        who = self._attribute(ev, i, fd, mode, why)
+                        who = writer or self._attribute(ev, i, fd, mode, why)
                         self._found(w, t, i, fd, name, st, who, mode)
                     return
                 if not stat.S_ISDIR(st.st_mode):
                     self._release_below(w, t, i)
+                    self._unchecked(w, t.path)
                     return      # a file where a directory would be: nothing below it
                 nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
                 os.close(fd)
@@ -559,6 +681,10 @@ class NameWatch:
         protecting = self._protecting(path)
         if who.kind == "session" and who.session not in {x.session.id for x in protecting}:
             who = Creator("outside", who.pid, comm=who.comm)    # a session that may make it
+        checker = t.checker if i == len(t.chain) - 1 else None
+        if checker is not None and who.kind == "outside" and mode in ("write", "final"):
+            who = Creator("unknown", who.pid, comm=who.comm,
+                          why=f"written by {who.text()} after the session made it")
         if who.kind == "outside":
             try:
                 follow = os.stat(name, dir_fd=parent_fd)
@@ -579,11 +705,90 @@ class NameWatch:
                                           f"({_mandatory(path)})"})
             return
         owner = self.by_session.get(who.session) if who.kind == "session" else w
+        if checker is not None:
+            self._content(owner or w, t, parent_fd, name, st, path, who, checker)
+            return
         self._quarantine(owner or w, parent_fd, name, st, path, who)
+
+    # -- content-checked names ------------------------------------------------------
+    def _content(self, w: Watched, t: Target, parent_fd: int, name: str, st, path: str,
+                 who: Creator, checker) -> None:
+        """Read the entry (a regular file with one name, bounded, never through
+        a symlink) and check what it says; harmless: left in place, its
+        descriptor held (step() sees writes no report names); otherwise, or if
+        it cannot be read: quarantined. Fail closed."""
+        w.last_check[path] = time.monotonic()
+        res, fd, sig, digest = _read_and_check(parent_fd, name, st, checker)
+        if not res["ok"]:
+            self._unchecked(w, path)
+            try:
+                now = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return
+            self._quarantine(w, parent_fd, name, now, path, who, checked=res)
+            return
+        prev = w.checked.pop(path, None)
+        if prev is not None:
+            os.close(prev.fd)
+        ident = (sig[4], sig[5])
+        w.checked[path] = Checked(fd=fd, ident=ident, sig=sig[:4], digest=digest)
+        if prev is None or prev.digest != digest or prev.ident != ident:
+            self._record(w, {"kind": "file", "op": "checked", "verdict": "allow", "target": path,
+                             "session": w.session.id, "pid": who.pid, "comm": who.comm,
+                             "creator": who.kind, "keys": res.get("keys"),
+                             "rule": f"protected name written in the session, content checked "
+                                     f"({_mandatory(path)}): only inert keys"})
+
+    def _unchecked(self, w: Watched, path: str) -> None:
+        c = w.checked.pop(path, None)
+        if c is not None:
+            os.close(c.fd)
+
+    def _run_due(self, force: bool = False) -> None:
+        """Check again the content-checked names written since their last check;
+        one written again within CHECK_DEBOUNCE waits for a timer (force: now)."""
+        todo, self._due = self._due, {}
+        now = time.monotonic()
+        later = {}
+        for (sid, path), pid in todo.items():
+            w = self.by_session.get(sid)
+            t = w.targets.get(path) if w else None
+            if t is None:
+                continue
+            if not force and now - w.last_check.get(path, -1e9) < CHECK_DEBOUNCE:
+                later[(sid, path)] = pid
+                continue
+            who = self.creator(pid) if pid else Creator("unknown", why="changed, no report "
+                                                                        "(another name, a mapping)")
+            self._check(w, t, None, mode="write", writer=who)
+        for k, pid in later.items():
+            self._due.setdefault(k, pid)
+        if later:
+            self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            return
+        try:
+            loop = None if self._closing else asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            self._run_due(force=True)
+            return
+
+        def fire():
+            self._timer = None
+            try:
+                self._run_due(force=True)
+                self._flush()
+            except Exception as e:
+                log.exception("protected names: %s", e)
+        self._timer = loop.call_later(CHECK_DEBOUNCE, fire)
 
     # -- quarantine -------------------------------------------------------------
     def _quarantine(self, w: Watched, parent_fd: int, name: str, st, path: str,
-                    who: Creator) -> None:
+                    who: Creator, checked: dict | None = None) -> None:
         sid = w.session.id
         rec = {"kind": "file", "op": "quarantine", "verdict": "deny", "target": path,
                "session": sid, "pid": who.pid, "comm": who.comm, "creator": who.kind,
@@ -591,6 +796,11 @@ class NameWatch:
                if who.kind == "session" else
                f"protected name created, {who.text()} ({_mandatory(path)})",
                "file_type": _ftype(st.st_mode)}
+        if checked is not None:     # content-checked: what was refused
+            rec["rule"] += f", content refused: {checked['why']}"
+            rec["check"] = "content"
+            if checked.get("key"):
+                rec["key"] = checked["key"]
         try:
             moved, live = quarantine.move_out(self.qroot, sid, parent_fd, name, st,
                                               w.quarantined >= quarantine.MAX_PER_SESSION, path)
@@ -704,9 +914,23 @@ class NameWatch:
 
 
 # -- helpers ----------------------------------------------------------------------------
+def _git_siblings(fs: dict) -> dict:
+    """<gitdir>/commondir and <gitdir>/config.worktree of each protected
+    <gitdir>/config (git-config) -> their check (None: quarantined on sight)."""
+    out = {}
+    for p in fs.get("deny_write") or []:
+        if _mandatory(p) == "mandatory git-config" and os.path.basename(p) == "config":
+            for name, check in GIT_CONFIG_SIBLINGS.items():
+                out[os.path.join(os.path.dirname(p), name)] = check
+    return out
+
+
 def _mandatory(path: str) -> str:
     """Which mandatory protection a protected path comes from, for the record."""
     from corral.policy.files import MANDATORY
+    if os.path.basename(path) in GIT_CONFIG_SIBLINGS and \
+            os.path.basename(os.path.dirname(path)) == ".git":
+        return "mandatory git-config, read by git"
     for m in MANDATORY:
         if m.kind != "deny_write":
             continue
@@ -714,6 +938,37 @@ def _mandatory(path: str) -> str:
             if pat.startswith("./") and fnmatch.fnmatchcase(path, "*/" + pat[2:]):
                 return f"mandatory {m.name}"
     return "deny_write"
+
+
+def _read_and_check(parent_fd: int, name: str, st, checker):
+    """-> (result, held fd or -1, (size, mtime, ctime, links, ino, dev), digest)."""
+    import hashlib
+    if not stat.S_ISREG(st.st_mode):
+        return {"ok": False, "why": f"a {_ftype(st.st_mode)}, not a regular file"}, -1, None, b""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY,
+                     dir_fd=parent_fd)
+    except OSError as e:
+        return {"ok": False, "why": f"cannot be read: {e.strerror}"}, -1, None, b""
+    try:
+        fst = os.fstat(fd)
+        sig = (fst.st_size, fst.st_mtime_ns, fst.st_ctime_ns, fst.st_nlink, fst.st_ino, fst.st_dev)
+        if not stat.S_ISREG(fst.st_mode):
+            res = {"ok": False, "why": "not a regular file"}
+        elif fst.st_nlink != 1:
+            res = {"ok": False, "why": f"{fst.st_nlink} names (a hard link)"}
+        elif fst.st_size > gitconfig_check.MAX_BYTES:
+            res = {"ok": False, "why": f"{fst.st_size} bytes: too big to check"}
+        else:
+            data = os.pread(fd, gitconfig_check.MAX_BYTES + 1, 0)
+            res = checker(data)
+            digest = hashlib.sha256(data).digest()
+            if res["ok"]:
+                return res, fd, sig, digest
+    except OSError as e:
+        res = {"ok": False, "why": f"cannot be read: {e.strerror}"}
+    os.close(fd)
+    return res, -1, None, b""
 
 
 def _links(path: str) -> int:

@@ -101,7 +101,7 @@ class Upstream:
 
     def stats(self) -> dict:
         if not self.stats_file.exists():
-            return {"good": 0, "bad": 0, "none": 0, "paths": []}
+            return {"good": 0, "bad": 0, "none": 0, "paths": [], "protocols": []}
         return json.loads(self.stats_file.read_text())
 
     def stop(self):
@@ -186,6 +186,7 @@ echo "pushed=$(git rev-parse HEAD)"
     assert upstream.ref("test/repo", f"refs/heads/corral/{p.sid}/work") == pushed
     assert upstream.ref("test/repo", "main") == main_before
     assert "corral git gateway" in p.stdout and "pushed to" in p.stdout
+    assert "version=2" in upstream.stats()["protocols"]     # Git-Protocol went through
     recs = [r for r in gd.records() if r.get("kind") == "git" and r.get("session") == p.sid]
     assert [(r["op"], r["verdict"], r["ref"]) for r in recs] == \
         [("push", "allow", f"refs/heads/corral/{p.sid}/work")], recs

@@ -24,7 +24,7 @@ ROOT, TOKEN_FILE, PORT_FILE = sys.argv[1], sys.argv[2], sys.argv[3]
 STATS_FILE = sys.argv[4] if len(sys.argv) > 4 else None
 TOKEN = open(TOKEN_FILE).read().strip()
 GOOD = "Basic " + base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
-STATS = {"good": 0, "bad": 0, "none": 0, "paths": []}
+STATS = {"good": 0, "bad": 0, "none": 0, "paths": [], "protocols": []}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -36,6 +36,9 @@ class Handler(BaseHTTPRequestHandler):
     def _stats(self, key):
         STATS[key] += 1
         STATS["paths"] = (STATS["paths"] + [self.command + " " + self.path])[-50:]
+        proto = self.headers.get("Git-Protocol") or "none"
+        if proto not in STATS["protocols"]:
+            STATS["protocols"].append(proto)
         if STATS_FILE:
             tmp = STATS_FILE + ".tmp"
             with open(tmp, "w") as fh:

@@ -66,6 +66,7 @@ fi
 install -D -m 0644 "$repo/systemd/corrald.service" "$root/lib/systemd/system/corrald.service"
 install -D -m 0644 "$repo/packaging/corral.toml" "$root/etc/corral/corral.toml"
 install -D -m 0644 "$repo/packaging/policies.d-README" "$root/etc/corral/policies.d/README"
+install -D -m 0644 "$repo/packaging/logrotate" "$root/etc/logrotate.d/corral"
 install -D -m 0644 "$repo/README.md" "$root/usr/share/doc/corral/README.md"
 [ -f "$repo/docs/log-schema.md" ] && install -D -m 0644 "$repo/docs/log-schema.md" \
     "$root/usr/share/doc/corral/log-schema.md"
@@ -74,7 +75,7 @@ install -d "$root/DEBIAN"
 size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
 sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$size/" -e "s/@PYVER@/$pyver/g" \
     "$repo/packaging/deb/control" > "$root/DEBIAN/control"
-echo /etc/corral/corral.toml > "$root/DEBIAN/conffiles"
+printf '%s\n' /etc/corral/corral.toml /etc/logrotate.d/corral > "$root/DEBIAN/conffiles"
 for f in postinst prerm postrm; do install -m 0755 "$repo/packaging/deb/$f" "$root/DEBIAN/$f"; done
 
 deb=$out/corral_${version}_${arch}.deb

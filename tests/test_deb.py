@@ -100,7 +100,11 @@ def test_package_layout(deb):
     assert Path("/etc/corral/corral.toml").is_file() and Path("/etc/corral/policies.d").is_dir()
     conffiles = subprocess.run(["dpkg-query", "-W", "-f", "${Conffiles}", "corral"],
                                capture_output=True, text=True, check=True).stdout
-    assert "/etc/corral/corral.toml" in conffiles
+    assert "/etc/corral/corral.toml" in conffiles and "/etc/logrotate.d/corral" in conffiles
+    if shutil.which("logrotate"):       # the rotation config parses (-d: nothing is done)
+        p = subprocess.run(["logrotate", "-d", "/etc/logrotate.d/corral"], capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 0 and "error" not in p.stderr.lower(), p.stdout + p.stderr
     gid = grp.getgrnam("corral-audit").gr_gid
     st = os.stat("/var/log/corral")
     assert st.st_gid == gid and st.st_mode & 0o777 == 0o750

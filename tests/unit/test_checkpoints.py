@@ -145,3 +145,14 @@ def test_checkpoints_in_an_export_stream_are_found(tmp_path):
     assert kinds.count("checkpoint") >= 2 and kinds.count("net") == 9
     p = _verify(tmp_path, f)
     assert p.returncode == 0 and "checkpoints ok" in p.stdout, p.stdout + p.stderr
+
+
+def test_checkpoint_file_moved_by_logrotate_is_started_anew(tmp_path):
+    log, _, _ = _log(tmp_path, every=3)
+    _events(log, 4)
+    os.rename(tmp_path / "log/checkpoints.jsonl", tmp_path / "log/checkpoints.jsonl.1")
+    _events(log, 4, 4)
+    log.close()
+    old = (tmp_path / "log/checkpoints.jsonl.1").read_text().splitlines()
+    new = _checkpoints(tmp_path)
+    assert old and new and json.loads(old[-1])["head_seq"] < new[0]["head_seq"]

@@ -175,7 +175,7 @@ class Checkpointer:
             return
         line = (json.dumps(cp, sort_keys=True) + "\n").encode()
         try:
-            if self._fd < 0 or not self.out_path.exists():
+            if self._fd < 0 or not self._same_file():
                 if self._fd >= 0:
                     os.close(self._fd)
                 self._fd = os.open(self.out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
@@ -187,6 +187,13 @@ class Checkpointer:
             self.failed += 1
             log.warning("cannot append to %s: %s (the checkpoint still goes to the exports)",
                         self.out_path, e.strerror)
+
+    def _same_file(self) -> bool:
+        """Still writing the file at out_path (not one logrotate moved away)?"""
+        try:
+            return os.stat(self.out_path).st_ino == os.fstat(self._fd).st_ino
+        except OSError:
+            return False
 
     def status(self) -> dict:
         return {"key": str(self.key_path), "public_key": str(pub_path(self.key_path)),

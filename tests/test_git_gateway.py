@@ -119,8 +119,13 @@ def upstream():
     u.bare("test/other")
     u.start()
     u.creds = u.secret / "git-credentials.toml"
+    u.mint = u.secret / "mint"
+    u.mint.write_text(f'#!/bin/sh\necho "$@" >> {u.secret}/mint.log\ncat {u.token_file}\n')
+    u.mint.chmod(0o700)
     u.creds_text = (f'[[remote]]\nurl = "{u.url("test/repo")}"\n'
-                    f'token_file = "{u.token_file}"\n')
+                    f'token_file = "{u.token_file}"\n'
+                    f'[[remote]]\nurl = "{u.url("test/other")}"\n'
+                    f'token_command = ["{u.mint}", "{{repo}}", "{{session}}"]\ntoken_ttl = 60\n')
     u.creds.write_text(u.creds_text)
     u.creds.chmod(0o600)
     yield u
@@ -562,3 +567,18 @@ def test_session_without_network_policy_uses_its_endpoint(gd, upstream, work):
                                 check=True).stdout.splitlines()[0])
     assert info["policy"]["network"] is None and info["policy"]["git"]["repo"] == \
         f"127.0.0.1:{upstream.port}/test/repo"
+
+
+def test_token_minted_per_session_by_a_command(gd, upstream, work):
+    """token_command: the gateway asks root's command for the session's token
+    (once per session and ttl), with the repository and the session id."""
+    url = upstream.url("test/other")
+    p = run(gd, work, f"""set -e
+git clone -q {url} c && cd c && git commit -q --allow-empty -m m
+git push -q origin HEAD:corral/$CORRAL_SESSION/m && git fetch -q && echo done
+""", *net_flags(work), remote=url)
+    assert p.returncode == 0 and "done" in p.stdout, p.stdout + p.stderr
+    calls = (upstream.secret / "mint.log").read_text().splitlines()
+    mine = [c for c in calls if c.endswith(p.sid)]
+    assert mine == [f"127.0.0.1:{upstream.port}/test/other {p.sid}"], calls
+    assert upstream.ref("test/other", f"refs/heads/corral/{p.sid}/m")

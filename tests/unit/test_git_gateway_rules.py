@@ -166,6 +166,12 @@ def test_credentials_file_errors(tmp_path, monkeypatch):
                                        'token_file = "/x"\n', 0o666)
     assert "token_env GH" in err('[[remote]]\nurl = "https://github.com/a/b"\ntoken_env = "GH"\n')
     assert "unknown key" in err('[[remote]]\nurl = "https://github.com/a/b"\ntokn = "sekrit"\n')
+    assert "not an absolute path" in err('[[remote]]\nurl = "https://github.com/a/b"\n'
+                                         'token_command = ["mint"]\n')
+    assert "token_ttl goes with token_command" in err('[[remote]]\nurl = "https://github.com/a/b"\n'
+                                                      'token = "sekrit"\ntoken_ttl = 5\n')
+    assert "token_ttl: seconds" in err('[[remote]]\nurl = "https://github.com/a/b"\n'
+                                       'token_command = ["/bin/true"]\ntoken_ttl = 0\n')
     assert "no git credentials file" in str(pytest.raises(
         creds.CredentialsError, creds.load, str(tmp_path / "none")).value)
     f.write_text('[[remote]]\nurl = "https://github.com/a/*"\ntoken_env = "GH"\n'

@@ -187,6 +187,9 @@ class GitGateway:
         except Exception as e:
             log.warning("session %s: git endpoint: %s", sid, e)
         ep.sess["mirror"].remove()
+        forget = getattr(ep.sess["source"], "forget", None)
+        if forget is not None:
+            forget(sid)                 # a minted token is not kept past its session
 
     def port(self, s) -> int:
         ep = self.endpoints.get(s.id)

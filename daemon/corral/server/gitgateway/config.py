@@ -18,16 +18,22 @@ inline must not be readable by anyone else either. An entry's url may end in
 
 Short-lived tokens. Every entry becomes a TokenSource, asked for a token each
 time a session's endpoint talks to its upstream (token(session_id, remote)).
-StaticToken is the one implemented; a GitHub App installation token would be
-another TokenSource (mint with the app's key, scoped to the one repository and
-to contents:write, cache until a minute before it expires), chosen by a key
-like `github_app = {app_id, private_key_file, installation_id}` in the entry.
+StaticToken (token, token_file, token_env) and CommandToken::
+
+    token_command = ["/usr/local/sbin/mint-gh-token", "{repo}", "{session}"]
+    token_ttl = 300            # seconds a minted token is kept for a session
+
+The command (root's) prints a token minted for that session, e.g. a GitHub App
+installation token scoped to the one repository and contents:write. A native
+GitHub App source (sign the JWT in corrald, cache until shortly before expiry)
+would be one more TokenSource.
 """
 from __future__ import annotations
 
 import fnmatch
 import os
 import stat
+import threading
 import tomllib
 from dataclasses import dataclass
 
@@ -35,7 +41,9 @@ from corral.policy.errors import PolicyError
 from corral.policy.gitremote import parse_remote
 
 DEFAULT_PATH = "/etc/corral/git-credentials.toml"
-ENTRY_KEYS = ("url", "upstream", "username", "token", "token_file", "token_env")
+ENTRY_KEYS = ("url", "upstream", "username", "token", "token_file", "token_env", "token_command",
+              "token_ttl")
+TOKEN_KINDS = ("token", "token_file", "token_env", "token_command")
 
 
 class CredentialsError(Exception):
@@ -50,6 +58,10 @@ class TokenSource:
         raise NotImplementedError
 
 
+class TokenError(Exception):
+    """A token could not be had (the message names the source, never a token)."""
+
+
 class StaticToken(TokenSource):
     def __init__(self, value: str):
         self._value = value
@@ -59,6 +71,47 @@ class StaticToken(TokenSource):
 
     def __repr__(self) -> str:          # never the value
         return "StaticToken(***)"
+
+
+class CommandToken(TokenSource):
+    """A token minted per session by a command root configured (e.g. one that
+    signs a GitHub App JWT and asks for an installation token scoped to the
+    repository): argv with {session} and {repo} filled in, run with a clean
+    environment, the token on the first line of its stdout; kept per session
+    for `ttl` seconds (set it below the token's lifetime)."""
+
+    def __init__(self, argv: list[str], ttl: float):
+        self.argv, self.ttl = list(argv), ttl
+        self._cache: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def token(self, session_id: str, remote: str) -> str:
+        import subprocess
+        import time
+        with self._lock:
+            hit = self._cache.get(session_id)
+            if hit is not None and hit[1] > time.monotonic():
+                return hit[0]
+            argv = [a.replace("{session}", session_id).replace("{repo}", remote) for a in self.argv]
+            try:
+                p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+                                   env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"})
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise TokenError(f"token_command {self.argv[0]}: {type(e).__name__}") from None
+            value = p.stdout.decode(errors="replace").split("\n", 1)[0].strip()
+            if p.returncode != 0 or not value:
+                raise TokenError(f"token_command {self.argv[0]} exited {p.returncode} "
+                                 f"{'without a token' if not value else ''}".strip())
+            self._cache = {k: v for k, v in self._cache.items() if v[1] > time.monotonic()}
+            self._cache[session_id] = (value, time.monotonic() + self.ttl)
+            return value
+
+    def forget(self, session_id: str) -> None:
+        with self._lock:
+            self._cache.pop(session_id, None)
+
+    def __repr__(self) -> str:
+        return f"CommandToken({self.argv[0]})"
 
 
 @dataclass(frozen=True)
@@ -130,10 +183,22 @@ def load(path: str, environ=None) -> tuple[list[Remote], list[str]]:
                     raise PolicyError("upstream: the gateway talks smart HTTP: an https:// URL")
         except PolicyError as ex:
             raise _err(path, f"{where}: {ex}") from None
-        kinds = [k for k in ("token", "token_file", "token_env") if k in e]
+        kinds = [k for k in TOKEN_KINDS if k in e]
         if len(kinds) != 1:
-            raise _err(path, f"{where} ({url}): give exactly one of token, token_file, token_env")
+            raise _err(path, f"{where} ({url}): give exactly one of {', '.join(TOKEN_KINDS)}")
         kind, val = kinds[0], e[kinds[0]]
+        user = e.get("username", "x-access-token")
+        if not isinstance(user, str) or not user or ":" in user:
+            raise _err(path, f"{where} ({url}): username: expected a name without ':'")
+        key = parsed["key"] + ("/*" if star else "")
+        upstream = (e.get("upstream") or "").strip()
+        if kind == "token_command":
+            out.append(Remote(key, upstream, user, _command_source(path, where, url, val,
+                                                                   e.get("token_ttl", 300))))
+            files.append(val[0])        # hidden from sessions like the token files
+            continue
+        if "token_ttl" in e:
+            raise _err(path, f"{where} ({url}): token_ttl goes with token_command")
         if not isinstance(val, str) or not val:
             raise _err(path, f"{where} ({url}): {kind}: expected a non-empty string")
         if kind == "token":
@@ -154,12 +219,23 @@ def load(path: str, environ=None) -> tuple[list[Remote], list[str]]:
         token = token.strip()
         if not token or any(c in token for c in "\r\n\0"):
             raise _err(path, f"{where} ({url}): the token is empty or has a line break")
-        user = e.get("username", "x-access-token")
-        if not isinstance(user, str) or not user or ":" in user:
-            raise _err(path, f"{where} ({url}): username: expected a name without ':'")
-        key = parsed["key"] + ("/*" if star else "")
-        out.append(Remote(key, (e.get("upstream") or "").strip(), user, StaticToken(token)))
+        out.append(Remote(key, upstream, user, StaticToken(token)))
     return out, files
+
+
+def _command_source(path: str, where: str, url: str, argv, ttl) -> CommandToken:
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
+        raise _err(path, f"{where} ({url}): token_command: expected [\"/path/to/cmd\", args...]")
+    if not os.path.isabs(argv[0]):
+        raise _err(path, f"{where} ({url}): token_command: {argv[0]} is not an absolute path")
+    try:
+        st = os.stat(argv[0])
+    except OSError as e:
+        raise _err(path, f"{where} ({url}): token_command {argv[0]}: {e.strerror}") from None
+    _check_owner(argv[0], st, "token command")
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 1 <= ttl <= 86400:
+        raise _err(path, f"{where} ({url}): token_ttl: seconds from 1 to 86400")
+    return CommandToken(argv, float(ttl))
 
 
 def _check_owner(path: str, st, what: str) -> None:

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from corral.kernel import inetdiag
 from corral.server.gitgateway import refcheck
+from corral.server.gitgateway.config import TokenError
 from corral.server.gitgateway.mirror import GitFailed, auth_header
 
 MAX_READ_BODY = 16 << 20            # an upload-pack request (wants, haves)
@@ -146,7 +147,10 @@ class Endpoint(ThreadingHTTPServer):
 
     def redact(self, text: str) -> str:
         s = self.sess
-        tok = s["source"].token(s["id"], s["repo"])
+        try:
+            tok = s["source"].token(s["id"], s["repo"])
+        except Exception:           # no token: none can be in the text
+            return text
         for secret in (tok, auth_header(s["username"], tok).split(" ", 2)[-1]):
             text = text.replace(secret, "***")
         return text
@@ -177,13 +181,20 @@ class Endpoint(ThreadingHTTPServer):
                         f"without deletes or tags (e.g. git push origin HEAD:{example})")
             return {"ok": False, "messages": msgs}
         try:
+            header = self.header()
+        except TokenError as e:
+            for d in decisions:
+                self.gw.audit_push(s, d, False, f"no token for the upstream: {e}")
+            return {"ok": False, "messages": [f"corral git gateway: push refused: no token for "
+                                              f"{s['remote']} ({e})"]}
+        try:
             for d in decisions:        # logged before it is made
                 self.gw.audit_push(s, d, True, d.rule, must=True)
         except Exception as e:
             return {"ok": False, "messages": [f"corral git gateway: push refused: its audit "
                                               f"record could not be written ({e})"]}
         try:
-            mirror.push(s["upstream"], self.header(), decisions, qenv)
+            mirror.push(s["upstream"], header, decisions, qenv)
         except GitFailed as e:
             for d in decisions:
                 self.gw.audit_push(s, d, False, f"upstream refused: {e}", op="upstream")
@@ -244,6 +255,8 @@ class Handler(BaseHTTPRequestHandler):
             self._text(e.status, str(e))
         except (BrokenPipeError, ConnectionResetError):
             pass
+        except TokenError as e:
+            self._text(502, f"corral git gateway: no token for {s['remote']}: {e}")
         except Exception as e:
             self._text(502, f"corral git gateway: {type(e).__name__}: {ep.redact(str(e))}")
 

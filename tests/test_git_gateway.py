@@ -582,3 +582,32 @@ git push -q origin HEAD:corral/$CORRAL_SESSION/m && git fetch -q && echo done
     mine = [c for c in calls if c.endswith(p.sid)]
     assert mine == [f"127.0.0.1:{upstream.port}/test/other {p.sid}"], calls
     assert upstream.ref("test/other", f"refs/heads/corral/{p.sid}/m")
+
+
+def test_live_network_change_keeps_git(gd, upstream, work):
+    """`corral allow` sends the session's policy back with a change: the [git]
+    section goes with it unchanged, and the endpoint's rule stays installed."""
+    url = upstream.url("test/repo")
+    code = ("import subprocess,sys\n"
+            "for line in sys.stdin:\n"
+            "    p = subprocess.run(['git', 'ls-remote', sys.argv[1]], capture_output=True, text=True)\n"
+            "    print('rc=%d' % p.returncode, flush=True)\n")
+    h = subprocess.Popen([str(gd.bin_dir / "corral"), "run", "-v", *net_flags(work),
+                          "--git-remote", url, "--", sys.executable, "-c", code, url],
+                         cwd=str(work), env=dict(gd.env, **SESSION_ENV), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        h.stdin.write("go\n")
+        h.stdin.flush()
+        assert h.stdout.readline().strip() == "rc=0"
+        sid = next(s["id"] for s in map(json.loads, gd.corral("ps", "--json", check=True)
+                                         .stdout.splitlines()) if s["leader_pid"] and
+                   (s.get("policy") or {}).get("git"))
+        a = gd.corral("allow", sid, "--net", "192.0.2.7:443")
+        assert a.returncode == 0, a.stdout + a.stderr
+        h.stdin.write("go\n")
+        h.stdin.flush()
+        assert h.stdout.readline().strip() == "rc=0"
+    finally:
+        h.stdin.close()
+        h.wait(30)

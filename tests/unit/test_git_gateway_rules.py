@@ -64,6 +64,7 @@ def test_policy_normalizes_git_and_narrowing_refuses_changes():
     p = pol.normalize({"git": {"remote": "https://github.com/a/b"}})
     assert p["git"]["repo"] == "github.com/a/b"
     assert pol.normalize({})["git"] is None
+    assert pol.normalize(p) == p            # a returned policy can be sent back
     other = pol.normalize({"git": {"remote": "https://github.com/a/c"}})
     assert any("git section" in w for w in pol.narrowing_violations(p, other))
     assert not any("git" in w for w in pol.narrowing_violations(p, pol.normalize({})))

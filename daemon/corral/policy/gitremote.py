@@ -107,7 +107,7 @@ def normalize_git(sec) -> dict | None:
         return None
     if not isinstance(sec, dict):
         raise PolicyError("git: expected a table with remote = URL")
-    bad = set(sec) - set(GIT_KEYS)
+    bad = set(sec) - set(GIT_KEYS) - {"repo"}     # "repo": normalize()'s own, recomputed
     if bad:
         raise PolicyError(f"git: unknown key(s) [{', '.join(sorted(_short(b, 40) for b in bad))}]: "
                           f"expected {list(GIT_KEYS)}")

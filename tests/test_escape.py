@@ -1,16 +1,21 @@
 """A session must not reach out through what it did not create, even as root.
 
-End to end through `corral run`: ptrace, /proc/<pid>/mem, signals, inherited
-descriptors, leaving its cgroup, bpffs, capabilities."""
+End to end through `corral run` (the installed launcher, which hands run to the
+Python CLI, and corral-py itself) and through `corral exec` into a `corral
+session start` session (native launcher and Python path; tests/entry.py):
+ptrace, /proc/<pid>/mem, signals, inherited descriptors, leaving its cgroup,
+bpffs, capabilities."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
+
+import pytest
 
 from corral.kernel import cgroups
+from entry import ENTRIES, sandbox
 
 ATTACKS = r"""
 import ctypes, errno, json, os, sys
@@ -51,15 +56,16 @@ print(json.dumps(res))
 """
 
 
-def run_attacks(daemon, *flags, pass_fds=()):
+def run_attacks(daemon, *flags, pass_fds=(), entry="run"):
     outside = subprocess.Popen(["sleep", "60"])
     try:
         cg_root = str(cgroups.cgroup2_mount())
         pin_dir = str(daemon.net_pin_dir())
-        p = subprocess.run([str(Path(sys.executable).parent / "corral"), "run", *flags, "--",
-                            sys.executable, "-c", ATTACKS, str(outside.pid), cg_root, pin_dir],
-                           env=daemon.env, capture_output=True, text=True, timeout=60,
-                           pass_fds=pass_fds)
+        with sandbox(daemon, entry, *flags) as argv_for:
+            p = subprocess.run(argv_for([sys.executable, "-c", ATTACKS, str(outside.pid), cg_root,
+                                         pin_dir]),
+                               env=daemon.env, capture_output=True, text=True, timeout=60,
+                               pass_fds=pass_fds)
         assert p.returncode == 0, p.stderr
         return json.loads(p.stdout), outside
     finally:
@@ -67,9 +73,10 @@ def run_attacks(daemon, *flags, pass_fds=()):
         outside.wait()
 
 
-def test_root_agent_cannot_reach_outside_its_session(daemon):
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_root_agent_cannot_reach_outside_its_session(daemon, entry):
     assert os.geteuid() == 0, "this test is about an agent running as root"
-    r, _ = run_attacks(daemon, "--no-net")
+    r, _ = run_attacks(daemon, "--no-net", entry=entry)
     for k in ("ptrace_outside", "proc_mem_outside", "proc_environ_outside", "kill_outside",
               "kill_init", "leave_cgroup_to_root", "mkdir_in_cgroupfs", "open_bpffs_pin",
               "write_bpffs"):
@@ -81,13 +88,14 @@ def test_root_agent_cannot_reach_outside_its_session(daemon):
     assert f"/{daemon.instance}/" in r["cgroup"]
 
 
-def test_inherited_descriptors_are_closed_before_exec(daemon, tmp_path):
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_inherited_descriptors_are_closed_before_exec(daemon, tmp_path, entry):
     secret = tmp_path / "secret"
     secret.write_text("inherited secret")
     fd = os.open(secret, os.O_RDONLY)            # no O_CLOEXEC games: passed on purpose
     r_pipe, w_pipe = os.pipe()
     try:
-        r, _ = run_attacks(daemon, "--no-net", pass_fds=(fd, r_pipe, w_pipe))
+        r, _ = run_attacks(daemon, "--no-net", pass_fds=(fd, r_pipe, w_pipe), entry=entry)
     finally:
         os.close(fd)
         os.close(r_pipe)

@@ -318,6 +318,28 @@ def test_foreign_stream_socket_refused(daemon, foreign, where):
     assert_refused(res, as_side(s, "in"))
 
 
+@pytest.mark.parametrize("entry", ("exec", "exec-py"))
+def test_foreign_sockets_refused_to_corral_exec(daemon, foreign, entry):
+    """The same refusals for commands `corral exec` runs in a `corral session start`
+    session (tests/entry.py): native launcher (the holder's view, entered with
+    setns) and Python path (a view of its own)."""
+    from entry import sandbox
+    specs = [as_side(spec(foreign, f"direct_{w}", foreign.paths[w]), "in") for w in DIRECT]
+    with sandbox(daemon, entry, cwd=foreign.project) as argv_for:
+        e = {k: v for k, v in daemon.env.items() if k not in ("TMUX", "SSH_AUTH_SOCK")}
+        p = subprocess.run(argv_for([sys.executable, SERVERS, "probe", json.dumps(specs)]),
+                           cwd=foreign.project, env=e, capture_output=True, text=True,
+                           timeout=RUN_TIMEOUT)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    res = json.loads(p.stdout)
+    ctl = [as_side(spec(foreign, f"direct_{w}", foreign.paths[w]), "out") for w in DIRECT]
+    out = probe_outside(ctl, foreign.project)
+    for c in ctl:
+        assert_reached(out, c)
+    for sp in specs:
+        assert_refused(res, sp)
+
+
 SPELLINGS = ("symlink_in_project", "symlink_made_in_session", "proc_self_root", "relative_after_chdir", "dotdot_from_project",
              "relative_dotdot_from_project", "relative_in_project")
 

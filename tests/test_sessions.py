@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from corral.kernel import cgroups
+from entry import ENTRIES, sandbox
 
 PROBE = str(Path(__file__).parent / "helpers" / "netprobe.py")
 
@@ -41,12 +42,20 @@ def map_entries(daemon, name: str, cgid: int) -> int:
     return n
 
 
-def test_exit_status_is_the_commands(daemon):
-    p = daemon.corral("run", "--no-net", "--", "sh", "-c", "exit 7")
-    assert p.returncode == 7, p.stderr
-    p = daemon.corral("run", "--no-net", "--", "/nonexistent/binary")
-    assert p.returncode == 127
-    assert "nonexistent" in p.stderr
+def _run(daemon, argv):
+    return subprocess.run(argv, env=daemon.env, capture_output=True, text=True, timeout=60)
+
+
+# Each way in (tests/entry.py): corral run (launcher -> Python, and corral-py), and
+# corral exec into a corral session start session (native launcher, Python path).
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_exit_status_is_the_commands(daemon, entry):
+    with sandbox(daemon, entry, "--no-net") as argv_for:
+        p = _run(daemon, argv_for(["sh", "-c", "exit 7"]))
+        assert p.returncode == 7, p.stderr
+        p = _run(daemon, argv_for(["/nonexistent/binary"]))
+        assert p.returncode == 127
+        assert "nonexistent" in p.stderr
 
 
 DESCENDANTS = r"""
@@ -80,10 +89,16 @@ print(json.dumps({"who": "leader", "res": attempt(), "cg": cg()}))
 """
 
 
-def test_children_grandchildren_and_daemonised_stay_confined(daemon):
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_children_grandchildren_and_daemonised_stay_confined(daemon, entry):
     s, port = listener()
+    with sandbox(daemon, entry, "--no-net") as argv_for:
+        _descendants_confined(daemon, s, port, argv_for)
+
+
+def _descendants_confined(daemon, s, port, argv_for):
     try:
-        p = daemon.corral("run", "--no-net", "--", sys.executable, "-c", DESCENDANTS, str(port))
+        p = _run(daemon, argv_for([sys.executable, "-c", DESCENDANTS, str(port)]))
         assert p.returncode == 0, p.stderr
         rows = [json.loads(x) for x in p.stdout.splitlines() if x.strip()]
         assert {r["who"] for r in rows} == {"leader", "child", "daemonised"}, rows
@@ -91,29 +106,30 @@ def test_children_grandchildren_and_daemonised_stay_confined(daemon):
             assert r["res"] == errno.EPERM, r
             assert f"/{daemon.instance}/" in r["cg"], r
         # nohup'd background children too
-        p = daemon.corral("run", "--no-net", "--", "sh", "-c",
-                          f"nohup {sys.executable} {PROBE} tcp 127.0.0.1 {port} > /dev/stdout 2>/dev/null & wait")
+        p = _run(daemon, argv_for(["sh", "-c", f"nohup {sys.executable} {PROBE} tcp 127.0.0.1 {port} "
+                                                 "> /dev/stdout 2>/dev/null & wait"]))
         res = json.loads(p.stdout.strip().splitlines()[-1])
         assert res["errno"] == errno.EPERM, res
     finally:
         s.close()
 
 
-def test_two_sessions_are_isolated(daemon):
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_two_sessions_are_isolated(daemon, entry):
     a, pa = listener()
     b, pb = listener()
     try:
         script = "import sys,time,subprocess; time.sleep(0.5); " \
                  f"subprocess.run([sys.executable, {PROBE!r}, 'tcp', '127.0.0.1', sys.argv[1], 'tcp', '127.0.0.1', sys.argv[2]])"
         env = dict(daemon.env)
-        pr1 = subprocess.Popen([str(Path(sys.executable).parent / "corral"), "run", "--allow-net",
-                                f"127.0.0.1:{pa}", "--", sys.executable, "-c", script, str(pa), str(pb)],
-                               env=env, stdout=subprocess.PIPE, text=True)
-        pr2 = subprocess.Popen([str(Path(sys.executable).parent / "corral"), "run", "--allow-net",
-                                f"127.0.0.1:{pb}", "--", sys.executable, "-c", script, str(pa), str(pb)],
-                               env=env, stdout=subprocess.PIPE, text=True)
-        o1, _ = pr1.communicate(30)
-        o2, _ = pr2.communicate(30)
+        with sandbox(daemon, entry, "--allow-net", f"127.0.0.1:{pa}") as one, \
+                sandbox(daemon, entry, "--allow-net", f"127.0.0.1:{pb}") as two:
+            pr1 = subprocess.Popen(one([sys.executable, "-c", script, str(pa), str(pb)]),
+                                   env=env, stdout=subprocess.PIPE, text=True)
+            pr2 = subprocess.Popen(two([sys.executable, "-c", script, str(pa), str(pb)]),
+                                   env=env, stdout=subprocess.PIPE, text=True)
+            o1, _ = pr1.communicate(30)
+            o2, _ = pr2.communicate(30)
         r1 = [json.loads(x) for x in o1.splitlines()]
         r2 = [json.loads(x) for x in o2.splitlines()]
         assert [r1[0]["ok"], r1[1]["ok"]] == [True, False], r1

@@ -95,9 +95,12 @@ class SessionOps:
             self._prepared.pop(sid).close()
         return self._prepared
 
-    def _exec_target(self, conn, req, caller):
+    def _exec_target(self, conn, req, caller, prepared: bool = True):
         """(session, inside) for an exec: the caller's own session, or one its uid
-        owns while the caller is in no session. Anything else is refused."""
+        owns while the caller is in no session. Anything else is refused.
+        `prepared`: the native launcher needs what session_ready handed over;
+        the Python path builds its own (so it also serves sessions a restarted
+        corrald re-adopted, whose prepared state is gone)."""
         sid = req.get("session")
         if not isinstance(sid, str):
             raise P.ProtocolError(P.E_BAD_REQUEST, "request needs 'session': a session id")
@@ -115,7 +118,7 @@ class SessionOps:
         if conn.peer.uid != s.owner_uid:
             self._refuse(conn, "exec into another user's session", sid,
                          detail=f"session {sid} belongs to uid {s.owner_uid}")
-        if sid not in self._prep_table():
+        if prepared and sid not in self._prep_table():
             raise P.ProtocolError(P.E_UNSUPPORTED, f"session {sid} takes no commands: it was "
                                   "not made by `corral session start`, or is still starting")
         return s, False
@@ -168,7 +171,7 @@ class SessionOps:
         """Move the caller into a prepared session's cgroup (the Python `corral
         exec`; it then builds its own view and confines itself)."""
         caller = self._caller(conn)
-        s, inside = self._exec_target(conn, req, caller)
+        s, inside = self._exec_target(conn, req, caller, prepared=False)
         prep = self._prep_table().get(s.id)
         out = {"session": s.public(), "inside": inside,
                "options": dict(prep.options) if prep else {}}

@@ -611,3 +611,61 @@ def test_live_network_change_keeps_git(gd, upstream, work):
     finally:
         h.stdin.close()
         h.wait(30)
+
+
+def test_the_endpoint_rule_reaches_the_endpoint_only(gd, upstream, work):
+    """The session's rule is 127.0.0.1:PORT exactly: a server another session
+    runs on the same port of another loopback address (127.0.0.2, ::1) stays
+    out of reach (allow_localhost_ports would have let the git session talk to it)."""
+    url = upstream.url("test/repo")
+    code = ("import os,re,sys,socket,errno\n"
+            "t=open(os.environ['GIT_CONFIG_GLOBAL']).read()\n"
+            "port=int(re.search(r'http://127.0.0.1:(\\d+)/',t).group(1))\n"
+            "print(port,flush=True);sys.stdin.readline()\n"
+            "for fam,host in ((socket.AF_INET,'127.0.0.1'),(socket.AF_INET,'127.0.0.2'),"
+            "(socket.AF_INET6,'::1')):\n"
+            "    s=socket.socket(fam)\n"
+            "    try:\n"
+            "        s.connect((host,port));print(host,'connected')\n"
+            "    except OSError as e:\n"
+            "        print(host,errno.errorcode[e.errno])\n"
+            "    s.close()\n"
+            "print('end',flush=True)\n")
+    git_s = subprocess.Popen([str(gd.bin_dir / "corral"), "run", *net_flags(work), "--git-remote",
+                              url, "--", sys.executable, "-c", code], cwd=str(work),
+                             env=dict(gd.env, **SESSION_ENV), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    other = None
+    try:
+        port = int(git_s.stdout.readline())
+        serve = ("import socket,sys\n"
+                 "a=socket.socket();a.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+                 f"a.bind(('127.0.0.2',{port}));a.listen()\n"
+                 "b=socket.socket(socket.AF_INET6)\n"
+                 "b.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,1)\n"
+                 f"b.bind(('::1',{port}));b.listen()\n"
+                 "print('listening',flush=True);sys.stdin.readline()\n")
+        other = subprocess.Popen([str(gd.bin_dir / "corral"), "run", "--allow-write", str(work),
+                                  "--", sys.executable, "-c", serve], cwd=str(work),
+                                 env=dict(gd.env, **SESSION_ENV), stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert other.stdout.readline().strip() == "listening", other.stderr.read()
+        # control: the listeners are there (this process, outside every session, reaches them)
+        import socket
+        for fam, host in ((socket.AF_INET, "127.0.0.2"), (socket.AF_INET6, "::1")):
+            with socket.socket(fam) as c:
+                c.connect((host, port))
+        git_s.stdin.write("go\n")
+        git_s.stdin.flush()
+        out = {}
+        for line in git_s.stdout:
+            if line.strip() == "end":
+                break
+            host, res = line.split()
+            out[host] = res
+        assert out == {"127.0.0.1": "connected", "127.0.0.2": "EPERM", "::1": "EPERM"}, out
+    finally:
+        for p in (other, git_s):
+            if p is not None:
+                p.stdin.close()
+                p.wait(30)

@@ -311,10 +311,12 @@ class SessionTable:
 
     def _net_policy(self, s: Session) -> dict:
         """The policy the network backend installs: a session with a network
-        policy and a git endpoint may also reach that endpoint's loopback port
-        (its rule, keyed by its cgroup: no other session's). Without a network
-        policy nothing is added (a network section would make it default-deny);
-        the endpoint still answers only this session's sockets (inet_diag)."""
+        policy and a git endpoint may also reach that endpoint, 127.0.0.1:PORT
+        exactly (its rule, keyed by its cgroup: no other session's; not
+        allow_localhost_ports, which would also reach another process's server on
+        127.0.0.2:PORT or [::1]:PORT). Without a network policy nothing is added
+        (a network section would make it default-deny); the endpoint still
+        answers only this session's sockets (inet_diag)."""
         port = s.git.get("port") if s.git else 0
         net = s.policy.get("network")
         if not port or net is None:
@@ -322,8 +324,8 @@ class SessionTable:
         cached = getattr(s, "_net_eff", None)
         if cached is not None and cached[0] is s.policy:
             return cached[1]
-        eff = dict(s.policy, network=dict(net, allow_localhost_ports=list(
-            net.get("allow_localhost_ports") or []) + [str(port)]))
+        eff = dict(s.policy, network=dict(net, allow=list(net.get("allow") or []) +
+                                          [f"127.0.0.1:{port}"]))
         s._net_eff = (s.policy, eff)
         return eff
 

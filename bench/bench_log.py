@@ -14,8 +14,13 @@ and what the fsynced control record adds to a session start.
    fsynced), p50/p99 over --control appends, with checkpoints and export on; and the
    session-end record, which is also checkpointed (signed, written to
    checkpoints.jsonl and the exports).
+3. End to end: `corral run --no-net -- true` (3 fsynced control records: session
+   start, confined, end; and the session-end checkpoint), interleaved rounds against
+   three private corralds: log on disk with no export; log on disk with JSON-lines +
+   journald export; log on tmpfs (/dev/shm: fsync costs nothing), no export. Disk minus
+   tmpfs is what the fsynced control records add to a session; on minus off the exports.
 
-    .venv/bin/python bench/bench_log.py [--records 50000] [--control 300]
+    .venv/bin/python bench/bench_log.py [--records 50000] [--control 300] [--rounds 20]
 """
 from __future__ import annotations
 
@@ -67,8 +72,8 @@ def _setup(base: Path, name: str, checkpoints: bool, sinks: list[str], queue: in
 
 
 def throughput(base: Path, n: int, name: str, checkpoints: bool, sinks: list[str], queue: int,
-               reader_sock) -> dict:
-    log, exp = _setup(base, name, checkpoints, sinks, queue, reader_sock)
+               reader_sock, tag: str = "") -> dict:
+    log, exp = _setup(base, name + tag, checkpoints, sinks, queue, reader_sock)
     t0 = time.perf_counter()
     for i in range(n):
         log.append(dict(REC, target=f"192.0.2.{i % 250}:{443 + i % 1000}"))
@@ -80,7 +85,8 @@ def throughput(base: Path, n: int, name: str, checkpoints: bool, sinks: list[str
     log.close()
     st = {e.name: e.status() for e in exp.exports}
     exp.close()
-    made = sum(1 for _ in el.read_records(base / name / "log"))
+    made = sum(1 for _ in el.read_records(base / (name + tag) / "log"))
+    shutil.rmtree(base / (name + tag), ignore_errors=True)
     return {"name": name, "records": n, "append_s": t_append, "append_rate": n / t_append,
             "sustained_rate": n / t_all, "drained_s": t_all, "written": made,
             "exports": {k: {x: v[x] for x in ("sent", "dropped", "failed")} for k, v in st.items()}}
@@ -107,14 +113,51 @@ def control_latency(base: Path, n: int, reader_sock) -> dict:
     return out
 
 
+def e2e(rounds: int, reader_sock: Path) -> dict:
+    """corral run --no-net -- true against three private daemons, interleaved."""
+    shm = Path(tempfile.mkdtemp(prefix="corral-bench-log-", dir="/dev/shm"))
+    conds = {"disk, no export": ({}, 'journald = "off"\n'),
+             "disk, JSON-lines + journald export": ({"CORRAL_JOURNAL_SOCKET": str(reader_sock)},
+                                                    'journald = "on"\njsonl = "{tmp}/export.jsonl"\n'),
+             "tmpfs log (no fsync cost), no export": ({"CORRAL_LOG_DIR": str(shm / "log")},
+                                                      'journald = "off"\n')}
+    daemons = {}
+    try:
+        for name, (env, export) in conds.items():
+            d = benchlib.Daemon(f"corral-bench-log{len(daemons)}", extra_args=("--no-dns",),
+                                extra_env=env)
+            (d.tmp / "etc").mkdir(exist_ok=True)
+            (d.tmp / "etc/corral.toml").write_text("[export]\n" + export.format(tmp=d.tmp))
+            daemons[name] = d.start()
+        times = {n: [] for n in daemons}
+        for r in range(rounds + 2):
+            for n, d in daemons.items():
+                t0 = time.perf_counter()
+                p = subprocess.run([str(benchlib.VENV_BIN / "corral"), "run", "-q", "--no-net", "--",
+                                    "true"], env=d.env, cwd=d.tmp, capture_output=True)
+                dt = (time.perf_counter() - t0) * 1000
+                if p.returncode != 0:
+                    raise RuntimeError(f"{n}: corral run failed: {p.stderr[-500:]}")
+                if r >= 2:                      # two warm-up rounds
+                    times[n].append(dt)
+        return {n: {"p50_ms": statistics.median(x), "p90_ms": benchlib.quantile(x, 0.9)}
+                for n, x in times.items()}
+    finally:
+        for d in daemons.values():
+            d.stop()
+        shutil.rmtree(shm, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=50000)
     ap.add_argument("--control", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=3, help="throughput repetitions (best kept)")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     if a.quick:
-        a.records, a.control = 5000, 50
+        a.records, a.control, a.rounds, a.reps = 5000, 50, 5, 1
     base = Path(tempfile.mkdtemp(prefix="corral-bench-log-", dir="/var/tmp"))
     sock = base / "journal.socket"
     reader = subprocess.Popen([sys.executable, "-c", READER, str(sock)], stdout=subprocess.PIPE,
@@ -122,16 +165,19 @@ def main() -> int:
     try:
         reader.stdout.readline()
         n = a.records
-        runs = [
-            throughput(base, n, "bare", False, [], n, sock),
-            throughput(base, n, "checkpoints", True, [], n, sock),
-            throughput(base, n, "checkpoints+jsonl", True, ["jsonl"], n + 16, sock),
-            throughput(base, n, "checkpoints+jsonl+journald", True, ["jsonl", "journald"], n + 16,
-                       sock),
-            throughput(base, n, "burst, default queue (10000)", True, ["jsonl", "journald"], 10000,
-                       sock),
-        ]
+        conds = [("bare", False, [], n), ("checkpoints", True, [], n),
+                 ("checkpoints+jsonl", True, ["jsonl"], n + 16),
+                 ("checkpoints+jsonl+journald", True, ["jsonl", "journald"], n + 16),
+                 ("burst, default queue (10000)", True, ["jsonl", "journald"], 10000)]
+        best: dict = {}
+        for rep in range(a.reps):         # interleaved; the best of each (a shared host)
+            for name, cps, sinks, q in conds:
+                r = throughput(base, n, f"{name}", cps, sinks, q, sock, tag=f"-{rep}")
+                if name not in best or r["sustained_rate"] > best[name]["sustained_rate"]:
+                    best[name] = r
+        runs = [best[c[0]] for c in conds]
         lat = control_latency(base, a.control, sock)
+        run = e2e(a.rounds, sock)
     finally:
         reader.kill()
         reader.wait()
@@ -142,7 +188,10 @@ def main() -> int:
         print(f"{r['name']:32} {r['append_rate']:12.0f} {r['sustained_rate']:15.0f}  {ex}")
     for k, v in lat.items():
         print(f"{k:36} p50 {v['p50_us']:8.0f} us  p99 {v['p99_us']:8.0f} us")
+    for k, v in run.items():
+        print(f"corral run -- true, {k:38} p50 {v['p50_ms']:6.1f} ms  p90 {v['p90_ms']:6.1f} ms")
     added = lat["session start (fsynced)"]["p50_us"] - lat["kernel event (no fsync)"]["p50_us"]
+    disk, on, shm = (run[k]["p50_ms"] for k in run)
     summary = [
         row("log", "records/s, log alone", round(runs[0]["append_rate"])),
         row("log", "records/s sustained, checkpoints + JSON-lines + journald export",
@@ -153,12 +202,16 @@ def main() -> int:
             note=f"p99 {lat['session start (fsynced)']['p99_us']:.0f} us"),
         row("log", "session end record incl. checkpoint, p50",
             round(lat["session end (fsynced + checkpoint)"]["p50_us"]), "us"),
+        row("log", "corral run -- true: fsynced records on disk vs tmpfs log, p50", round(disk - shm, 1),
+            "ms", note=f"{disk:.1f} vs {shm:.1f} ms"),
+        row("log", "corral run -- true: export on vs off, p50", round(on - disk, 1), "ms",
+            note=f"{on:.1f} vs {disk:.1f} ms"),
     ]
-    benchlib.write_results({"runs": runs, "latency": lat, "summary": summary})
+    benchlib.write_results({"runs": runs, "latency": lat, "corral_run": run, "summary": summary})
     out = benchlib.REPO / "bench/results/log.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     import json
-    out.write_text(json.dumps({"runs": runs, "latency": lat}, indent=2))
+    out.write_text(json.dumps({"runs": runs, "latency": lat, "corral_run": run}, indent=2))
     return 0
 
 

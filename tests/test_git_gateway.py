@@ -390,8 +390,10 @@ def found(data):
 if any(found((k + "=" + v).encode()) for k, v in os.environ.items()):
     hits.append("environment")
 for root in sys.argv[3:]:
+    shallow = root.startswith("=")          # this directory's files only
+    root = root.lstrip("=")
     for d, dirs, names in os.walk(root):
-        dirs[:] = [x for x in dirs if not os.path.islink(os.path.join(d, x))]
+        dirs[:] = [] if shallow else [x for x in dirs if not os.path.islink(os.path.join(d, x))]
         for n in names:
             p = os.path.join(d, n)
             try:
@@ -426,9 +428,11 @@ print("unreadable", unreadable)
 
 def _scan_roots(gd, upstream, work):
     from corral import config  # noqa: F401  (paths of the private instance come from its env)
-    return [str(x) for x in (work, upstream.root, gd.tmp, "/tmp", "/var/tmp", "/dev/shm", "/root",
-                             "/etc", "/run", "/var/cache/corral")
-            if os.path.exists(x)]
+    # Where corrald and its git children write (run, log, mirrors), the session's
+    # own places, the credentials; /tmp and /root only their top level (other
+    # people's work fills them).
+    return [str(x) for x in (work, upstream.root, gd.tmp, "/var/tmp", "/dev/shm", "/etc", "/run",
+                             "/var/cache/corral") if os.path.exists(x)] + ["=/tmp", "=/root"]
 
 
 def test_token_is_not_readable_in_the_session(gd, upstream, work):

@@ -193,6 +193,11 @@ def test_labels_ride_on_records_exports_and_journald(fleetd):
                         str(export), "--pubkey", str(d.etc / "checkpoint.pub")],
                        capture_output=True, text=True, env=d.env, timeout=60)
     assert v.returncode == 0 and "checkpoints ok" in v.stdout, v.stdout + v.stderr
+    # the export on its own, as a pipeline far from the host would check it
+    v = subprocess.run([CORRAL, "log", "verify", "--jsonl", str(export), "--pubkey",
+                        str(d.etc / "checkpoint.pub")], capture_output=True, text=True, env=d.env,
+                       timeout=60)
+    assert v.returncode == 0 and "hashes and chain intact" in v.stdout, v.stdout + v.stderr
     doc = subprocess.run([CORRAL, "doctor"], capture_output=True, text=True, env=d.env, timeout=60)
     assert "checkpoints active" in doc.stdout and "export      jsonl    active" in doc.stdout
     assert "export      journald active" in doc.stdout, doc.stdout

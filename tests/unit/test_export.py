@@ -177,3 +177,51 @@ def test_journald_availability(tmp_path, monkeypatch):
     monkeypatch.setenv("CORRAL_JOURNAL_SOCKET", str(path))
     assert J.available()[0]
     s.close()
+
+
+def _export_with_checkpoints(tmp_path, n=30):
+    from corral.server.checkpoints import Checkpointer
+    path = tmp_path / "export.jsonl"
+    exp = Exports([Export(JsonlSink(path))])
+    cp = Checkpointer(tmp_path / "etc/checkpoint.key", None, 10, str(tmp_path / "log"))
+    log = el.EventLog(tmp_path / "log", on_write=exp.on_write, checkpointer=cp)
+    for i in range(n):
+        log.append({"kind": "net", "op": "connect", "verdict": "deny", "target": f"192.0.2.1:{i}",
+                    "labels": {"team": "infra"}, "time": 1000.25 + i / 7})
+    log.checkpoint("stop")
+    log.close()
+    exp.close()
+    return path
+
+
+def _verify_jsonl(tmp_path, path):
+    return corral("log", "verify", "--jsonl", str(path), "--pubkey",
+                  str(tmp_path / "etc/checkpoint.pub"))
+
+
+def test_jsonl_export_verifies_on_its_own(tmp_path):
+    path = _export_with_checkpoints(tmp_path)
+    p = _verify_jsonl(tmp_path, path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "hashes and chain intact" in p.stdout and "checkpoints ok" in p.stdout, p.stdout
+
+
+def test_jsonl_export_edited_or_cut_is_reported(tmp_path):
+    path = _export_with_checkpoints(tmp_path)
+    lines = path.read_text().splitlines()
+    recs = [i for i, x in enumerate(lines) if '"kind": "net"' in x]
+    edited = list(lines)
+    edited[recs[5]] = edited[recs[5]].replace('"verdict": "deny"', '"verdict": "allow"')
+    path.write_text("\n".join(edited) + "\n")
+    p = _verify_jsonl(tmp_path, path)
+    assert p.returncode == 1 and "record hash mismatch" in p.stdout, p.stdout + p.stderr
+    # a record taken out of the copy (no export record accounts for it)
+    path.write_text("\n".join(lines[:recs[5]] + lines[recs[5] + 1:]) + "\n")
+    p = _verify_jsonl(tmp_path, path)
+    assert p.returncode == 1 and "1 record(s) missing from the file, 0 accounted" in p.stdout, \
+        p.stdout + p.stderr
+    # the tail cut off, checkpoints kept: truncated
+    keep = [x for x in lines[:recs[20]]] + [x for x in lines if '"kind": "checkpoint"' in x]
+    path.write_text("\n".join(keep) + "\n")
+    p = _verify_jsonl(tmp_path, path)
+    assert p.returncode == 1 and "TRUNCATED" in p.stdout, p.stdout + p.stderr

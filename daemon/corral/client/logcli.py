@@ -2,6 +2,7 @@
 
     corral log [--session ID] [--since T] [--until T] [--kind K] [--verdict V] [--json] [-f]
     corral log verify [--checkpoints FILE [--pubkey FILE]]
+    corral log verify --jsonl EXPORT.jsonl [--pubkey FILE]
 
 T is an ISO time (2026-11-29T18:00, local time unless it carries an offset),
 seconds since the epoch, or a relative time: 30s, 10m, 2h, 1d, 1w (ago).
@@ -40,6 +41,9 @@ def add_arguments(p) -> None:
                    help="verify: also check the log against the signed checkpoints in FILE (a "
                         "copy kept elsewhere: checkpoints.jsonl or a JSON-lines export); a "
                         "truncated or rewritten tail is reported")
+    p.add_argument("--jsonl", metavar="FILE",
+                   help="verify: check a JSON-lines export on its own (hashes, chain, and the "
+                        "signed checkpoints in it, with --pubkey), not the log directory")
     p.add_argument("--pubkey", metavar="FILE",
                    help=f"verify --checkpoints: the public key (default {config.CHECKPOINT_KEY}"
                         "'s .pub)")
@@ -189,6 +193,43 @@ def follow(directory: Path, flt, as_json: bool, after_seq: int = -1, poll: float
         time.sleep(poll)
 
 
+def verify_jsonl(path: str, pubkey: str | None) -> int:
+    """`corral log verify --jsonl FILE`: an export checked away from the host."""
+    from corral.server import checkpoints as C
+    from corral.server.export import readback
+    try:
+        res = readback.check(Path(path))
+    except OSError as e:
+        print(f"corral: cannot read {path}: {e.strerror}", file=sys.stderr)
+        return 1
+    for n in res.notes:
+        _warn(n)
+    ok = not res.errors
+    for e in res.errors:
+        print(f"BROKEN: {e}")
+    if ok:
+        print(f"ok: {res.records} record(s) in {path}, seq {res.first_seq}..{res.last_seq}; "
+              "hashes and chain intact")
+    if res.checkpoints:
+        key_file = Path(pubkey) if pubkey else C.pub_path(config.CHECKPOINT_KEY)
+        try:
+            key = C.load_public_key(key_file)
+        except (OSError, ValueError, C.CheckpointKeyError) as e:
+            print(f"CHECKPOINTS: cannot read the public key {key_file}: {e}")
+            return 1
+        errors, notes, summary = C.check(res.by_seq, res.first_seq, res.last_seq,
+                                         res.checkpoints, key, source=path)
+        for n in notes:
+            _warn(n)
+        for e in errors:
+            print(f"CHECKPOINT FAILED: {e}")
+        if errors or not summary["verified"]:
+            return 1
+        print(f"checkpoints ok: {summary['verified']} of {summary['checkpoints']} signed "
+              f"checkpoint(s) match (newest: seq {summary['newest_seq']})")
+    return 0 if ok else 1
+
+
 def verify_checkpoints(directory: Path, cp_file: str, pubkey: str | None) -> bool:
     """The log against signed checkpoints kept elsewhere (server/checkpoints.py).
     Prints what it found; False on any error (bad signature, truncated, rewritten)."""
@@ -227,6 +268,8 @@ def verify_checkpoints(directory: Path, cp_file: str, pubkey: str | None) -> boo
 
 
 def main(args) -> int:
+    if args.action == "verify" and getattr(args, "jsonl", None):
+        return verify_jsonl(args.jsonl, args.pubkey)
     directory = Path(args.dir) if getattr(args, "dir", None) else config.LOG_DIR
     if not directory.exists():
         print(f"corral: no audit log at {directory}", file=sys.stderr)

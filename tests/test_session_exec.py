@@ -235,3 +235,34 @@ def test_interactive_bash_under_tmux(daemon, session, project, entry):
     finally:
         subprocess.run(["tmux", "-L", name, "kill-server"], env=daemon.env, capture_output=True,
                        timeout=10)
+
+
+def test_exec_after_a_daemon_restart_goes_through_the_python_path(project):
+    """A restarted corrald re-adopts the session but not what its holder handed
+    over (the ruleset): the launcher hands over to the Python path, which joins
+    the session and builds its own view; the command is confined all the same."""
+    from conftest import make_daemon
+    d = make_daemon("corral-exec-restart", extra_args=["--no-dns"])
+    try:
+        d.start()
+        sid = start_session(d, *FLAGS, cwd=project)
+        d.stop()
+        d.start()
+        p = corral_exec(d, "exec", sid, "sh", "-c",
+                        "echo $CORRAL_SESSION; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; "
+                        "touch /etc/corral-exec-probe", cwd=project)
+        assert p.stdout.split() == [sid, "NoNewPrivs:", "1", "Seccomp:", "2"], (p.stdout, p.stderr)
+        assert p.returncode != 0 and "Read-only file system" in p.stderr, p.stderr
+        rec = d.wait_record(lambda x: x.get("op") == "exec" and x.get("session") == sid)
+        assert rec["report"]["path"] == "python", rec
+        stop_session(d, sid)
+    finally:
+        d.cleanup(remove_tmp=True)
+
+
+def test_daemon_not_running_is_one_clear_line(daemon, tmp_path):
+    p = subprocess.run([binary("exec"), "exec", "nosuchid", "--", "true"],
+                       env=dict(daemon.env, CORRAL_SOCKET=str(tmp_path / "nope.sock")),
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and "corrald is not running" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr

@@ -673,3 +673,28 @@ def test_the_endpoint_rule_reaches_the_endpoint_only(gd, upstream, work):
             if p is not None:
                 p.stdin.close()
                 p.wait(30)
+
+
+def test_unprivileged_user_session(gd, upstream, work):
+    """A session of an ordinary user (nobody): its git config is its own to read,
+    clone and push work through the gateway like root's."""
+    if not shutil.which("setpriv"):
+        pytest.skip("no setpriv")
+    os.chown(work, 65534, 65534)
+    url = upstream.url("test/repo")
+    script = f"""set -e
+git clone -q {url} c && cd c && git commit -q --allow-empty -m nobody
+git push -q origin HEAD:corral/$CORRAL_SESSION/nobody && echo pushed
+ls -l "$GIT_CONFIG_GLOBAL" | cut -c1-10
+"""
+    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        str(gd.bin_dir / "corral"), "run", "-v", *net_flags(work), "--git-remote",
+                        url, "--", "sh", "-c", script], cwd=str(work),
+                       env=dict(gd.env, **dict(SESSION_ENV, HOME="/nonexistent")), capture_output=True,
+                       text=True, timeout=180)
+    sid = re.search(r"corral: session ([0-9a-f]+):", p.stderr).group(1)
+    assert p.returncode == 0 and "pushed" in p.stdout, p.stdout + p.stderr + "\n".join(
+        str(r) for r in gd.records() if r.get("session") == sid and r.get("verdict") == "deny")
+    assert "-r--------" in p.stdout
+    sid = re.search(r"corral: session ([0-9a-f]+):", p.stderr).group(1)
+    assert upstream.ref("test/repo", f"refs/heads/corral/{sid}/nobody")

@@ -50,6 +50,7 @@ BENCHES = [
     ("attacks", "attacks.py", [], []),
     ("control_plane", "bench_control_plane.py", [], ["--quick"]),
     ("log", "bench_log.py", [], ["--quick"]),
+    ("git", "bench_git.py", [], ["--files", "1000", "--rounds", "3"]),
 ]
 TIMEOUT = 30 * 60
 SKIPPED = 77        # a bench's "this host cannot run me" (it printed "SKIPPED: why")

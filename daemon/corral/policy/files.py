@@ -279,7 +279,8 @@ def validate(data: dict, src: _Src) -> dict:
             normalize_git(git)
         except PolicyError as e:
             key = next((k for k in GIT_KEYS if f"git.{k}" in str(e)), "remote")
-            raise src.err("git", key, str(e)) from None
+            msg = str(e).removeprefix(f"git.{key}").lstrip(": ")
+            raise src.err("git", key, msg) from None
         out["git"] = dict(git)
     sc = data.get("syscalls")
     if sc is not None:

@@ -698,3 +698,19 @@ ls -l "$GIT_CONFIG_GLOBAL" | cut -c1-10
     assert "-r--------" in p.stdout
     sid = re.search(r"corral: session ([0-9a-f]+):", p.stderr).group(1)
     assert upstream.ref("test/repo", f"refs/heads/corral/{sid}/nobody")
+
+
+def test_push_branch_flag(gd, upstream, work):
+    url = upstream.url("test/repo")
+    p = run(gd, work, f"""
+git clone -q {url} c && cd c && git commit -q --allow-empty -m f || exit 9
+echo "== exact"; git push origin HEAD:feature/$CORRAL_SESSION 2>&1; echo "rc=$?"
+echo "== below"; git push origin HEAD:feature/$CORRAL_SESSION/x 2>&1; echo "rc=$?"
+""", *net_flags(work), "--git-push-branch", "feature/{session}", remote=url)
+    assert p.returncode == 0, p.stdout + p.stderr
+    parts = dict(x.split("\n", 1) for x in p.stdout.split("== ")[1:])
+    assert "rc=0" in parts["exact"], parts["exact"]
+    assert "rc=0" not in parts["below"] and f"allowed: refs/heads/feature/{p.sid})" in parts["below"]
+    assert upstream.ref("test/repo", f"refs/heads/feature/{p.sid}")
+    q = gd.corral("run", "--git-push-branch", "x/*", "--", "true")
+    assert q.returncode == 2 and "need --git-remote" in q.stderr, q.stderr

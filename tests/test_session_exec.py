@@ -266,3 +266,33 @@ def test_daemon_not_running_is_one_clear_line(daemon, tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 1 and "corrald is not running" in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_non_root_owner_execs_through_the_python_path(daemon):
+    """A user's own session: the launcher cannot setns or clone into the cgroup
+    without root, corrald says so, and the Python path (a user namespace view)
+    serves it; another user still gets nothing (see above)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+    work = Path(tempfile.mkdtemp(prefix="corral-exec-nobody-"))   # pytest's tmp is root's only
+    work.chmod(0o777)
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    env = dict(daemon.env, HOME=str(work))
+    p = subprocess.run([*as_nobody, binary("exec-py"), "session", "start", *FLAGS], env=env,
+                       cwd=work, capture_output=True, text=True, timeout=90)
+    assert p.returncode == 0, p.stderr
+    sid = p.stdout.strip()
+    try:
+        p = subprocess.run([*as_nobody, binary("exec"), "exec", sid, "--", "sh", "-c",
+                            "id -u; echo $CORRAL_SESSION; grep Seccomp: /proc/self/status; "
+                            "touch made && echo wrote"],
+                           env=env, cwd=work, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.split() == ["65534", sid, "Seccomp:", "2", "wrote"], p.stdout
+        rec = daemon.wait_record(lambda x: x.get("op") == "exec" and x.get("session") == sid)
+        assert rec["report"]["path"] == "python" and rec["uid"] == 65534, rec
+    finally:
+        subprocess.run([*as_nobody, binary("exec-py"), "session", "stop", sid], env=env,
+                       capture_output=True, timeout=60)
+        shutil.rmtree(work, ignore_errors=True)

@@ -714,3 +714,32 @@ echo "== below"; git push origin HEAD:feature/$CORRAL_SESSION/x 2>&1; echo "rc=$
     assert upstream.ref("test/repo", f"refs/heads/feature/{p.sid}")
     q = gd.corral("run", "--git-push-branch", "x/*", "--", "true")
     assert q.returncode == 2 and "need --git-remote" in q.stderr, q.stderr
+
+
+def test_garbage_pushes_fail_closed(gd, upstream, work):
+    """A receive-pack request git's own parser refuses changes nothing upstream,
+    and the endpoint keeps serving."""
+    url = upstream.url("test/repo")
+    before = git("--git-dir", str(upstream.repos / "test/repo.git"), "for-each-ref")
+    code = r'''
+import os, re, sys, urllib.request
+base = re.search(r'url "(http://[^"]+)"', open(os.environ["GIT_CONFIG_GLOBAL"]).read()).group(1)
+for body in (b"garbage", b"00a0" + b"x" * 200, b"0000", b"0067" + b"0" * 40 + b" " + b"1" * 40
+             + b" refs/heads/main\0report-status\n0000PACKjunk"):
+    req = urllib.request.Request(base + "/git-receive-pack", data=body, method="POST",
+        headers={"Content-Type": "application/x-git-receive-pack-request"})
+    try:
+        r = urllib.request.urlopen(req, timeout=30)
+        print("status", r.status, r.read()[:200])
+    except Exception as e:
+        print("error", type(e).__name__, e)
+'''
+    (work / "garbage.py").write_text(code)
+    p = run(gd, work, f"{sys.executable} garbage.py; git ls-remote {url} | grep -c refs/heads/main",
+            *net_flags(work), remote=url)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.splitlines()     # a bare flush-pkt is a push of nothing: fine
+    assert [("400" in x) for x in lines[:4]] == [True, True, False, True], p.stdout
+    assert p.stdout.strip().endswith("1"), p.stdout          # still serving
+    assert git("--git-dir", str(upstream.repos / "test/repo.git"), "for-each-ref") == before
+    assert "corral: git: " in p.stderr and "pushes may update refs/heads/corral/" in p.stderr

@@ -132,6 +132,9 @@ def exec_command(session: dict, cmd: list[str], verbose: bool = False):
     git = session.get("git") or {}
     if git.get("config"):       # its remote goes through corrald's git gateway (not ~/.gitconfig)
         os.environ["GIT_CONFIG_GLOBAL"] = git["config"]
+        if git.get("push"):
+            print(f"corral: git: {git.get('remote')} goes through corrald's git gateway; pushes "
+                  f"may update {git.get('push')} only", file=sys.stderr)
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):    # Python ignores them; the command must not
         signal.signal(sig, signal.SIG_DFL)
     try:

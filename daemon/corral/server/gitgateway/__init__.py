@@ -136,7 +136,9 @@ class GitGateway:
         with self.lock:
             self.endpoints[s.id] = ep
         log.info("session %s: git gateway for %s on 127.0.0.1:%d", s.id, remote["key"], port)
-        return {"port": port, "secret": secret, "config": conf, "url_base": remote["key"]}
+        return {"port": port, "secret": secret, "config": conf, "url_base": remote["key"],
+                "remote": g["remote"],
+                "push": "refs/heads/" + g["push_branch"].replace("{session}", s.id)}
 
     def _write_config(self, s, url: str, remote: dict) -> str:
         path = self.sessions_dir / f"{s.id}.gitconfig"

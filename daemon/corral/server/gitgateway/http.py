@@ -416,15 +416,18 @@ class Handler(BaseHTTPRequestHandler):
                 hook = threading.Thread(target=ep.serve_hook, args=(mine,), daemon=True)
                 hook.start()
                 try:
+                    data = proc.stdout.read1(1 << 16)
+                    if not data and proc.wait() != 0:
+                        raise Refused(400, "corral git gateway: push refused: git receive-pack "
+                                           "could not parse the request (nothing was changed)",
+                                      {"rule": "unparsable receive-pack request", "op": "push"})
                     self.send_response(200)
                     self.send_header("Content-Type", "application/x-git-receive-pack-result")
                     self.send_header("Cache-Control", "no-cache")
                     self.end_headers()
-                    while True:
-                        data = proc.stdout.read1(1 << 16)
-                        if not data:
-                            break
+                    while data:
                         self.wfile.write(data)
+                        data = proc.stdout.read1(1 << 16)
                 finally:
                     proc.stdout.close()
                     proc.wait()

@@ -10,6 +10,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 
 from corral.server import eventlog as el
 from corral.server.export import Export, Exports
@@ -225,3 +227,15 @@ def test_jsonl_export_edited_or_cut_is_reported(tmp_path):
     path.write_text("\n".join(keep) + "\n")
     p = _verify_jsonl(tmp_path, path)
     assert p.returncode == 1 and "TRUNCATED" in p.stdout, p.stdout + p.stderr
+
+
+def test_jsonl_refuses_a_symlink_or_a_hard_link(tmp_path):
+    target = tmp_path / "secret"
+    target.write_text("keep me\n")
+    (tmp_path / "export.jsonl").symlink_to(target)
+    with pytest.raises(OSError):
+        JsonlSink(tmp_path / "export.jsonl")
+    os.link(target, tmp_path / "linked.jsonl")
+    with pytest.raises(OSError, match="one link"):
+        JsonlSink(tmp_path / "linked.jsonl")
+    assert target.read_text() == "keep me\n"

@@ -179,7 +179,7 @@ class Checkpointer:
                 if self._fd >= 0:
                     os.close(self._fd)
                 self._fd = os.open(self.out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                                   | os.O_CLOEXEC, 0o640)
+                                   | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
                 if os.geteuid() == 0:
                     os.fchown(self._fd, 0, self.gid)
             os.write(self._fd, line)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 from corral.server.export.schema import to_json
@@ -23,8 +24,17 @@ class JsonlSink:
         self._open()
 
     def _open(self) -> None:
+        """O_NOFOLLOW and a check of what was opened: corrald runs as root and gives the
+        file to the audit group, so a symlink or someone else's file planted at the
+        path (a world-writable directory) must not become readable by that group."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                     | os.O_NOFOLLOW | os.O_NONBLOCK, 0o640)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+            os.close(fd)
+            raise OSError(errno.EPERM, f"{self.path} is not a regular file of uid "
+                                       f"{os.geteuid()} with one link: not written")
         if os.geteuid() == 0:
             os.fchown(fd, 0, self.gid)
         if self._fd >= 0:

@@ -4,7 +4,7 @@
 1. hyperfine -N over bare `true`, `corral run -- true` (default profile),
    `corral run --profile agent -- true`, `corral exec ID -- true` through the
    native launcher and through the Python path (corral-py), and the peers
-   `srt -- true`, `codex sandbox linux -- true` when installed (bench/peers.sh;
+   `srt -c true`, `codex sandbox -- true` when installed (bench/peers.sh;
    said when not): added ms over bare (median, p90) and ratios. Goals:
    `corral run` < 15 ms added, `corral exec` < 5 ms added.
 2. Flat in the number of rules: `corral exec` into sessions of 1, 100 and 1000
@@ -32,6 +32,7 @@ CORRAL_PY = str(B.BIN / "corral-py")
 PEERS = B.BENCH / ".peers" / "node_modules" / ".bin"
 SRT, CODEX = PEERS / "srt", PEERS / "codex"
 CODEX_HOME = B.BENCH / ".peers" / "codex-home"
+CODEX_SANDBOX = [str(CODEX), "sandbox", "-c", 'sandbox_mode="workspace-write"']
 
 
 def start_session(d, *flags, cwd=None) -> str:
@@ -112,7 +113,8 @@ def main() -> int:
                 cmds["srt -- true"] = [str(SRT), "-c", true]
             if CODEX.exists():
                 CODEX_HOME.mkdir(parents=True, exist_ok=True)
-                cmds["codex sandbox linux -- true"] = [str(CODEX), "sandbox", "linux", "--", true]
+                # `codex sandbox linux` in older releases; this one takes the mode as config
+                cmds["codex sandbox -- true"] = [*CODEX_SANDBOX, "--", true]
             for name in list(cmds):
                 p = subprocess.run(cmds[name], env=env, cwd=repo, capture_output=True, text=True,
                                    timeout=120)
@@ -152,15 +154,16 @@ def main() -> int:
                                            for a in ("--allow-net", f"10.{2 + i // 250}.{i % 250}.1/32:443")],
                         "100 deny_read paths": ["--no-net"] + [a for i in range(100)
                                                                for a in ("--deny-read", f"/nonexistent-{i}")]}
-            fcmds = {}
+            fcmds = {"bare true": [true]}       # its own baseline: hyperfine runs differ
             for label, flags in rulesets.items():
                 s2 = start_session(d, *flags, cwd=repo)
                 sessions.append(s2)
                 fcmds[f"exec, {label}"] = [B.CORRAL, "exec", s2, "--", true]
             fhf = B.hyperfine(fcmds, runs=args.runs, warmup=args.warmup, env=env, cwd=str(repo))
+            fbase = fhf.pop("bare true")
             print("\n`corral exec ID -- true` (native) by the session's rule count:")
             for name, r in fhf.items():
-                add = (r["median"] - base["median"]) * 1000
+                add = (r["median"] - fbase["median"]) * 1000
                 flat[name] = {"added_median_ms": add, "p90_ms": r["p90"] * 1000}
                 print(f"  {name:40} added {add:6.2f} ms (p90 {r['p90'] * 1000:.2f} ms)")
                 summary.append(B.row("exec", f"{name}: added (median)", round(add, 2), "ms", "< 5",
@@ -175,7 +178,7 @@ def main() -> int:
             if SRT.exists():
                 loops["srt"] = None         # srt takes a command string: wrapped below
             if CODEX.exists():
-                loops["codex sandbox linux"] = [str(CODEX), "sandbox", "linux", "--"]
+                loops["codex sandbox"] = [*CODEX_SANDBOX, "--"]
             results["loop_seconds"] = {}
             print(f"\n{args.loop} x `git status --short` in a {len(list(repo.iterdir())) - 1}-file repo, one shell loop:")
             for name, prefix in loops.items():

@@ -743,3 +743,23 @@ for body in (b"garbage", b"00a0" + b"x" * 200, b"0000", b"0067" + b"0" * 40 + b"
     assert p.stdout.strip().endswith("1"), p.stdout          # still serving
     assert git("--git-dir", str(upstream.repos / "test/repo.git"), "for-each-ref") == before
     assert "corral: git: " in p.stderr and "pushes may update refs/heads/corral/" in p.stderr
+
+
+def test_git_section_is_fixed_for_a_live_session(gd, upstream, work):
+    url = upstream.url("test/repo")
+    holder, gw = _holder(gd, work, url, *net_flags(work))
+    try:
+        sid = next(s["id"] for s in map(json.loads, gd.corral("ps", "--json", check=True)
+                                         .stdout.splitlines()) if (s.get("policy") or {}).get("git"))
+        info = json.loads(gd.corral("ps", "--json", check=True).stdout.splitlines()[0])
+        assert "secret" not in info["git"] and info["git"]["port"]     # never shown
+        with gd.client() as c:
+            from corral.client.connection import CorralError
+            for new in (dict(info["policy"], git=None),
+                        dict(info["policy"], git=dict(info["policy"]["git"], allow_force=True))):
+                with pytest.raises(CorralError) as e:
+                    c.call("update_policy", session=sid, policy=new)
+                assert "fixed when a session starts" in e.value.message
+    finally:
+        holder.stdin.close()
+        holder.wait(30)

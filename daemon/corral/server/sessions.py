@@ -163,6 +163,9 @@ class SessionTable:
 
     def update(self, s: Session, policy: dict) -> None:
         old = s.policy
+        if policy.get("git") != old.get("git"):
+            raise pol.PolicyError("the [git] section is fixed when a session starts (its git "
+                                  "endpoint and config were made for it): start a new session")
         s.policy = policy
         try:
             self._install(s)

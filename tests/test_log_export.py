@@ -137,6 +137,9 @@ def test_named_policy_reloads_without_touching_sessions(fleetd):
         doc = subprocess.run([CORRAL, "doctor"], capture_output=True, text=True, env=d.env,
                              timeout=60)
         assert f"refused   team: {f}:3" in doc.stdout, doc.stdout
+        pl = subprocess.run([CORRAL, "policy", "list"], capture_output=True, text=True,
+                            env=d.env, timeout=60)
+        assert "named policies" in pl.stdout and f"team       REFUSED: {f}:3" in pl.stdout, pl.stdout
         mark = d.records()[-1]["seq"]
         assert _run(d, "--policy-name", "team", "--", "true").returncode == 0
         assert _starts(d, mark)[-1]["policy"]["network"]["allow"] == ["127.0.0.1/32:10"]

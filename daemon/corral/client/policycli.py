@@ -75,12 +75,33 @@ def show_mandatory(as_json: bool) -> None:
           "./.claude/settings*.json is expanded against what exists there.")
 
 
+def _list_named() -> None:
+    """The operator's named policies (corrald's policies.d, for --policy-name), as the
+    running daemon has them: the daemon, not this client, reads that directory."""
+    from corral.client.connection import Client, CorralError
+    try:
+        with Client(timeout=5) as c:
+            np = c.call("hello").get("policies")
+    except CorralError:
+        return
+    if not np:
+        return
+    print(f"named policies (corral run --policy-name NAME; corrald reads {np.get('dir')}):")
+    for name, p in (np.get("policies") or {}).items():
+        print(f"  {name:10} {p.get('path')} (sha256 {str(p.get('sha256'))[:12]})")
+    for name, why in (np.get("errors") or {}).items():
+        print(f"  {name:10} REFUSED: {why}")
+    if not np.get("policies") and not np.get("errors"):
+        print("  (none)")
+
+
 def main(args) -> int:
     try:
         if args.action == "list":
             for name, desc in policyfile.list_profiles():
                 print(f"{name:12} {desc}")
             print(f"{'mandatory':12} the protections added to every session (corral policy show mandatory)")
+            _list_named()
             return 0
         if not args.target:
             print(f"corral: usage: corral policy {args.action} NAME|FILE", file=sys.stderr)

@@ -585,7 +585,9 @@ def main(argv=None) -> int:
     try:
         args.settings = settings.load(args.config)
     except settings.SettingsError as e:
-        print(f"corrald: cannot start: {e}", file=sys.stderr)
+        print(f"corrald: cannot start: {e}. corrald does not start on a settings file it cannot "
+              "read fully (an export or key asked for would be silently off): fix that line, or "
+              "move the file away to run with the defaults", file=sys.stderr)
         return 1
     settings.apply(args.settings, args)
     if os.geteuid() != 0:

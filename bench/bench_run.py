@@ -4,7 +4,8 @@
 1. hyperfine (-N, --warmup, --runs 30, --export-json) over, in one run:
      bare `true`; `corral run -- true` (default policy: the mandatory file
      protections -> Landlock, seccomp, caps drop); `--no-net`; `--profile offline`;
-     `--profile agent` (needs the daemon's DNS resolver); and the Python floor:
+     `--profile agent` (needs the daemon's DNS resolver); `corral exec ID -- true`
+     (the native launcher into a `corral session start` session); and the Python floor:
      `python -c pass`, `python -c "import corral.client.cli, corral.client.connection, corral.client.confine"`.
    Reports added milliseconds over bare `true` (goal < 15 ms).
 2. Break-down of `corral run` step by step, measured inside forked children that
@@ -272,6 +273,14 @@ def main() -> int:
             "corral run --profile agent -- true": [B.CORRAL, "run", "--profile", "agent", "--", true],
         }
         import subprocess
+        # A command in an existing session (issue 15; bench_exec.py has the rest).
+        sp = subprocess.run([str(B.BIN / "corral-py"), "session", "start", "-q"], env=env,
+                            capture_output=True, text=True, timeout=120)
+        exec_sid = sp.stdout.strip() if sp.returncode == 0 else None
+        if exec_sid:
+            cmds["corral exec ID -- true"] = [B.CORRAL, "exec", exec_sid, "--", true]
+        else:
+            results["errors"]["corral exec ID -- true"] = f"session start: {sp.stderr.strip()[-300:]}"
         for name in list(cmds):
             p = subprocess.run(cmds[name], env=env, capture_output=True, text=True, timeout=60)
             if p.returncode != 0:
@@ -288,8 +297,9 @@ def main() -> int:
             added = (r["mean"] - base) * 1000
             print(f"{name:40} {r['mean'] * 1000:9.2f} {r['stddev'] * 1000:7.2f} "
                   f"{r['median'] * 1000:8.2f} {added:9.2f}")
-            if name.startswith("corral run"):
-                summary.append(B.row("run", f"{name}: added", round(added, 2), "ms", "< 15",
+            if name.startswith(("corral run", "corral exec")):
+                summary.append(B.row("run", f"{name}: added", round(added, 2), "ms",
+                                     "< 5" if "exec" in name else "< 15",
                                      f"{r['mean'] * 1000:.1f} ms vs bare {base * 1000:.2f} ms"))
             elif name != "bare true":
                 summary.append(B.row("run", f"{name}: added", round(added, 2), "ms", "",
@@ -348,6 +358,9 @@ def main() -> int:
         print("\nTop-level import cost of the CLI (python -X importtime, cumulative ms, one run):")
         for mod, ms in imp.items():
             print(f"  {mod:55} {ms:8.2f}")
+        if exec_sid:
+            subprocess.run([str(B.BIN / "corral-py"), "session", "stop", exec_sid], env=env,
+                           capture_output=True, timeout=60)
         n = d.wait_no_sessions(timeout=30)
         if n:
             print(f"[bench_run] warning: {n} session(s) still live after the runs", file=sys.stderr)

@@ -439,6 +439,10 @@ for i in $(seq 20); do
   git config branch.main.merge refs/heads/main
   git status --short >/dev/null
 done
+# git renames config.lock onto .git/config each time: a check may read the
+# file just replaced (no name left): the one in place is what counts.
+for i in $(seq 200); do git config user.name "x$i"; done
+git config user.name x
 echo DONE
 """
 
@@ -620,3 +624,64 @@ def test_git_config_sibling_in_existing_repo(daemon, project, case):
         assert rec["key"] == "core.fsmonitor", rec
     outside_git(proj, "status")
     assert not mark.exists(), (case, "core.fsmonitor ran outside the session")
+
+
+# -- the check itself (server/gitconfig_check.py), against real git ---------------------
+def git_written(tmp: Path, pairs) -> bytes:
+    """A config file as `git config --file` writes it."""
+    f = tmp / "config"
+    f.unlink(missing_ok=True)
+    for k, v in pairs:
+        subprocess.run(["git", "config", "--file", str(f), "--add", k, v], check=True,
+                       env={"PATH": "/usr/bin:/bin", "HOME": str(tmp), "GIT_CONFIG_NOSYSTEM": "1"})
+    return f.read_bytes()
+
+
+ODD_VALUES = ["a b", " lead", "trail ", 'q"uote', "back\\slash", "hash # x", "semi ; x",
+              "tab\tin", "ünïcødé", "=eq", ""]
+
+
+def test_git_written_inert_config_is_accepted(tmp_path):
+    from corral.server import gitconfig_check as g
+    for v in ODD_VALUES:
+        data = git_written(tmp_path, [("user.name", v), ("branch.feat/x.y.merge", "refs/heads/" + v),
+                                      ("remote.o-1.url", "https://example.com/r.git"),
+                                      ("core.bare", "false")])
+        res = g.check(data)
+        assert res == {"ok": True, "keys": 4}, (v, data, res)
+        assert g.parse(data) == g.git_parse(data)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("core.fsmonitor", "touch /tmp/x"), ("core.hooksPath", "/tmp"), ("core.sshCommand", "sh"),
+    ("core.pager", "sh"), ("core.editor", "sh"), ("core.askPass", "sh"), ("core.worktree", "/"),
+    ("core.gitProxy", "sh"), ("credential.helper", "!sh"), ("diff.external", "sh"),
+    ("diff.x.textconv", "sh"), ("filter.x.clean", "sh"), ("filter.x.process", "sh"),
+    ("alias.st", "!sh"), ("include.path", "/tmp/c"), ("includeIf.gitdir:/.path", "/tmp/c"),
+    ("uploadpack.packObjectsHook", "sh"), ("sequence.editor", "sh"), ("gpg.program", "sh"),
+    ("url.ext::sh.insteadOf", "https://"), ("remote.o.url", "ext::sh -c x"),
+    ("remote.o.url", "fd::3"), ("remote.o.url", "testgit::/tmp/x"), ("remote.o.url", "foo://x"),
+    ("remote.o.pushurl", "ext::sh"), ("remote.o.uploadpack", "sh"), ("remote.o.receivepack", "sh"),
+    ("remote.o.vcs", "x"), ("remote.o.url", "ssh://-oProxyCommand=sh/x"),
+    ("branch.main.remote", "ext::sh"), ("extensions.worktreeConfig", "true"),
+    ("submodule.x.update", "!sh"), ("commit.gpgSign", "true"), ("user.name", "a\nb"),
+])
+def test_key_that_can_run_a_command_is_refused(tmp_path, key, value):
+    from corral.server import gitconfig_check as g
+    data = git_written(tmp_path, [("core.bare", "false"), (key, value)])
+    res = g.check(data)
+    assert not res["ok"], (key, value, res)
+    if "\n" not in value:        # named as git lists it
+        assert res["key"] == g.git_parse(data)[1][0], res
+
+
+@pytest.mark.parametrize("data", [
+    b"[core] fsmonitor = x\n", b"[core.x]\n\tbare = false\n", b"[core]\n\tbare = f\\\n\tx = y\n",
+    b"[core]\r\n\tbare = false\r\n", b"\xef\xbb\xbf[core]\n\tbare = false\n", b"\tbare = false\n",
+    b"[core]\n\tbare = \"false\n", b"[core]\n\tbare = \\q\n", b"[core]\n\tbare\0 = false\n",
+    b"[core]\n\tbare = \xff\n", b"[remote \"a\\\"b\"]\n\turl = x\n",
+    b"[core]\n" + b"#" * (70 << 10) + b"\n",
+])
+def test_syntax_not_read_with_certainty_is_refused(data):
+    from corral.server import gitconfig_check as g
+    assert not g.check(data)["ok"], data

@@ -132,6 +132,13 @@ INERT = {
                                  "matching"),
     ("push", "autosetupremote"): _bool,
     ("fetch", "prune"): _bool,
+    ("branch", "autosetupmerge"): _bool_or("always", "inherit", "simple"),
+    ("branch", "autosetuprebase"): _one_of("never", "local", "remote", "always"),
+    ("commit", "gpgsign"): _one_of("false", "no", "off", "0"),     # not signing runs nothing
+    ("tag", "gpgsign"): _one_of("false", "no", "off", "0"),
+    ("merge", "conflictstyle"): _one_of("merge", "diff3", "zdiff3"),
+    ("rerere", "enabled"): _bool,
+    ("status", "showuntrackedfiles"): _one_of("no", "normal", "all"),
     ("color", "ui"): _bool_or("auto", "always", "never"),
     ("gc", "auto"): _int,
 }

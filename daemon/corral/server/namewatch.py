@@ -43,7 +43,8 @@ what Landlock has to complement (unless --strict-protect):
   big or not parsed with certainty: quarantined, the record naming the
   key. Checked again at every creation or rename onto it, every write or
   close after writing in its directory (FAN_MODIFY, FAN_CLOSE_WRITE on the
-  directory's children, debounced by CHECK_DEBOUNCE), when the descriptor
+  directory's children; once for the reports read together; rewritten more
+  often than CHECK_RATE allows: quarantined), when the descriptor
   the daemon holds shows a change no report named (step(): a write
   through a second name or a mapping; a second name itself), and once more
   when the session ends. A regular file named .git where the chain needs
@@ -89,11 +90,11 @@ What remains:
   quarantined when it is back, unless it is a mount point of the session's
   view already (a content-checked name is checked then, not quarantined).
 * A content-checked name is in place, as written, from a write until its
-  check (~1 ms after the report, plus git's parse ~5 ms, plus up to
-  CHECK_DEBOUNCE when it was checked just before): git run outside the
-  session in that window reads it. Checks take the daemon's loop (a
-  session writing .git/config in a loop costs up to one check per
-  CHECK_DEBOUNCE).
+  check (~1 ms after the report, plus git's parse, ~5 ms): git run outside
+  the session in that window reads it, and content written then changed
+  back before the check (reports read together are one check) is never
+  seen. Checks take the daemon's loop: a session rewriting .git/config in a
+  loop costs up to CHECK_RATE checks a second (then it is quarantined).
 * Writes no report names are seen through the held descriptor's size and
   times, at most SESSION_POLL later; a shared mapping written again in a
   page already dirty changes neither: seen by the check at session end.
@@ -131,7 +132,11 @@ MASK = fan.FAN_CREATE | fan.FAN_MOVED_TO | fan.FAN_ONDIR
 # The directory holding a content-checked name: writes to its children too.
 CHILD_MASK = fan.FAN_MODIFY | fan.FAN_CLOSE_WRITE | fan.FAN_EVENT_ON_CHILD
 WRITE_EVENTS = fan.FAN_MODIFY | fan.FAN_CLOSE_WRITE
-CHECK_DEBOUNCE = 0.02                    # s between two checks of one name on its writes
+# Checks of one content-checked name (a token bucket): a name rewritten more
+# often is quarantined (fail closed), not checked later: a deferred check
+# would let content that changes back in time stay unseen.
+CHECK_RATE, CHECK_BURST = 100.0, 400
+CHECK_TRIES = 8                          # a name replaced while it is read: read again
 # Protected names whose content is checked, not quarantined on sight, when the
 # session makes them: (the mandatory protection they come from) -> the check.
 CHECKED = {"mandatory git-config": gitconfig_check.check}
@@ -232,7 +237,7 @@ class Watched:
     mounted: set = field(default_factory=set)        # recovered: mount points in its view
     live: list = field(default_factory=list)         # [fd, copy path, until, (size, mtime)]
     checked: dict = field(default_factory=dict)      # path -> Checked: content found harmless
-    last_check: dict = field(default_factory=dict)   # path -> monotonic time of its last check
+    budget: dict = field(default_factory=dict)       # path -> [tokens, time] (CHECK_RATE)
     quarantined: int = 0
     records: list = field(default_factory=lambda: [0.0, 0, 0])   # window start, count, suppressed
 
@@ -252,7 +257,6 @@ class NameWatch:
         self._pool = None
         self._closing = False
         self._due: dict[tuple, int] = {}     # (session, path) -> pid of its last writer
-        self._timer = None
         if not enabled:
             # BPF LSM decides by name in the kernel: nothing to watch, and no
             # exit tracker to compile (100+ s under TCG on the VM tier).
@@ -367,7 +371,7 @@ class NameWatch:
             if w.live:
                 quarantine.follow(w.live)
         if self._due:
-            self._run_due(force=True)
+            self._run_due()
             start, _, suppressed = w.records
             if suppressed and now - start >= 1:
                 self.audit({"kind": "rate", "op": "suppressed", "verdict": "info",
@@ -533,8 +537,8 @@ class NameWatch:
             if t is None or level + 1 >= len(t.chain) or t.parts[level] != name:
                 continue
             if write:
-                # Written in place (or closed after writing): checked again
-                # (debounced: a writer's stream of reports is one check).
+                # Written in place (or closed after writing): checked again,
+                # once for the reports read together.
                 if mask & WRITE_EVENTS and t.checker and level + 1 == len(t.parts):
                     self._due[(sid, path)] = pid
                 continue
@@ -712,20 +716,43 @@ class NameWatch:
 
     # -- content-checked names ------------------------------------------------------
     def _content(self, w: Watched, t: Target, parent_fd: int, name: str, st, path: str,
-                 who: Creator, checker) -> None:
+                 who: Creator, checker, depth: int = 0) -> None:
         """Read the entry (a regular file with one name, bounded, never through
         a symlink) and check what it says; harmless: left in place, its
         descriptor held (step() sees writes no report names); otherwise, or if
         it cannot be read: quarantined. Fail closed."""
-        w.last_check[path] = time.monotonic()
-        res, fd, sig, digest = _read_and_check(parent_fd, name, st, checker)
+        now = time.monotonic()
+        tokens, then = w.budget.get(path, (CHECK_BURST, now))
+        tokens = min(CHECK_BURST, tokens + (now - then) * CHECK_RATE)
+        w.budget[path] = (max(0.0, tokens - 1), now)
+        res = {"ok": False, "why": "replaced again and again while it was checked"}
+        for _ in range(CHECK_TRIES):
+            if tokens < 1:
+                res = {"ok": False, "why": f"rewritten more often than it can be checked "
+                                           f"(over {CHECK_RATE:.0f}/s)"}
+                break
+            res, fd, sig, digest = _read_and_check(parent_fd, name, st, checker)
+            if not res.get("moved"):
+                break
+            # Replaced between the look and the read (git renames config.lock
+            # onto it): check what is there now.
+            try:
+                st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                self._unchecked(w, path)
+                return
         if not res["ok"]:
             self._unchecked(w, path)
             try:
-                now = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+                now_st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
             except FileNotFoundError:
                 return
-            self._quarantine(w, parent_fd, name, now, path, who, checked=res)
+            if (now_st.st_ino, now_st.st_dev) != (st.st_ino, st.st_dev) and not res.get("moved") \
+                    and tokens >= 1 and depth < CHECK_TRIES:
+                # What was refused is gone; its replacement has its own report
+                # (a rename onto the name), and is checked now all the same.
+                return self._content(w, t, parent_fd, name, now_st, path, who, checker, depth + 1)
+            self._quarantine(w, parent_fd, name, now_st, path, who, checked=res)
             return
         prev = w.checked.pop(path, None)
         if prev is not None:
@@ -744,47 +771,18 @@ class NameWatch:
         if c is not None:
             os.close(c.fd)
 
-    def _run_due(self, force: bool = False) -> None:
-        """Check again the content-checked names written since their last check;
-        one written again within CHECK_DEBOUNCE waits for a timer (force: now)."""
+    def _run_due(self) -> None:
+        """Check again the content-checked names written since their last check
+        (each once for all the reports read together)."""
         todo, self._due = self._due, {}
-        now = time.monotonic()
-        later = {}
         for (sid, path), pid in todo.items():
             w = self.by_session.get(sid)
             t = w.targets.get(path) if w else None
             if t is None:
                 continue
-            if not force and now - w.last_check.get(path, -1e9) < CHECK_DEBOUNCE:
-                later[(sid, path)] = pid
-                continue
             who = self.creator(pid) if pid else Creator("unknown", why="changed, no report "
                                                                         "(another name, a mapping)")
             self._check(w, t, None, mode="write", writer=who)
-        for k, pid in later.items():
-            self._due.setdefault(k, pid)
-        if later:
-            self._arm_timer()
-
-    def _arm_timer(self) -> None:
-        if self._timer is not None:
-            return
-        try:
-            loop = None if self._closing else asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is None:
-            self._run_due(force=True)
-            return
-
-        def fire():
-            self._timer = None
-            try:
-                self._run_due(force=True)
-                self._flush()
-            except Exception as e:
-                log.exception("protected names: %s", e)
-        self._timer = loop.call_later(CHECK_DEBOUNCE, fire)
 
     # -- quarantine -------------------------------------------------------------
     def _quarantine(self, w: Watched, parent_fd: int, name: str, st, path: str,
@@ -953,7 +951,9 @@ def _read_and_check(parent_fd: int, name: str, st, checker):
     try:
         fst = os.fstat(fd)
         sig = (fst.st_size, fst.st_mtime_ns, fst.st_ctime_ns, fst.st_nlink, fst.st_ino, fst.st_dev)
-        if not stat.S_ISREG(fst.st_mode):
+        if (fst.st_ino, fst.st_dev) != (st.st_ino, st.st_dev) or fst.st_nlink == 0:
+            res = {"ok": False, "moved": True, "why": "replaced while it was read"}
+        elif not stat.S_ISREG(fst.st_mode):
             res = {"ok": False, "why": "not a regular file"}
         elif fst.st_nlink != 1:
             res = {"ok": False, "why": f"{fst.st_nlink} names (a hard link)"}

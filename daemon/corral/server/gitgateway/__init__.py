@@ -129,7 +129,13 @@ class GitGateway:
         mirror.redact = ep.redact
         port = ep.server_address[1]
         url = f"http://127.0.0.1:{port}/{secret}/{remote['key']}"
-        conf = self._write_config(s, url, remote)
+        try:
+            conf = self._write_config(s, url, remote)
+        except OSError as e:
+            ep.server_close()
+            mirror.remove()
+            raise PolicyError(f"git gateway: cannot write the session's git config: "
+                              f"{e.strerror}") from None
         ep.upstream_addrs = set()
         threading.Thread(target=self._resolve, args=(ep,), daemon=True).start()
         ep.start()

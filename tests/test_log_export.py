@@ -1,6 +1,6 @@
 """The audit log for fleets, through a private corrald: named policies from its
-policies.d (reloaded on change, a broken file refused with file:line while the
-previous version stays, a removed one gone; running sessions untouched), session
+policies.d (reloaded on change into new and running sessions, a broken file refused
+with file:line while the previous version stays, a removed one gone), session
 name and labels on every record, the JSON-lines export and journald (a stand-in
 socket speaking the native protocol) carrying them, back-pressure of a reader that
 stops counted and logged, `corral doctor` showing the counters, checkpoints
@@ -107,7 +107,18 @@ def _starts(d, after=-1):
             and r["seq"] > after]
 
 
-def test_named_policy_reloads_without_touching_sessions(fleetd):
+PROBE = ("import socket,sys,time\n"
+         "port = int(sys.argv[1])\n"
+         "for _ in range(300):\n"
+         "    try:\n"
+         "        socket.create_connection(('127.0.0.1', port), timeout=1).close()\n"
+         "        print('connected', flush=True); sys.exit(0)\n"
+         "    except PermissionError:\n"
+         "        time.sleep(0.1)\n"
+         "sys.exit(3)\n")
+
+
+def test_named_policy_reloads_into_running_sessions(fleetd):
     d = fleetd
     f = d.etc / "policies.d/team.toml"
     p = _run(d, "--policy-name", "team", "--", "true")
@@ -115,20 +126,34 @@ def test_named_policy_reloads_without_touching_sessions(fleetd):
     v1 = _starts(d)[-1]
     assert v1["policy"]["network"]["allow"] == ["127.0.0.1/32:9"]
     assert v1["policy_name"]["name"] == "team" and v1["policy_name"]["path"] == str(f)
-    # A session of v1 keeps running across the reloads below.
-    long = subprocess.Popen([CORRAL, "run", "--policy-name", "team", "--", "sleep", "60"],
-                            env=d.env, cwd=d.tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A host loopback service the v1 policy does not allow; a session of v1 keeps
+    # trying to reach it across the reload below.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    long = subprocess.Popen([CORRAL, "run", "--policy-name", "team", "--", sys.executable, "-c",
+                             PROBE, str(port)], env=d.env, cwd=d.tmp, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         assert _wait(lambda: len(_starts(d, v1["seq"])) == 1)
         long_sid = _starts(d, v1["seq"])[0]["session"]
-        # changed: picked up within about a second, new sessions get it
-        f.write_text('[network]\nallow = ["127.0.0.1:10"]\n')
+        d.wait_record(lambda r: r.get("session") == long_sid and r.get("kind") == "net"
+                      and r.get("verdict") == "deny")            # refused under v1
+        # changed: picked up within about a second; new sessions get it, and the running
+        # one gets what can change live (the network), without a restart
+        f.write_text(f'[network]\nallow = ["127.0.0.1:{port}"]\n[env]\npass = ["TEAM_TOKEN"]\n')
         rec = d.wait_record(lambda r: r.get("op") == "named_changed", timeout=10)
         assert rec["previous"] == v1["policy_name"]["sha256"]
+        upd = d.wait_record(lambda r: r.get("op") == "update" and r.get("session") == long_sid)
+        assert "named policy team changed" in upd["rule"] and upd["kept"] == ["env"]
+        out, err = long.communicate(timeout=30)
+        assert long.returncode == 0 and "connected" in out, out + err
         mark = d.records()[-1]["seq"]
         assert _run(d, "--policy-name", "team", "--", "true").returncode == 0
         v2 = _starts(d, mark)[-1]
-        assert v2["policy"]["network"]["allow"] == ["127.0.0.1/32:10"]
+        assert v2["policy"]["network"]["allow"] == [f"127.0.0.1/32:{port}"]
+        assert v2["policy"]["env"]["pass"] == ["TEAM_TOKEN"]
         # broken: refused with file:line, the previous version stays in force
         f.write_text('[network]\nallow = ["127.0.0.1:11"]\nallow_everything = true\n')
         bad = d.wait_record(lambda r: r.get("op") == "named_refused", timeout=10)
@@ -142,19 +167,17 @@ def test_named_policy_reloads_without_touching_sessions(fleetd):
         assert "named policies" in pl.stdout and f"team       REFUSED: {f}:3" in pl.stdout, pl.stdout
         mark = d.records()[-1]["seq"]
         assert _run(d, "--policy-name", "team", "--", "true").returncode == 0
-        assert _starts(d, mark)[-1]["policy"]["network"]["allow"] == ["127.0.0.1/32:10"]
-        # the session started on v1 is still there, with v1
-        with d.client() as c:
-            s = c.call("session_info", session=long_sid)
-        assert s["leader_alive"] and s["policy"]["network"]["allow"] == ["127.0.0.1/32:9"]
+        assert _starts(d, mark)[-1]["policy"]["network"]["allow"] == [f"127.0.0.1/32:{port}"]
         # removed: the name is gone
         f.unlink()
         d.wait_record(lambda r: r.get("op") == "named_removed", timeout=10)
         p = _run(d, "--policy-name", "team", "--", "true")
         assert p.returncode != 0 and "no named policy 'team'" in p.stderr, p.stderr
     finally:
-        long.kill()
-        long.wait()
+        if long.poll() is None:
+            long.kill()
+            long.wait()
+        srv.close()
     # A named policy is the operator's: no other policy option with it.
     p = _run(d, "--policy-name", "team", "--allow-net", "0.0.0.0/0", "--", "true")
     assert p.returncode == 2 and "cannot be combined with --allow-net" in p.stderr, p.stderr

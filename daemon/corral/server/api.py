@@ -174,7 +174,8 @@ class Api(SessionOps):     # + session_ready, join_session, exec_prepare, report
                 self._refuse(conn, f"widen the named policy {name!r}", None, P.E_WIDENS,
                              "; ".join(why))
             policy = narrower
-        return policy, {"name": n.name, "path": n.path, "sha256": n.sha256}
+        return policy, {"name": n.name, "path": n.path, "sha256": n.sha256,
+                        "cwd": conn.peer.cwd()}    # for a later version (server/namedsync.py)
 
     @staticmethod
     def _reason(req) -> str:

@@ -105,6 +105,9 @@ class Daemon:
         self.api = Api(Services(sessions=self.sessions, audit=self.audit,
                                 end_session=self.end_session, status=self.status,
                                 policies=self.policies))
+        from corral.server.namedsync import NamedSync
+        self.policies.on_change = NamedSync(self.sessions, self.audit,
+                                            self.api.protected_write).changed
         log.info("BPF loaded in %.1fs (headers: %s); %d session(s) recovered",
                  time.monotonic() - t0, self.net.header_mode, len(recovered))
         self.audit({"kind": "daemon", "op": "start", "verdict": "info", "target": str(root),

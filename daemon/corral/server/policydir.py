@@ -8,8 +8,9 @@ and call it by that name). Files must be root-owned and not writable by group or
 others, like the directory; others are refused.
 
 Reloaded on change (checked about once a second, by mtime, size and inode) without
-restarting anything: new sessions get the new version, running sessions keep the one
-they started with (their session start record names the file and its sha256). A file
+restarting anything: new sessions get the new version, and the running sessions started
+with the name get what the kernel can change live (server/namedsync.py; their session
+start record names the file and its sha256, each update is a policy/update record). A file
 that does not parse is refused with file:line, logged (kind policy, op named_refused),
 and its previous version stays in force; a removed file removes the name."""
 from __future__ import annotations
@@ -53,6 +54,7 @@ class PolicyDir:
         self._dir_error: str | None = None
         self._last = -1e9
         self.reloads = 0
+        self.on_change = None           # on_change(Named): server/namedsync.py
         self.step(force=True)
 
     # -- reading --------------------------------------------------------------
@@ -147,6 +149,12 @@ class PolicyDir:
         self.audit({"kind": "policy", "op": op, "verdict": "info", "target": str(path),
                     "rule": name, "sha256": sha, "previous": old.sha256 if old else None,
                     "policy": policy}, must=False)
+        if old is not None and self.on_change is not None:
+            try:
+                self.on_change(self.policies[name])
+            except Exception as e:
+                log.error("named policy %s: updating its running sessions failed: %s: %s",
+                          name, type(e).__name__, e)
 
     def _refuse(self, name: str, path: str, msg: str) -> None:
         if self.errors.get(name) == msg:

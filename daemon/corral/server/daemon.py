@@ -108,6 +108,8 @@ class Daemon:
         from corral.server.namedsync import NamedSync
         self.policies.on_change = NamedSync(self.sessions, self.audit,
                                             self.api.protected_write).changed
+        for named in list(self.policies.policies.values()):
+            self.policies.on_change(named)   # changed while no corrald ran: recovered sessions
         log.info("BPF loaded in %.1fs (headers: %s); %d session(s) recovered",
                  time.monotonic() - t0, self.net.header_mode, len(recovered))
         self.audit({"kind": "daemon", "op": "start", "verdict": "info", "target": str(root),

@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_daemon
+from corral.policy.gitremote import parse_remote
+from corral.server.gitgateway import config as creds
 
 HELPER = Path(__file__).resolve().parent / "helpers" / "git_upstream.py"
 GIT = shutil.which("git") or "/usr/bin/git"
@@ -763,3 +765,42 @@ def test_git_section_is_fixed_for_a_live_session(gd, upstream, work):
     finally:
         holder.stdin.close()
         holder.wait(30)
+
+
+# -- the credentials file (here, not in the unit tier: it must belong to root) ----------
+def test_credentials_file_errors(tmp_path, monkeypatch):
+    f = tmp_path / "c.toml"
+
+    def err(text, mode=0o600):
+        f.write_text(text)
+        f.chmod(mode)
+        with pytest.raises(creds.CredentialsError) as e:
+            creds.load(str(f), environ={})
+        assert "sekrit" not in str(e.value)
+        return str(e.value)
+    assert "not valid TOML" in err("[[remote]\n")
+    assert "exactly one of token" in err('[[remote]]\nurl = "https://github.com/a/b"\n')
+    assert "chmod 600" in err('[[remote]]\nurl = "https://github.com/a/b"\ntoken = "sekrit"\n',
+                              0o644)
+    assert "writable by others" in err('[[remote]]\nurl = "https://github.com/a/b"\n'
+                                       'token_file = "/x"\n', 0o666)
+    assert "token_env GH" in err('[[remote]]\nurl = "https://github.com/a/b"\ntoken_env = "GH"\n')
+    assert "unknown key" in err('[[remote]]\nurl = "https://github.com/a/b"\ntokn = "sekrit"\n')
+    assert "not an absolute path" in err('[[remote]]\nurl = "https://github.com/a/b"\n'
+                                         'token_command = ["mint"]\n')
+    assert "token_ttl goes with token_command" in err('[[remote]]\nurl = "https://github.com/a/b"\n'
+                                                      'token = "sekrit"\ntoken_ttl = 5\n')
+    assert "token_ttl: seconds" in err('[[remote]]\nurl = "https://github.com/a/b"\n'
+                                       'token_command = ["/bin/true"]\ntoken_ttl = 0\n')
+    assert "no git credentials file" in str(pytest.raises(
+        creds.CredentialsError, creds.load, str(tmp_path / "none")).value)
+    f.write_text('[[remote]]\nurl = "https://github.com/a/*"\ntoken_env = "GH"\n'
+                 '[[remote]]\nurl = "git@github.com:a/b"\ntoken = "sekrit"\n')
+    f.chmod(0o600)
+    remotes, _ = creds.load(str(f), environ={"GH": "t1"})
+    assert creds.find(remotes, "github.com/a/b").source.token("s", "r") == "sekrit"
+    assert creds.find(remotes, "github.com/a/c").source.token("s", "r") == "t1"
+    assert creds.find(remotes, "github.com/z/c") is None
+    assert "sekrit" not in repr(remotes)
+    assert creds.find(remotes, "github.com/a/c").upstream_for(
+        "github.com/a/c", parse_remote("https://github.com/a/c")) == "https://github.com/a/c.git"

@@ -4,14 +4,12 @@ credentials file (server/gitgateway/config.py, as far as it needs no root).
 The gateway itself, with real git: tests/test_git_gateway.py."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from corral.policy import files as pf
 from corral.policy import model as pol
 from corral.policy.gitremote import normalize_git, parse_remote, rewrites
-from corral.server.gitgateway import config as creds
 from corral.server.gitgateway import refcheck
 
 Z = "0" * 40
@@ -148,40 +146,3 @@ def test_pattern_substitutes_the_session():
 
 
 # -- credentials -------------------------------------------------------------------
-@pytest.mark.skipif(os.geteuid() != 0, reason="the credentials file must be root's")
-def test_credentials_file_errors(tmp_path, monkeypatch):
-    f = tmp_path / "c.toml"
-
-    def err(text, mode=0o600):
-        f.write_text(text)
-        f.chmod(mode)
-        with pytest.raises(creds.CredentialsError) as e:
-            creds.load(str(f), environ={})
-        assert "sekrit" not in str(e.value)
-        return str(e.value)
-    assert "not valid TOML" in err("[[remote]\n")
-    assert "exactly one of token" in err('[[remote]]\nurl = "https://github.com/a/b"\n')
-    assert "chmod 600" in err('[[remote]]\nurl = "https://github.com/a/b"\ntoken = "sekrit"\n',
-                              0o644)
-    assert "writable by others" in err('[[remote]]\nurl = "https://github.com/a/b"\n'
-                                       'token_file = "/x"\n', 0o666)
-    assert "token_env GH" in err('[[remote]]\nurl = "https://github.com/a/b"\ntoken_env = "GH"\n')
-    assert "unknown key" in err('[[remote]]\nurl = "https://github.com/a/b"\ntokn = "sekrit"\n')
-    assert "not an absolute path" in err('[[remote]]\nurl = "https://github.com/a/b"\n'
-                                         'token_command = ["mint"]\n')
-    assert "token_ttl goes with token_command" in err('[[remote]]\nurl = "https://github.com/a/b"\n'
-                                                      'token = "sekrit"\ntoken_ttl = 5\n')
-    assert "token_ttl: seconds" in err('[[remote]]\nurl = "https://github.com/a/b"\n'
-                                       'token_command = ["/bin/true"]\ntoken_ttl = 0\n')
-    assert "no git credentials file" in str(pytest.raises(
-        creds.CredentialsError, creds.load, str(tmp_path / "none")).value)
-    f.write_text('[[remote]]\nurl = "https://github.com/a/*"\ntoken_env = "GH"\n'
-                 '[[remote]]\nurl = "git@github.com:a/b"\ntoken = "sekrit"\n')
-    f.chmod(0o600)
-    remotes, _ = creds.load(str(f), environ={"GH": "t1"})
-    assert creds.find(remotes, "github.com/a/b").source.token("s", "r") == "sekrit"
-    assert creds.find(remotes, "github.com/a/c").source.token("s", "r") == "t1"
-    assert creds.find(remotes, "github.com/z/c") is None
-    assert "sekrit" not in repr(remotes)
-    assert creds.find(remotes, "github.com/a/c").upstream_for(
-        "github.com/a/c", parse_remote("https://github.com/a/c")) == "https://github.com/a/c.git"

@@ -47,6 +47,7 @@ res["write_project"] = attempt(lambda: open("written-by-exec", "w").close())
 res["kill_init"] = attempt(lambda: os.kill(1, 0))
 res["unshare"] = attempt(unshare_ns)
 res["mount_ns_private"] = os.stat("/proc/self/ns/mnt").st_ino != int(sys.argv[1])
+res["mnt_ns"] = os.stat("/proc/self/ns/mnt").st_ino
 res["fds"] = sorted(int(x) for x in os.listdir("/proc/self/fd"))
 print(json.dumps(res))
 """
@@ -92,7 +93,12 @@ def test_exec_runs_confined_in_the_session(daemon, session, project, entry):
     assert (project / "written-by-exec").exists()
     assert r["kill_init"] == "EPERM", r            # Landlock signal scope
     assert r["unshare"] == "EPERM", r              # seccomp
-    assert r["mount_ns_private"], r                 # the session's mount view
+    assert r["mount_ns_private"], r                 # the session's mount view...
+    with daemon.client() as c:
+        leader = c.call("session_info", session=session)["leader_pid"]
+    # ...the holder's, which corrald keeps up to date (sockets bound later, names
+    # protected later), on both paths (root: the Python path enters it too)
+    assert r["mnt_ns"] == os.stat(f"/proc/{leader}/ns/mnt").st_ino, r
     assert len([x for x in r["fds"] if x > 2]) <= 1, r["fds"]   # + the listdir fd
     assert r["token"] is None                       # credential-looking names stripped
     assert r["git_template"], r
@@ -255,6 +261,7 @@ def test_exec_after_a_daemon_restart_goes_through_the_python_path(project):
         assert p.returncode != 0 and "Read-only file system" in p.stderr, p.stderr
         rec = d.wait_record(lambda x: x.get("op") == "exec" and x.get("session") == sid)
         assert rec["report"]["path"] == "python", rec
+        assert rec["report"]["mount_namespace"] == "joined", rec    # the holder's view
         stop_session(d, sid)
     finally:
         d.cleanup(remove_tmp=True)

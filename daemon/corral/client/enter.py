@@ -19,11 +19,13 @@ def die(msg: str, code: int = 1):
 
 def confine(session: dict, *, allow_weaker: bool = False, strict_protect: bool = False,
             keep_caps: bool = False, keep_fds: tuple[int, ...] = (),
-            export: dict | None = None) -> dict:
+            export: dict | None = None, join_view: tuple[str, int] | None = None) -> dict:
     """Build the session's mount view and confine this process (Landlock,
     seccomp, capabilities, no_new_privs, inherited descriptors). Returns the
     report for corrald. Exits (status 1) if anything cannot be applied.
-    `export`: see confine.apply (what the session's next processes reuse)."""
+    `export`: see confine.apply (what the session's next processes reuse).
+    `join_view`: (namespace path, inode) of the session's existing view, entered
+    instead of building one (mountguard.join)."""
     try:
         from corral.client import confine as cf, landlock
     except ImportError as e:
@@ -42,11 +44,14 @@ def confine(session: dict, *, allow_weaker: bool = False, strict_protect: bool =
             # would be blocked by rules frozen at exec.
             fs = None
         try:
-            guard = mountguard.apply(fs, session["policy"].get("unix"),
-                                     mask_sockets=session["enforcement"].get("unix_peers")
-                                     != "bpf-lsm", allow_weaker=allow_weaker)
+            if join_view is not None:
+                guard = mountguard.join(fs, *join_view)
+            else:
+                guard = mountguard.apply(fs, session["policy"].get("unix"),
+                                         mask_sockets=session["enforcement"].get("unix_peers")
+                                         != "bpf-lsm", allow_weaker=allow_weaker)
         except (mountguard.MountGuardError, OSError) as e:
-            if not allow_weaker or "hard link" in str(e):
+            if not allow_weaker or "hard link" in str(e) or join_view is not None:
                 raise
             # Asked for: start without the view, and say what that leaves open.
             print(f"corral: warning: no mount view ({e}); --allow-weaker: Unix sockets of "

@@ -289,6 +289,50 @@ def _read_only_view(roots: list[str]) -> list[str]:
     return roots
 
 
+def join(fs: dict | None, ns_path: str, expect_ino: int) -> dict:
+    """Enter a session's existing mount view (the one its `corral session start`
+    holder built) instead of building one: `corral exec`'s Python path as root,
+    so its commands share the view corrald keeps up to date (Unix sockets bound
+    later, protected names made outside). `expect_ino` is the view's namespace
+    inode as corrald saw it: anything else (a reused pid) is refused. Returns
+    what apply() returns, for the same Landlock step."""
+    global _VIEW_BUILT
+    fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_ino != expect_ino:
+            raise MountGuardError(f"{ns_path} is not the session's mount view (its process "
+                                  "is gone?)")
+        cwd = os.getcwd()
+        _check(_libc.setns(fd, CLONE_NEWNS), "setns(the session's mount view)")
+    finally:
+        os.close(fd)
+    _VIEW_BUILT = True
+    os.chdir(cwd)           # setns put us at the view's root: the same directory, in it
+    pins, ro = plan(fs)
+    hidden = read_masks(fs)
+    roots = writable_roots(fs) if fs is not None else []
+    return {"mountguard": True, "namespace": "joined", "read_only": ro, "pinned": pins,
+            "read_only_view": bool(roots) and "/" not in roots,
+            "writable": roots, "hidden": hidden, "masked_sockets": [], "sockets_skipped": [],
+            "policy": _rest(fs, ro, hidden)}
+
+
+def _rest(fs: dict | None, ro: list[str], hidden: list[str]) -> dict | None:
+    """What Landlock still enforces once the view holds `ro` read-only and
+    `hidden` masked."""
+    if fs is None:
+        return None
+    done = set(ro)
+    rest = dict(fs)
+    rest["deny_write"] = [p for p in fs.get("deny_write") or []
+                          if p not in done and not any(under(p, r) for r in done)]
+    # Hidden by a mask: Landlock need not refuse them, so it grants their
+    # parents whole (files created there later stay readable).
+    rest["deny_read"] = [p for p in fs.get("deny_read") or []
+                         if not any(under(p, h) for h in hidden)]
+    return rest
+
+
 def apply(fs: dict | None, unix: dict | None = None, *, read_only_view: bool = True,
           mask_sockets: bool = True, allow_weaker: bool = False) -> dict:
     """Build the session's mount view (module docstring). Returns what was done
@@ -334,15 +378,7 @@ def apply(fs: dict | None, unix: dict | None = None, *, read_only_view: bool = T
     masked = [p for p in masked if _bind_refusal(refusal, p)]
     # Our cwd still points into the old mounts; relative paths must see the new ones.
     os.chdir(os.getcwd())
-    done = set(ro)
-    rest = dict(fs) if fs is not None else None
-    if rest is not None:
-        rest["deny_write"] = [p for p in fs.get("deny_write") or []
-                              if p not in done and not any(under(p, r) for r in done)]
-        # Hidden by a mask: Landlock need not refuse them, so it grants their
-        # parents whole (files created there later stay readable).
-        rest["deny_read"] = [p for p in fs.get("deny_read") or []
-                             if not any(under(p, h) for h in hidden)]
+    rest = _rest(fs, ro, hidden)
     return {"mountguard": True, "namespace": how, "read_only": ro, "pinned": pins,
             "read_only_view": ro_view, "writable": roots if ro_view else [],
             "hidden": hidden,

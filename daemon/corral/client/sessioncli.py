@@ -170,8 +170,13 @@ def cmd_exec(args) -> int:
         # Already in this session, so already confined as it is.
         enter.exec_command(session, cmd, args.verbose)
     opts = joined.get("options") or {}
+    view = joined.get("view")
+    # As root, the session's own view (the holder's: corrald keeps it up to date);
+    # otherwise one of our own (a user namespace cannot enter root's).
+    join_view = (f"/proc/{view['pid']}/ns/mnt", view["ino"]) if view and os.geteuid() == 0 \
+        else None
     report = enter.confine(session, allow_weaker=opts.get("allow_weaker", False),
-                           strict_protect=opts.get("strict_protect", False))
+                           strict_protect=opts.get("strict_protect", False), join_view=join_view)
     report["command"] = cmd[:16]
     report["path"] = "python"
     verified = enter.send_report("report_exec", session["id"], report, args.verbose,

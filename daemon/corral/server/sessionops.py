@@ -175,6 +175,15 @@ class SessionOps:
         prep = self._prep_table().get(s.id)
         out = {"session": s.public(), "inside": inside,
                "options": dict(prep.options) if prep else {}}
+        if s.leader_alive() and (s.enforcement.get("client") or {}).get("mount_namespace"):
+            # Where the session's view is (its leader's: the one corrald keeps up
+            # to date), and which namespace it must be; also after a restart.
+            try:
+                ino = _ns_ino(f"/proc/{s.leader_pid}/ns/mnt")
+            except OSError:
+                ino = None
+            if ino is not None and s.leader_alive() and ino != _ns_ino("/proc/self/ns/mnt"):
+                out["view"] = {"pid": s.leader_pid, "ino": ino}
         if inside:
             return out
         _, origin = conn.peer.cgroup()

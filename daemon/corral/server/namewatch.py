@@ -111,6 +111,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import hashlib
 import logging
 import os
 import stat
@@ -372,6 +373,7 @@ class NameWatch:
                 quarantine.follow(w.live)
         if self._due:
             self._run_due()
+        for w in list(self.by_session.values()):
             start, _, suppressed = w.records
             if suppressed and now - start >= 1:
                 self.audit({"kind": "rate", "op": "suppressed", "verdict": "info",
@@ -940,7 +942,6 @@ def _mandatory(path: str) -> str:
 
 def _read_and_check(parent_fd: int, name: str, st, checker):
     """-> (result, held fd or -1, (size, mtime, ctime, links, ino, dev), digest)."""
-    import hashlib
     if not stat.S_ISREG(st.st_mode):
         return {"ok": False, "why": f"a {_ftype(st.st_mode)}, not a regular file"}, -1, None, b""
     try:

@@ -685,3 +685,49 @@ def test_key_that_can_run_a_command_is_refused(tmp_path, key, value):
 def test_syntax_not_read_with_certainty_is_refused(data):
     from corral.server import gitconfig_check as g
     assert not g.check(data)["ok"], data
+
+
+def test_git_config_checked_after_daemon_restart(fresh):
+    """A restarted daemon finds the .git/config the session made meanwhile (no
+    report of its own): content-checked, so it stays; a later harmful write is
+    quarantined as before the restart."""
+    from conftest import make_daemon
+    base, proj = fresh
+    mark = base / "out" / "PAGER"
+    go = base / "out" / "go"
+    d = make_daemon("corral-nw-git-restart")
+    d.start()
+    proc = None
+    try:
+        script = (f"set -e; touch {go}.ready; while [ ! -e {go} ]; do sleep 0.02; done; "
+                  "git init -q -b main .; git config user.name x; "
+                  f"touch {go}.made; while [ ! -e {go}.back ]; do sleep 0.02; done; "
+                  "git config user.name y && echo CFG_OK; "
+                  f"git config core.pager 'touch {mark}'; sleep 0.6; "
+                  "test -f .git/config && echo STILL || echo GONE")
+        env = {k: v for k, v in d.env.items() if k not in ("TMUX", "SSH_AUTH_SOCK")}
+        proc = subprocess.Popen([CORRAL, "run", "--", "sh", "-c", script], cwd=proj, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: os.path.exists(f"{go}.ready") or proc.poll() is not None, 30,
+                 "the session")
+        d.stop()                        # .git/config is made while nobody watches
+        go.write_text("")
+        wait_for(lambda: os.path.exists(f"{go}.made") or proc.poll() is not None, 30, "git init")
+        d.start()
+        cfg = str(proj / ".git" / "config")
+        wait_for(lambda: any(r.get("op") == "checked" and r.get("target") == cfg
+                             for r in d.records()), 10, "the check after the restart")
+        Path(f"{go}.back").write_text("")
+        o, e = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (o, e)
+        assert "CFG_OK" in o and "GONE" in o, (o, e)
+        checked = next(r for r in d.records() if r.get("op") == "checked" and r["target"] == cfg)
+        assert checked["creator"] == "unknown" and checked["verdict"] == "allow", checked
+        q = next(r for r in d.records() if r.get("op") == "quarantine" and r["target"] == cfg)
+        assert q["key"] == "core.pager", q
+        assert "\tname = y\n" in Path(q["moved_to"]).read_text()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        d.cleanup(remove_tmp=True)

@@ -33,8 +33,10 @@ mkdir -p "$work/src"
 wheel=$(ls "$work"/dist/corral-*.whl)
 
 /usr/bin/python3 -m venv --system-site-packages --without-pip "$root$venv"
+# CORRAL_DEB_EXTRAS=otlp make deb: the OTLP export's OpenTelemetry SDK in the package too.
+spec=$wheel${CORRAL_DEB_EXTRAS:+[$CORRAL_DEB_EXTRAS]}
 "$py" -m pip --python "$root$venv/bin/python" install -q --no-compile --no-warn-script-location \
-    --disable-pip-version-check "$wheel"
+    --disable-pip-version-check "$spec"
 # The venv was made at $root$venv: it must name $venv (scripts' #!, pyvenv.cfg, activate).
 grep -rlI --null "$root" "$root$venv" | xargs -0 -r sed -i "s|$root||g"
 rm -f "$root$venv"/lib/python*/site-packages/corral-*.dist-info/direct_url.json

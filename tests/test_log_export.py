@@ -397,3 +397,35 @@ def test_records_in_a_real_journald(private_journald):
         assert _wait(lambda: read("CORRAL_KIND=checkpoint", "CORRAL_REASON=session_end"))
     finally:
         d.cleanup(remove_tmp=True)
+
+
+def test_records_reach_an_otlp_collector_from_corrald():
+    """corral.toml [export] otlp_endpoint: the daemon's records, labels included, reach an
+    OTLP/HTTP collector (an in-process stand-in decoding the protobuf, on 127.0.0.1)."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http",
+                        reason="the optional extra corral[otlp] is not installed")
+    from unit.test_otlp import Collector, _attrs
+    c = Collector()
+    d = make_daemon("corral-otlp", extra_args=["--no-dns"])
+    etc = d.tmp / "etc"
+    etc.mkdir()
+    (etc / "corral.toml").write_text(f'[export]\notlp_endpoint = "{c.url}"\njournald = "off"\n')
+    try:
+        d.start()
+        assert _hello(d)["exports"]["otlp"]["active"]
+        p = _run(d, "--no-net", "--label", "team=infra", "--", sys.executable, "-c", CONNECT)
+        assert p.returncode == 0 and "refused" in p.stdout, p.stdout + p.stderr
+        deny = d.wait_record(lambda r: r.get("kind") == "net" and r.get("labels"))
+
+        def got():
+            logs = [_attrs(lr) for _, req in c.requests for rl in req.resource_logs
+                    for sl in rl.scope_logs for lr in sl.log_records]
+            return [a for a in logs if a.get("corral.seq") == deny["seq"]]
+        found = _wait(got)
+        assert found, c.requests[-1:]
+        a = found[0]
+        assert a["corral.hash"] == deny["hash"] and a["corral.label.team"] == "infra"
+        assert json.loads(a["corral.record"]) == json.loads(json.dumps(deny))
+    finally:
+        d.cleanup(remove_tmp=True)
+        c.close()

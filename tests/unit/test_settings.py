@@ -27,6 +27,7 @@ def test_settings_defaults_and_values(tmp_path):
     ('[nope]\nx = 1\n', ":1:", "unknown section [nope]"),
     ('[export]\njsonl = \n', ":2:", "TOML syntax error"),
     ('[export]\njournald = "maybe"\n', ":2:", 'use "auto", "on" or "off"'),
+    ('[export]\njsonl = "export.jsonl"\n', ":2:", "is not an absolute path"),
 ])
 def test_settings_errors_name_file_line(tmp_path, text, where, what):
     f = tmp_path / "corral.toml"

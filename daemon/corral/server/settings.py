@@ -100,6 +100,11 @@ def parse(text: str, path: str) -> Settings:
         raise err("log", "checkpoint_every", "must be at least 1")
     if s.get("export", "queue") < 16:
         raise err("export", "queue", "must be at least 16")
+    for sec, key in (("export", "jsonl"), ("log", "checkpoint_key"), ("policies", "dir")):
+        v = s.get(sec, key)
+        if v and not v.startswith("/"):
+            raise err(sec, key, f"{v!r} is not an absolute path (corrald's working directory is "
+                                "not a place to keep it): write the full path")
     if s.get("export", "journald") not in ("auto", "on", "off"):
         raise err("export", "journald", f"{s.get('export', 'journald')!r}: use \"auto\", \"on\" or \"off\"")
     return s

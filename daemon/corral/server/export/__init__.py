@@ -40,9 +40,9 @@ class Export:
         self._thread.start()
 
     def put(self, obj: dict) -> None:
+        self._idle.clear()          # before the put: the thread sets it once it drained
         try:
             self.q.put_nowait(obj)
-            self._idle.clear()
         except queue.Full:
             self.dropped += 1
 

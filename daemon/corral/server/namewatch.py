@@ -136,7 +136,7 @@ WRITE_EVENTS = fan.FAN_MODIFY | fan.FAN_CLOSE_WRITE
 # Checks of one content-checked name (a token bucket): a name rewritten more
 # often is quarantined (fail closed), not checked later: a deferred check
 # would let content that changes back in time stay unseen.
-CHECK_RATE, CHECK_BURST = 100.0, 400
+CHECK_RATE, CHECK_BURST = 200.0, 1000     # a check: ~2 ms (git config runs)
 CHECK_TRIES = 8                          # a name replaced while it is read: read again
 # Protected names whose content is checked, not quarantined on sight, when the
 # session makes them: (the mandatory protection they come from) -> the check.

@@ -665,6 +665,7 @@ def test_git_written_inert_config_is_accepted(tmp_path):
     ("remote.o.vcs", "x"), ("remote.o.url", "ssh://-oProxyCommand=sh/x"),
     ("branch.main.remote", "ext::sh"), ("extensions.worktreeConfig", "true"),
     ("submodule.x.update", "!sh"), ("commit.gpgSign", "true"), ("user.name", "a\nb"),
+    ("user.name", "a\x1b]52;c;eA==\x07"), ('remote.a\x1bb.url', "https://x"),
 ])
 def test_key_that_can_run_a_command_is_refused(tmp_path, key, value):
     from corral.server import gitconfig_check as g

@@ -54,7 +54,10 @@ def _bool_or(*words):
 
 
 def _text(v):
-    return v is not None and "\n" not in v and "\0" not in v
+    """A string with no control character but tab (git prints some of these:
+    no escape sequences for the developer's terminal)."""
+    return v is not None and not any((ord(c) < 0x20 and c != "\t") or 0x7f <= ord(c) < 0xa0
+                                     for c in v)
 
 
 _URL_SCHEMES = {"http", "https", "git", "ssh", "git+ssh", "ssh+git", "file"}

@@ -1,7 +1,8 @@
 /* corral: the native launcher, the installed `corral` command.
  *
  * `corral exec [-v] [-q] SESSION [--] CMD...` is on the path of every shell
- * command an agent runs, so it is done here without Python: one request to
+ * command an agent runs, and `corral run` on every agent's start (its common
+ * form: do_run, server/runprep.py), so they are done here without Python: one request to
  * corrald (exec_prepare), which answers with what it prepared for the
  * session (its cgroup, Landlock ruleset and mount namespace as descriptors,
  * its seccomp programs as BPF, the environment names to remove); a child made
@@ -31,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -185,7 +187,9 @@ static const struct mp_node *result_of(const struct mp_node *msg, const char *wh
         return mp_get(msg, "result");
     const struct mp_node *err = mp_get(msg, "error");
     char *code = mp_cstr(mp_get(err, "code")), *text = mp_cstr(mp_get(err, "message"));
-    if (handover_ok && code && strcmp(code, "unsupported") == 0)
+    /* unsupported: corrald says the Python CLI must serve this; unknown_op: a
+     * corrald older than this launcher. */
+    if (handover_ok && code && (!strcmp(code, "unsupported") || !strcmp(code, "unknown_op")))
         handover();
     die(1, "%s: %s", what, text ? text : "unknown error");
 }
@@ -197,6 +201,8 @@ struct plan {
     int cgroup_fd, ruleset_fd, mntns_fd;
     int landlock_flags;
     char **cmd;
+    int run;                    /* corral run: a new view (mount_ops), report_run, end */
+    int quiet;
 };
 
 static void set_env(const struct mp_node *res)
@@ -243,10 +249,71 @@ static void load_seccomp(const struct mp_node *progs)
     }
 }
 
+#ifndef __NR_mount_setattr
+#define __NR_mount_setattr 442
+#endif
+struct corral_mount_attr {
+    uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
+static const char *opt_str(const struct mp_node *n)
+{
+    char *v = mp_cstr(n);
+    return v && *v ? v : NULL;
+}
+
+/* corral run's view: a new mount namespace, then the operations corrald planned
+ * (server/runprep.py view_ops: mountguard.apply's sequence), then our cwd again
+ * (it still points into the old mounts). */
+static void build_view(const struct mp_node *ops)
+{
+    if (!ops || ops->type != MP_ARR)
+        die(1, "confinement failed, command not started: corrald sent no mount plan");
+    if (ops->len == 0)
+        return;                             /* nothing to make read-only, mask or hide */
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd))
+        die(1, "confinement failed, command not started: getcwd: %s", strerror(errno));
+    if (unshare(CLONE_NEWNS) != 0)
+        die(1, "confinement failed, command not started: unshare(mount namespace): %s",
+            strerror(errno));
+    for (uint32_t i = 0; i < ops->len; i++) {
+        const struct mp_node *op = &ops->items[i];
+        char *kind = op->type == MP_ARR && op->len >= 2 ? mp_cstr(&op->items[0]) : NULL;
+        if (kind && strcmp(kind, "mount") == 0 && op->len == 7) {
+            const char *src = opt_str(&op->items[1]), *dst = opt_str(&op->items[2]);
+            const char *type = opt_str(&op->items[3]), *data = opt_str(&op->items[5]);
+            if (!dst || op->items[4].type != MP_INT)
+                die(1, "confinement failed, command not started: a malformed mount operation");
+            if (mount(src, dst, type, (unsigned long)op->items[4].i, data) != 0) {
+                if (errno == ENOENT && op->items[6].type == MP_BOOL && op->items[6].i)
+                    continue;               /* a socket unlinked since it was listed */
+                die(1, "confinement failed, command not started: mount view: %s: %s", dst,
+                    strerror(errno));
+            }
+        } else if (kind && strcmp(kind, "setattr") == 0 && op->len == 6) {
+            const char *path = opt_str(&op->items[1]);
+            struct corral_mount_attr a = {(uint64_t)op->items[2].i, (uint64_t)op->items[3].i, 0, 0};
+            if (!path)
+                die(1, "confinement failed, command not started: a malformed mount operation");
+            if (syscall(__NR_mount_setattr, AT_FDCWD, path, op->items[4].i ? 0x8000 : 0, &a,
+                        sizeof a) != 0 && !op->items[5].i)
+                die(1, "confinement failed, command not started: mount view: mount_setattr "
+                    "%s: %s", path, strerror(errno));
+        } else {
+            die(1, "confinement failed, command not started: an unknown mount operation");
+        }
+    }
+    if (chdir(cwd) != 0)
+        die(1, "confinement failed, command not started: chdir %s: %s", cwd, strerror(errno));
+}
+
 /* confine.apply's order: descriptors, capabilities, no_new_privs, Landlock,
  * seccomp last. The mount view first (setns needs CAP_SYS_ADMIN). */
 static void confine_child(struct plan *pl)
 {
+    if (pl->run)
+        build_view(mp_get(pl->res, "mount_ops"));
     if (pl->mntns_fd >= 0) {
         char cwd[PATH_MAX];
         if (!getcwd(cwd, sizeof cwd))
@@ -299,16 +366,18 @@ static void report_exec(struct plan *pl)
     while (pl->cmd[ncmd] && ncmd < MAX_CMD_REPORTED)
         ncmd++;
     mp_map(&b, 4);
-    mp_str(&b, "op"); mp_str(&b, "report_exec");
+    mp_str(&b, "op"); mp_str(&b, pl->run ? "report_run" : "report_exec");
     mp_str(&b, "id"); mp_int(&b, 2);
     mp_str(&b, "session"); mp_str(&b, pl->sid);
-    mp_str(&b, "report"); mp_map(&b, 7);
+    mp_str(&b, "report"); mp_map(&b, pl->run ? 6 : 7);
     mp_str(&b, "path"); mp_str(&b, "native");
     mp_str(&b, "landlock"); mp_bool(&b, pl->ruleset_fd >= 0);
     mp_str(&b, "seccomp"); mp_bool(&b, 1);
     mp_str(&b, "caps_dropped"); mp_bool(&b, 1);
     mp_str(&b, "no_new_privs"); mp_bool(&b, 1);
-    mp_str(&b, "mount_view"); mp_bool(&b, pl->mntns_fd >= 0);
+    if (!pl->run) {
+        mp_str(&b, "mount_view"); mp_bool(&b, pl->mntns_fd >= 0);
+    }
     mp_str(&b, "command"); mp_arr(&b, ncmd);
     for (int i = 0; i < ncmd; i++)
         mp_strn(&b, pl->cmd[i], strnlen(pl->cmd[i], 4096));
@@ -317,7 +386,8 @@ static void report_exec(struct plan *pl)
     const struct mp_node *res = result_of(recv_frame(fd, fds, 1, &nfds),
                                           "confinement report refused, command not started", 0);
     close(fd);
-    const struct mp_node *missing = mp_get(res, "missing");
+    /* report_exec answers "missing", report_confinement (run) "mismatch". */
+    const struct mp_node *missing = mp_get(res, pl->run ? "mismatch" : "missing");
     if (missing && missing->type == MP_ARR && missing->len) {
         char *what = mp_cstr(&missing->items[0]);
         die(1, "confinement check failed, command not started: corrald does not see %s on "
@@ -350,7 +420,61 @@ static __attribute__((noreturn)) void exit_like(int status)
     _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
 }
 
-static __attribute__((noreturn)) void supervise(pid_t pid, sigset_t *old)
+/* corral run: the command has exited; corrald ends its session (kills what it
+ * left, answers once the cgroup is empty), then one line if anything was refused
+ * (supervise.py's _end and summary). */
+static void end_run(const struct plan *pl, int status)
+{
+    char note[64];
+    if (WIFSIGNALED(status))
+        snprintf(note, sizeof note, "killed by signal %d", WTERMSIG(status));
+    else
+        snprintf(note, sizeof note, "exit status %d", WIFEXITED(status) ? WEXITSTATUS(status) : 1);
+    static unsigned char out[4096];
+    struct mp_buf b = {out, 0, sizeof out, 0};
+    mp_map(&b, 4);
+    mp_str(&b, "op"); mp_str(&b, "end_session");
+    mp_str(&b, "id"); mp_int(&b, 3);
+    mp_str(&b, "session"); mp_str(&b, pl->sid);
+    mp_str(&b, "reason"); mp_str(&b, note);
+    int fd = connect_daemon(), fds[1], nfds;
+    send_frame(fd, &b);
+    struct mp_node *msg = recv_frame(fd, fds, 1, &nfds);
+    close(fd);
+    const struct mp_node *ok = mp_get(msg, "ok");
+    if (!ok || !ok->i) {
+        char *code = mp_cstr(mp_get(mp_get(msg, "error"), "code"));
+        char *text = mp_cstr(mp_get(mp_get(msg, "error"), "message"));
+        if (!code || strcmp(code, "not_found"))
+            fprintf(stderr, "corral: warning: could not end session %s: %s; corrald ends it "
+                    "when it next finds its command gone\n", pl->sid, text ? text : "?");
+        return;
+    }
+    const struct mp_node *denied = mp_get(mp_get(msg, "result"), "denied");
+    if (pl->quiet || !denied || denied->type != MP_MAP || denied->len == 0)
+        return;
+    /* most refused first, as supervise.summary orders them */
+    char line[2048] = "";
+    size_t n = 0;
+    int used[64] = {0};
+    for (uint32_t k = 0; k < denied->len && k < 64; k++) {
+        int best = -1;
+        for (uint32_t j = 0; j < denied->len && j < 64; j++)
+            if (!used[j] && denied->items[2 * j + 1].type == MP_INT &&
+                (best < 0 || denied->items[2 * j + 1].i > denied->items[2 * best + 1].i))
+                best = (int)j;
+        if (best < 0)
+            break;
+        used[best] = 1;
+        char *kind = mp_cstr(&denied->items[2 * best]);
+        n += snprintf(line + n, n < sizeof line ? sizeof line - n : 0, "%s%lld %s",
+                      k ? ", " : "", (long long)denied->items[2 * best + 1].i, kind ? kind : "?");
+    }
+    fprintf(stderr, "corral: session %s: refused %s; see `corral log --session %s` "
+            "(-q: no summary)\n", pl->sid, line, pl->sid);
+}
+
+static __attribute__((noreturn)) void supervise(pid_t pid, sigset_t *old, const struct plan *pl)
 {
     struct sigaction ign = {.sa_handler = SIG_IGN}, fw = {.sa_handler = forward};
     sigaction(SIGINT, &ign, NULL);
@@ -372,10 +496,72 @@ static __attribute__((noreturn)) void supervise(pid_t pid, sigset_t *old)
     }
     signal(SIGTERM, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
+    if (pl->run)
+        end_run(pl, status);
     exit_like(status);
 }
 
+/* The descriptors corrald sent (cgroup, ruleset, mount namespace or /dev/null in
+ * its place), then the command: created in the session's cgroup, confined,
+ * reported, exec'ed; this process waits for it outside. */
+static int start(struct plan *pl, int *fds, int nfds, const char *what)
+{
+    const struct mp_node *has = mp_get(pl->res, "has"), *llf = mp_get(pl->res, "landlock_flags");
+    if (nfds != 3 || !has || has->type != MP_ARR || has->len != 3)
+        die(1, "%s: corrald sent %d descriptors, expected 3", what, nfds);
+    pl->cgroup_fd = fds[0];
+    pl->ruleset_fd = has->items[1].i ? fds[1] : (close(fds[1]), -1);
+    pl->mntns_fd = has->items[2].i ? fds[2] : (close(fds[2]), -1);
+    pl->landlock_flags = llf && llf->type == MP_INT ? (int)llf->i : 0;
+
+    sigset_t handled, old;
+    sigemptyset(&handled);
+    sigaddset(&handled, SIGINT);
+    sigaddset(&handled, SIGQUIT);
+    sigaddset(&handled, SIGTERM);
+    sigaddset(&handled, SIGHUP);
+    sigprocmask(SIG_BLOCK, &handled, &old);
+    fflush(NULL);
+    struct clone_args ca;
+    memset(&ca, 0, sizeof ca);
+    ca.flags = CLONE_INTO_CGROUP | CLONE_PIDFD;
+    ca.pidfd = (uintptr_t)&child_pidfd;
+    ca.exit_signal = SIGCHLD;
+    ca.cgroup = (uint64_t)pl->cgroup_fd;
+    long pid = syscall(__NR_clone3, &ca, sizeof ca);
+    if (pid < 0) {
+        if (errno == ENOSYS || errno == E2BIG || errno == EINVAL)
+            handover();                     /* an older kernel: the Python path moves us */
+        die(1, "%s: clone3 into the session's cgroup: %s", what, strerror(errno));
+    }
+    if (pid > 0) {
+        close(pl->cgroup_fd);
+        if (pl->ruleset_fd >= 0)
+            close(pl->ruleset_fd);
+        if (pl->mntns_fd >= 0)
+            close(pl->mntns_fd);
+        supervise((pid_t)pid, &old, pl);
+    }
+    /* The child: born in the session's cgroup. */
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    confine_child(pl);
+    report_exec(pl);
+    set_env(pl->res);
+    run_cmd(pl->cmd);
+}
+
+
 /* -- corral exec --------------------------------------------------------------- */
+static void put_env_names(struct mp_buf *b, uint32_t n)
+{
+    mp_str(b, "env_names");
+    mp_arr(b, n);
+    for (char **e = environ; *e; e++) {
+        const char *eq = strchr(*e, '=');
+        mp_strn(b, *e, eq ? (size_t)(eq - *e) : strlen(*e));
+    }
+}
+
 static int do_exec(int argc, char **argv)
 {
     int i = 2;
@@ -403,11 +589,7 @@ static int do_exec(int argc, char **argv)
     mp_str(&b, "op"); mp_str(&b, "exec_prepare");
     mp_str(&b, "id"); mp_int(&b, 1);
     mp_str(&b, "session"); mp_str(&b, pl.sid);
-    mp_str(&b, "env_names"); mp_arr(&b, nenv);
-    for (char **e = environ; *e; e++) {
-        const char *eq = strchr(*e, '=');
-        mp_strn(&b, *e, eq ? (size_t)(eq - *e) : strlen(*e));
-    }
+    put_env_names(&b, nenv);
     if (b.err)
         handover();                         /* an environment this large: Python's job */
     int fd = connect_daemon(), fds[8], nfds;
@@ -425,48 +607,83 @@ static int do_exec(int argc, char **argv)
         set_env(pl.res);
         run_cmd(pl.cmd);
     }
-    const struct mp_node *has = mp_get(pl.res, "has"), *llf = mp_get(pl.res, "landlock_flags");
-    if (nfds != 3 || !has || has->type != MP_ARR || has->len != 3)
-        die(1, "%s: corrald sent %d descriptors, expected 3", what, nfds);
-    pl.cgroup_fd = fds[0];
-    pl.ruleset_fd = has->items[1].i ? fds[1] : (close(fds[1]), -1);
-    pl.mntns_fd = has->items[2].i ? fds[2] : (close(fds[2]), -1);
-    pl.landlock_flags = llf && llf->type == MP_INT ? (int)llf->i : 0;
+    return start(&pl, fds, nfds, what);
+}
 
-    sigset_t handled, old;
-    sigemptyset(&handled);
-    sigaddset(&handled, SIGINT);
-    sigaddset(&handled, SIGQUIT);
-    sigaddset(&handled, SIGTERM);
-    sigaddset(&handled, SIGHUP);
-    sigprocmask(SIG_BLOCK, &handled, &old);
-    fflush(NULL);
-    struct clone_args ca;
-    memset(&ca, 0, sizeof ca);
-    ca.flags = CLONE_INTO_CGROUP | CLONE_PIDFD;
-    ca.pidfd = (uintptr_t)&child_pidfd;
-    ca.exit_signal = SIGCHLD;
-    ca.cgroup = (uint64_t)pl.cgroup_fd;
-    long pid = syscall(__NR_clone3, &ca, sizeof ca);
-    if (pid < 0) {
-        if (errno == ENOSYS || errno == E2BIG || errno == EINVAL)
-            handover();                     /* an older kernel: the Python path moves us */
-        die(1, "%s: clone3 into the session's cgroup: %s", what, strerror(errno));
+/* -- corral run ----------------------------------------------------------------- */
+/* `corral run [-q] [--profile NAME] [--no-net] [--open-net] [--] CMD...` by root:
+ * corrald computes the policy, registers the session and plans its view and
+ * rules (server/runprep.py); the command is created in the new session, builds
+ * the view, confines itself, reports as the session's leader and execs; this
+ * process waits and then ends the session, as supervise.py does. Any other
+ * option, ANTHROPIC_BASE_URL/OPENAI_BASE_URL (their endpoints are allowed by the
+ * Python CLI), or what corrald says it cannot prepare: the Python CLI. */
+static int do_run(int argc, char **argv)
+{
+    struct plan pl = {.cgroup_fd = -1, .ruleset_fd = -1, .mntns_fd = -1, .run = 1};
+    const char *profile = NULL;
+    int no_net = 0, open_net = 0, i = 2;
+    if (geteuid() != 0 || getenv("ANTHROPIC_BASE_URL") || getenv("OPENAI_BASE_URL"))
+        handover();
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--") == 0) {
+            i++;
+            break;
+        }
+        if (a[0] != '-')
+            break;
+        if (!strcmp(a, "-q") || !strcmp(a, "--quiet"))
+            pl.quiet = 1;
+        else if (!strcmp(a, "--no-net"))
+            no_net = 1;
+        else if (!strcmp(a, "--open-net"))
+            open_net = 1;
+        else if (!strcmp(a, "--profile") && i + 1 < argc)
+            profile = argv[++i];
+        else if (!strncmp(a, "--profile=", 10))
+            profile = a + 10;
+        else
+            handover();                     /* an option only the Python CLI knows */
     }
-    if (pid > 0) {
-        close(pl.cgroup_fd);
-        if (pl.ruleset_fd >= 0)
-            close(pl.ruleset_fd);
-        if (pl.mntns_fd >= 0)
-            close(pl.mntns_fd);
-        supervise((pid_t)pid, &old);
+    if (i >= argc)
+        handover();                         /* usage: said by the Python CLI */
+    pl.cmd = argv + i;
+
+    static unsigned char req[1 << 18];
+    struct mp_buf b = {req, 0, sizeof req, 0};
+    uint32_t nenv = 0;
+    for (char **e = environ; *e; e++)
+        nenv++;
+    const char *home = getenv("HOME");
+    mp_map(&b, 6);
+    mp_str(&b, "op"); mp_str(&b, "run_prepare");
+    mp_str(&b, "id"); mp_int(&b, 1);
+    mp_str(&b, "options"); mp_map(&b, profile ? 4 : 3);
+    if (profile) {
+        mp_str(&b, "profile"); mp_str(&b, profile);
     }
-    /* The child: born in the session's cgroup. */
-    sigprocmask(SIG_SETMASK, &old, NULL);
-    confine_child(&pl);
-    report_exec(&pl);
-    set_env(pl.res);
-    run_cmd(pl.cmd);
+    mp_str(&b, "no_net"); mp_bool(&b, no_net);
+    mp_str(&b, "open_net"); mp_bool(&b, open_net);
+    mp_str(&b, "quiet"); mp_bool(&b, pl.quiet);
+    mp_str(&b, "cmd0"); mp_str(&b, pl.cmd[0]);
+    mp_str(&b, "home"); mp_str(&b, home ? home : "");
+    put_env_names(&b, nenv);
+    if (b.err)
+        handover();
+    int fd = connect_daemon(), fds[8], nfds;
+    send_frame(fd, &b);
+    pl.res = result_of(recv_frame(fd, fds, 8, &nfds), "cannot start session", 1);
+    close(fd);
+    if (!pl.res || pl.res->type != MP_MAP || !(pl.sid = mp_cstr(mp_get(pl.res, "session"))))
+        die(1, "cannot start session: corrald sent no session");
+    const struct mp_node *notes = mp_get(pl.res, "notes");
+    for (uint32_t k = 0; notes && notes->type == MP_ARR && k < notes->len; k++) {
+        char *line = mp_cstr(&notes->items[k]);
+        if (line)
+            fprintf(stderr, "%s\n", line);
+    }
+    return start(&pl, fds, nfds, "cannot start the command");
 }
 
 /* `corral-exec --session ID CMDSTRING`: the form a shell-command prefix takes
@@ -518,5 +735,7 @@ int main(int argc, char **argv)
         return shell_prefix(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "exec") == 0)
         return do_exec(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "run") == 0)
+        return do_run(argc, argv);
     handover();
 }

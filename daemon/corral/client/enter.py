@@ -111,11 +111,16 @@ def send_report(op: str, sid: str, report: dict, verbose: bool = False,
         print(f"corral: session {sid}: {json.dumps(enforcement)} {json.dumps(verified)}",
               file=sys.stderr)
     if report.get("frozen_dirs"):
-        print("corral: note: protected paths that do not exist yet can only be guarded by "
-              "Landlock by refusing new entries directly in: " + ", ".join(report["frozen_dirs"]) +
-              " (create them before the session, or see `corral policy show mandatory`)",
-              file=sys.stderr)
+        print(frozen_note(report["frozen_dirs"]), file=sys.stderr)
     return verified
+
+
+def frozen_note(frozen: list[str]) -> str:
+    """The line that says where Landlock's complement refuses new entries
+    (also sent by corrald for the native `corral run`)."""
+    return ("corral: note: protected paths that do not exist yet can only be guarded by "
+            "Landlock by refusing new entries directly in: " + ", ".join(frozen) +
+            " (create them before the session, or see `corral policy show mandatory`)")
 
 
 def exec_command(session: dict, cmd: list[str], verbose: bool = False):

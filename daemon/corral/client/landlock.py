@@ -206,7 +206,7 @@ def protected_mounts(ms: list[Mount] | None = None) -> list[str]:
     return mountpoints(PROTECTED_FSTYPES, mounts() if ms is None else ms)
 
 
-def corral_paths() -> list[str]:
+def corral_paths(read_only_here=None) -> list[str]:
     """corral's own state, log, cache and package: never writable by a session
     (a root agent could otherwise forge the audit log, remove the socket, or
     poison the cached kernel headers / the daemon's code it runs as root).
@@ -218,7 +218,7 @@ def corral_paths() -> list[str]:
     the daemon's code (venv, interpreter, stdlib, bcc, BPF sources, tools) is
     computed in the daemon (protected.code_paths) and arrives in the session
     policy's deny_write."""
-    def _read_only_here(p: str) -> bool:
+    def _in_this_view(p: str) -> bool:
         """p lies on a read-only mount of the private mount namespace this process
         made (mountguard's binds, made before Landlock; our parent's namespace is
         another one): no write reaches it and, the namespace being private and
@@ -246,10 +246,11 @@ def corral_paths() -> list[str]:
     if os.path.exists("/etc/corral"):
         out.append("/etc/corral")
     out.append(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))  # the package
+    ro = read_only_here or _in_this_view      # corrald planning a view it did not build yet
     seen = []
     for p in out:
         p = os.path.normpath(p)
-        if p.startswith("/") and p != "/" and p not in seen and not _read_only_here(p):
+        if p.startswith("/") and p != "/" and p not in seen and not ro(p):
             seen.append(p)
     return seen
 
@@ -401,11 +402,13 @@ class Plan:
     skipped: list = field(default_factory=list)  # unlistable dirs + multi-link files: no rule
 
 
-def plan(file_policy: dict | None, ms: list[Mount] | None = None) -> Plan:
+def plan(file_policy: dict | None, ms: list[Mount] | None = None, read_only_here=None) -> Plan:
     """Compute the Landlock rules (path -> rights) for a file policy.
 
     Pure user space (reads the filesystem and mountinfo); run it while the
-    caller still has the privileges to list every directory.
+    caller still has the privileges to list every directory. `read_only_here`:
+    whether a path is read-only in the mount view the rules are for (default:
+    this process's own view, see corral_paths).
     """
     fp = normalize_policy(file_policy)
     ms = mounts() if ms is None else ms
@@ -415,7 +418,7 @@ def plan(file_policy: dict | None, ms: list[Mount] | None = None) -> Plan:
         deny_read += [a for a in aliases(p, ms) if a not in deny_read]
     for p in list(deny_write):
         deny_write += [a for a in aliases(p, ms) if a not in deny_write]
-    mandatory = protected_mounts(ms) + [p for p in corral_paths() if p not in deny_write]
+    mandatory = protected_mounts(ms) + [p for p in corral_paths(read_only_here) if p not in deny_write]
     protected = pseudo_mounts(ms)
     devices = list(DEVICE_WRITE_PATHS)
     allow_write = list(fp["allow_write"])

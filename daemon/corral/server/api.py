@@ -23,6 +23,7 @@ from corral.policy import model as pol
 from corral import protocol as P
 from corral.server.eventlog import LogUnavailable
 from corral.server.peer import Peer, PeerGone
+from corral.server.runprep import RunOps
 from corral.server.sessionops import SessionOps
 from corral.protocol import ProtocolError
 
@@ -46,7 +47,8 @@ class Caller:
     confined: bool               # inside corral's cgroup tree (session or not)
 
 
-class Api(SessionOps):     # + session_ready, join_session, exec_prepare, report_exec
+class Api(SessionOps, RunOps):  # + session_ready, join_session, exec_prepare, report_exec;
+    #                               run_prepare, report_run (native corral run)
     def __init__(self, svc: Services):
         self.sessions = svc.sessions
         self.audit = svc.audit
@@ -205,7 +207,9 @@ class Api(SessionOps):     # + session_ready, join_session, exec_prepare, report
                 "peer": conn.peer.public() | {"alive": alive},
                 "session": getattr(caller and caller.session, "id", None)}
 
-    def op_register_session(self, conn, req):
+    def op_register_session(self, conn, req, unmoved: bool = False):
+        """`unmoved` (server/runprep.py only, never from a request): the caller is
+        not moved in; the command is created in the cgroup and reports as leader."""
         caller = self._caller(conn)
         parent = caller.session
         if caller.confined and parent is None:
@@ -245,7 +249,10 @@ class Api(SessionOps):     # + session_ready, join_session, exec_prepare, report
                              **({"policy_name": named} if named else {}),
                              **({"session_name": name} if name else {}),
                              **({"labels": labels} if labels else {})})
-            self.sessions.admit(s, conn.peer)
+            if unmoved:
+                self.sessions.admit_unmoved(s)
+            else:
+                self.sessions.admit(s, conn.peer)
         except BaseException as e:
             self.sessions.discard(s)
             if isinstance(e, PeerGone):

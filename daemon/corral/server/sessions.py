@@ -18,6 +18,10 @@ from corral.config import STATE_DIR
 from corral.backends.landlock import LandlockBackend
 from corral.kernel.abi import SESS_DNS_STEER, SESS_FILE_ENFORCE, SESS_NET_ENFORCE
 
+# Seconds a session made for `corral run`'s native launcher may wait for its first
+# process to report (admit_unmoved): it is created right after the answer.
+PENDING_LEADER = 5.0
+
 log = logging.getLogger("corral.sessions")
 
 
@@ -53,6 +57,9 @@ class Session:
     # A pidfd for the leader (not a field: never saved; -1 when the leader is
     # gone or could not be pinned again after a daemon restart).
     leader_fd = -1
+    # monotonic time until which an empty cgroup is a session still starting
+    # (admit_unmoved; not a field either)
+    pending_until = 0.0
 
     def leader_alive(self) -> bool:
         if self.leader_fd < 0:
@@ -138,6 +145,17 @@ class SessionTable:
         # The peer's own pin, so the leader is the process that asked, whatever
         # its pid names later.
         s.leader_fd = os.dup(peer.pidfd)
+        self._enter(s)
+
+    def admit_unmoved(self, s: Session) -> None:
+        """admit() for a session whose first process is created in its cgroup
+        (`corral run`'s native launcher: clone3 CLONE_INTO_CGROUP): nobody to move;
+        the leader is pinned when that process reports (server/runprep.py). Until
+        then the cgroup may be empty: ended() leaves it alone for a few seconds."""
+        s.pending_until = time.monotonic() + PENDING_LEADER
+        self._enter(s)
+
+    def _enter(self, s: Session) -> None:
         self.by_id[s.id] = s
         self.by_cgid[s.cgid] = s
         if self.namewatch is not None:
@@ -214,12 +232,17 @@ class SessionTable:
         return left
 
     def ended(self) -> list[Session]:
-        """Sessions whose cgroup has emptied."""
-        return [s for s in self.by_id.values() if not cgroups.populated(Path(s.cgroup))]
+        """Sessions whose cgroup has emptied (not one whose first process is still
+        being created, admit_unmoved)."""
+        now = time.monotonic()
+        return [s for s in self.by_id.values() if not cgroups.populated(Path(s.cgroup))
+                and s.pending_until < now]
 
     def leaders_gone(self) -> list[Session]:
         """Sessions that end with their leader, whose leader has exited."""
-        return [s for s in self.by_id.values() if not s.keep_running and not s.leader_alive()]
+        now = time.monotonic()
+        return [s for s in self.by_id.values() if not s.keep_running and not s.leader_alive()
+                and s.pending_until < now]
 
     def _close_git(self, s: Session) -> None:
         if self.git is not None and (s.git or s.policy.get("git") is not None):

@@ -1,0 +1,287 @@
+"""`corral run` without Python in the caller: corrald prepares, the launcher applies.
+
+For the common form, `corral run [-q] [--profile NAME] [--no-net] [--open-net] --
+CMD` by root in corrald's mount namespace, native/launcher.c asks run_prepare
+and corrald does what the Python CLI would do in the caller's process:
+
+* the policy, from the same profile, merge, mandatory and "~" code as
+  cli.policy_from_args (the subset those options reach), with the caller's cwd
+  (read through its pinned pidfd) and $HOME; anything that needs the caller's
+  side (a missing allow_write to create, ANTHROPIC_BASE_URL...) is answered
+  `unsupported` and the launcher hands over to the Python CLI;
+* the session: registered and logged as register_session does, its cgroup
+  handed over as a descriptor: the command is created in it (clone3
+  CLONE_INTO_CGROUP) and becomes its leader when it reports (report_run);
+* the mount view as a list of mount operations (view_ops: mountguard.apply's
+  sequence, planned here from the same helpers), which the child runs in a new
+  mount namespace;
+* the Landlock ruleset (landlock.plan for the view those operations make) and
+  the seccomp programs (cached per syscall list), as for `corral exec`.
+
+Python path and this one must give the same session: tests/test_session_exec.py
+compares their policies and views."""
+from __future__ import annotations
+
+import os
+import pwd
+
+from corral import protocol as P
+from corral.kernel import mountinfo
+from corral.kernel.mountinfo import under
+from corral.server.listener import WithFds
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MOUNT_ATTR_RDONLY = 0x1
+_ST_TO_MS = {1: MS_RDONLY, 2: MS_NOSUID, 4: MS_NODEV, 8: MS_NOEXEC, 1024: 1024, 2048: 2048,
+             4096: 1 << 21}
+
+
+class Unsupported(Exception):
+    """This run needs the Python CLI (the message says why)."""
+
+
+def _mount(src, dst, flags, fstype=None, data=None, missing_ok=False) -> list:
+    return ["mount", src or "", dst, fstype or "", flags, data or "", bool(missing_ok)]
+
+
+def _setattr(path, set_=0, clr=0, recursive=False, ignore=False) -> list:
+    return ["setattr", path, set_, clr, bool(recursive), bool(ignore)]
+
+
+def view_ops(fs: dict | None, unix: dict | None, mask_sockets: bool) -> tuple[list, dict]:
+    """(operations, what mountguard.apply would return) for this policy's view,
+    planned in corrald's mount namespace (the caller's: checked by the op)."""
+    from corral.client import mountguard as mg
+    pins, ro = mg.plan(fs)
+    socks = mg.foreign_sockets(fs, unix) if mask_sockets else {"mask": mg.denied_sockets(fs),
+                                                                "skipped": []}
+    if any("hard-linked" in x for x in socks["skipped"]):
+        raise Unsupported("a foreign Unix socket has a hard link (the Python CLI explains)")
+    masked = socks["mask"]
+    roots = mg.writable_roots(fs) if fs is not None else []
+    ro_view = bool(roots) and "/" not in roots
+    hidden = mg.read_masks(fs)
+    if not ro and not masked and not ro_view and not hidden:
+        return [], {"mountguard": False, "policy": fs, "masked_sockets": [],
+                    "sockets_skipped": socks["skipped"]}
+    refusal = mg.refusal_file()
+    if not os.path.exists(refusal):
+        raise Unsupported(f"{refusal} is missing")
+    ops = [_mount(None, "/", MS_REC | MS_PRIVATE)]
+    if ro_view:
+        before = {m.mountpoint: m for m in mountinfo.mounts(missing_ok=False)}
+
+        def was_rw(mp: str) -> bool:
+            m = before.get(mp)
+            return m is not None and "ro" not in m.options.split(",")
+        ops += [_mount(r, r, MS_BIND | MS_REC) for r in roots]
+        ops.append(_setattr("/", set_=MOUNT_ATTR_RDONLY, recursive=True))
+        for r in roots:
+            home = mountinfo.mount_of(r, list(before.values()))
+            if home is not None and "ro" not in home.options.split(","):
+                ops.append(_setattr(r, clr=MOUNT_ATTR_RDONLY))
+            ops += [_setattr(mp, clr=MOUNT_ATTR_RDONLY, ignore=True) for mp in sorted(before)
+                    if mp != r and under(mp, r) and was_rw(mp)]
+    ops += [_mount(d, d, MS_BIND | MS_REC) for d in pins]
+    for p in ro:
+        keep = 0
+        st = os.statvfs(p)
+        for bit, ms in _ST_TO_MS.items():
+            if st.f_flag & bit:
+                keep |= ms
+        ops += [_mount(p, p, MS_BIND | MS_REC),
+                _mount(None, p, MS_BIND | MS_REMOUNT | MS_RDONLY | keep)]
+    mask = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+    for p in hidden:
+        if os.path.isdir(p):
+            ops.append(_mount("corral-denied", p, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                              "tmpfs", "mode=000,size=4k,nr_inodes=1"))
+        else:
+            ops += [_mount(refusal, p, MS_BIND), _mount(None, p, mask)]
+    for p in masked:            # a socket unlinked since the dump: skipped, as apply() does
+        ops += [_mount(refusal, p, MS_BIND, missing_ok=True), _mount(None, p, mask, missing_ok=True)]
+    guard = {"mountguard": True, "namespace": "mount namespace", "read_only": ro, "pinned": pins,
+             "read_only_view": ro_view, "writable": roots if ro_view else [], "hidden": hidden,
+             "masked_sockets": masked, "sockets_skipped": socks["skipped"],
+             "policy": mg._rest(fs, ro, hidden)}
+    return ops, guard
+
+
+def policy_for(opts: dict, cmd0: str, cwd: str, home_env: str | None, uid: int) -> tuple[dict, list]:
+    """(policy, notes) for the options the launcher serves, as cli.policy_from_args
+    computes them for those options (profile, --no-net, --open-net)."""
+    from corral.policy import files as policyfile
+    from corral.policy import model as pol
+    from corral.policy.paths import expand_homes
+    profile, no_net, open_net = opts.get("profile"), opts.get("no_net"), opts.get("open_net")
+    notes = []
+    if not profile and not no_net:
+        # cli._profile_from_command: no policy option, the command's profile or `agent`
+        name = policyfile.PROFILE_FOR_COMMAND.get(os.path.basename(cmd0))
+        profile = name or "agent"
+        if not opts.get("quiet"):
+            why = "chosen by the command name" if name else "the default"
+            net = "network unrestricted (--open-net)" if open_net else \
+                "network: only its domains, --open-net for all"
+            notes.append(f"corral: profile {profile} ({why}; {net}; --profile NAME or --policy "
+                         "FILE to choose another, `corral policy show PROFILE` shows it)")
+    if open_net and no_net:
+        raise Unsupported("--open-net with --no-net (the Python CLI says why not)")
+    loaded: list[str] = []
+    try:
+        base = policyfile.load_profile(profile, loaded) if profile else {}
+        merged = policyfile.merge(base, {"network": {}} if no_net else {})
+        if open_net:
+            merged.pop("network", None)
+        out = policyfile.apply_mandatory(merged, set(), cwd=cwd, files=loaded)
+    except pol.PolicyError as e:
+        raise Unsupported(str(e)) from None
+    homes = []
+    if home_env and os.path.isabs(home_env) and ".." not in home_env.split("/"):
+        homes.append(os.path.realpath(home_env))
+    try:
+        pw = os.path.realpath(pwd.getpwuid(uid).pw_dir)
+    except KeyError:
+        pw = "/"
+    if pw not in homes:
+        homes.append(pw)
+    out = expand_homes(out, homes)
+    try:
+        norm = pol.normalize(out, cwd=cwd, home=homes[0])
+    except pol.PolicyError as e:
+        raise Unsupported(str(e)) from None
+    missing = [p for p in norm["filesystem"]["allow_write"] if not os.path.lexists(p)]
+    if missing:
+        raise Unsupported(f"allow_write {missing[0]} does not exist (the Python CLI creates it)")
+    return out, notes
+
+
+class RunOps:
+    """Ops mixed into server.api.Api, beside sessionops.SessionOps."""
+
+    def op_run_prepare(self, conn, req):
+        caller = self._caller(conn)
+        if caller.confined:
+            raise P.ProtocolError(P.E_UNSUPPORTED, "inside a session: the Python CLI registers "
+                                  "nested sessions (narrowing is checked there)")
+        if conn.peer.uid != 0:
+            raise P.ProtocolError(P.E_UNSUPPORTED, "the native launcher needs root")
+        if _ns(f"/proc/{conn.peer.pid}/ns/mnt") != _ns("/proc/self/ns/mnt"):
+            raise P.ProtocolError(P.E_UNSUPPORTED, "the caller is in another mount namespace")
+        opts, cmd0 = req.get("options"), req.get("cmd0")
+        names = req.get("env_names") or []
+        if not isinstance(opts, dict) or not isinstance(cmd0, str) or not isinstance(names, list):
+            raise P.ProtocolError(P.E_BAD_REQUEST, "'options' (a map), 'cmd0', 'env_names'")
+        cwd = conn.peer.cwd()
+        try:
+            policy, notes = policy_for(opts, cmd0, cwd, req.get("home"), conn.peer.uid)
+        except Unsupported as e:
+            raise P.ProtocolError(P.E_UNSUPPORTED, str(e)) from None
+        result = self.op_register_session(conn, {"policy": policy, "keep_running": False},
+                                          unmoved=True)
+        s = self.sessions.by_id[result["id"]]
+        try:
+            fs = result["policy"].get("filesystem")
+            if result["enforcement"].get("filesystem") == "bpf-lsm":
+                raise Unsupported("BPF LSM sessions: the Python CLI")
+            ops, guard = view_ops(fs, result["policy"].get("unix"),
+                                  result["enforcement"].get("unix_peers") != "bpf-lsm")
+            watched = set(result["enforcement"].get("watched_names") or []) \
+                if guard["mountguard"] and guard["policy"] else set()
+            lpol = guard["policy"]
+            if watched:
+                lpol = dict(lpol, deny_write=[p for p in lpol.get("deny_write") or []
+                                              if p not in watched])
+            ruleset, lflags, rules = _ruleset(lpol, guard)
+        except (Unsupported, OSError) as e:
+            self.end_session(s, f"native run not prepared ({e}); the Python CLI runs it",
+                             reason="not started")
+            raise P.ProtocolError(P.E_UNSUPPORTED, str(e)) from None
+        from corral.server.sessionops import _removed_names
+        passed = tuple((s.policy.get("env") or {}).get("pass") or [])
+        env = {"CORRAL_SESSION": s.id}
+        from corral.client.mountguard import git_template
+        if "GIT_TEMPLATE_DIR" not in names and os.path.isdir(git_template()):
+            env["GIT_TEMPLATE_DIR"] = git_template()
+        report = {k: guard[k] for k in ("masked_sockets", "hidden_paths") if k in guard}
+        report.update({"watched_names": sorted(watched), "landlock_rules": rules,
+                       "landlock_log_flags": lflags})
+        if guard["sockets_skipped"]:
+            report["sockets_not_masked"] = guard["sockets_skipped"]
+        from corral.client.enter import frozen_dirs, frozen_note
+        frozen = frozen_dirs(lpol)
+        if frozen:
+            report["frozen_dirs"] = frozen
+            notes.append(frozen_note(frozen))
+        if guard["mountguard"]:
+            report.update({"read_only_mounts": guard["read_only"],
+                           "read_only_view": guard["read_only_view"],
+                           "writable_mounts": guard["writable"],
+                           "masked_sockets": guard["masked_sockets"],
+                           "hidden_paths": guard["hidden"], "mount_namespace": guard["namespace"]})
+        self._planned_reports()[s.id] = report
+        out = {"session": s.id, "notes": notes, "mount_ops": ops, "report": report,
+               "env_remove": _removed_names(tuple(map(str, names)), passed), "env_set": env,
+               "seccomp": self._seccomp_programs(s.policy["syscalls"]["deny"]),
+               "landlock_flags": lflags, "has": [True, True, False]}
+        try:
+            fds = [os.open(s.cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), ruleset,
+                   os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)]
+            conn.peer.check()
+        except BaseException:
+            os.close(ruleset)
+            raise
+        return WithFds(out, fds)
+
+    def op_report_run(self, conn, req):
+        """The command of a native `corral run`, confined, before exec: it becomes
+        the session's leader, then reports as `corral run` does (report_confinement:
+        checked against /proc, logged)."""
+        caller = self._caller(conn)
+        s = caller.session
+        if s is None or req.get("session") != s.id or s.leader_fd >= 0 or not s.pending_until:
+            self._refuse(conn, "report as a native run's command", req.get("session"))
+        planned = self._planned_reports().pop(s.id, {})
+        mine = req.get("report")
+        if not isinstance(mine, dict):
+            raise P.ProtocolError(P.E_BAD_REQUEST, "'report' must be a map")
+        s.leader_fd = os.dup(conn.peer.pidfd)
+        s.leader_pid = conn.peer.pid
+        s.pending_until = 0.0
+        self.sessions.save(s)
+        # What corrald planned (the view, the rules) with what the command did.
+        return self.op_report_confinement(conn, dict(req, report={**planned, **mine}))
+
+    def _planned_reports(self) -> dict:
+        if not hasattr(self, "_run_reports"):
+            self._run_reports = {}
+        for sid in [k for k in self._run_reports if k not in self.sessions.by_id]:
+            del self._run_reports[sid]
+        return self._run_reports
+
+
+def _ruleset(fs: dict | None, guard: dict) -> tuple[int, int, int]:
+    """(ruleset fd, restrict_self flags, rules) for the view `guard` describes."""
+    from corral.client import landlock
+    v = landlock.abi()
+    if v <= 0:
+        raise Unsupported("no Landlock here")
+    roots = guard.get("writable") or []
+    ro_view = guard.get("read_only_view")
+
+    def read_only_here(p: str) -> bool:
+        """corral_paths' question, for the view the operations make: read-only
+        there (bound read-only, or outside every writable root)."""
+        if not guard.get("mountguard"):
+            return False
+        if any(under(p, r) for r in guard.get("read_only") or []):
+            return True
+        return bool(ro_view) and not any(under(p, r) for r in roots)
+    pl = landlock.plan(fs, read_only_here=read_only_here)
+    fd, stats = landlock.build_ruleset(pl, v)
+    return fd, landlock.restrict_flags(v), stats["rules"]
+
+
+def _ns(path: str) -> int:
+    return os.stat(path).st_ino

@@ -1,0 +1,144 @@
+"""`corral run` through the native launcher (issue 15): corrald prepares the policy,
+the session, the mount view's operations and the Landlock ruleset
+(server/runprep.py); the launcher creates the command in the session's cgroup,
+builds the view, confines it and execs.
+
+The native path must give the session the Python path gives: the same policy,
+the same mount view (mount points and their options, read from the command's
+/proc/self/mountinfo), the same number of Landlock rules, the same notes; and
+`corral run`'s semantics: exit status and signals, what the command leaves is
+killed when it exits, options it does not serve go to the Python CLI."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from harness import CORRAL, CORRAL_PY, home_project
+
+PROBE = ("awk '{print $5, $6}' /proc/self/mountinfo | sort; "
+         "grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status; echo S=$CORRAL_SESSION")
+
+
+@pytest.fixture(scope="module")
+def daemon(agentd):
+    return agentd            # the default profile names domains: the resolver must run
+
+
+@pytest.fixture
+def project():
+    with home_project("corral-nrun-") as d:
+        yield d
+
+
+def run(binary, *args, cwd, env=None, **kw):
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "OPENAI_"))}
+    e.update(env or {})
+    return subprocess.run([str(binary), "run", *args], cwd=cwd, env=e, capture_output=True,
+                          text=True, timeout=kw.pop("timeout", 90), **kw)
+
+
+def session_of(p) -> str:
+    line = [x for x in p.stdout.splitlines() if x.startswith("S=")]
+    assert line, (p.stdout, p.stderr)
+    return line[0][2:]
+
+
+def records(daemon, sid, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        recs = [r for r in daemon.records() if r.get("session") == sid]
+        if any(r.get("op") == "end" for r in recs) or time.monotonic() > deadline:
+            return recs
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("flags", [(), ("--no-net",), ("--profile", "offline"), ("--open-net",)],
+                         ids=["default", "no-net", "offline", "open-net"])
+def test_native_run_gives_the_session_the_python_path_gives(daemon, project, flags):
+    env = daemon.env
+    native = run(CORRAL, *flags, "--", "sh", "-c", PROBE, cwd=project, env=env)
+    python = run(CORRAL_PY, *flags, "--", "sh", "-c", PROBE, cwd=project, env=env)
+    assert native.returncode == 0 and python.returncode == 0, (native.stderr, python.stderr)
+    got = {}
+    for name, p in (("native", native), ("python", python)):
+        sid = session_of(p)
+        recs = records(daemon, sid)
+        start = [r for r in recs if r.get("op") == "start"][0]
+        confined = [r for r in recs if r.get("op") == "confined"][0]
+        view = [x for x in p.stdout.splitlines() if not x.startswith(("S=", "Seccomp", "NoNew",
+                                                                        "CapEff"))]
+        got[name] = {"policy": start["policy"], "report": confined["report"],
+                     "view": hashlib.sha256("\n".join(view).encode()).hexdigest(),
+                     "status": sorted(x for x in p.stdout.splitlines()
+                                      if x.startswith(("Seccomp", "NoNew", "CapEff"))),
+                     "stderr": p.stderr}
+    n, py = got["native"], got["python"]
+    assert n["report"].get("path") == "native" and py["report"].get("path") is None, n["report"]
+    assert n["policy"] == py["policy"]
+    assert n["view"] == py["view"], "the mount views differ"
+    assert n["status"] == py["status"] == ["CapEff:\t0000000000000000", "NoNewPrivs:\t1",
+                                           "Seccomp:\t2"], n["status"]
+    for k in ("landlock_rules", "read_only_mounts", "hidden_paths", "masked_sockets",
+              "writable_mounts", "watched_names", "landlock"):
+        assert n["report"].get(k) == py["report"].get(k), (k, n["report"].get(k), py["report"].get(k))
+    assert all(n["report"]["kernel_checked"].values()), n["report"]
+    assert n["stderr"] == py["stderr"], (n["stderr"], py["stderr"])
+
+
+def test_native_run_semantics(daemon, project):
+    env = daemon.env
+    assert run(CORRAL, "--no-net", "--", "sh", "-c", "exit 7", cwd=project, env=env).returncode == 7
+    p = run(CORRAL, "--no-net", "--", "sh", "-c", "kill -TERM $$", cwd=project, env=env)
+    assert p.returncode == -signal.SIGTERM, p
+    p = run(CORRAL, "--no-net", "--", "tr", "a-z", "A-Z", cwd=project, env=env, input="abc\n")
+    assert p.stdout == "ABC\n", p
+    p = run(CORRAL, "--no-net", "--", "no-such-command-corral", cwd=project, env=env)
+    assert p.returncode == 127 and "no-such-command-corral" in p.stderr, p
+    # what the command leaves is killed when it exits (the session ends with it)
+    p = run(CORRAL, "--no-net", "--", "sh", "-c", "setsid sleep 300 >/dev/null 2>&1 & echo $!",
+            cwd=project, env=env)
+    left = int(p.stdout.strip())
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):
+            os.kill(left, 0)
+            time.sleep(0.1)
+    # a refusal ends with the one summary line, -q silences it
+    p = run(CORRAL, "--no-net", "--", "python3", "-c",
+            "import socket; socket.create_connection(('192.0.2.1', 80), timeout=3)",
+            cwd=project, env=env)
+    assert p.returncode != 0 and "refused 1 net" in p.stderr, p.stderr
+
+
+def test_sigterm_to_native_run_reaches_the_command(daemon, project):
+    proc = subprocess.Popen([str(CORRAL), "run", "--no-net", "--", "sh", "-c",
+                             "trap 'echo got-term; exit 5' TERM; echo ready; "
+                             "while :; do sleep 0.05; done"],
+                            env=daemon.env, cwd=project, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 5
+        assert proc.stdout.read().strip() == "got-term"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("args,env", [(("--keep-running",), {}), (("-v",), {}),
+                                      (("--no-net",), {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9"}),
+                                      (("--allow-write", "."), {})],
+                         ids=["keep-running", "verbose", "base-url", "allow-write"])
+def test_what_the_launcher_does_not_serve_goes_to_the_python_cli(daemon, project, args, env):
+    p = run(CORRAL, *args, "--", "sh", "-c", "echo S=$CORRAL_SESSION", cwd=project,
+            env=dict(daemon.env, **env))
+    assert p.returncode == 0, p.stderr
+    sid = session_of(p)
+    if "--keep-running" in args:
+        subprocess.run([str(CORRAL_PY), "end", sid], env=daemon.env, capture_output=True, timeout=30)
+    confined = [r for r in records(daemon, sid, timeout=3) if r.get("op") == "confined"]
+    assert confined and confined[0]["report"].get("path") is None, confined

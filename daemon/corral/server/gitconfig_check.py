@@ -16,11 +16,15 @@ this module cannot read with certainty. Two parsers must agree:
   the very bytes parse() read from stdin, with a clean environment:
   GIT_CONFIG_NOSYSTEM=1, GIT_CONFIG_GLOBAL=/dev/null, HOME=/nonexistent;
   reading a file executes nothing). Its (key, value) list must equal
-  parse()'s, else refused. Without a git binary, parse() alone decides.
+  parse()'s, else refused; so is a git that fails or takes longer than
+  GIT_TIMEOUT. Without a git binary, parse() alone decides.
+
+Values are checked too: no control character in text (no escape sequences
+for the developer's terminal), remote URLs by url_ok().
 
 What remains: the allowlist is a judgment (INERT says why each key is
 there); git versions that give an allowed key new powers would need it
-revisited.
+revisited. git runs on the daemon's loop (~2 ms a check).
 """
 from __future__ import annotations
 

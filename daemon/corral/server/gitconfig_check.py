@@ -34,7 +34,7 @@ import shutil
 import subprocess
 
 MAX_BYTES = 64 << 10                 # a .git/config larger than this is refused
-GIT_TIMEOUT = 5.0
+GIT_TIMEOUT = 2.0                    # s; the daemon waits for it
 
 
 class ConfigError(ValueError):

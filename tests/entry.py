@@ -1,8 +1,9 @@
 """How a test's command enters a sandbox, for tests that run the same checks
 through every way in (issue 15):
 
-* "run":     `corral run` of the installed `corral` (the native launcher, which
-             hands `run` to the Python CLI);
+* "run":     `corral run` of the installed `corral`: the native launcher (for
+             `--no-net`, `--profile`, `--open-net`: corrald prepares, the launcher
+             applies; other options are handed to the Python CLI);
 * "run-py":  `corral run` of corral-py, the Python CLI itself;
 * "exec":    `corral exec` into a `corral session start` session, through the
              native launcher (daemon-prepared seccomp/Landlock/mount view,

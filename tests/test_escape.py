@@ -1,7 +1,7 @@
 """A session must not reach out through what it did not create, even as root.
 
-End to end through `corral run` (the installed launcher, which hands run to the
-Python CLI, and corral-py itself) and through `corral exec` into a `corral
+End to end through `corral run` (the installed native launcher, and corral-py
+itself) and through `corral exec` into a `corral
 session start` session (native launcher and Python path; tests/entry.py):
 ptrace, /proc/<pid>/mem, signals, inherited descriptors, leaving its cgroup,
 bpffs, capabilities."""

@@ -142,3 +142,28 @@ def test_what_the_launcher_does_not_serve_goes_to_the_python_cli(daemon, project
         subprocess.run([str(CORRAL_PY), "end", sid], env=daemon.env, capture_output=True, timeout=30)
     confined = [r for r in records(daemon, sid, timeout=3) if r.get("op") == "confined"]
     assert confined and confined[0]["report"].get("path") is None, confined
+
+
+def test_interactive_bash_under_tmux(daemon, project):
+    """The terminal passes through the native `corral run`: an interactive bash in
+    the session reads what tmux types and has the pane's tty on stdin."""
+    name = f"corral-nrun-{os.getpid()}"
+    out = project / "tty-result"
+    subprocess.run(["tmux", "-L", name, "new-session", "-d", "-x", "120", "-y", "30",
+                    f"{CORRAL} run --no-net -- bash --norc --noprofile -i"],
+                   env=daemon.env, cwd=project, check=True, timeout=30)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not out.exists():
+            subprocess.run(["tmux", "-L", name, "send-keys",
+                            f'[ -t 0 ] && echo "$CORRAL_SESSION $(tty)" > {out}', "Enter"],
+                           env=daemon.env, timeout=10)
+            time.sleep(0.5)
+        got = out.read_text().split()
+        assert len(got) == 2 and got[1].startswith("/dev/pts/"), got
+        recs = records(daemon, got[0], timeout=0.5)
+        confined = [r for r in recs if r.get("op") == "confined"]
+        assert confined and confined[0]["report"].get("path") == "native", recs
+    finally:
+        subprocess.run(["tmux", "-L", name, "kill-server"], env=daemon.env, capture_output=True,
+                       timeout=10)

@@ -203,6 +203,7 @@ struct plan {
     char **cmd;
     int run;                    /* corral run: a new view (mount_ops), report_run, end */
     int quiet;
+    int keep_running;           /* corral run --keep-running: the session outlives it */
 };
 
 static void set_env(const struct mp_node *res)
@@ -496,7 +497,7 @@ static __attribute__((noreturn)) void supervise(pid_t pid, sigset_t *old, const 
     }
     signal(SIGTERM, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
-    if (pl->run)
+    if (pl->run && !pl->keep_running)
         end_run(pl, status);
     exit_like(status);
 }
@@ -611,7 +612,8 @@ static int do_exec(int argc, char **argv)
 }
 
 /* -- corral run ----------------------------------------------------------------- */
-/* `corral run [-q] [--profile NAME] [--no-net] [--open-net] [--] CMD...` by root:
+/* `corral run [-q] [--profile NAME] [--no-net] [--open-net] [--keep-running] [--]
+ * CMD...` by root:
  * corrald computes the policy, registers the session and plans its view and
  * rules (server/runprep.py); the command is created in the new session, builds
  * the view, confines itself, reports as the session's leader and execs; this
@@ -639,6 +641,8 @@ static int do_run(int argc, char **argv)
             no_net = 1;
         else if (!strcmp(a, "--open-net"))
             open_net = 1;
+        else if (!strcmp(a, "--keep-running"))
+            pl.keep_running = 1;
         else if (!strcmp(a, "--profile") && i + 1 < argc)
             profile = argv[++i];
         else if (!strncmp(a, "--profile=", 10))
@@ -659,7 +663,8 @@ static int do_run(int argc, char **argv)
     mp_map(&b, 6);
     mp_str(&b, "op"); mp_str(&b, "run_prepare");
     mp_str(&b, "id"); mp_int(&b, 1);
-    mp_str(&b, "options"); mp_map(&b, profile ? 4 : 3);
+    mp_str(&b, "options"); mp_map(&b, profile ? 5 : 4);
+    mp_str(&b, "keep_running"); mp_bool(&b, pl.keep_running);
     if (profile) {
         mp_str(&b, "profile"); mp_str(&b, profile);
     }

@@ -129,17 +129,39 @@ def test_sigterm_to_native_run_reaches_the_command(daemon, project):
         proc.wait()
 
 
-@pytest.mark.parametrize("args,env", [(("--keep-running",), {}), (("-v",), {}),
+def test_native_keep_running_outlives_the_command(daemon, project):
+    p = run(CORRAL, "--keep-running", "--no-net", "--", "sh", "-c",
+            "setsid sleep 300 >/dev/null 2>&1 & echo $!; echo S=$CORRAL_SESSION", cwd=project,
+            env=daemon.env)
+    assert p.returncode == 0, p.stderr
+    sid, left = session_of(p), int(p.stdout.split()[0])
+    try:
+        time.sleep(0.5)
+        os.kill(left, 0)                            # still there: the session lives on
+        with daemon.client() as c:
+            s = c.call("session_info", session=sid)
+        assert s["keep_running"] is True and s["leader_alive"] is False, s
+        confined = [r for r in records(daemon, sid, timeout=0.5) if r.get("op") == "confined"]
+        assert confined[0]["report"].get("path") == "native", confined
+    finally:
+        e = subprocess.run([str(CORRAL_PY), "end", sid], env=daemon.env, capture_output=True,
+                           text=True, timeout=30)
+    assert "1 process killed" in e.stdout, e
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):
+            os.kill(left, 0)
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("args,env", [(("--keep-caps",), {}), (("-v",), {}),
                                       (("--no-net",), {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9"}),
                                       (("--allow-write", "."), {})],
-                         ids=["keep-running", "verbose", "base-url", "allow-write"])
+                         ids=["keep-caps", "verbose", "base-url", "allow-write"])
 def test_what_the_launcher_does_not_serve_goes_to_the_python_cli(daemon, project, args, env):
     p = run(CORRAL, *args, "--", "sh", "-c", "echo S=$CORRAL_SESSION", cwd=project,
             env=dict(daemon.env, **env))
     assert p.returncode == 0, p.stderr
     sid = session_of(p)
-    if "--keep-running" in args:
-        subprocess.run([str(CORRAL_PY), "end", sid], env=daemon.env, capture_output=True, timeout=30)
     confined = [r for r in records(daemon, sid, timeout=3) if r.get("op") == "confined"]
     assert confined and confined[0]["report"].get("path") is None, confined
 

@@ -1,7 +1,7 @@
 """`corral run` without Python in the caller: corrald prepares, the launcher applies.
 
-For the common form, `corral run [-q] [--profile NAME] [--no-net] [--open-net] --
-CMD` by root in corrald's mount namespace, native/launcher.c asks run_prepare
+For the common form, `corral run [-q] [--profile NAME] [--no-net] [--open-net]
+[--keep-running] -- CMD` by root in corrald's mount namespace, native/launcher.c asks run_prepare
 and corrald does what the Python CLI would do in the caller's process:
 
 * the policy, from the same profile, merge, mandatory and "~" code as
@@ -178,7 +178,10 @@ class RunOps:
             policy, notes = policy_for(opts, cmd0, cwd, req.get("home"), conn.peer.uid)
         except Unsupported as e:
             raise P.ProtocolError(P.E_UNSUPPORTED, str(e)) from None
-        result = self.op_register_session(conn, {"policy": policy, "keep_running": False},
+        keep = opts.get("keep_running", False)
+        if not isinstance(keep, bool):
+            raise P.ProtocolError(P.E_BAD_REQUEST, "'keep_running' must be true or false")
+        result = self.op_register_session(conn, {"policy": policy, "keep_running": keep},
                                           unmoved=True)
         s = self.sessions.by_id[result["id"]]
         try:

@@ -251,8 +251,7 @@ class RunOps:
             raise P.ProtocolError(P.E_BAD_REQUEST, "'report' must be a map")
         s.leader_fd = os.dup(conn.peer.pidfd)
         s.leader_pid = conn.peer.pid
-        s.pending_until = 0.0
-        self.sessions.save(s)
+        s.pending_until = 0.0              # saved by report_confinement, below
         # What corrald planned (the view, the rules) with what the command did.
         return self.op_report_confinement(conn, dict(req, report={**planned, **mine}))
 

@@ -931,6 +931,8 @@ def _mandatory(path: str) -> str:
     if os.path.basename(path) in GIT_CONFIG_SIBLINGS and \
             os.path.basename(os.path.dirname(path)) == ".git":
         return "mandatory git-config, read by git"
+    if os.path.basename(path) == ".git":       # only on the way to a .git/config
+        return "mandatory git-config: the .git on its way"
     for m in MANDATORY:
         if m.kind != "deny_write":
             continue

@@ -169,6 +169,9 @@ class RunOps:
             raise P.ProtocolError(P.E_UNSUPPORTED, "the native launcher needs root")
         if _ns(f"/proc/{conn.peer.pid}/ns/mnt") != _ns("/proc/self/ns/mnt"):
             raise P.ProtocolError(P.E_UNSUPPORTED, "the caller is in another mount namespace")
+        if getattr(self.sessions, "filelsm", None) is not None:
+            # Decided before anything is registered: the Python CLI's session is the only one.
+            raise P.ProtocolError(P.E_UNSUPPORTED, "BPF LSM sessions: the Python CLI")
         opts, cmd0 = req.get("options"), req.get("cmd0")
         names = req.get("env_names") or []
         if not isinstance(opts, dict) or not isinstance(cmd0, str) or not isinstance(names, list):

@@ -183,3 +183,58 @@ def test_unknown_no_mandatory_name_is_refused(daemon, project):
     base, proj, policy, tag = project
     p = daemon.corral("run", "--no-mandatory", "sshh", "--", "true")
     assert p.returncode == 2 and "no such protection" in p.stderr, p.stderr
+
+
+GIT_SIDE_PROBE = r"""
+import errno, json, os, sys
+res = {}
+for name in sys.argv[1:]:
+    try:
+        with open(name, "a") as fh:
+            fh.write("\n")
+        res[name] = "ok"
+    except OSError as e:
+        res[name] = errno.errorcode.get(e.errno, str(e.errno))
+try:
+    with open("made-here", "w") as fh:      # the control: the project root takes new files
+        fh.write("x")
+    res["made-here"] = open("made-here").read()
+except OSError as e:
+    res["made-here"] = errno.errorcode.get(e.errno, str(e.errno))
+print(json.dumps(res))
+"""
+
+
+def _git(*a, cwd):
+    subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@example.com", *a], cwd=cwd,
+                   check=True, capture_output=True, timeout=30)
+
+
+@pytest.mark.parametrize("no_mandatory", [False, True])
+def test_git_files_that_lead_to_more_config_are_read_only(agentd, no_mandatory):
+    """.git/commondir and .git/config.worktree (git reads configuration through them)
+    and a linked worktree's .git file ("gitdir: ..."): when they exist before the
+    session, it cannot rewrite them; with --no-mandatory git-config it can (the
+    control that this is the protection at work)."""
+    base = Path(tempfile.mkdtemp(prefix="cgitside-", dir=str(HOME)))
+    try:
+        main, link = base / "main", base / "link"
+        _git("init", "-q", "-b", "main", str(main), cwd=base)
+        _git("commit", "-q", "--allow-empty", "-m", "m", cwd=main)
+        _git("worktree", "add", "-q", str(link), "-b", "side", cwd=main)
+        (main / ".git" / "config.worktree").write_text("[core]\n")
+        (main / ".git" / "commondir").write_text(".\n")
+        flags = ["--no-mandatory", "git-config"] if no_mandatory else []
+        env = {k: v for k, v in agentd.env.items() if k not in ("TMUX", "SSH_AUTH_SOCK")}
+        got = {}
+        for cwd, names in ((main, [".git/config.worktree", ".git/commondir"]), (link, [".git"])):
+            p = subprocess.run([str(Path(sys.executable).parent / "corral"), "run", "-q",
+                                *flags, "--", sys.executable, "-c", GIT_SIDE_PROBE, *names],
+                               cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+            assert p.returncode == 0, p.stderr
+            got.update({f"{cwd.name}:{k}": v for k, v in json.loads(p.stdout).items()})
+        assert got["main:made-here"] == got["link:made-here"] == "x", got
+        for k in ("main:.git/config.worktree", "main:.git/commondir", "link:.git"):
+            assert got[k] == ("ok" if no_mandatory else "EROFS"), (k, got)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -437,8 +437,11 @@ MANDATORY: tuple[Mandatory, ...] = (
               "code in shell startup files runs in every later shell, outside the sandbox"),
     Mandatory("git-hooks", "deny_write", ("./.git/hooks",),
               "git hooks run on the next git command, outside the sandbox"),
-    Mandatory("git-config", "deny_write", ("./.git/config",),
-              "core.fsmonitor, core.hooksPath, aliases... run commands outside the sandbox"),
+    Mandatory("git-config", "deny_write", ("./.git/config", "./.git/commondir",
+                                            "./.git/config.worktree"),
+              "core.fsmonitor, core.hooksPath, aliases... run commands outside the sandbox "
+              "(commondir and config.worktree lead git to more configuration; a .git file, "
+              "as in a linked worktree, to another git directory)"),
     Mandatory("gitmodules", "deny_write", ("./.gitmodules",),
               "submodule URLs and update commands"),
     Mandatory("mcp-config", "deny_write", ("./.mcp.json",),
@@ -481,6 +484,11 @@ def mandatory_paths(m: Mandatory, cwd: str | None = None, files: list[str] | Non
         return list(files or ())
     if m.name == "container-sockets":
         return [p for p in m.paths if os.path.exists(p)]
+    if m.name == "git-config" and os.path.isfile(os.path.join(cwd, ".git")) \
+            and not os.path.islink(os.path.join(cwd, ".git")):
+        # a gitfile ("gitdir: PATH", a linked worktree's): where git finds everything
+        # (nothing can be below it; its git directory is outside the project)
+        return ["./.git"]
     out = []
     for p in m.paths:
         if GLOB_CHARS & set(p):

@@ -115,11 +115,13 @@ def policy_from_args(args) -> dict:
     # Counts and lengths before merging (merging is quadratic in the list sizes).
     pol.check_limits(flags, lambda section, key, msg: pol.PolicyError(
         f"{_FLAG_OF.get((section, key), f'{section}.{key}')}: {msg}"))
-    merged = policyfile.merge(base, flags)
-    if open_net:
-        merged.pop("network", None)     # asked for by name: no network section at all
-    _allow_base_urls(merged)
-    out = policyfile.apply_mandatory(merged, set(args.no_mandatory), files=loaded)
+    from corral.policy.compose import compose
+    from corral.policy.paths import caller_homes
+    homes = caller_homes()       # "~" is $HOME and the passwd home when they differ
+    out, notes = compose(base, flags, open_net=open_net, dropped=set(args.no_mandatory),
+                         loaded=loaded, cwd=os.getcwd(), home_list=homes, environ=os.environ)
+    for n in notes:
+        print(n, file=sys.stderr)
     if getattr(args, "allow_system_write", False):
         # Not a section of its own: --allow-system-write alone keeps the default
         # writable places (it only permits system trees in allow_write).
@@ -127,9 +129,6 @@ def policy_from_args(args) -> dict:
             out["filesystem"]["allow_system_write"] = True
         else:
             out["allow_system_write"] = True
-    from corral.policy.paths import caller_homes, expand_homes
-    homes = caller_homes()
-    out = expand_homes(out, homes)     # "~" is $HOME and the passwd home when they differ
     norm = pol.normalize(out, cwd=os.getcwd(), home=homes[0])  # raises what the daemon would
     _create_missing_writable(norm["filesystem"]["allow_write"])  # refuse
     _note_missing_denials(norm["filesystem"], args.deny_read + args.deny_write, homes)
@@ -215,56 +214,14 @@ _POLICY_OPTIONS = ("policy", "profile", "srt_settings", "allow_net", "deny_net",
 
 def _profile_from_command(args) -> None:
     """With no policy option a session is not left open: the profile made for the
-    command (`corral run -- claude`), else the `agent` profile (network: only its
-    domains). One line says which and how to choose otherwise."""
-    from corral.policy.files import PROFILE_FOR_COMMAND
+    command (`corral run -- claude`), else `agent` (policy/compose.py); one line
+    says which and how to choose otherwise."""
+    from corral.policy.compose import default_profile, profile_note
     if any(getattr(args, k, None) for k in _POLICY_OPTIONS):
         return
-    name = PROFILE_FOR_COMMAND.get(os.path.basename(args.cmd[0]))
-    why = "chosen by the command name" if name else "the default"
-    args.profile = name or "agent"
-    if not args.quiet:
-        net = "network unrestricted (--open-net)" if args.open_net else \
-            "network: only its domains, --open-net for all"
-        print(f"corral: profile {args.profile} ({why}; {net}; --profile NAME or --policy FILE "
-              "to choose another, `corral policy show PROFILE` shows it)", file=sys.stderr)
-
-
-def _allow_base_urls(policy: dict) -> None:
-    """ANTHROPIC_BASE_URL / OPENAI_BASE_URL name where the agent's API is: with a
-    network policy, that endpoint is allowed (and said)."""
-    from urllib.parse import urlsplit
-    import ipaddress
-    net = policy.get("network")
-    if net is None:
-        return
-    for var in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL"):
-        url = os.environ.get(var)
-        if not url:
-            continue
-        try:
-            u = urlsplit(url)
-            host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
-        except ValueError:
-            host = None
-        if not host or u.scheme not in ("http", "https"):
-            print(f"corral: warning: {var}={url!r} is not an http(s) URL: nothing allowed for it",
-                  file=sys.stderr)
-            continue
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            ip = None
-        if ip is not None and ip.is_loopback:
-            key, rule = "allow_localhost_ports", str(port)
-        elif ip is not None:
-            key, rule = "allow", f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
-        else:
-            key, rule = "allow_domains", f"{host}:{port}"
-        lst = net.setdefault(key, [])
-        if rule not in lst:
-            lst.append(rule)
-            print(f"corral: note: {var} allows {rule}", file=sys.stderr)
+    args.profile, why = default_profile(args.cmd[0])
+    if not getattr(args, "quiet", False):
+        print(profile_note(args.profile, why, getattr(args, "open_net", False)), file=sys.stderr)
 
 
 def _session_meta(args) -> dict:

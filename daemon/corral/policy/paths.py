@@ -52,14 +52,19 @@ def caller_home() -> str:
 
 
 def caller_homes() -> list[str]:
-    """Every home "~" must cover for this process: $HOME (what the agent's tools
-    use: ~/.ssh is $HOME/.ssh to ssh, git, the agent) and the passwd entry's
-    (what `su`, cron and the daemon see), once each when they are the same."""
+    """Every home "~" must cover for this process (homes_of)."""
+    return homes_of(os.environ.get("HOME"), caller_home())
+
+
+def homes_of(home_env: str | None, passwd_home: str) -> list[str]:
+    """$HOME (what the agent's tools use: ~/.ssh is $HOME/.ssh to ssh, git, the
+    agent) and the passwd entry's home (what `su`, cron and the daemon see), once
+    each when they are the same. corrald preparing a native `corral run` gives
+    the caller's $HOME and passwd entry."""
     out = []
-    env = os.environ.get("HOME")
-    if env and os.path.isabs(env) and ".." not in env.split("/"):
-        out.append(os.path.realpath(env))
-    pw = os.path.realpath(caller_home())
+    if home_env and os.path.isabs(home_env) and ".." not in home_env.split("/"):
+        out.append(os.path.realpath(home_env))
+    pw = os.path.realpath(passwd_home)
     if pw not in out:
         out.append(pw)
     return out

@@ -109,46 +109,32 @@ def view_ops(fs: dict | None, unix: dict | None, mask_sockets: bool) -> tuple[li
 
 
 def policy_for(opts: dict, cmd0: str, cwd: str, home_env: str | None, uid: int) -> tuple[dict, list]:
-    """(policy, notes) for the options the launcher serves, as cli.policy_from_args
-    computes them for those options (profile, --no-net, --open-net)."""
+    """(policy, notes) for the options the launcher serves (profile, --no-net,
+    --open-net), composed as the Python CLI composes them (policy/compose.py)."""
     from corral.policy import files as policyfile
     from corral.policy import model as pol
-    from corral.policy.paths import expand_homes
+    from corral.policy.compose import compose, default_profile, profile_note
+    from corral.policy.paths import homes_of
     profile, no_net, open_net = opts.get("profile"), opts.get("no_net"), opts.get("open_net")
     notes = []
     if not profile and not no_net:
-        # cli._profile_from_command: no policy option, the command's profile or `agent`
-        name = policyfile.PROFILE_FOR_COMMAND.get(os.path.basename(cmd0))
-        profile = name or "agent"
+        profile, why = default_profile(cmd0)
         if not opts.get("quiet"):
-            why = "chosen by the command name" if name else "the default"
-            net = "network unrestricted (--open-net)" if open_net else \
-                "network: only its domains, --open-net for all"
-            notes.append(f"corral: profile {profile} ({why}; {net}; --profile NAME or --policy "
-                         "FILE to choose another, `corral policy show PROFILE` shows it)")
+            notes.append(profile_note(profile, why, bool(open_net)))
     if open_net and no_net:
         raise Unsupported("--open-net with --no-net (the Python CLI says why not)")
+    try:
+        pw = pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        pw = "/"
+    home_list = homes_of(home_env, pw)
     loaded: list[str] = []
     try:
         base = policyfile.load_profile(profile, loaded) if profile else {}
-        merged = policyfile.merge(base, {"network": {}} if no_net else {})
-        if open_net:
-            merged.pop("network", None)
-        out = policyfile.apply_mandatory(merged, set(), cwd=cwd, files=loaded)
-    except pol.PolicyError as e:
-        raise Unsupported(str(e)) from None
-    homes = []
-    if home_env and os.path.isabs(home_env) and ".." not in home_env.split("/"):
-        homes.append(os.path.realpath(home_env))
-    try:
-        pw = os.path.realpath(pwd.getpwuid(uid).pw_dir)
-    except KeyError:
-        pw = "/"
-    if pw not in homes:
-        homes.append(pw)
-    out = expand_homes(out, homes)
-    try:
-        norm = pol.normalize(out, cwd=cwd, home=homes[0])
+        # the launcher hands ANTHROPIC_/OPENAI_BASE_URL to the Python CLI: no environ here
+        out, _ = compose(base, {"network": {}} if no_net else {}, open_net=bool(open_net),
+                         dropped=set(), loaded=loaded, cwd=cwd, home_list=home_list, environ={})
+        norm = pol.normalize(out, cwd=cwd, home=home_list[0])
     except pol.PolicyError as e:
         raise Unsupported(str(e)) from None
     missing = [p for p in norm["filesystem"]["allow_write"] if not os.path.lexists(p)]

@@ -61,3 +61,15 @@ def agentd():
     d.start()
     yield d
     d.cleanup()
+
+
+@pytest.fixture
+def host_listener():
+    """A TCP listener of the host's on 127.0.0.1, outside every session (the kind
+    of local service a session must not reach without a rule): its port."""
+    import socket
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    yield srv.getsockname()[1]
+    srv.close()

@@ -164,16 +164,6 @@ print(json.dumps({"host_service": tcp(int(sys.argv[1])), "shadow": read("/etc/sh
 """
 
 
-@pytest.fixture
-def host_listener():
-    import socket
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(4)
-    yield srv.getsockname()[1]
-    srv.close()
-
-
 def test_no_option_runs_the_agent_profile_and_says_so(dnsd, fake_agents, tmp_path, host_listener):
     p = _run(dnsd, fake_agents, tmp_path, "--", sys.executable, "-c", PROBE_DEFAULT,
              str(host_listener))

@@ -15,11 +15,11 @@ empty 200 JSON. Every request is kept (method, path, parsed body) so the test
 can read the tool_result blocks the CLI sent back."""
 from __future__ import annotations
 
-import itertools
 import json
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .loopback_server import LoopbackServer
 
 MODEL = "claude-sonnet-4-5-20250929"
 
@@ -41,27 +41,13 @@ class Request:
 
 
 @dataclass
-class FakeAnthropic:
+class FakeAnthropic(LoopbackServer):
     script: list[ToolStep]
     final_text: str = "All done."
     requests: list[Request] = field(default_factory=list)
 
     def __post_init__(self):
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
+        self._serve(self._handler())
 
     # -- what the test reads -------------------------------------------------
     def paths(self) -> list[str]:

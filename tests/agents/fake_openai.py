@@ -13,11 +13,11 @@ message. Every request is kept so the test can read the outputs Codex sent
 back (custom_tool_call_output items, by call id)."""
 from __future__ import annotations
 
-import itertools
 import json
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .loopback_server import LoopbackServer
 
 
 def exec_js(cmd: str) -> str:
@@ -27,27 +27,13 @@ def exec_js(cmd: str) -> str:
 
 
 @dataclass
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     script: list[str]                      # shell commands, one per turn
     final_text: str = "All done."
     requests: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
+        self._serve(self._handler(), "/v1")
 
     def outputs(self) -> dict[str, str]:
         """call id -> the output Codex sent back for it (last request wins)."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -63,15 +62,6 @@ def codex_home():
             cfg.unlink(missing_ok=True)
         else:
             cfg.write_bytes(cfg_before)
-
-
-@pytest.fixture
-def host_listener():
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(4)
-    yield srv.getsockname()[1]
-    srv.close()
 
 
 def test_codex_exec_in_a_session(codex_bin, agentd, project, ssh_key, codex_home, host_listener):

@@ -208,23 +208,30 @@ class Checkpointer:
 
 
 # -- checking a log against checkpoints kept elsewhere ---------------------------------
-def read_checkpoints(path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
-    """(line number, checkpoint) for every checkpoint object in a JSON-lines file
-    (checkpoints.jsonl, or an export stream where they sit among records); lines
-    that are not JSON are reported."""
-    out, problems = [], []
+def json_lines(path: Path):
+    """(line number, object or None) for each non-empty line of a JSON-lines file:
+    None for a line that is not JSON (a torn or edited line; the caller says which)."""
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, 1):
             raw = raw.strip()
             if not raw:
                 continue
             try:
-                obj = json.loads(raw)
+                yield n, json.loads(raw)
             except ValueError:
-                problems.append(f"{path}:{n}: not a JSON object: skipped")
-                continue
-            if is_checkpoint(obj):
-                out.append((n, obj))
+                yield n, None
+
+
+def read_checkpoints(path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
+    """(line number, checkpoint) for every checkpoint object in a JSON-lines file
+    (checkpoints.jsonl, or an export stream where they sit among records); lines
+    that are not JSON are reported."""
+    out, problems = [], []
+    for n, obj in json_lines(path):
+        if obj is None:
+            problems.append(f"{path}:{n}: not a JSON object: skipped")
+        elif is_checkpoint(obj):
+            out.append((n, obj))
     return out, problems
 
 

@@ -60,14 +60,13 @@ def confine(session: dict, *, allow_weaker: bool = False, strict_protect: bool =
             guard = {"mountguard": False, "policy": fs, "masked_sockets": [],
                      "sockets_skipped": [], "weaker": str(e)}
         # Protected names that do not exist yet and that corrald watches (it
-        # quarantines them when the session makes them, makes them read-only in
-        # this mount view when someone else does): Landlock need not refuse new
-        # entries in their parent for them. --strict-protect keeps that freeze.
+        # quarantines them when the session makes them, makes them read-only --
+        # or hides them, for deny_read -- in this mount view when someone else
+        # does): Landlock need not refuse new entries in their parent for them.
+        # --strict-protect keeps that freeze.
         watched = set(session["enforcement"].get("watched_names") or []) \
             if guard["mountguard"] and guard["policy"] and not strict_protect else set()
-        if watched:
-            guard["policy"] = dict(guard["policy"], deny_write=[
-                p for p in guard["policy"].get("deny_write") or [] if p not in watched])
+        guard["policy"] = without_watched(guard["policy"], watched)
         report = cf.apply(guard["policy"], session["policy"]["syscalls"]["deny"],
                           keep_caps=keep_caps, allow_weaker=allow_weaker, seccomp_log=True,
                           keep_fds=keep_fds, export=export)
@@ -86,6 +85,9 @@ def confine(session: dict, *, allow_weaker: bool = False, strict_protect: bool =
         frozen = frozen_dirs(guard["policy"])
         if frozen and report.get("landlock"):
             report["frozen_dirs"] = frozen
+        unreadable = frozen_dirs(guard["policy"], "deny_read")
+        if unreadable and report.get("landlock"):
+            report["read_frozen_dirs"] = unreadable
     except Exception as e:
         # Fail closed: the command never runs unconfined (and a session whose
         # only process we are ends when we exit).
@@ -112,15 +114,32 @@ def send_report(op: str, sid: str, report: dict, verbose: bool = False,
               file=sys.stderr)
     if report.get("frozen_dirs"):
         print(frozen_note(report["frozen_dirs"]), file=sys.stderr)
+    if report.get("read_frozen_dirs"):
+        print(frozen_note(report["read_frozen_dirs"], read=True), file=sys.stderr)
     return verified
 
 
-def frozen_note(frozen: list[str]) -> str:
+def frozen_note(frozen: list[str], read: bool = False) -> str:
     """The line that says where Landlock's complement refuses new entries
-    (also sent by corrald for the native `corral run`)."""
+    (`read`: refuses reading them) (also sent by corrald for the native `corral run`)."""
+    if read:
+        return ("corral: note: denied reads of paths that do not exist yet can only be "
+                "guarded by Landlock by refusing to read new entries directly in: "
+                + ", ".join(frozen) + " (files made there in the session cannot be read "
+                "back; see `corral doctor`, protected names)")
     return ("corral: note: protected paths that do not exist yet can only be guarded by "
             "Landlock by refusing new entries directly in: " + ", ".join(frozen) +
             " (create them before the session, or see `corral policy show mandatory`)")
+
+
+def without_watched(fs: dict | None, watched: set) -> dict | None:
+    """The file policy Landlock still enforces once corrald watches the names
+    in `watched` (covered, namewatch.covers: in deny_write, or in deny_read,
+    or both: a watched name is covered for every list it is in)."""
+    if not fs or not watched:
+        return fs
+    return dict(fs, **{k: [p for p in fs.get(k) or [] if p not in watched]
+                       for k in ("deny_write", "deny_read")})
 
 
 def exec_command(session: dict, cmd: list[str], verbose: bool = False):
@@ -153,18 +172,21 @@ def exec_command(session: dict, cmd: list[str], verbose: bool = False):
         die(f"{cmd[0]}: {e.strerror}", 127)
 
 
-def frozen_dirs(fs: dict | None) -> list[str]:
+def frozen_dirs(fs: dict | None, key: str = "deny_write") -> list[str]:
     """Directories where Landlock's complement refuses new entries: for each
-    deny_write path that does not exist yet inside a writable tree, its nearest
+    `key` path that does not exist yet inside a writable tree, its nearest
     existing ancestor and every directory above it up to that tree's root (the
-    complement withholds "make" rights on each of them). Outside the writable
-    trees nothing can be created anyway, so nothing is lost there."""
+    complement withholds "make" rights -- for deny_read, read rights -- on each
+    of them). Outside the writable trees the session creates nothing, so
+    nothing of its own is lost there. A deny_read path still in the list that
+    exists (not hidden by the view: an allow_read exception inside) freezes
+    reads in its parent the same way."""
     from corral.kernel.mountinfo import under
     fs = fs or {}
     roots = fs.get("allow_write") or []
     out: list[str] = []
-    for p in fs.get("deny_write") or []:
-        if os.path.lexists(p):
+    for p in fs.get(key) or []:
+        if key == "deny_write" and os.path.lexists(p):
             continue
         inside = [r for r in roots if under(p, r) and p != r]
         if not inside:

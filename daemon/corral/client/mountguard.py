@@ -243,14 +243,19 @@ def _bind_refusal(refusal: str, p: str) -> bool:
     return True
 
 
+# The mount over a denied directory: (source, type, options). Also what corrald
+# mounts over a deny_read name made after the session started (nsmount.mask_op).
+MASK_TMPFS = ("corral-denied", "tmpfs", "mode=000,size=4k,nr_inodes=1")
+
+
 def _mask_read(p: str, refusal: str) -> None:
     """An empty, read-only, mode-0000 mount over a denied path: nothing under it
     is reachable by any name through it, nothing created in it later either, and
     it cannot be renamed or removed (EBUSY)."""
     flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
     if os.path.isdir(p):
-        _check(_libc.mount(b"corral-denied", p.encode(), b"tmpfs", ctypes.c_ulong(flags),
-                           b"mode=000,size=4k,nr_inodes=1"), f"mask {p}")
+        src, fstype, opts = (x.encode() for x in MASK_TMPFS)
+        _check(_libc.mount(src, p.encode(), fstype, ctypes.c_ulong(flags), opts), f"mask {p}")
     elif not _bind_refusal(refusal, p):
         raise MountGuardError(f"mask {p}: {os.strerror(2)}")
 

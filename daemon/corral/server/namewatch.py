@@ -125,7 +125,7 @@ from corral.kernel import cgroups
 from corral.kernel import fanotify as fan
 from corral.kernel.exits import ExitTracker
 from corral.kernel.mountinfo import under
-from corral.server import gitconfig_check, nsmount, quarantine
+from corral.server import gitconfig_check, nsmount, quarantine, secretwatch
 
 log = logging.getLogger("corral.namewatch")
 
@@ -201,6 +201,7 @@ class Target:
     marks: dict = field(default_factory=dict)       # chain level -> mark key
     covered: bool = False        # every existing directory of the chain marked (last walk)
     checker: object = None       # content check (CHECKED) instead of quarantine on sight
+    hide: bool = False           # a secret (deny_read, secretwatch.py): hidden when made outside
 
     @property
     def chain(self) -> list[str]:
@@ -412,23 +413,34 @@ class NameWatch:
         w = Watched(session=s)
         self.by_session[s.id] = w
         siblings = _git_siblings(fs)
+        deny_read = set(fs.get("deny_read") or [])
         if recovered is not None:
             allow = fs.get("allow_write") or []
             names = []
             for p in recovered:
                 roots = [a for a in allow if under(p, a) and p != a]
-                if roots and (p in (fs.get("deny_write") or []) or p in siblings):
+                if roots and (p in (fs.get("deny_write") or []) or p in siblings
+                              or p in deny_read):
                     names.append((p, min(roots, key=len)))
+            secrets = {p for p, _ in names if p in deny_read}
         else:
             names = self.candidates(fs)
             have = {p for p, _ in names}
             more = self.candidates({**fs, "deny_write": list(fs.get("deny_write") or [])
                                     + sorted(siblings)})
             names += [c for c in more if c[0] in siblings and c[0] not in have]
+            hidden = secretwatch.candidates(fs)
+            secrets = {p for p, _ in hidden}
+            # The client drops a watched name from deny_read too: one that is
+            # also denied reading but cannot be hidden stays with Landlock.
+            names = [c for c in names if c[0] not in deny_read or c[0] in secrets]
+            have = {p for p, _ in names}
+            names += [c for c in hidden if c[0] not in have]
         for p, top in names:
             rel = os.path.relpath(p, top)
-            w.targets[p] = Target(path=p, top=top, parts=rel.split(os.sep),
-                                  checker=siblings[p] if p in siblings
+            hide = p in secrets     # never content-checked: read by nobody in the session
+            w.targets[p] = Target(path=p, top=top, parts=rel.split(os.sep), hide=hide,
+                                  checker=None if hide else siblings[p] if p in siblings
                                   else CHECKED.get(_mandatory(p)))
         if recovered is not None:
             pidfd = nsmount.session_pidfd(self.sessions, s)
@@ -672,6 +684,22 @@ class NameWatch:
         return [w for w in self.by_session.values()
                 if any(under(p, path) for p in w.targets)]
 
+    @staticmethod
+    def _hides(w: Watched, path: str) -> bool:
+        """`path` is (or leads to) a secret of session `w`: hidden, not read-only."""
+        return any(t.hide and under(p, path) for p, t in w.targets.items())
+
+    @staticmethod
+    def _what(w: Watched, path: str) -> str:
+        """Where the protection of `path` (or of what it leads to) comes from."""
+        t = w.targets.get(path)
+        if t is not None:
+            return secretwatch.rule(path) if t.hide else _mandatory(path)
+        below = [p for p, t in w.targets.items() if t.hide and under(p, path)]
+        if below:
+            return f"{secretwatch.rule(below[0])}: the directory on the way to {below[0]}"
+        return _mandatory(path)
+
     def _found(self, w: Watched, t: Target, i: int, parent_fd: int, name: str, st,
                who: Creator, mode: str) -> None:
         path = t.chain[i]
@@ -698,6 +726,7 @@ class NameWatch:
                 follow = None
             for x in protecting:
                 x.handled[path] = key
+                hide = self._hides(x, path)
                 if follow is None:
                     self._record(x, {"kind": "file", "op": "protected_unwatched",
                                      "verdict": "warn", "target": path, "pid": who.pid,
@@ -706,9 +735,11 @@ class NameWatch:
                                              "symlink to nothing: not made read-only"})
                     continue
                 x.pending.append({"path": path, "expect": [follow.st_ino, follow.st_dev],
-                                  "key": key, "creator": who,
-                                  "rule": f"protected name created outside the session "
-                                          f"({_mandatory(path)})"})
+                                  "key": key, "creator": who, "hide": hide,
+                                  "rule": f"secret name created outside the session "
+                                          f"({self._what(x, path)}): hidden in its view"
+                                  if hide else f"protected name created outside the session "
+                                               f"({_mandatory(path)})"})
             return
         owner = self.by_session.get(who.session) if who.kind == "session" else w
         if checker is not None:
@@ -790,11 +821,12 @@ class NameWatch:
     def _quarantine(self, w: Watched, parent_fd: int, name: str, st, path: str,
                     who: Creator, checked: dict | None = None) -> None:
         sid = w.session.id
+        noun = "secret name" if self._hides(w, path) else "protected name"
+        what = self._what(w, path)
         rec = {"kind": "file", "op": "quarantine", "verdict": "deny", "target": path,
                "session": sid, "pid": who.pid, "comm": who.comm, "creator": who.kind,
-               "rule": f"protected name created in the session ({_mandatory(path)})"
-               if who.kind == "session" else
-               f"protected name created, {who.text()} ({_mandatory(path)})",
+               "rule": f"{noun} created in the session ({what})"
+               if who.kind == "session" else f"{noun} created, {who.text()} ({what})",
                "file_type": _ftype(st.st_mode)}
         if checked is not None:     # content-checked: what was refused
             rec["rule"] += f", content refused: {checked['why']}"
@@ -830,14 +862,13 @@ class NameWatch:
             if not todo:
                 continue        # Landlock still has these names: nothing to add
             if not rep.get("mount_namespace"):
-                for p in todo:
-                    self._readonly_record(w, p, "warn", "the session has no mount view: "
-                                                        "not made read-only")
+                self._bound(w, todo, ["the session has no mount view"] * len(todo))
                 continue
             pidfd = nsmount.session_pidfd(self.sessions, w.session)
             if pidfd < 0:
                 continue        # nobody left in the session
-            ops = [{"src": p["path"], "dst": p["path"], "readonly": True, "recursive": True,
+            ops = [nsmount.mask_op(p["path"], p["expect"]) if p.get("hide") else
+                   {"src": p["path"], "dst": p["path"], "readonly": True, "recursive": True,
                     "expect": p["expect"]} for p in todo]
             self._bind(w, todo, pidfd, ops)
 
@@ -871,21 +902,28 @@ class NameWatch:
     def _bound(self, w: Watched, todo: list, res: list) -> None:
         if self.by_session.get(w.session.id) is not w:
             return              # the session ended meanwhile
+        failed = False
         for item, r in zip(todo, res):
-            if r == "ok":
+            if r in ("mismatch", "gone"):
+                # Replaced or removed meanwhile: its replacement was (or will be)
+                # reported on its own and handled by who made it.
+                if w.handled.get(item["path"]) == item["key"]:
+                    w.handled.pop(item["path"])
+            elif item.get("hide"):
+                links = _links(item["path"]) if r == "ok" else 1
+                self._record(w, secretwatch.hidden_record(item, links, "" if r == "ok" else r))
+                failed |= r != "ok"
+            elif r == "ok":
                 links = _links(item["path"])
                 # A second name made before the mount (same mount, so link()
                 # worked) stays writable: say so.
                 self._readonly_record(w, item, "warn" if links > 1 else "info",
                                       f"it has {links} names: the others stay writable"
                                       if links > 1 else "")
-            elif r == "mismatch":
-                # Replaced meanwhile: its replacement was (or will be) reported
-                # on its own and handled by who made it.
-                if w.handled.get(item["path"]) == item["key"]:
-                    w.handled.pop(item["path"])
             else:
                 self._readonly_record(w, item, "warn", r)
+        if failed:
+            secretwatch.fail_closed(w.session)
 
     def _readonly_record(self, w: Watched, p: dict, verdict: str, error: str) -> None:
         who = p["creator"]

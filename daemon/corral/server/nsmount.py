@@ -3,7 +3,8 @@
 `corral run` builds the session's mount view (client/mountguard.py) in a
 private mount namespace; later changes to it come from the daemon:
 unixwatch.py masks Unix sockets bound after the session started, namewatch.py
-makes read-only the protected names created outside the session.
+makes read-only the protected names created outside the session and hides
+the secret (deny_read) names created outside it (secretwatch.py).
 
 setns(CLONE_NEWNS) refuses a multi-threaded caller and the daemon is
 multi-threaded, so every change runs in a short-lived fresh interpreter
@@ -17,7 +18,12 @@ very descriptor with the new mount API: open_tree(OPEN_TREE_CLONE) of the
 source, mount_setattr() of the detached copy (read-only, nosuid, nodev,
 noexec) when asked, then move_mount() onto the descriptor. So the path
 cannot be swapped between the check and the mount, and a read-only mount is
-never attached writable, even for an instant.
+never attached writable, even for an instant. A "mask" operation hides the
+destination as mountguard hides an existing deny_read path: a directory
+under a new empty mode-000 tmpfs (fsopen/fsconfig/fsmount, read-only, nosuid,
+nodev, noexec from the start: mountguard.MASK_TMPFS), anything else under the
+refusal file (the root-owned mode-0000 file, bound read-only); which one is
+decided on the descriptor, after the check.
 """
 from __future__ import annotations
 
@@ -33,10 +39,12 @@ from corral.kernel import cgroups
 
 log = logging.getLogger("corral.nsmount")
 
-# argv[1]: JSON list of {"src", "dst", "readonly", "recursive", "expect": [ino, dev] | null};
-# argv[2]: the pidfd. Prints a JSON list: "ok", "mismatch" or an error, one per operation.
+# argv[1]: JSON list of {"src", "dst", "readonly", "recursive", "expect": [ino, dev] | null}
+# or {"mask": refusal file, "tmpfs": [[key, value]...], "dst", "expect"};
+# argv[2]: the pidfd. Prints a JSON list: "ok", "mismatch", "gone" (dst does not
+# exist there) or an error, one per operation.
 _HELPER = r"""
-import ctypes, json, os, sys
+import ctypes, json, os, stat, sys
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 ops, pidfd = json.loads(sys.argv[1]), int(sys.argv[2])
@@ -55,25 +63,40 @@ if libc.setns(pidfd, 0x00020000) != 0:
 if os.stat("/proc/self/ns/mnt").st_ino == host:
     sys.exit(3)                                     # no view of its own: never mount on the host
 E, REC = b"", 0x8000                                # AT_EMPTY_PATH is 0x1000
+LOCKED = 1 | 2 | 4 | 8                              # MOUNT_ATTR_RDONLY|NOSUID|NODEV|NOEXEC
+def empty_tmpfs(fds, opts):
+    fs = sc(430, b"tmpfs", 1)                       # fsopen(FSOPEN_CLOEXEC)
+    fds.append(fs)
+    for k, v in opts:
+        sc(431, fs, 1, k.encode(), v.encode(), 0)   # fsconfig(FSCONFIG_SET_STRING)
+    sc(431, fs, 6, None, None, 0)                   # fsconfig(FSCONFIG_CMD_CREATE)
+    return sc(432, fs, 1, LOCKED)                   # fsmount(FSMOUNT_CLOEXEC): never writable
 out = []
 for op in ops:
     fds = []
     try:
-        dst = os.open(op["dst"], os.O_PATH | os.O_CLOEXEC)
+        try:
+            dst = os.open(op["dst"], os.O_PATH | os.O_CLOEXEC)
+        except FileNotFoundError:
+            out.append("gone")                      # removed meanwhile: nothing to cover
+            continue
         fds.append(dst)
         st = os.fstat(dst)
         if op.get("expect") and [st.st_ino, st.st_dev] != list(op["expect"]):
             out.append("mismatch")                  # not that object here: nothing to do
             continue
-        src = dst
-        if op["src"] != op["dst"]:
-            src = os.open(op["src"], os.O_PATH | os.O_CLOEXEC)
-            fds.append(src)
         rec = REC if op.get("recursive") else 0
-        tree = sc(428, src, E, 1 | os.O_CLOEXEC | 0x1000 | rec)     # open_tree(OPEN_TREE_CLONE)
+        if op.get("mask") and stat.S_ISDIR(st.st_mode):
+            tree = empty_tmpfs(fds, op["tmpfs"])
+        else:
+            src = dst
+            if op.get("mask") or op["src"] != op["dst"]:
+                src = os.open(op.get("mask") or op["src"], os.O_PATH | os.O_CLOEXEC)
+                fds.append(src)
+            tree = sc(428, src, E, 1 | os.O_CLOEXEC | 0x1000 | rec)  # open_tree(OPEN_TREE_CLONE)
         fds.append(tree)
-        if op.get("readonly"):
-            a = Attr(1 | 2 | 4 | 8, 0, 0, 0)        # MOUNT_ATTR_RDONLY|NOSUID|NODEV|NOEXEC
+        if op.get("readonly") or op.get("mask"):
+            a = Attr(LOCKED, 0, 0, 0)
             sc(442, tree, E, 0x1000 | rec, ctypes.byref(a), ctypes.sizeof(a))
         sc(429, tree, E, dst, E, 0x04 | 0x40)       # move_mount(F_EMPTY_PATH | T_EMPTY_PATH)
         out.append("ok")
@@ -120,10 +143,10 @@ def pid_of(pidfd: int) -> int | None:
 
 
 def bind_many(pidfd: int, ops: list[dict]) -> list[str]:
-    """Run `ops` (dicts: src, dst, readonly, recursive, expect) in the mount
-    namespace of the process `pidfd` names, in order, in one helper. Returns
-    one result per operation: "ok", "mismatch" (dst is not `expect` there:
-    nothing mounted) or the error."""
+    """Run `ops` (dicts: src, dst, readonly, recursive, expect; or mask_op())
+    in the mount namespace of the process `pidfd` names, in order, in one
+    helper. Returns one result per operation: "ok", "mismatch" (dst is not
+    `expect` there: nothing mounted), "gone" (no dst there) or the error."""
     if not ops:
         return []
     t0 = time.monotonic()
@@ -152,9 +175,20 @@ def bind_in(pidfd: int, src: str, dst: str, readonly: bool,
     the object `expect` = (st_ino, st_dev). True if mounted."""
     r = bind_many(pidfd, [{"src": src, "dst": dst, "readonly": readonly, "recursive": recursive,
                            "expect": list(expect) if expect else None}])[0]
-    if r not in ("ok", "mismatch"):
+    if r not in ("ok", "mismatch", "gone"):
         log.warning("bind %s onto %s in a session's mount namespace: %s", src, dst, r)
     return r == "ok"
+
+
+def mask_op(dst: str, expect: tuple[int, int] | list | None) -> dict:
+    """The operation that hides `dst` in a session's view as mountguard hides
+    an existing deny_read path (an empty mode-000 tmpfs over a directory, the
+    refusal file over anything else), if `dst` there is `expect`."""
+    from corral.client import mountguard
+    opts = [kv.split("=", 1) for kv in mountguard.MASK_TMPFS[2].split(",")]
+    return {"mask": mountguard.refusal_file(), "dst": dst,
+            "tmpfs": [["source", mountguard.MASK_TMPFS[0]]] + opts,
+            "expect": list(expect) if expect else None}
 
 
 def mountpoints(pid: int) -> set[str] | None:

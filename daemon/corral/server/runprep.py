@@ -181,10 +181,8 @@ class RunOps:
                                   result["enforcement"].get("unix_peers") != "bpf-lsm")
             watched = set(result["enforcement"].get("watched_names") or []) \
                 if guard["mountguard"] and guard["policy"] else set()
-            lpol = guard["policy"]
-            if watched:
-                lpol = dict(lpol, deny_write=[p for p in lpol.get("deny_write") or []
-                                              if p not in watched])
+            from corral.client.enter import without_watched
+            lpol = without_watched(guard["policy"], watched)   # deny_write and deny_read, as enter.py
             ruleset, lflags, rules = _ruleset(lpol, guard)
         except (Unsupported, OSError) as e:
             self.end_session(s, f"native run not prepared ({e}); the Python CLI runs it",
@@ -206,6 +204,10 @@ class RunOps:
         if frozen:
             report["frozen_dirs"] = frozen
             notes.append(frozen_note(frozen))
+        unreadable = frozen_dirs(lpol, "deny_read")
+        if unreadable:
+            report["read_frozen_dirs"] = unreadable
+            notes.append(frozen_note(unreadable, read=True))
         if guard["mountguard"]:
             report.update({"read_only_mounts": guard["read_only"],
                            "read_only_view": guard["read_only_view"],

@@ -75,10 +75,32 @@ static __always_inline int reporting(void)
     return g && *g == CORRAL_GENERATION;
 }
 
-static __always_inline struct event *reserve(struct session_cfg *cfg, u64 *suppressed)
+/* Every refusal per session, records or not (they are rate-limited, and those in
+ * the ring buffer may not be read yet when the session ends): the count `corral
+ * run` prints when its command exits is taken from here. */
+BPF_TABLE_PINNED("hash", u64, u64, denied, 4096, PIN(denied));
+
+static __always_inline void count_denial(u64 cgid)
+{
+    u64 one = 1;
+    u64 *n = denied.lookup(&cgid);
+    if (n) {
+        __sync_fetch_and_add(n, 1);
+        return;
+    }
+    if (denied.insert(&cgid, &one) != 0) {      /* BPF_NOEXIST: another CPU made it first */
+        n = denied.lookup(&cgid);
+        if (n)
+            __sync_fetch_and_add(n, 1);
+    }
+}
+
+static __always_inline struct event *reserve(struct session_cfg *cfg, u64 cgid,
+                                             u64 *suppressed)
 {
     if (!reporting())          /* not the active generation: deny, but silently */
         return 0;
+    count_denial(cgid);
     if (!rate_take(cfg, NET_RATE_PER_SEC, NET_RATE_BURST, suppressed))
         return 0;
     struct event *e = events.ringbuf_reserve(sizeof(struct event));
@@ -108,7 +130,7 @@ static __always_inline void emit(u64 cgid, struct session_cfg *cfg, u8 op, u32 f
                                  const u32 *addr, u16 port, u32 rule)
 {
     u64 suppressed = 0;
-    struct event *e = reserve(cfg, &suppressed);
+    struct event *e = reserve(cfg, cgid, &suppressed);
     if (!e)
         return;
     fill(e, cgid, op, rule, suppressed);
@@ -553,7 +575,7 @@ static __always_inline int check_unix(struct bpf_sock_addr *ctx, u8 op)
     if (!rule)
         return 1;
     u64 suppressed = 0;
-    struct event *e = reserve(cfg, &suppressed);
+    struct event *e = reserve(cfg, cgid, &suppressed);
     if (e) {
         fill(e, cgid, op, *rule, suppressed);
         e->port = 0;

@@ -206,3 +206,16 @@ def test_without_the_resolver_the_default_fails_closed(daemon, fake_agents, tmp_
     p = _run(daemon, fake_agents, tmp_path, "--", "true")
     assert p.returncode != 0
     assert "DNS resolver is not running" in p.stderr, p.stderr
+
+
+def test_summary_counts_every_refusal_the_kernel_made(daemon, tmp_path, host_listener):
+    """1000 refused connects, more than the records the kernel's rate limit lets
+    through (burst 400): the line at the end counts them all (bpf/net.c
+    count_denial), not only the records read by then."""
+    loop = ("import socket\nfor _ in range(1000):\n    s = socket.socket()\n    try:\n"
+            f"        s.connect(('127.0.0.1', {host_listener}))\n    except OSError:\n"
+            "        pass\n    s.close()\n")
+    p = subprocess.run([CORRAL, "run", "--no-net", "--", sys.executable, "-c", loop],
+                       cwd=tmp_path, env=daemon.env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "refused 1000 net;" in p.stderr, p.stderr

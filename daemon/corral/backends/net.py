@@ -39,7 +39,7 @@ SOCK_CREATE = ("corral_sock_create", 2)
 # BPF_CGROUP_UNIX_CONNECT / _SENDMSG (kernel 6.7+): exact-path refusals with a record
 UNIX_PROGRAMS = [("corral_connect_unix", 49), ("corral_sendmsg_unix", 50)]
 PINNED_MAPS = ["sessions", "allow4", "deny4", "allow6", "deny6", "dns_socks",
-               "events", "lost", "lost_seen", "active_gen"]
+               "events", "lost", "lost_seen", "active_gen", "denied"]
 UNIX_PATH_MAX = 108
 
 
@@ -615,7 +615,19 @@ class NetBpf(Backend):
             except KeyError:
                 pass
 
+    def take_denials(self, cgid: int) -> int:
+        """Refusals the kernel counted for this session (every one, whether its
+        record was rate-limited or is still in the ring buffer), and forget them."""
+        t = self.bpf["denied"]
+        try:
+            n = t[t.Key(cgid)].value
+            del t[t.Key(cgid)]
+        except KeyError:
+            return 0
+        return n
+
     def remove_session(self, cgid: int) -> None:
+        self.take_denials(cgid)
         self.clear_unix_refusals(cgid)
         self.clear_rules(cgid)
         self._installed.pop(cgid, None)

@@ -461,6 +461,12 @@ class Daemon:
             except Exception:
                 pass
         denied = self._denied.pop(s.id, {})
+        try:        # the kernel's count: exact, records or not (bpf/net.c count_denial)
+            kernel = self.net.take_denials(s.cgid)
+        except Exception:
+            kernel = 0
+        if kernel > denied.get("net", 0):
+            denied["net"] = kernel
         rec = {"kind": "session", "op": "end", "verdict": "info", "session": s.id,
                "target": s.cgroup, "rule": why, "uid": s.owner_uid,
                "reason": reason or why, "killed": killed, "keep_running": s.keep_running,

@@ -177,8 +177,12 @@ def boundary(rep: dict, daemon: dict | None) -> dict:
                                       ".vscode, .claude/settings.json...) made by the session is "
                                       "moved to quarantine within ~1 ms (corral log names it); "
                                       "made outside, it is made read-only in the session "
-                                      "(tens of ms); --strict-protect: refused by Landlock, "
-                                      "which then refuses every new entry in its directory" +
+                                      "(tens of ms); a secret (deny_read: ~/.aws, ~/.netrc...) "
+                                      "missing inside allow_write likewise: made by the session, "
+                                      "quarantined; made outside, hidden in its view (readable "
+                                      "there until then, tens of ms); --strict-protect: refused "
+                                      "by Landlock, which then refuses every new entry in its "
+                                      "directory (reading them, for a secret)" +
                                       ("" if pn.get("exit_tracker") else "; creators that exited "
                                        "before their event was read count as unknown: "
                                        "quarantined"))
@@ -186,7 +190,8 @@ def boundary(rep: dict, daemon: dict | None) -> dict:
         out["protected_names"] = item(False, "", "no fanotify watch (" + (pn.get("why") or
                                       "daemon not running") + "): Landlock refuses every new "
                                       "entry in the directory of a protected name that does "
-                                      "not exist yet")
+                                      "not exist yet, and reading every new entry in the "
+                                      "directory of a missing secret (deny_read)")
     out["lifecycle"] = item(kill_ok, "cgroup.kill", "what is left when the command exits is "
                             "killed (corral run --keep-running keeps it)" if kill_ok
                             else "no cgroup.kill (kernel < 5.14)")

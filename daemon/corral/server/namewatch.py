@@ -8,7 +8,14 @@ fresh project usually does not have yet (./.mcp.json, ./.vscode, ./.idea,
 does not exist except by refusing every new entry in its nearest existing
 parent, which freezes the project root. Where Landlock is the file backend,
 the daemon watches those names instead and `corral run` leaves them out of
-what Landlock has to complement (unless --strict-protect):
+what Landlock has to complement (unless --strict-protect). The same holds for
+deny_read paths that do not exist yet inside an allow_write tree (~/.aws,
+~/.netrc when the project is $HOME): Landlock's read complement would make
+every file the session creates in their parent unreadable. Those secrets
+(secretwatch.py says which, and what is done differently) are watched by the
+same marks and walks; made outside they are hidden in the session's view
+instead of made read-only; made by the session, quarantined on sight (never
+content-checked). A watched name is left out of both Landlock lists.
 
 * fanotify (kernel/fanotify.py; FAN_REPORT_DFID_NAME: directory file handle
   + name) reports FAN_CREATE and FAN_MOVED_TO in every existing directory on
@@ -78,6 +85,8 @@ What remains:
 * An entry made in a new directory of the chain before the mark reached it
   (~1 ms) has no report of its own: quarantined, even if the developer made
   it (their file is then in the quarantine, with a record saying so).
+* A secret (deny_read) made outside can be read by the session until its
+  mask is in place (the same helper, tens of ms); see secretwatch.py.
 * A name made outside can be written by the session until its read-only
   mount is in place (the helper process: ~20 ms on an idle host, more under
   load); a descriptor opened, or a hard link made, in that window stays

@@ -258,3 +258,32 @@ def test_missing_deny_read_in_the_project_is_watched(daemon, home):
     assert not (home / "secrets").exists()
     r = record(daemon, "quarantine", home / "secrets")[0]
     assert r["creator"] == "session" and r["rule"].startswith("secret name"), r
+
+
+# -- a restarted daemon keeps watching ----------------------------------------------------
+def test_daemon_restart_keeps_secrets_hidden(home, sync):
+    """A secret hidden before the restart stays so and in place (a mount point in
+    the session's view, not quarantined as "appeared while corrald was down");
+    one made outside after the restart is hidden too."""
+    from conftest import make_daemon
+    d = make_daemon("corral-sw-restart")     # the default profile names domains: DNS on
+    d.start()
+    proc = None
+    try:
+        proc = start_waiting(d, home, sync)
+        (home / ".netrc").write_text("NETRC-SECRET")
+        wait_for(lambda: record(d, "secret_hidden", home / ".netrc"), 10, "secret_hidden .netrc")
+        d.stop()
+        d.start()
+        (home / ".aws").mkdir()
+        (home / ".aws" / "credentials").write_text("AWS-SECRET")
+        wait_for(lambda: record(d, "secret_hidden", home / ".aws"), 10, "secret_hidden .aws")
+        res = finish(proc, sync)
+        assert res["read_netrc"] in REFUSED and res["read_credentials"] in REFUSED, res
+        assert (home / ".netrc").read_text() == "NETRC-SECRET"
+        assert not record(d, "quarantine", home / ".netrc")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        d.cleanup(remove_tmp=True)

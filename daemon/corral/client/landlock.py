@@ -342,9 +342,11 @@ def _complement(decide, rule_paths: list[str]) -> _Walk:
     """Paths to grant so that exactly the paths where decide() is true are covered."""
     w = _Walk()
 
-    def rec(p: str) -> None:
+    def rec(p: str, cands: list[str]) -> None:
+        # cands: the rule paths under p's parent (all of them at "/"): only
+        # those can lie under p, so each level looks at fewer.
         want = decide(p)
-        sub = [q for q in rule_paths if q != p and under(q, p)]
+        sub = [q for q in cands if q != p and under(q, p)]
         if want:
             if all(decide(q) for q in sub):
                 w.grants.append(p)
@@ -370,7 +372,7 @@ def _complement(decide, rule_paths: list[str]) -> _Walk:
                     # one inside the denied tree. No rule: fail closed.
                     w.skipped_links.append(c)
                     continue
-                rec(c)
+                rec(c, sub)
         else:
             if not any(decide(q) for q in sub):
                 return
@@ -388,9 +390,9 @@ def _complement(decide, rule_paths: list[str]) -> _Walk:
                     continue             # does not exist (yet): nothing to grant
                 if _stat.S_ISLNK(st.st_mode):
                     continue
-                rec(c)
+                rec(c, sub)
 
-    rec("/")
+    rec("/", list(rule_paths))
     return w
 
 

@@ -46,8 +46,13 @@ What remains: between a creation outside and its mask (the report, then the
 nsmount helper: tens of ms, more under load) the session can read the new
 name, and a descriptor it opened then stays usable; a symlink made outside
 as the name itself is hidden at its target, and one that leads nowhere is
-not hidden (logged, "protected_unwatched"); the rest is namewatch's (see
-there: new directories of a chain, corrald down).
+not hidden (logged, "protected_unwatched"). A secret whose directory did
+not exist either (~/.docker/config.json without ~/.docker: `docker login`
+makes both at once) is found by the walk that follows the directory's mark,
+not by a report of its own: who made it cannot be told, so it is quarantined
+(fail closed: the session may have raced to make it there), the developer's
+file with it (the record says where it went). So is one that appeared while
+corrald was down, unless it is a mount point of the session's view already.
 """
 from __future__ import annotations
 

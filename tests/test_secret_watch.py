@@ -287,3 +287,40 @@ def test_daemon_restart_keeps_secrets_hidden(home, sync):
             proc.kill()
             proc.wait()
         d.cleanup(remove_tmp=True)
+
+
+# -- corral exec into a `corral session start` session -----------------------------------
+@pytest.mark.parametrize("layout", ["home-is-project", "project-below-home"])
+def test_exec_refuses_a_secret_made_after_session_start(daemon, home, layout):
+    """Made outside after `corral session start`: refused to `corral exec`
+    commands by both ways in. Project = HOME: hidden by corrald in the view
+    the commands join; project below HOME: Landlock keeps the name (the Python
+    path joins the view, where it is no mount point: it must not be taken out
+    of Landlock's list as if the view hid it)."""
+    proj = home if layout == "home-is-project" else home / "proj"
+    proj.mkdir(exist_ok=True)
+    env = env_for(daemon, home)
+    p = subprocess.run([str(CORRAL_PY), "session", "start", "--timeout", "300"], cwd=proj,
+                       env=env, capture_output=True, text=True, timeout=90)
+    assert p.returncode == 0 and p.stdout.strip(), p.stderr
+    sid = p.stdout.strip()
+    try:
+        (home / ".aws").mkdir()
+        (home / ".aws" / "credentials").write_text("AWS-SECRET")
+        (home / ".netrc").write_text("NETRC-SECRET")
+        if layout == "home-is-project":
+            for name in (".aws", ".netrc"):
+                wait_for(lambda: record(daemon, "secret_hidden", home / name), 10,
+                         f"secret_hidden {name}")
+        script = (f'cat "{home}/.aws/credentials"; cat "{home}/.netrc"; '
+                  'echo hi > "new-$$"; cat "new-$$"')
+        for binary in (CORRAL, CORRAL_PY):
+            e = subprocess.run([str(binary), "exec", sid, "--", "sh", "-c", script], cwd=proj,
+                               env=env, capture_output=True, text=True, timeout=90)
+            assert "SECRET" not in e.stdout, (binary, e.stdout, e.stderr)
+            assert e.stdout == "hi\n", (binary, e.stdout, e.stderr)
+            assert e.stderr.count("Permission denied") == 2, (binary, e.stderr)
+    finally:
+        subprocess.run([str(CORRAL_PY), "session", "stop", sid], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert (home / ".aws" / "credentials").read_text() == "AWS-SECRET"

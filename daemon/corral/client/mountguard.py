@@ -314,7 +314,14 @@ def join(fs: dict | None, ns_path: str, expect_ino: int) -> dict:
     _VIEW_BUILT = True
     os.chdir(cwd)           # setns put us at the view's root: the same directory, in it
     pins, ro = plan(fs)
-    hidden = read_masks(fs)
+    # Only what this view really holds read-only or hidden leaves Landlock's
+    # lists: a denied path made after the holder built it is a mount point here
+    # only if corrald covered it (namewatch); any other stays with Landlock,
+    # which refuses it by its existing path (it would be open otherwise).
+    from corral.kernel import mountinfo
+    here = {m.mountpoint for m in mountinfo.mounts(missing_ok=False)}
+    ro = [p for p in ro if p in here]
+    hidden = [p for p in read_masks(fs) if p in here]
     roots = writable_roots(fs) if fs is not None else []
     return {"mountguard": True, "namespace": "joined", "read_only": ro, "pinned": pins,
             "read_only_view": bool(roots) and "/" not in roots,

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <linux/filter.h>
 #include <linux/sched.h>
 #include <linux/seccomp.h>
@@ -43,6 +44,8 @@
 
 #include "corral_native.h"
 #include "mpack.h"
+
+#define END_TIMEOUT_MS 5000     /* supervise.py END_TIMEOUT: for corrald to end a session */
 
 #ifndef CORRAL_PY
 #define CORRAL_PY "corral-py"
@@ -106,7 +109,8 @@ static const char *socket_path(void)
     return buf;
 }
 
-static int connect_daemon(void)
+/* -1 (errno set) if corrald cannot be reached */
+static int try_connect_daemon(void)
 {
     const char *path = socket_path();
     struct sockaddr_un a = {.sun_family = AF_UNIX};
@@ -114,23 +118,46 @@ static int connect_daemon(void)
         die(1, "socket path too long: %s", path);
     strcpy(a.sun_path, path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
-        die(1, "corrald is not running (%s: %s); start it with `systemctl start corrald` or "
-            "`make demo` (or run `corrald` as root)", path, strerror(errno));
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
     return fd;
+}
+
+static int connect_daemon(void)
+{
+    int fd = try_connect_daemon();
+    if (fd < 0)
+        die(1, "corrald is not running (%s: %s); start it with `systemctl start corrald` or "
+            "`make demo` (or run `corrald` as root)", socket_path(), strerror(errno));
+    return fd;
+}
+
+/* 0, or -1 with errno (a short write as EPIPE) */
+static int try_send_frame(int fd, struct mp_buf *b)
+{
+    if (b->err) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    unsigned char hdr[4] = {b->len >> 24, b->len >> 16, b->len >> 8, b->len};
+    struct iovec iov[2] = {{hdr, 4}, {b->p, b->len}};
+    struct msghdr m = {.msg_iov = iov, .msg_iovlen = 2};
+    ssize_t n = sendmsg(fd, &m, MSG_NOSIGNAL);
+    if (n == (ssize_t)(4 + b->len))
+        return 0;
+    if (n >= 0)
+        errno = EPIPE;
+    return -1;
 }
 
 static void send_frame(int fd, struct mp_buf *b)
 {
-    if (b->err)
-        die(1, "request too large");
-    unsigned char hdr[4] = {b->len >> 24, b->len >> 16, b->len >> 8, b->len};
-    struct iovec iov[2] = {{hdr, 4}, {b->p, b->len}};
-    struct msghdr m = {.msg_iov = iov, .msg_iovlen = 2};
-    size_t want = 4 + b->len;
-    ssize_t n = sendmsg(fd, &m, MSG_NOSIGNAL);
-    if (n != (ssize_t)want)
-        die(1, "cannot send to corrald: %s", n < 0 ? strerror(errno) : "short write");
+    if (try_send_frame(fd, b) != 0)
+        die(1, "cannot send to corrald: %s", strerror(errno));
 }
 
 /* One answer frame; descriptors that came with it (SCM_RIGHTS) into fds. */
@@ -438,8 +465,27 @@ static void end_run(const struct plan *pl, int status)
     mp_str(&b, "id"); mp_int(&b, 3);
     mp_str(&b, "session"); mp_str(&b, pl->sid);
     mp_str(&b, "reason"); mp_str(&b, note);
-    int fd = connect_daemon(), fds[1], nfds;
-    send_frame(fd, &b);
+    /* The command's status is what this process exits with, whatever corrald
+     * does now: if it cannot be reached or does not answer within END_TIMEOUT
+     * (supervise.py's too), say so and go on; corrald ends the session when it
+     * next finds its command gone. */
+    int fds[1], nfds, fd = try_connect_daemon();
+    const char *why = NULL;
+    if (fd < 0 || try_send_frame(fd, &b) != 0) {
+        why = strerror(errno);
+    } else {
+        struct pollfd pfd = {fd, POLLIN, 0};
+        int r = poll(&pfd, 1, END_TIMEOUT_MS);
+        if (r <= 0)
+            why = r == 0 ? "no answer within 5 s" : strerror(errno);
+    }
+    if (why) {
+        fprintf(stderr, "corral: warning: corrald did not end session %s (%s); it ends it when "
+                "it next finds its command gone\n", pl->sid, why);
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
     struct mp_node *msg = recv_frame(fd, fds, 1, &nfds);
     close(fd);
     const struct mp_node *ok = mp_get(msg, "ok");

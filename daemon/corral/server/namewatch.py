@@ -120,6 +120,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import hashlib
 import logging
 import os
@@ -966,14 +967,16 @@ def _git_siblings(fs: dict) -> dict:
     <gitdir>/config (git-config) -> their check (None: quarantined on sight)."""
     out = {}
     for p in fs.get("deny_write") or []:
-        if _mandatory(p) == "mandatory git-config" and os.path.basename(p) == "config":
+        if os.path.basename(p) == "config" and _mandatory(p) == "mandatory git-config":
             for name, check in GIT_CONFIG_SIBLINGS.items():
                 out[os.path.join(os.path.dirname(p), name)] = check
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def _mandatory(path: str) -> str:
-    """Which mandatory protection a protected path comes from, for the record."""
+    """Which mandatory protection a protected path comes from, for the record
+    (pure in the path: every session asks again for the same ones)."""
     from corral.policy.files import MANDATORY
     if os.path.basename(path) in GIT_CONFIG_SIBLINGS and \
             os.path.basename(os.path.dirname(path)) == ".git":

@@ -181,3 +181,37 @@ def test_allow_write_of_a_missing_path_is_created_and_said(daemon, home):
     p = subprocess.run([CORRAL, "run", "--allow-write", str(t), "--", "true"], cwd=home, env=e,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and t.is_file() and t.read_text() == "", p.stderr
+
+
+ALIAS_PROBE = r"""
+import errno, json, sys
+out = {}
+for name, p in (("primary", sys.argv[1]), ("alias", sys.argv[2])):
+    try:
+        out[name] = open(p).read()
+    except OSError as e:
+        out[name] = errno.errorcode.get(e.errno, str(e.errno))
+print(json.dumps(out))
+"""
+
+
+def test_hidden_directory_stays_denied_through_a_bind_mount_alias(daemon, home):
+    """The home is also mounted elsewhere (a bind mount): the mask over ~/.ssh
+    covers one path, so Landlock keeps refusing the key by inode through the
+    other; the control reads it through both outside the session."""
+    alias = Path(tempfile.mkdtemp(prefix="crm-alias-", dir="/var/tmp"))
+    subprocess.run(["mount", "--bind", str(home), str(alias)], check=True)
+    try:
+        key, via = str(home / ".ssh" / "id_rsa"), str(alias / ".ssh" / "id_rsa")
+        assert open(via).read() == "SECRET-KEY"                   # the control, outside
+        e = {k: v for k, v in daemon.env.items() if k not in ("TMUX", "SSH_AUTH_SOCK")}
+        p = subprocess.run([CORRAL, "run", "--allow-write", str(home), "--deny-read",
+                            str(home / ".ssh"), "--", sys.executable, "-c", ALIAS_PROBE, key, via],
+                           cwd=home, env=e, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        r = json.loads(p.stdout)
+        assert "SECRET" not in p.stdout, r
+        assert r["primary"] in ("EACCES", "ENOENT") and r["alias"] in ("EACCES", "ENOENT"), r
+    finally:
+        subprocess.run(["umount", "-l", str(alias)], check=False)
+        alias.rmdir()

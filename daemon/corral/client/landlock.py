@@ -73,7 +73,7 @@ from dataclasses import dataclass, field
 
 from corral.kernel import native
 from corral.kernel import mountinfo
-from corral.kernel.mountinfo import Mount, mount_of, mountpoints, outermost, under
+from corral.kernel.mountinfo import Mount, aliases, mountpoints, outermost, under
 from corral.policy import paths
 from corral.policy.errors import PolicyError
 
@@ -263,25 +263,6 @@ def pseudo_mounts(ms: list[Mount] | None = None) -> list[str]:
 
 def _join(base: str, name: str) -> str:
     return "/" + name if base == "/" else base + "/" + name
-
-
-def aliases(path: str, ms: list[Mount] | None = None) -> list[str]:
-    """Other paths through which the same file can be reached via bind mounts."""
-    ms = mounts() if ms is None else ms
-    best = mount_of(path, ms)
-    if best is None:
-        return []
-    rel = path[len(best.mountpoint):] if best.mountpoint != "/" else path
-    fs_path = (best.root.rstrip("/") + rel) or "/"
-    out = []
-    for m in ms:
-        if m is best or m.dev != best.dev or not under(fs_path, m.root):
-            continue
-        tail = fs_path[len(m.root):] if m.root != "/" else fs_path
-        alias = (m.mountpoint.rstrip("/") + tail) or "/"
-        if alias != path and alias not in out:
-            out.append(alias)
-    return out
 
 
 # ---- policy -> plan ----------------------------------------------------------

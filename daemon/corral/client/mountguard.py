@@ -32,6 +32,7 @@ import ctypes
 import os
 import stat
 
+from corral.kernel import mountinfo
 from corral.kernel.mountinfo import under
 
 CLONE_NEWNS = 0x00020000
@@ -94,7 +95,7 @@ def refusal_file() -> str:
     with it still ECONNREFUSED, never a connection. Made by the daemon at start
     (ensure_refusal_file), or here when we are root."""
     from corral import config
-    return str(config.RUN_DIR / "unix-refused")
+    return str(config.RUN_DIR / mountinfo.REFUSAL_NAME)
 
 
 def ensure_refusal_file() -> str:
@@ -245,7 +246,7 @@ def _bind_refusal(refusal: str, p: str) -> bool:
 
 # The mount over a denied directory: (source, type, options). Also what corrald
 # mounts over a deny_read name made after the session started (nsmount.mask_op).
-MASK_TMPFS = ("corral-denied", "tmpfs", "mode=000,size=4k,nr_inodes=1")
+MASK_TMPFS = (mountinfo.MASK_SOURCE, "tmpfs", "mode=000,size=4k,nr_inodes=1")
 
 
 def _mask_read(p: str, refusal: str) -> None:
@@ -339,9 +340,12 @@ def _rest(fs: dict | None, ro: list[str], hidden: list[str]) -> dict | None:
     rest["deny_write"] = [p for p in fs.get("deny_write") or []
                           if p not in done and not any(under(p, r) for r in done)]
     # Hidden by a mask: Landlock need not refuse them, so it grants their
-    # parents whole (files created there later stay readable).
+    # parents whole (files created there later stay readable). Unless another
+    # mount reaches the same files (a bind mount of the home): the mask covers
+    # one path only, so Landlock keeps refusing, by inode, through every one.
+    ms = mountinfo.mounts()
     rest["deny_read"] = [p for p in fs.get("deny_read") or []
-                         if not any(under(p, h) for h in hidden)]
+                         if not any(under(p, h) for h in hidden) or mountinfo.aliases(p, ms)]
     return rest
 
 

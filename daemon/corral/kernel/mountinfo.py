@@ -116,3 +116,35 @@ def mount_of(path: str, ms: list[Mount] | None = None) -> Mount | None:
         if under(path, m.mountpoint) and (best is None or len(m.mountpoint) >= len(best.mountpoint)):
             best = m
     return best
+
+
+# corral's masks (client/mountguard.py): an empty tmpfs of this source over a denied
+# directory, the refusal file (RUN_DIR/unix-refused) bound over a denied file.
+MASK_SOURCE = "corral-denied"
+REFUSAL_NAME = "unix-refused"
+
+
+def is_mask(m: Mount, path: str) -> bool:
+    return m.mountpoint == path and (m.source == MASK_SOURCE or
+                                     m.root.rsplit("/", 1)[-1] == REFUSAL_NAME)
+
+
+def aliases(path: str, ms: list[Mount] | None = None) -> list[str]:
+    """Other paths through which the same file can be reached via bind mounts.
+    A mask corral put over `path` is not where its files are: looked through."""
+    ms = mounts() if ms is None else ms
+    ms = [m for m in ms if not is_mask(m, path)]
+    best = mount_of(path, ms)
+    if best is None:
+        return []
+    rel = path[len(best.mountpoint):] if best.mountpoint != "/" else path
+    fs_path = (best.root.rstrip("/") + rel) or "/"
+    out = []
+    for m in ms:
+        if m is best or m.dev != best.dev or not under(fs_path, m.root):
+            continue
+        tail = fs_path[len(m.root):] if m.root != "/" else fs_path
+        alias = (m.mountpoint.rstrip("/") + tail) or "/"
+        if alias != path and alias not in out:
+            out.append(alias)
+    return out

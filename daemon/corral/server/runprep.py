@@ -95,7 +95,7 @@ def view_ops(fs: dict | None, unix: dict | None, mask_sockets: bool) -> tuple[li
     mask = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
     for p in hidden:
         if os.path.isdir(p):
-            ops.append(_mount("corral-denied", p, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+            ops.append(_mount(mountinfo.MASK_SOURCE, p, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
                               "tmpfs", "mode=000,size=4k,nr_inodes=1"))
         else:
             ops += [_mount(refusal, p, MS_BIND), _mount(None, p, mask)]

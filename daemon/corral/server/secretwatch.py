@@ -61,6 +61,7 @@ import logging
 import os
 from pathlib import Path
 
+from corral.kernel import mountinfo
 from corral.kernel.mountinfo import under
 
 log = logging.getLogger("corral.secretwatch")
@@ -69,9 +70,8 @@ log = logging.getLogger("corral.secretwatch")
 def candidates(fs: dict, ms=None) -> list[tuple[str, str]]:
     """(path, top: the outermost allow_write root holding it) of the deny_read
     paths namewatch takes over from Landlock (module docstring)."""
-    from corral.client import landlock
     try:
-        ms = landlock.mounts() if ms is None else ms
+        ms = mountinfo.mounts() if ms is None else ms
     except OSError:
         return []               # no mount table, no alias check: Landlock keeps them all
     allow = [a for a in fs.get("allow_write") or [] if os.path.isdir(a)]
@@ -89,7 +89,7 @@ def candidates(fs: dict, ms=None) -> list[tuple[str, str]]:
             continue            # an exception inside: a mask would hide it, Landlock keeps it
         if any(d != p and under(p, d) and os.path.lexists(d) for d in denied):
             continue            # inside a denied tree that exists: hidden or read-only already
-        if landlock.aliases(p, ms):
+        if mountinfo.aliases(p, ms):
             continue            # another mount reaches it: Landlock refuses both, a mask one
         out.append((p, min(roots, key=len)))
     return out

@@ -476,6 +476,20 @@ MANDATORY: tuple[Mandatory, ...] = (
 MANDATORY_NAMES = tuple(m.name for m in MANDATORY)
 
 
+def mandatory_of(path: str, kind: str) -> str | None:
+    """The mandatory protection of `kind` ("deny_read" | "deny_write") whose
+    "./NAME" or "~/NAME" entry names this resolved path, by its tail (for
+    records), or None."""
+    import fnmatch
+    for m in MANDATORY:
+        if m.kind != kind:
+            continue
+        for pat in m.paths:
+            if pat[:2] in ("./", "~/") and fnmatch.fnmatchcase(path, "*/" + pat[2:]):
+                return m.name
+    return None
+
+
 def mandatory_paths(m: Mandatory, cwd: str | None = None, files: list[str] | None = None) -> list[str]:
     """The entries one protection adds, globs expanded against what exists in cwd;
     for "policy-files", `files` (the `loaded` list the loaders filled)."""

@@ -119,7 +119,6 @@ What remains:
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import functools
 import hashlib
 import logging
@@ -977,19 +976,14 @@ def _git_siblings(fs: dict) -> dict:
 def _mandatory(path: str) -> str:
     """Which mandatory protection a protected path comes from, for the record
     (pure in the path: every session asks again for the same ones)."""
-    from corral.policy.files import MANDATORY
+    from corral.policy.files import mandatory_of
     if os.path.basename(path) in GIT_CONFIG_SIBLINGS and \
             os.path.basename(os.path.dirname(path)) == ".git":
         return "mandatory git-config, read by git"
     if os.path.basename(path) == ".git":       # only on the way to a .git/config
         return "mandatory git-config: the .git on its way"
-    for m in MANDATORY:
-        if m.kind != "deny_write":
-            continue
-        for pat in m.paths:
-            if pat.startswith("./") and fnmatch.fnmatchcase(path, "*/" + pat[2:]):
-                return f"mandatory {m.name}"
-    return "deny_write"
+    name = mandatory_of(path, "deny_write")
+    return f"mandatory {name}" if name else "deny_write"
 
 
 def _read_and_check(parent_fd: int, name: str, st, checker):

@@ -56,7 +56,6 @@ corrald was down, unless it is a mount point of the session's view already.
 """
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 from pathlib import Path
@@ -97,14 +96,9 @@ def candidates(fs: dict, ms=None) -> list[tuple[str, str]]:
 
 def rule(path: str) -> str:
     """Which protection a deny_read path comes from, for the record."""
-    from corral.policy.files import MANDATORY
-    for m in MANDATORY:
-        if m.kind != "deny_read":
-            continue
-        for pat in m.paths:
-            if pat.startswith("~/") and fnmatch.fnmatchcase(path, "*/" + pat[2:]):
-                return f"mandatory {m.name}"
-    return "deny_read"
+    from corral.policy.files import mandatory_of
+    name = mandatory_of(path, "deny_read")
+    return f"mandatory {name}" if name else "deny_read"
 
 
 def hidden_record(item: dict, links: int, error: str) -> dict:

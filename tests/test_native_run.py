@@ -189,3 +189,31 @@ def test_interactive_bash_under_tmux(daemon, project):
     finally:
         subprocess.run(["tmux", "-L", name, "kill-server"], env=daemon.env, capture_output=True,
                        timeout=10)
+
+
+def test_cached_landlock_plan_follows_new_entries(daemon, project):
+    """corrald keeps a session's Landlock plan while the directories it listed
+    are unchanged (runprep._cached_plan). $HOME is one of them when the project
+    is below it (the profile denies ~/.aws and others that do not exist, so
+    Landlock grants its entries one by one): a file made there after a session
+    is readable by the next one, also one made within the kernel clock's
+    granularity of the last change (not cached then)."""
+    time.sleep(1.2)                     # $HOME settled: the plan below is cached
+    for _ in range(2):
+        p = run(CORRAL, "-q", "--", "true", cwd=project, env=daemon.env)
+        assert p.returncode == 0, p.stderr
+    made = []
+    try:
+        for i in range(2):
+            f = os.path.join(os.path.expanduser("~"), f".corral-plan-test-{os.getpid()}-{i}")
+            with open(f, "w") as fh:
+                fh.write(f"fresh {i}")
+            made.append(f)
+            p = run(CORRAL, "-q", "--", "cat", f, cwd=project, env=daemon.env)
+            assert p.returncode == 0 and p.stdout == f"fresh {i}", (i, p.stdout, p.stderr)
+        # the control: what the profile denies stays denied, cached or not
+        p = run(CORRAL, "-q", "--", "cat", "/etc/shadow", cwd=project, env=daemon.env)
+        assert p.returncode != 0 and "Permission denied" in p.stderr, p.stderr
+    finally:
+        for f in made:
+            os.unlink(f)

@@ -317,6 +317,7 @@ class _Walk:
     partial: list = field(default_factory=list)   # dirs on a complement path
     unreadable: list = field(default_factory=list)  # dirs we could not list
     skipped_links: list = field(default_factory=list)  # multi-link files left without rule
+    looked_in: list = field(default_factory=list)  # denied dirs whose named entries were looked up
 
 
 def _complement(decide, rule_paths: list[str]) -> _Walk:
@@ -357,6 +358,7 @@ def _complement(decide, rule_paths: list[str]) -> _Walk:
         else:
             if not any(decide(q) for q in sub):
                 return
+            w.looked_in.append(p)
             comps = []
             for q in sub:
                 rest = q[len(p):].lstrip("/") if p != "/" else q.lstrip("/")
@@ -383,6 +385,28 @@ class Plan:
     policy: dict           # the effective policy (with implicit entries)
     unreadable: list       # directories that could not be listed (denied)
     skipped: list = field(default_factory=list)  # unlistable dirs + multi-link files: no rule
+    walked: list = field(default_factory=list)   # the directories whose entries decided it
+
+
+def dir_stamp(dirs: list[str], settled_ns: int = 0):
+    """What the directories a plan listed look like now ((inode, device, mtime,
+    ctime) each): the plan holds while this is unchanged, since an entry made,
+    removed or renamed in one of them changes its mtime, a chmod its ctime.
+    None if one is gone, or (settled_ns) changed less than that long ago: the
+    kernel's coarse clock could give a change right after this one the same
+    mtime."""
+    import time
+    now = time.time_ns()
+    out = []
+    for d in dirs:
+        try:
+            st = os.lstat(d)
+        except OSError:
+            return None
+        if settled_ns and now - max(st.st_mtime_ns, st.st_ctime_ns) < settled_ns:
+            return None
+        out.append((st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(out)
 
 
 def plan(file_policy: dict | None, ms: list[Mount] | None = None, read_only_here=None) -> Plan:
@@ -435,7 +459,8 @@ def plan(file_policy: dict | None, ms: list[Mount] | None = None, read_only_here
     for p in ww.grants:
         rules[p] = rules.get(p, 0) | WRITE
     return Plan(rules=rules, policy=eff, unreadable=rw.unreadable + ww.unreadable,
-                skipped=rw.unreadable + ww.unreadable + rw.skipped_links + ww.skipped_links)
+                skipped=rw.unreadable + ww.unreadable + rw.skipped_links + ww.skipped_links,
+                walked=list(dict.fromkeys(rw.partial + ww.partial + rw.looked_in + ww.looked_in)))
 
 
 # ---- kernel side -------------------------------------------------------------

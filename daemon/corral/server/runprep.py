@@ -271,9 +271,41 @@ def _ruleset(fs: dict | None, guard: dict) -> tuple[int, int, int]:
         if any(under(p, r) for r in guard.get("read_only") or []):
             return True
         return bool(ro_view) and not any(under(p, r) for r in roots)
-    pl = landlock.plan(fs, read_only_here=read_only_here)
+    pl = _cached_plan(fs, guard, read_only_here)
     fd, stats = landlock.build_ruleset(pl, v)
     return fd, landlock.restrict_flags(v), stats["rules"]
+
+
+# Landlock plans by (file policy, view, mount table): walking the tree for the
+# complement is most of a plan's cost and gives the same rules while the
+# directories it listed are unchanged (landlock.dir_stamp). Bounded; a plan is
+# kept only if those directories had settled (1 s) when it was made.
+_PLANS: dict[str, tuple] = {}
+_PLANS_MAX = 64
+_SETTLED_NS = 1_000_000_000
+
+
+def _cached_plan(fs: dict | None, guard: dict, read_only_here):
+    import json
+    from corral.client import landlock
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            table = fh.read()
+    except OSError:
+        return landlock.plan(fs, read_only_here=read_only_here)
+    key = json.dumps([fs, guard.get("mountguard"), guard.get("read_only"), guard.get("writable"),
+                      guard.get("read_only_view"), table], sort_keys=True, default=str)
+    hit = _PLANS.get(key)
+    if hit is not None and landlock.dir_stamp(hit[1].walked) == hit[0]:
+        return hit[1]
+    pl = landlock.plan(fs, read_only_here=read_only_here)
+    stamp = landlock.dir_stamp(pl.walked, _SETTLED_NS)
+    _PLANS.pop(key, None)
+    if stamp is not None:
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.pop(next(iter(_PLANS)))
+        _PLANS[key] = (stamp, pl)
+    return pl
 
 
 def _ns(path: str) -> int:

@@ -219,3 +219,39 @@ def test_summary_counts_every_refusal_the_kernel_made(daemon, tmp_path, host_lis
                        cwd=tmp_path, env=daemon.env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "refused 1000 net;" in p.stderr, p.stderr
+
+
+ENDED_FIRST = r"""
+import socket, sys, time
+from corral.client.connection import Client
+with Client() as c:
+    sid = c.call("register_session", policy={"network": {}})["id"]
+s = socket.socket()
+try:
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    pass
+print(sid, flush=True)
+"""
+
+
+def test_an_end_asked_after_the_daemon_ended_it_still_gets_the_counts(daemon, host_listener):
+    """The command exits and corrald ends its session on its own (the leader is
+    gone) before `corral run` asks: the late ask gets the same answer, with the
+    refusal counts for the summary line, not "no such session"."""
+    p = subprocess.run([sys.executable, "-c", ENDED_FIRST, str(host_listener)], env=daemon.env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    sid = p.stdout.strip()
+    import time
+    deadline = time.monotonic() + 10
+    while not any(r.get("op") == "end" and r.get("session") == sid for r in daemon.records()):
+        assert time.monotonic() < deadline, "corrald did not end the session on its own"
+        time.sleep(0.1)
+    ask = ("import json, sys\nfrom corral.client.connection import Client\n"
+           "print(json.dumps(Client().call('end_session', session=sys.argv[1])))")
+    q = subprocess.run([sys.executable, "-c", ask, sid], env=daemon.env, capture_output=True,
+                       text=True, timeout=60)
+    assert q.returncode == 0, q.stderr
+    res = json.loads(q.stdout)
+    assert res.get("already_ended") and res["denied"].get("net") == 1, res

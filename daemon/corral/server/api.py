@@ -366,7 +366,13 @@ class Api(SessionOps, RunOps):  # + session_ready, join_session, exec_prepare, r
         caller = self._caller(conn)
         note = self._reason(req)
         who = f"pid {conn.peer.pid} uid {conn.peer.uid}"
-        s = self._ended_child(conn, caller, req.get("session"))
+        sid = req.get("session")
+        done = self.sessions.end_answers.get(sid) if isinstance(sid, str) and not caller.confined \
+            and sid not in self.sessions.by_id else None
+        if done is not None and conn.peer.uid in (0, done[1]):
+            # ended by the daemon a moment ago (its command gone): the same answer
+            return dict(done[2], already_ended=True)
+        s = self._ended_child(conn, caller, sid)
         if s is None:
             s, _ = self._target(conn, req, caller)
         if not s.keep_running and not s.leader_alive():

@@ -494,7 +494,11 @@ class Daemon:
                         "after SIGKILL and the wait (uninterruptible sleep?)"})
         log.info("session %s ended (%s): %d process(es) killed%s", s.id, reason or why, killed,
                  f", {left} still exiting" if left else "")
-        return {"session": s.id, "killed": killed, "remaining": left, "denied": denied}
+        out = {"session": s.id, "killed": killed, "remaining": left, "denied": denied}
+        self.sessions.end_answers = {k: v for k, v in self.sessions.end_answers.items()
+                                     if v[0] > now - 60}
+        self.sessions.end_answers[s.id] = (now, s.owner_uid, out)
+        return out
 
     # -- run ---------------------------------------------------------------
     async def serve(self) -> None:

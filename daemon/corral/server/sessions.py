@@ -88,6 +88,10 @@ class SessionTable:
         if dns is not None:
             dns.on_learned = self.set_dns_rules     # how the resolver hands over what it learned
         self.by_id: dict[str, Session] = {}
+        # session id -> (monotonic time, owner uid, what end_session answered), a
+        # minute: `corral run` asks for the end after its command exits, and the
+        # daemon may have ended it first (its leader gone): it still gets the counts.
+        self.end_answers: dict[str, tuple[float, int, dict]] = {}
         self.by_cgid: dict[int, Session] = {}
         # Sessions ended in the last minute: id -> (monotonic time, parent id), so
         # a parent session asking to end a child that already ended hears so.

@@ -72,6 +72,11 @@ def loop_seconds(prefix: list[str], n: int, env: dict, cwd: Path) -> float:
     """Wall time of n `git status` through prefix, from one shell loop."""
     script = f"for i in $(seq {n}); do {shlex.join(prefix + ['git', 'status', '--short'])} " \
              f">/dev/null || exit 1; done"
+    return _timed_shell(script, env, cwd)
+
+
+def _timed_shell(script: str, env: dict, cwd: Path) -> float:
+    """Wall time of one bash script (a loop of commands); its failure raises."""
     t0 = time.perf_counter()
     p = subprocess.run(["bash", "-c", script], env=env, cwd=cwd, capture_output=True, text=True,
                        timeout=3600)
@@ -239,12 +244,7 @@ def main() -> int:
 def loop_seconds_srt(n: int, env: dict, cwd: Path) -> float:
     script = f"for i in $(seq {n}); do {shlex.quote(str(SRT))} -c 'git status --short' >/dev/null " \
              "|| exit 1; done"
-    t0 = time.perf_counter()
-    p = subprocess.run(["bash", "-c", script], env=env, cwd=cwd, capture_output=True, text=True,
-                       timeout=3600)
-    if p.returncode != 0:
-        raise RuntimeError(p.stderr.strip()[-300:])
-    return time.perf_counter() - t0
+    return _timed_shell(script, env, cwd)
 
 
 if __name__ == "__main__":

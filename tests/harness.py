@@ -245,3 +245,20 @@ def raw_socket(path, timeout: float = 10) -> socket.socket:
     s.settimeout(timeout)
     s.connect(str(path))
     return s
+
+
+def assert_sigterm_reaches_command(argv: list[str], env: dict, cwd) -> None:
+    """SIGTERM to `corral run`/`corral exec` (argv, ending in CMD) reaches the
+    command: it traps it, says so and exits 5, which is what the caller sees."""
+    import signal
+    proc = subprocess.Popen([*argv, "sh", "-c", "trap 'echo got-term; exit 5' TERM; echo ready; "
+                             "while :; do sleep 0.05; done"],
+                            env=env, cwd=cwd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 5
+        assert proc.stdout.read().strip() == "got-term"
+    finally:
+        proc.kill()
+        proc.wait()

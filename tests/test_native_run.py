@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from harness import CORRAL, CORRAL_PY, home_project
+from harness import CORRAL, CORRAL_PY, assert_sigterm_reaches_command, home_project
 
 PROBE = ("awk '{print $5, $6}' /proc/self/mountinfo | sort; "
          "grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status; echo S=$CORRAL_SESSION")
@@ -115,18 +115,7 @@ def test_native_run_semantics(daemon, project):
 
 
 def test_sigterm_to_native_run_reaches_the_command(daemon, project):
-    proc = subprocess.Popen([str(CORRAL), "run", "--no-net", "--", "sh", "-c",
-                             "trap 'echo got-term; exit 5' TERM; echo ready; "
-                             "while :; do sleep 0.05; done"],
-                            env=daemon.env, cwd=project, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 5
-        assert proc.stdout.read().strip() == "got-term"
-    finally:
-        proc.kill()
-        proc.wait()
+    assert_sigterm_reaches_command([str(CORRAL), "run", "--no-net", "--"], daemon.env, project)
 
 
 def test_native_keep_running_outlives_the_command(daemon, project):

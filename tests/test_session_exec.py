@@ -19,7 +19,7 @@ import time
 import pytest
 
 from entry import binary, start_session, stop_session
-from harness import home_project, raw_socket, frame, read_frame
+from harness import assert_sigterm_reaches_command, frame, home_project, raw_socket, read_frame
 
 EXECS = ("exec", "exec-py")
 FLAGS = ("--no-net",)
@@ -123,18 +123,7 @@ def test_exit_status_signal_and_stdio_pass_through(daemon, session, project, ent
 
 @pytest.mark.parametrize("entry", EXECS)
 def test_sigterm_to_corral_exec_reaches_the_command(daemon, session, project, entry):
-    proc = subprocess.Popen([binary(entry), "exec", session, "--", "sh", "-c",
-                             "trap 'echo got-term; exit 5' TERM; echo ready; "
-                             "while :; do sleep 0.05; done"],
-                            env=daemon.env, cwd=project, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 5
-        assert proc.stdout.read().strip() == "got-term"
-    finally:
-        proc.kill()
-        proc.wait()
+    assert_sigterm_reaches_command([binary(entry), "exec", session, "--"], daemon.env, project)
 
 
 @pytest.mark.parametrize("entry", EXECS)

@@ -37,6 +37,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -658,76 +659,125 @@ static int do_exec(int argc, char **argv)
 }
 
 /* -- corral run ----------------------------------------------------------------- */
-/* `corral run [-q] [--profile NAME] [--no-net] [--open-net] [--keep-running] [--]
- * CMD...` by root:
- * corrald computes the policy, registers the session and plans its view and
- * rules (server/runprep.py); the command is created in the new session, builds
- * the view, confines itself, reports as the session's leader and execs; this
- * process waits and then ends the session, as supervise.py does. Any other
- * option, ANTHROPIC_BASE_URL/OPENAI_BASE_URL (their endpoints are allowed by the
- * Python CLI), or what corrald says it cannot prepare: the Python CLI. */
+#define MAX_POLICY_FILES 8
+#define MAX_POLICY_BYTES (128 * 1024)    /* all files named together; more: the Python CLI */
+
+struct named_file {
+    const char *name;                   /* as given on the command line */
+    unsigned char *data;
+    size_t len;
+};
+
+/* The file behind --policy / --srt-settings NAME, read as the caller (corrald
+ * parses it; it never opens a path for us). Only regular files; anything that
+ * cannot be read is left out and corrald hands the run to the Python CLI,
+ * which says why. Tokens after "--" are the command's and are not looked at. */
+static int read_named_files(int n, char **args, struct named_file *out)
+{
+    int k = 0;
+    size_t total = 0;
+    for (int i = 0; i < n && k < MAX_POLICY_FILES; i++) {
+        const char *a = args[i], *name = NULL;
+        if (strcmp(a, "--") == 0)
+            break;
+        if ((!strcmp(a, "--policy") || !strcmp(a, "--srt-settings")) && i + 1 < n)
+            name = args[++i];
+        else if (!strncmp(a, "--policy=", 9))
+            name = a + 9;
+        else if (!strncmp(a, "--srt-settings=", 15))
+            name = a + 15;
+        if (!name || !*name)
+            continue;
+        int fd = open(name, O_RDONLY | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+        struct stat st;
+        if (fd < 0)
+            continue;
+        if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+            total + (size_t)st.st_size > MAX_POLICY_BYTES) {
+            close(fd);
+            continue;
+        }
+        unsigned char *d = malloc((size_t)st.st_size + 1);
+        ssize_t got = d ? read(fd, d, (size_t)st.st_size + 1) : -1;
+        close(fd);
+        if (got < 0 || (size_t)got > (size_t)st.st_size || total + (size_t)got > MAX_POLICY_BYTES) {
+            free(d);                        /* grew while read: left to the Python CLI */
+            continue;
+        }
+        out[k++] = (struct named_file){name, d, (size_t)got};
+        total += (size_t)got;
+    }
+    return k;
+}
+
+/* `corral run [options] [--] CMD...` by root: the options go to corrald as they
+ * are, with the bytes of the policy files they name and the environment values
+ * they read (SSH_AUTH_SOCK, the agents' base URLs); corrald parses them with
+ * the Python CLI's own parser (policy/fromargs.py), computes the policy,
+ * registers the session and plans its view and rules (server/runprep.py), and
+ * says where the command starts. The command is created in the new session,
+ * builds the view, confines itself, reports as the session's leader and execs;
+ * this process waits and then ends the session, as supervise.py does. Options
+ * it does not apply (--keep-caps, -v...), mistakes, or what corrald cannot
+ * prepare (an allow_write to create): the Python CLI. */
+static const char *const ENV_READ[] = {"SSH_AUTH_SOCK", "ANTHROPIC_BASE_URL", "OPENAI_BASE_URL"};
+
 static int do_run(int argc, char **argv)
 {
     struct plan pl = {.cgroup_fd = -1, .ruleset_fd = -1, .mntns_fd = -1, .run = 1};
-    const char *profile = NULL;
-    int no_net = 0, open_net = 0, i = 2;
-    if (geteuid() != 0 || getenv("ANTHROPIC_BASE_URL") || getenv("OPENAI_BASE_URL"))
-        handover();
-    for (; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--") == 0) {
-            i++;
-            break;
-        }
-        if (a[0] != '-')
-            break;
-        if (!strcmp(a, "-q") || !strcmp(a, "--quiet"))
-            pl.quiet = 1;
-        else if (!strcmp(a, "--no-net"))
-            no_net = 1;
-        else if (!strcmp(a, "--open-net"))
-            open_net = 1;
-        else if (!strcmp(a, "--keep-running"))
-            pl.keep_running = 1;
-        else if (!strcmp(a, "--profile") && i + 1 < argc)
-            profile = argv[++i];
-        else if (!strncmp(a, "--profile=", 10))
-            profile = a + 10;
-        else
-            handover();                     /* an option only the Python CLI knows */
-    }
-    if (i >= argc)
-        handover();                         /* usage: said by the Python CLI */
-    pl.cmd = argv + i;
+    if (geteuid() != 0 || argc < 3)
+        handover();                         /* usage, and non-root callers: the Python CLI */
+    int nargs = argc - 2;
+    char **args = argv + 2;
+    struct named_file files[MAX_POLICY_FILES];
+    int nfiles = read_named_files(nargs, args, files);
 
     static unsigned char req[1 << 18];
     struct mp_buf b = {req, 0, sizeof req, 0};
-    uint32_t nenv = 0;
+    uint32_t nenv = 0, nread = 0;
     for (char **e = environ; *e; e++)
         nenv++;
+    for (size_t k = 0; k < sizeof ENV_READ / sizeof *ENV_READ; k++)
+        nread += getenv(ENV_READ[k]) != NULL;
     const char *home = getenv("HOME");
-    mp_map(&b, 6);
+    mp_map(&b, 7);
     mp_str(&b, "op"); mp_str(&b, "run_prepare");
     mp_str(&b, "id"); mp_int(&b, 1);
-    mp_str(&b, "options"); mp_map(&b, profile ? 5 : 4);
-    mp_str(&b, "keep_running"); mp_bool(&b, pl.keep_running);
-    if (profile) {
-        mp_str(&b, "profile"); mp_str(&b, profile);
+    mp_str(&b, "argv"); mp_arr(&b, (uint32_t)nargs);
+    for (int k = 0; k < nargs; k++)
+        mp_str(&b, args[k]);
+    mp_str(&b, "files"); mp_map(&b, (uint32_t)nfiles);
+    for (int k = 0; k < nfiles; k++) {
+        mp_str(&b, files[k].name);
+        mp_bin(&b, files[k].data, files[k].len);
+        free(files[k].data);
     }
-    mp_str(&b, "no_net"); mp_bool(&b, no_net);
-    mp_str(&b, "open_net"); mp_bool(&b, open_net);
-    mp_str(&b, "quiet"); mp_bool(&b, pl.quiet);
-    mp_str(&b, "cmd0"); mp_str(&b, pl.cmd[0]);
+    mp_str(&b, "env"); mp_map(&b, nread);
+    for (size_t k = 0; k < sizeof ENV_READ / sizeof *ENV_READ; k++) {
+        const char *v = getenv(ENV_READ[k]);
+        if (v) {
+            mp_str(&b, ENV_READ[k]);
+            mp_str(&b, v);
+        }
+    }
     mp_str(&b, "home"); mp_str(&b, home ? home : "");
     put_env_names(&b, nenv);
     if (b.err)
-        handover();
-    int fd = connect_daemon(), fds[8], nfds;
+        handover();                         /* arguments this large: Python's job */
+    int fd = try_connect_daemon(), fds[8], nfds;
+    if (fd < 0)
+        handover();                         /* it checks the options first, then says so */
     send_frame(fd, &b);
     pl.res = result_of(recv_frame(fd, fds, 8, &nfds), "cannot start session", 1);
     close(fd);
-    if (!pl.res || pl.res->type != MP_MAP || !(pl.sid = mp_cstr(mp_get(pl.res, "session"))))
-        die(1, "cannot start session: corrald sent no session");
+    const struct mp_node *at = pl.res ? mp_get(pl.res, "cmd_at") : NULL;
+    if (!pl.res || pl.res->type != MP_MAP || !(pl.sid = mp_cstr(mp_get(pl.res, "session"))) ||
+        !at || at->type != MP_INT || at->i < 0 || at->i >= nargs)
+        die(1, "cannot start session: corrald sent no session or command");
+    pl.cmd = args + at->i;
+    const struct mp_node *q = mp_get(pl.res, "quiet"), *keep = mp_get(pl.res, "keep_running");
+    pl.quiet = q && q->type == MP_BOOL && q->i;
+    pl.keep_running = keep && keep->type == MP_BOOL && keep->i;
     const struct mp_node *notes = mp_get(pl.res, "notes");
     for (uint32_t k = 0; notes && notes->type == MP_ARR && k < notes->len; k++) {
         char *line = mp_cstr(&notes->items[k]);

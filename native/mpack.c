@@ -62,6 +62,17 @@ void mp_strn(struct mp_buf *b, const char *s, size_t n)
     put(b, s, n);
 }
 
+void mp_bin(struct mp_buf *b, const void *d, size_t n)
+{
+    if (n < 256)
+        put_be(b, 0xc4, n, 1);
+    else if (n < 65536)
+        put_be(b, 0xc5, n, 2);
+    else
+        put_be(b, 0xc6, n, 4);
+    put(b, d, n);
+}
+
 void mp_str(struct mp_buf *b, const char *s)
 {
     mp_strn(b, s, strlen(s));

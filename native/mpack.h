@@ -18,6 +18,7 @@ void mp_map(struct mp_buf *b, uint32_t n);
 void mp_arr(struct mp_buf *b, uint32_t n);
 void mp_str(struct mp_buf *b, const char *s);
 void mp_strn(struct mp_buf *b, const char *s, size_t n);
+void mp_bin(struct mp_buf *b, const void *d, size_t n);
 void mp_int(struct mp_buf *b, int64_t v);
 void mp_bool(struct mp_buf *b, int v);
 

@@ -57,10 +57,31 @@ def records(daemon, sid, timeout=10.0):
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("flags", [(), ("--no-net",), ("--profile", "offline"), ("--open-net",)],
-                         ids=["default", "no-net", "offline", "open-net"])
-def test_native_run_gives_the_session_the_python_path_gives(daemon, project, flags):
-    env = daemon.env
+POLICY_FILE = """extends = "agent"
+[network]
+allow_domains = ["example.org"]
+[filesystem]
+deny_read = ["~/corral-nrun-secret"]
+"""
+
+
+@pytest.mark.parametrize("flags,env", [
+    ((), {}), (("--no-net",), {}), (("--profile", "offline"), {}), (("--open-net",), {}),
+    (("--policy", "p.toml"), {}),
+    (("--policy=p.toml", "--allow-domain", "example.com:443", "--deny-read", "~/nope",
+      "--allow-write", ".", "--pass-env", "FOO_TOKEN", "--name", "n1", "--label", "team=a"), {}),
+    (("--profile", "agent", "--allow-localhost-port", "8080"),
+     {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9"}),
+    (("--srt-settings", "srt.json"), {}),
+], ids=["default", "no-net", "offline", "open-net", "policy-file", "many-flags", "base-url",
+        "srt-settings"])
+def test_native_run_gives_the_session_the_python_path_gives(daemon, project, flags, env):
+    """Every policy option goes through the launcher (corrald parses them with the
+    CLI's own parser, the launcher reads the files they name): same session."""
+    (project / "p.toml").write_text(POLICY_FILE)
+    (project / "srt.json").write_text('{"network": {"allowedDomains": ["pypi.org"]}, '
+                                      '"filesystem": {"denyRead": ["~/.aws"]}}')
+    env = dict(daemon.env, **env)
     native = run(CORRAL, *flags, "--", "sh", "-c", PROBE, cwd=project, env=env)
     python = run(CORRAL_PY, *flags, "--", "sh", "-c", PROBE, cwd=project, env=env)
     assert native.returncode == 0 and python.returncode == 0, (native.stderr, python.stderr)
@@ -73,6 +94,7 @@ def test_native_run_gives_the_session_the_python_path_gives(daemon, project, fla
         view = [x for x in p.stdout.splitlines() if not x.startswith(("S=", "Seccomp", "NoNew",
                                                                         "CapEff"))]
         got[name] = {"policy": start["policy"], "report": confined["report"],
+                     "start": {k: start.get(k) for k in ("session_name", "labels", "policy_name")},
                      "view": hashlib.sha256("\n".join(view).encode()).hexdigest(),
                      "status": sorted(x for x in p.stdout.splitlines()
                                       if x.startswith(("Seccomp", "NoNew", "CapEff"))),
@@ -80,6 +102,11 @@ def test_native_run_gives_the_session_the_python_path_gives(daemon, project, fla
     n, py = got["native"], got["python"]
     assert n["report"].get("path") == "native" and py["report"].get("path") is None, n["report"]
     assert n["policy"] == py["policy"]
+    assert n["start"] == py["start"]
+    if "--name" in flags:
+        assert n["start"] == {"session_name": "n1", "labels": {"team": "a"}, "policy_name": None}
+    if "p.toml" in " ".join(flags):
+        assert "example.org" in n["policy"]["network"]["allow_domains"], n["policy"]
     assert n["view"] == py["view"], "the mount views differ"
     assert n["status"] == py["status"] == ["CapEff:\t0000000000000000", "NoNewPrivs:\t1",
                                            "Seccomp:\t2"], n["status"]
@@ -142,13 +169,18 @@ def test_native_keep_running_outlives_the_command(daemon, project):
             time.sleep(0.1)
 
 
-@pytest.mark.parametrize("args,env", [(("--keep-caps",), {}), (("-v",), {}),
-                                      (("--no-net",), {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9"}),
-                                      (("--allow-write", "."), {})],
-                         ids=["keep-caps", "verbose", "base-url", "allow-write"])
-def test_what_the_launcher_does_not_serve_goes_to_the_python_cli(daemon, project, args, env):
+@pytest.mark.parametrize("args", [("--keep-caps",), ("-v",), ("--allow-write", "new-dir"),
+                                  ("--prof", "agent"), ("--policy", "missing.toml", "--open-net")],
+                         ids=["keep-caps", "verbose", "allow-write-missing", "abbreviated",
+                              "unreadable-file"])
+def test_what_the_launcher_does_not_serve_goes_to_the_python_cli(daemon, project, args):
+    """Options the launcher does not apply, an allow_write to create as the caller,
+    and what only the Python CLI accepts or explains go there."""
     p = run(CORRAL, *args, "--", "sh", "-c", "echo S=$CORRAL_SESSION", cwd=project,
-            env=dict(daemon.env, **env))
+            env=daemon.env)
+    if "missing.toml" in args:      # the Python CLI's own error, not the launcher's
+        assert p.returncode == 2 and "missing.toml: cannot read policy file" in p.stderr, p
+        return
     assert p.returncode == 0, p.stderr
     sid = session_of(p)
     confined = [r for r in records(daemon, sid, timeout=3) if r.get("op") == "confined"]

@@ -19,124 +19,21 @@ def die(msg: str, code: int = 1):
     sys.exit(code)
 
 
-# -- policy from files and flags ----------------------------------------------
-def add_policy_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--policy", metavar="FILE", help="TOML policy file")
-    p.add_argument("--profile", metavar="NAME", help="built-in profile (corral policy list)")
-    p.add_argument("--srt-settings", metavar="FILE",
-                   help="import Claude Code / sandbox-runtime settings JSON")
-    p.add_argument("--allow-net", action="append", default=[], metavar="CIDR[:PORT[-PORT]]")
-    p.add_argument("--deny-net", action="append", default=[], metavar="CIDR[:PORT[-PORT]]")
-    p.add_argument("--no-net", action="store_true", help="network policy with nothing allowed")
-    p.add_argument("--open-net", action="store_true",
-                   help="no network policy: every host and port reachable (the profiles, "
-                        "including the default one, allow only their domains)")
-    p.add_argument("--allow-domain", action="append", default=[], metavar="NAME[:PORT]")
-    p.add_argument("--deny-domain", action="append", default=[], metavar="NAME")
-    p.add_argument("--allow-localhost-port", action="append", default=[], metavar="PORT[-PORT]")
-    p.add_argument("--deny-read", action="append", default=[], metavar="PATH")
-    p.add_argument("--allow-read", action="append", default=[], metavar="PATH")
-    p.add_argument("--allow-write", action="append", default=[], metavar="PATH")
-    p.add_argument("--deny-write", action="append", default=[], metavar="PATH")
-    p.add_argument("--allow-system-write", action="store_true",
-                   help="let --allow-write name system trees (/, /usr, /etc, /var/lib...): the "
-                        "session could rewrite system binaries and configuration; corral's own "
-                        "code stays read-only")
-    p.add_argument("--allow-unix", action="append", default=[], metavar="PATH",
-                   help="let the session connect to this Unix socket of a process outside it "
-                        "(its own sockets always work)")
-    p.add_argument("--allow-ssh-agent", action="store_true",
-                   help="--allow-unix $SSH_AUTH_SOCK: the session may use your ssh-agent (sign "
-                        "with its keys, not read them)")
-    p.add_argument("--pass-env", action="append", default=[], metavar="NAME",
-                   help="keep this credential-looking environment variable in the session "
-                        "(by default *_TOKEN, *SECRET*, AWS_*, ... are removed)")
-    p.add_argument("--deny-syscall", action="append", default=[], metavar="NAME")
-    p.add_argument("--git-remote", metavar="URL",
-                   help="fetch and push this repository through corrald's git gateway (which "
-                        "holds the token; see README 'git gateway')")
-    p.add_argument("--git-push-branch", metavar="PATTERN",
-                   help="branches pushes may update (default corral/{session}/*)")
-    p.add_argument("--git-allow-force", action="store_true",
-                   help="let pushes to those branches be non-fast-forward")
-    p.add_argument("--no-mandatory", action="append", default=[], metavar="NAME",
-                   help="drop one named mandatory protection (see corral policy show)")
+# -- policy from files and flags (policy/fromargs.py: shared with corrald) ------
+from corral.policy.fromargs import add_policy_flags  # noqa: E402  (sessioncli takes it from here)
 
 
 def policy_from_args(args) -> dict:
-    """The policy the flags and files describe, checked here the way the daemon will
-    check it (limits, paths, rules), so a bad one fails before anything starts."""
-    from corral.policy import files as policyfile
-    base: dict = {}
-    loaded: list[str] = []          # the files read: protected by "policy-files"
-    if args.profile:
-        base = policyfile.load_profile(args.profile, loaded)
-    if args.policy:
-        base = policyfile.merge(base, policyfile.load_policy_file(args.policy, loaded))
-    if args.srt_settings:
-        srt, warnings = policyfile.import_srt_settings(args.srt_settings, loaded=loaded)
-        for w in warnings:
-            print(f"corral: warning: {w}", file=sys.stderr)
-        base = policyfile.merge(base, srt)
-    flags: dict = {}
-    net_flags = {"allow": args.allow_net, "deny": args.deny_net, "allow_domains": args.allow_domain,
-                 "deny_domains": args.deny_domain, "allow_localhost_ports": args.allow_localhost_port}
-    open_net = getattr(args, "open_net", False)
-    if open_net and (args.no_net or any(net_flags.values())):
-        raise pol.PolicyError("--open-net lifts the network policy: it cannot be combined with "
-                              "--no-net, --allow-net, --deny-net, --allow-domain, --deny-domain "
-                              "or --allow-localhost-port (drop one or the other)")
-    if args.no_net or any(net_flags.values()):
-        flags["network"] = {k: v for k, v in net_flags.items() if v}
-    fs_flags = {"deny_read": args.deny_read, "allow_read": args.allow_read,
-                "allow_write": args.allow_write, "deny_write": args.deny_write}
-    if any(fs_flags.values()):
-        flags["filesystem"] = {k: v for k, v in fs_flags.items() if v}
-    if args.deny_syscall:
-        flags["syscalls"] = {"deny": args.deny_syscall}
-    unix = list(args.allow_unix)
-    if getattr(args, "allow_ssh_agent", False):
-        agent = os.environ.get("SSH_AUTH_SOCK")
-        if not agent:
-            raise pol.PolicyError("--allow-ssh-agent: SSH_AUTH_SOCK is not set (no ssh-agent "
-                                  "in this environment); start one (eval $(ssh-agent)) or drop "
-                                  "the flag")
-        unix.append(agent)
-    if unix:
-        flags["unix"] = {"allow": unix}
-    if args.pass_env:
-        flags["env"] = {"pass": list(args.pass_env)}
-    if getattr(args, "git_remote", None):
-        flags["git"] = {"remote": args.git_remote, **(
-            {"push_branch": args.git_push_branch} if args.git_push_branch else {}),
-            **({"allow_force": True} if args.git_allow_force else {})}
-    elif getattr(args, "git_push_branch", None) or getattr(args, "git_allow_force", False):
-        raise pol.PolicyError("--git-push-branch/--git-allow-force need --git-remote URL")
-    # Counts and lengths before merging (merging is quadratic in the list sizes).
-    pol.check_limits(flags, lambda section, key, msg: pol.PolicyError(
-        f"{_FLAG_OF.get((section, key), f'{section}.{key}')}: {msg}"))
-    from corral.policy.compose import compose
+    """The policy the flags and files describe (policy/fromargs.py), its notes on
+    stderr, and the allow_write paths that do not exist created as the caller."""
+    from corral.policy import fromargs
     from corral.policy.paths import caller_homes
-    homes = caller_homes()       # "~" is $HOME and the passwd home when they differ
-    out, notes = compose(base, flags, open_net=open_net, dropped=set(args.no_mandatory),
-                         loaded=loaded, cwd=os.getcwd(), home_list=homes, environ=os.environ)
+    caller = fromargs.Caller(cwd=os.getcwd(), homes=caller_homes(),   # "~": $HOME and passwd
+                             environ=dict(os.environ))
+    out, notes, missing = fromargs.policy_from_args(args, caller)
     for n in notes:
         print(n, file=sys.stderr)
-    if getattr(args, "allow_system_write", False):
-        # Not a section of its own: --allow-system-write alone keeps the default
-        # writable places (it only permits system trees in allow_write).
-        if out.get("filesystem") is not None:
-            out["filesystem"]["allow_system_write"] = True
-        else:
-            out["allow_system_write"] = True
-    norm = pol.normalize(out, cwd=os.getcwd(), home=homes[0])  # raises what the daemon would
-    _create_missing_writable(norm["filesystem"]["allow_write"])  # refuse
-    _note_missing_denials(norm["filesystem"], args.deny_read + args.deny_write, homes)
-    if pol.system_write_flag(out):
-        print("corral: note: --allow-system-write: this session may write system trees (/, /usr, "
-              "/etc, /var/lib...) where its allow_write says: it could rewrite system binaries and "
-              "configuration (cron, systemd units); corral's own code paths stay read-only",
-              file=sys.stderr)
+    _create_missing_writable(missing)
     return out
 
 
@@ -166,85 +63,21 @@ def _create_missing_writable(paths: list[str]) -> None:
               "(allow_write names it; it did not exist)", file=sys.stderr)
 
 
-def _note_missing_denials(fs: dict, given: list[str], homes: list[str]) -> None:
-    """A denial the user gave (a flag) of a path that does not exist is kept: say
-    how it takes effect. Profiles' and mandatory lists name paths that usually
-    do not exist (~/.azure...): not news for every session."""
-    from corral.policy.paths import expand_path
-    mine = set()
-    for g in given:
-        for h in homes:
-            try:
-                mine.add(expand_path(g, os.getcwd(), h))
-            except pol.PolicyError:
-                pass
-    for key in ("deny_read", "deny_write"):
-        for p in fs.get(key) or []:
-            if p in mine and not os.path.lexists(p) and not _is_mandatory_default(p):
-                print(f"corral: note: {key} {p} does not exist: kept, it applies if the path "
-                      "appears during the session", file=sys.stderr)
-
-
-def _is_mandatory_default(p: str) -> bool:
-    """Mandatory protections of names that usually do not exist (.vscode, ~/.zshrc...)
-    are not news for every session."""
-    import fnmatch
-    from corral.policy.files import MANDATORY
-    base = os.path.basename(p)
-    return any(fnmatch.fnmatchcase(base, os.path.basename(x.rstrip("/")))
-               for m in MANDATORY for x in m.paths)
-
-
-_FLAG_OF = {("network", "allow"): "--allow-net", ("network", "deny"): "--deny-net",
-            ("network", "allow_domains"): "--allow-domain",
-            ("network", "deny_domains"): "--deny-domain",
-            ("network", "allow_localhost_ports"): "--allow-localhost-port",
-            ("filesystem", "deny_read"): "--deny-read", ("filesystem", "allow_read"): "--allow-read",
-            ("filesystem", "allow_write"): "--allow-write",
-            ("filesystem", "deny_write"): "--deny-write", ("syscalls", "deny"): "--deny-syscall",
-            ("unix", "allow"): "--allow-unix", ("env", "pass"): "--pass-env"}
-
-
 # -- commands -------------------------------------------------------------------
-_POLICY_OPTIONS = ("policy", "profile", "srt_settings", "allow_net", "deny_net", "no_net",
-                   "allow_domain", "deny_domain", "allow_localhost_port", "deny_read",
-                   "allow_read", "allow_write", "deny_write", "allow_system_write",
-                   "allow_unix", "allow_ssh_agent", "pass_env", "deny_syscall")
-
-
 def _profile_from_command(args) -> None:
-    """With no policy option a session is not left open: the profile made for the
-    command (`corral run -- claude`), else `agent` (policy/compose.py); one line
-    says which and how to choose otherwise."""
-    from corral.policy.compose import default_profile, profile_note
-    if any(getattr(args, k, None) for k in _POLICY_OPTIONS):
-        return
-    args.profile, why = default_profile(args.cmd[0])
-    if not getattr(args, "quiet", False):
-        print(profile_note(args.profile, why, getattr(args, "open_net", False)), file=sys.stderr)
+    """No policy option: the command's profile, else agent (policy/fromargs.py); one line says so."""
+    from corral.policy.fromargs import default_profile
+    note = default_profile(args, args.cmd[0])
+    if note:
+        print(note, file=sys.stderr)
 
 
 def _session_meta(args) -> dict:
-    """--name, --label and --policy-name as register_session fields (corral/labels.py).
-    A named policy is the operator's (policies.d, read by corrald): no other policy
-    option may change it."""
-    from corral import labels as lb
-    out = {}
+    from corral.policy.fromargs import session_meta
     try:
-        if args.name is not None:
-            out["name"] = lb.check_name(args.name)
-        if args.label:
-            out["labels"] = lb.parse_label_args(args.label)
-    except lb.LabelError as e:
+        return session_meta(args)
+    except pol.PolicyError as e:
         die(str(e), EXIT_USAGE)
-    if args.policy_name:
-        given = [k for k in _POLICY_OPTIONS if getattr(args, k, None)]
-        if given:
-            die(f"--policy-name {args.policy_name}: the named policy is the operator's (corrald "
-                "reads it from its policies.d); it cannot be combined with --"
-                + ", --".join(k.replace("_", "-") for k in given), EXIT_USAGE)
-        out["policy_name"] = args.policy_name
-    return out
 
 
 def cmd_run(args) -> int:
@@ -365,27 +198,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a command in a new session")
     add_policy_flags(run)
-    run.add_argument("--allow-weaker", action="store_true",
-                     help="start even if a file policy cannot be fully enforced here")
-    run.add_argument("--keep-caps", action="store_true",
-                     help="do not drop capabilities (root agents keep root powers)")
-    run.add_argument("--keep-running", action="store_true",
-                     help="let the session outlive the command: what it leaves running (a "
-                          "daemon) stays until it exits or `corral end` (default: when the "
-                          "command exits, everything left in its session is killed)")
-    run.add_argument("--strict-protect", action="store_true",
-                     help="protected names that do not exist yet (.mcp.json, .vscode...) are "
-                          "guarded by Landlock alone: nothing new can be created in their "
-                          "directory (default: corrald watches them, the rest stays writable)")
-    run.add_argument("-v", "--verbose", action="store_true")
-    run.add_argument("-q", "--quiet", action="store_true",
-                     help="no summary line of what was refused when the command ends")
-    run.add_argument("--policy-name", metavar="NAME",
-                     help="the operator's named policy NAME (corrald's policies.d/NAME.toml)")
-    run.add_argument("--name", metavar="NAME", help="a name for the session, on its audit records")
-    run.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
-                     help="a label on the session's audit records (repeatable)")
-    run.add_argument("cmd", nargs=argparse.REMAINDER)
+    from corral.policy.fromargs import add_run_options
+    add_run_options(run)
     run.set_defaults(func=cmd_run)
 
     from corral.client import sessioncli     # session start|stop, exec

@@ -324,10 +324,15 @@ def _note(loaded: list[str] | None, path: str) -> None:
         loaded.append(path)
 
 
-def load_policy_file(path: str, loaded: list[str] | None = None) -> dict:
+def load_policy_file(path: str, loaded: list[str] | None = None, read=None) -> dict:
+    """`read(path)`: the file's bytes as the caller reads them (default: open it
+    here; corrald preparing a native run has the bytes the launcher read)."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        if read is not None:
+            raw = read(path)
+        else:
+            with open(path, "rb") as fh:
+                raw = fh.read()
     except OSError as e:
         raise PolicyError(f"{path}: cannot read policy file: {e.strerror}") from None
     try:
@@ -562,6 +567,6 @@ def apply_mandatory(policy: dict, dropped: set[str], cwd: str | None = None,
 
 # -- Anthropic sandbox-runtime / Claude Code settings import ----------------------------
 def import_srt_settings(path: str, cwd: str | None = None,
-                        loaded: list[str] | None = None) -> tuple[dict, list[str]]:
+                        loaded: list[str] | None = None, read=None) -> tuple[dict, list[str]]:
     """Sandbox settings JSON -> (policy, warnings): policy/srt.py."""
-    return srt.import_settings(path, cwd, loaded)
+    return srt.import_settings(path, cwd, loaded, read=read)

@@ -83,10 +83,14 @@ class _Import:
                 lst.append(e)
 
 
-def _read(path: str) -> dict:
+def _read(path: str, read=None) -> dict:
     try:
-        with open(path, "rb") as fh:
-            data = json.loads(fh.read().decode("utf-8"))
+        if read is not None:
+            raw = read(path)
+        else:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        data = json.loads(raw.decode("utf-8"))
     except OSError as e:
         raise PolicyError(f"{path}: cannot read settings: {e.strerror}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -296,11 +300,11 @@ def _precedence(imp: _Import) -> None:
 
 
 def import_settings(path: str, cwd: str | None = None,
-                    loaded: list[str] | None = None) -> tuple[dict, list[str]]:
+                    loaded: list[str] | None = None, read=None) -> tuple[dict, list[str]]:
     """Sandbox settings JSON -> (policy, warnings). Anything corral cannot enforce
     is reported in the warnings. `loaded`, if given, gets the file's absolute
     path (the mandatory protection "policy-files")."""
-    data = _read(path)
+    data = _read(path, read)
     imp = _Import(path, cwd or os.getcwd(), _is_claude(data))
     fs_in, net_in = (_claude_sections if imp.claude else _srt_sections)(data, imp)
     if not isinstance(fs_in, dict) or not isinstance(net_in, dict):

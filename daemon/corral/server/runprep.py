@@ -22,6 +22,7 @@ Python path and this one must give the same session: tests/test_session_exec.py
 compares their policies and views."""
 from __future__ import annotations
 
+import argparse
 import os
 import pwd
 
@@ -108,39 +109,82 @@ def view_ops(fs: dict | None, unix: dict | None, mask_sockets: bool) -> tuple[li
     return ops, guard
 
 
-def policy_for(opts: dict, cmd0: str, cwd: str, home_env: str | None, uid: int) -> tuple[dict, list]:
-    """(policy, notes) for the options the launcher serves (profile, --no-net,
-    --open-net), composed as the Python CLI composes them (policy/compose.py)."""
-    from corral.policy import files as policyfile
+class _RunParser(argparse.ArgumentParser):
+    """`corral run`'s options, parsed in corrald: anything argparse would complain
+    about goes to the Python CLI, which says it to the caller."""
+
+    def error(self, message):
+        raise Unsupported(f"options: {message}")
+
+    def exit(self, status=0, message=None):
+        raise Unsupported("options: the Python CLI answers this one")
+
+
+_PARSER: list = []
+
+# Options the launcher does not apply (capabilities kept, weaker confinement
+# accepted, protected names by Landlock alone, the full report): the Python CLI.
+_PYTHON_ONLY = ("keep_caps", "allow_weaker", "strict_protect", "verbose")
+
+
+def parse_run_argv(argv) -> tuple[argparse.Namespace, int]:
+    """(options, where the command starts in argv): the same parser as the Python
+    CLI's `corral run` (policy/fromargs.py), without abbreviations or help."""
+    from corral.policy.fromargs import add_policy_flags, add_run_options
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise P.ProtocolError(P.E_BAD_REQUEST, "'argv' must be a list of strings")
+    if not _PARSER:
+        ap = _RunParser(prog="corral run", add_help=False, allow_abbrev=False)
+        add_policy_flags(ap)
+        add_run_options(ap)
+        _PARSER.append(ap)
+    args = _PARSER[0].parse_args(argv)
+    cmd = list(args.cmd)
+    if cmd[:1] == ["--"]:
+        cmd = cmd[1:]
+    at = len(argv) - len(cmd)
+    if not cmd or argv[at:] != cmd:
+        raise Unsupported("options: no command (the Python CLI says the usage)")
+    args.cmd = cmd
+    for k in _PYTHON_ONLY:
+        if getattr(args, k):
+            raise Unsupported(f"--{k.replace('_', '-')}: the Python CLI serves it")
+    return args, at
+
+
+def policy_for(args, cwd: str, home_env: str | None, uid: int, files: dict,
+               environ: dict) -> tuple[dict | None, dict, list]:
+    """(policy, register_session fields, notes) for these options, composed as
+    the Python CLI composes them (policy/fromargs.py): the caller's cwd and homes,
+    the files it named as the bytes the launcher read (as the caller), the
+    environment values the options read. What needs the caller's side (an
+    allow_write to create) or is wrong (the Python CLI says what) is Unsupported."""
+    from corral.policy import fromargs
     from corral.policy import model as pol
-    from corral.policy.compose import compose, default_profile, profile_note
     from corral.policy.paths import homes_of
-    profile, no_net, open_net = opts.get("profile"), opts.get("no_net"), opts.get("open_net")
-    notes = []
-    if not profile and not no_net:
-        profile, why = default_profile(cmd0)
-        if not opts.get("quiet"):
-            notes.append(profile_note(profile, why, bool(open_net)))
-    if open_net and no_net:
-        raise Unsupported("--open-net with --no-net (the Python CLI says why not)")
     try:
         pw = pwd.getpwuid(uid).pw_dir
     except KeyError:
         pw = "/"
-    home_list = homes_of(home_env, pw)
-    loaded: list[str] = []
+    caller = fromargs.Caller(cwd=cwd, homes=homes_of(home_env, pw), environ=environ)
+    given = {caller.abspath(k): v for k, v in files.items()}
+
+    def read(path: str) -> bytes:
+        if path not in given:
+            raise Unsupported(f"{path}: not read by the launcher (the Python CLI reads it)")
+        return given[path]
+    caller.read = read
     try:
-        base = policyfile.load_profile(profile, loaded) if profile else {}
-        # the launcher hands ANTHROPIC_/OPENAI_BASE_URL to the Python CLI: no environ here
-        out, _ = compose(base, {"network": {}} if no_net else {}, open_net=bool(open_net),
-                         dropped=set(), loaded=loaded, cwd=cwd, home_list=home_list, environ={})
-        norm = pol.normalize(out, cwd=cwd, home=home_list[0])
+        meta = fromargs.session_meta(args)
+        if args.policy_name:
+            return None, meta, []          # corrald resolves the name in its policies.d
+        note = fromargs.default_profile(args, args.cmd[0])
+        policy, notes, missing = fromargs.policy_from_args(args, caller)
     except pol.PolicyError as e:
         raise Unsupported(str(e)) from None
-    missing = [p for p in norm["filesystem"]["allow_write"] if not os.path.lexists(p)]
     if missing:
         raise Unsupported(f"allow_write {missing[0]} does not exist (the Python CLI creates it)")
-    return out, notes
+    return policy, meta, ([note] if note else []) + notes
 
 
 class RunOps:
@@ -158,20 +202,24 @@ class RunOps:
         if getattr(self.sessions, "filelsm", None) is not None:
             # Decided before anything is registered: the Python CLI's session is the only one.
             raise P.ProtocolError(P.E_UNSUPPORTED, "BPF LSM sessions: the Python CLI")
-        opts, cmd0 = req.get("options"), req.get("cmd0")
-        names = req.get("env_names") or []
-        if not isinstance(opts, dict) or not isinstance(cmd0, str) or not isinstance(names, list):
-            raise P.ProtocolError(P.E_BAD_REQUEST, "'options' (a map), 'cmd0', 'env_names'")
+        names, files, environ = req.get("env_names") or [], req.get("files") or {}, \
+            req.get("env") or {}
+        if not isinstance(names, list) or not isinstance(files, dict) or \
+                not isinstance(environ, dict) or \
+                not all(isinstance(k, str) and isinstance(v, bytes) for k, v in files.items()):
+            raise P.ProtocolError(P.E_BAD_REQUEST, "'env_names' (a list), 'files' (name: bytes), "
+                                  "'env' (a map)")
+        from corral.policy.fromargs import ENV_READ
+        environ = {k: v for k, v in environ.items() if k in ENV_READ and isinstance(v, str)}
         cwd = conn.peer.cwd()
         try:
-            policy, notes = policy_for(opts, cmd0, cwd, req.get("home"), conn.peer.uid)
+            args, cmd_at = parse_run_argv(req.get("argv"))
+            policy, meta, notes = policy_for(args, cwd, req.get("home"), conn.peer.uid, files,
+                                             environ)
         except Unsupported as e:
             raise P.ProtocolError(P.E_UNSUPPORTED, str(e)) from None
-        keep = opts.get("keep_running", False)
-        if not isinstance(keep, bool):
-            raise P.ProtocolError(P.E_BAD_REQUEST, "'keep_running' must be true or false")
-        result = self.op_register_session(conn, {"policy": policy, "keep_running": keep},
-                                          unmoved=True)
+        result = self.op_register_session(
+            conn, {"policy": policy, "keep_running": args.keep_running, **meta}, unmoved=True)
         s = self.sessions.by_id[result["id"]]
         try:
             fs = result["policy"].get("filesystem")
@@ -194,6 +242,12 @@ class RunOps:
         from corral.client.mountguard import git_template
         if "GIT_TEMPLATE_DIR" not in names and os.path.isdir(git_template()):
             env["GIT_TEMPLATE_DIR"] = git_template()
+        git = result.get("git") or {}
+        if git.get("config"):   # its remote goes through corrald's git gateway (enter.exec_command)
+            env["GIT_CONFIG_GLOBAL"] = git["config"]
+            if git.get("push"):
+                notes.append(f"corral: git: {git.get('remote')} goes through corrald's git "
+                             f"gateway; pushes may update {git.get('push')} only")
         report = {k: guard[k] for k in ("masked_sockets", "hidden_paths") if k in guard}
         report.update({"watched_names": sorted(watched), "landlock_rules": rules,
                        "landlock_log_flags": lflags})
@@ -215,7 +269,8 @@ class RunOps:
                            "masked_sockets": guard["masked_sockets"],
                            "hidden_paths": guard["hidden"], "mount_namespace": guard["namespace"]})
         self._planned_reports()[s.id] = report
-        out = {"session": s.id, "notes": notes, "mount_ops": ops, "report": report,
+        out = {"session": s.id, "notes": notes, "cmd_at": cmd_at, "quiet": bool(args.quiet),
+               "keep_running": bool(args.keep_running), "mount_ops": ops, "report": report,
                "env_remove": _removed_names(tuple(map(str, names)), passed), "env_set": env,
                "seccomp": self._seccomp_programs(s.policy["syscalls"]["deny"]),
                "landlock_flags": lflags, "has": [True, True, False]}

@@ -13,10 +13,14 @@
  * outside with `corral run`'s semantics: SIGINT/SIGQUIT ignored, SIGTERM and
  * SIGHUP forwarded, the command's exit status or signal passed on.
  *
- * Everything else, and whatever this cannot serve (an option it does not
- * know, a caller corrald says to serve otherwise: not root, another mount
- * namespace, a session without prepared state), is handed over: exec of the
- * Python CLI (CORRAL_PY, set at build time) with the same arguments.
+ * Not root, `corral run` cannot create the child in the cgroup (that needs
+ * write access to the hierarchy root's cgroup.procs): corrald moves it in
+ * (run_join) while it builds its view in a user namespace of its own.
+ *
+ * Everything else, and whatever this cannot serve (an option corrald says the
+ * Python CLI must apply, another mount namespace, `corral exec` by a user, a
+ * session without prepared state), is handed over: exec of the Python CLI
+ * (CORRAL_PY, set at build time) with the same arguments.
  * Nothing is ever started half-confined: every failure ends the child. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -232,6 +236,8 @@ struct plan {
     int run;                    /* corral run: a new view (mount_ops), report_run, end */
     int quiet;
     int keep_running;           /* corral run --keep-running: the session outlives it */
+    int join;                   /* not root: corrald moves the child in (run_join) */
+    int go_fd;                  /* the child's end: a byte once it is in the session */
 };
 
 static void set_env(const struct mp_node *res)
@@ -294,7 +300,33 @@ static const char *opt_str(const struct mp_node *n)
 /* corral run's view: a new mount namespace, then the operations corrald planned
  * (server/runprep.py view_ops: mountguard.apply's sequence), then our cwd again
  * (it still points into the old mounts). */
-static void build_view(const struct mp_node *ops)
+static void write_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? write(fd, text, strlen(text)) : -1;
+    if (n != (ssize_t)strlen(text))
+        die(1, "confinement failed, command not started: %s: %s", path, strerror(errno));
+    close(fd);
+}
+
+/* Not root: the view is built in a user namespace of our own that maps only
+ * our uid and gid (mountguard._enter_namespace, the Python CLI's way). */
+static void enter_user_namespace(void)
+{
+    char map[64];
+    uid_t uid = getuid();
+    gid_t gid = getgid();
+    if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0)
+        die(1, "confinement failed, command not started: unshare(user+mount namespace): %s "
+            "(unprivileged user namespaces are off: run as root, or allow them)", strerror(errno));
+    write_file("/proc/self/setgroups", "deny");
+    snprintf(map, sizeof map, "%u %u 1", (unsigned)uid, (unsigned)uid);
+    write_file("/proc/self/uid_map", map);
+    snprintf(map, sizeof map, "%u %u 1", (unsigned)gid, (unsigned)gid);
+    write_file("/proc/self/gid_map", map);
+}
+
+static void build_view(const struct mp_node *ops, int userns)
 {
     if (!ops || ops->type != MP_ARR)
         die(1, "confinement failed, command not started: corrald sent no mount plan");
@@ -303,7 +335,9 @@ static void build_view(const struct mp_node *ops)
     char cwd[PATH_MAX];
     if (!getcwd(cwd, sizeof cwd))
         die(1, "confinement failed, command not started: getcwd: %s", strerror(errno));
-    if (unshare(CLONE_NEWNS) != 0)
+    if (userns)
+        enter_user_namespace();
+    else if (unshare(CLONE_NEWNS) != 0)
         die(1, "confinement failed, command not started: unshare(mount namespace): %s",
             strerror(errno));
     for (uint32_t i = 0; i < ops->len; i++) {
@@ -342,7 +376,18 @@ static void build_view(const struct mp_node *ops)
 static void confine_child(struct plan *pl)
 {
     if (pl->run)
-        build_view(mp_get(pl->res, "mount_ops"));
+        build_view(mp_get(pl->res, "mount_ops"), pl->join);
+    if (pl->join) {
+        /* Nothing of the command runs before corrald has moved us into the
+         * session: the parent writes one byte once it has (EOF: it could not). */
+        char c;
+        ssize_t n;
+        while ((n = read(pl->go_fd, &c, 1)) < 0 && errno == EINTR)
+            ;
+        if (n != 1)
+            _exit(1);                       /* the parent says why */
+        close(pl->go_fd);
+    }
     if (pl->mntns_fd >= 0) {
         char cwd[PATH_MAX];
         if (!getcwd(cwd, sizeof cwd))
@@ -549,6 +594,35 @@ static __attribute__((noreturn)) void supervise(pid_t pid, sigset_t *old, const 
     exit_like(status);
 }
 
+/* Not root: corrald moves the child (ours, not yet the command) into the
+ * session; if it cannot, the child is killed before it runs anything. */
+static void join_run(const struct plan *pl, pid_t pid, const char *what)
+{
+    static unsigned char out[512];
+    struct mp_buf b = {out, 0, sizeof out, 0};
+    mp_map(&b, 4);
+    mp_str(&b, "op"); mp_str(&b, "run_join");
+    mp_str(&b, "id"); mp_int(&b, 4);
+    mp_str(&b, "session"); mp_str(&b, pl->sid);
+    mp_str(&b, "pid"); mp_int(&b, pid);
+    int fds[1], nfds, fd = try_connect_daemon();
+    const struct mp_node *ok = NULL;
+    struct mp_node *msg = NULL;
+    if (fd >= 0 && try_send_frame(fd, &b) == 0) {
+        msg = recv_frame(fd, fds, 1, &nfds);
+        ok = mp_get(msg, "ok");
+    }
+    if (fd >= 0)
+        close(fd);
+    if (ok && ok->type == MP_BOOL && ok->i)
+        return;
+    syscall(__NR_pidfd_send_signal, child_pidfd, SIGKILL, NULL, 0);
+    waitpid(pid, NULL, 0);
+    char *text = msg ? mp_cstr(mp_get(mp_get(msg, "error"), "message")) : NULL;
+    die(1, "%s: corrald did not move it into session %s: %s", what, pl->sid,
+        text ? text : strerror(errno));
+}
+
 /* The descriptors corrald sent (cgroup, ruleset, mount namespace or /dev/null in
  * its place), then the command: created in the session's cgroup, confined,
  * reported, exec'ed; this process waits for it outside. */
@@ -569,18 +643,30 @@ static int start(struct plan *pl, int *fds, int nfds, const char *what)
     sigaddset(&handled, SIGTERM);
     sigaddset(&handled, SIGHUP);
     sigprocmask(SIG_BLOCK, &handled, &old);
+    const struct mp_node *join = mp_get(pl->res, "join");
+    pl->join = join && join->type == MP_BOOL && join->i;
+    int go[2] = {-1, -1};
+    if (pl->join && pipe2(go, O_CLOEXEC) != 0)
+        die(1, "%s: pipe: %s", what, strerror(errno));
     fflush(NULL);
     struct clone_args ca;
     memset(&ca, 0, sizeof ca);
-    ca.flags = CLONE_INTO_CGROUP | CLONE_PIDFD;
+    ca.flags = (pl->join ? 0 : CLONE_INTO_CGROUP) | CLONE_PIDFD;
     ca.pidfd = (uintptr_t)&child_pidfd;
     ca.exit_signal = SIGCHLD;
-    ca.cgroup = (uint64_t)pl->cgroup_fd;
+    ca.cgroup = pl->join ? 0 : (uint64_t)pl->cgroup_fd;
     long pid = syscall(__NR_clone3, &ca, sizeof ca);
     if (pid < 0) {
         if (errno == ENOSYS || errno == E2BIG || errno == EINVAL)
             handover();                     /* an older kernel: the Python path moves us */
         die(1, "%s: clone3 into the session's cgroup: %s", what, strerror(errno));
+    }
+    if (pid > 0 && pl->join) {
+        close(go[0]);
+        join_run(pl, (pid_t)pid, what);     /* the child waits for this byte */
+        if (write(go[1], "g", 1) != 1)
+            die(1, "%s: cannot start the command: %s", what, strerror(errno));
+        close(go[1]);
     }
     if (pid > 0) {
         close(pl->cgroup_fd);
@@ -590,7 +676,11 @@ static int start(struct plan *pl, int *fds, int nfds, const char *what)
             close(pl->mntns_fd);
         supervise((pid_t)pid, &old, pl);
     }
-    /* The child: born in the session's cgroup. */
+    /* The child: born in the session's cgroup, or moved there before it goes on. */
+    if (pl->join) {
+        close(go[1]);
+        pl->go_fd = go[0];
+    }
     sigprocmask(SIG_SETMASK, &old, NULL);
     confine_child(pl);
     report_exec(pl);
@@ -620,7 +710,8 @@ static int do_exec(int argc, char **argv)
     }
     if (i >= argc)
         handover();                         /* usage: said by the Python CLI */
-    struct plan pl = {.sid = argv[i++], .cgroup_fd = -1, .ruleset_fd = -1, .mntns_fd = -1};
+    struct plan pl = {.sid = argv[i++], .cgroup_fd = -1, .ruleset_fd = -1, .mntns_fd = -1,
+                      .go_fd = -1};
     if (i < argc && strcmp(argv[i], "--") == 0)
         i++;
     if (i >= argc)
@@ -724,9 +815,9 @@ static const char *const ENV_READ[] = {"SSH_AUTH_SOCK", "ANTHROPIC_BASE_URL", "O
 
 static int do_run(int argc, char **argv)
 {
-    struct plan pl = {.cgroup_fd = -1, .ruleset_fd = -1, .mntns_fd = -1, .run = 1};
-    if (geteuid() != 0 || argc < 3)
-        handover();                         /* usage, and non-root callers: the Python CLI */
+    struct plan pl = {.cgroup_fd = -1, .ruleset_fd = -1, .mntns_fd = -1, .run = 1, .go_fd = -1};
+    if (argc < 3)
+        handover();                         /* usage: said by the Python CLI */
     int nargs = argc - 2;
     char **args = argv + 2;
     struct named_file files[MAX_POLICY_FILES];

@@ -238,3 +238,161 @@ def test_cached_landlock_plan_follows_new_entries(daemon, project):
     finally:
         for f in made:
             os.unlink(f)
+
+
+# -- not root: corrald moves the command in (run_join), the view is a user namespace's --
+@pytest.fixture(scope="module")
+def user():
+    """A user of our own with a real home (the profiles write ~/.cache/pip: nobody's
+    passwd home /nonexistent cannot hold it), removed after."""
+    import pwd
+    import shutil
+    import tempfile
+    from pathlib import Path
+    name = f"corralt{os.getpid() % 100000}"
+    home = Path(tempfile.mkdtemp(prefix="corral-nrun-user-"))
+    subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/sh", "-U", name], check=True,
+                   capture_output=True)
+    try:
+        pw = pwd.getpwnam(name)
+        os.chown(home, pw.pw_uid, pw.pw_gid)
+        yield pw
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def nobody_project(user):
+    """A project at the root of the user's home (where a user starts an agent)."""
+    from pathlib import Path
+    home = Path(user.pw_dir)
+    for p in home.iterdir():
+        subprocess.run(["rm", "-rf", str(p)])
+    # What a user who ever ran npm and pip has (the agent profile writes them; missing,
+    # the launcher hands the run to the Python CLI, which creates them as the caller).
+    subprocess.run([*as_user(user), "mkdir", "-p", str(home / ".npm"), str(home / ".cache/pip")],
+                   check=True)
+    return home
+
+
+def as_user(user) -> list[str]:
+    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups"]
+
+
+@pytest.mark.parametrize("flags", [(), ("--no-net",), ("--policy", "p.toml")],
+                         ids=["default", "no-net", "policy-file"])
+def test_non_root_native_run_gives_the_python_paths_session(daemon, user, nobody_project, flags):
+    """A user's `corral run` through the launcher: the same policy, view, confinement
+    and notes as the Python CLI's, the command in the session's cgroup as that user."""
+    (nobody_project / "p.toml").write_text(POLICY_FILE)
+    os.chown(nobody_project / "p.toml", user.pw_uid, user.pw_gid)
+    env = dict(daemon.env, HOME=str(nobody_project))
+    probe = PROBE + "; id -u; cat /proc/self/cgroup; touch made-$$ && echo wrote"
+    got = {}
+    # The Python CLI first: it creates the profile's allow_write places a new user
+    # lacks (~/.npm...), which only it can do as the caller (the launcher hands such a
+    # first run to it).
+    for name, binary in (("python", CORRAL_PY), ("native", CORRAL)):
+        p = subprocess.run([*as_user(user), str(binary), "run", *flags, "--", "sh", "-c", probe],
+                           cwd=nobody_project, env=env, capture_output=True, text=True,
+                           timeout=90)
+        assert p.returncode == 0, (name, p.stderr)
+        sid = session_of(p)
+        recs = records(daemon, sid)
+        start = [r for r in recs if r.get("op") == "start"][0]
+        confined = [r for r in recs if r.get("op") == "confined"][0]
+        lines = p.stdout.splitlines()
+        assert str(user.pw_uid) in lines and "wrote" in lines, p.stdout
+        assert any(x.startswith("0::/") and x.endswith("/" + sid) for x in lines), lines
+        view = [x for x in lines if " " in x and not x.startswith(("S=", "0::"))]
+        got[name] = {"policy": start["policy"], "uid": start["uid"], "report": confined["report"],
+                     "view": view, "stderr": [x for x in p.stderr.splitlines()
+                                              if not x.startswith("corral: note: created ")],
+                     "status": sorted(x for x in lines if x.startswith(("Seccomp", "NoNew",
+                                                                       "CapEff")))}
+    n, py = got["native"], got["python"]
+    assert n["report"].get("path") == "native" and py["report"].get("path") is None
+    assert n["uid"] == py["uid"] == user.pw_uid
+    assert n["policy"] == py["policy"]
+    assert n["view"] == py["view"], "the mount views differ"
+    assert n["status"] == py["status"] == ["CapEff:\t0000000000000000", "NoNewPrivs:\t1",
+                                           "Seccomp:\t2"], n["status"]
+    for k in ("landlock_rules", "read_only_mounts", "hidden_paths", "watched_names",
+              "mount_namespace"):
+        assert n["report"].get(k) == py["report"].get(k), (k, n["report"].get(k), py["report"].get(k))
+    assert all(n["report"]["kernel_checked"].values()), n["report"]
+    assert n["stderr"] == py["stderr"], (n["stderr"], py["stderr"])
+
+
+def test_non_root_native_run_is_confined(daemon, user, nobody_project):
+    """The non-root native command really is confined: ~/.ssh unreadable, a raw IP
+    refused, its project writable at the root (the control), the exit status kept."""
+    ssh = nobody_project / ".ssh"
+    ssh.mkdir()
+    (ssh / "id_ed25519").write_text("KEY\n")
+    for x in (ssh, ssh / "id_ed25519"):
+        os.chown(x, user.pw_uid, user.pw_gid)
+    env = dict(daemon.env, HOME=str(nobody_project))
+    script = ("cat ~/.ssh/id_ed25519 2>/dev/null && echo READ; "
+              "python3 -c \"import socket; socket.create_connection(('192.0.2.1', 80), 2)\" "
+              "2>/dev/null || echo NET-REFUSED; echo x > root-file && echo WROTE; "
+              "echo S=$CORRAL_SESSION; exit 3")
+    p = subprocess.run([*as_user(user), str(CORRAL), "run", "-q", "--", "sh", "-c", script],
+                       cwd=nobody_project, env=env, capture_output=True, text=True, timeout=90)
+    assert p.returncode == 3, p.stderr
+    assert p.stdout.split()[:2] == ["NET-REFUSED", "WROTE"], p.stdout
+    confined = [r for r in records(daemon, session_of(p)) if r.get("op") == "confined"]
+    assert confined[0]["report"].get("path") == "native", confined
+    assert (nobody_project / "root-file").read_text() == "x\n"
+    outside = subprocess.run([*as_user(user), "cat", str(ssh / "id_ed25519")], capture_output=True,
+                             text=True)
+    assert outside.stdout == "KEY\n"                 # the control: readable outside
+
+
+def _raw_call(daemon, op, **kw):
+    from corral.client.connection import Client
+    with Client(daemon.socket) as c:
+        return c.call(op, **kw)
+
+
+def test_run_join_moves_only_the_preparers_own_child(daemon, user, nobody_project):
+    """run_join: only the process that prepared the session, only for its own child;
+    a session it did not prepare, its parent, or a second join are refused."""
+    import sys
+    code = f"""
+import os, sys, time
+sys.path[:0] = {sys.path!r}
+from corral.client.connection import Client, CorralError
+def call(op, **kw):
+    with Client({str(daemon.socket)!r}) as c:
+        return c.call(op, **kw)
+r = call("run_prepare", argv=["--no-net", "--", "true"], files={{}}, env={{}}, home=os.getcwd(),
+         env_names=[])
+sid = r["session"]
+assert r["join"] is True, r
+def refused(**kw):
+    try:
+        call("run_join", **kw)
+    except CorralError as e:
+        return e.code
+    return "moved"
+print("other-session", refused(session="00000000", pid=os.getpid()))
+print("parent", refused(session=sid, pid=os.getppid()))
+r2 = call("run_prepare", argv=["--no-net", "--", "true"], files={{}}, env={{}},
+          home=os.getcwd(), env_names=[])
+pid = os.fork()
+if pid == 0:
+    time.sleep(30)
+    os._exit(0)
+print("own-child", refused(session=r2["session"], pid=pid))
+print("again", refused(session=r2["session"], pid=pid))
+print("cgroup", open(f"/proc/{{pid}}/cgroup").read().strip().endswith("/" + r2["session"]))
+os.kill(pid, 9)
+"""
+    p = subprocess.run([*as_user(user), sys.executable, "-c", code], cwd=nobody_project,
+                       env=dict(daemon.env, HOME=str(nobody_project)), capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[:5] == ["other-session forbidden", "parent forbidden",
+                                       "own-child moved", "again forbidden", "cgroup True"], p.stdout

@@ -1,25 +1,28 @@
 """`corral run` without Python in the caller: corrald prepares, the launcher applies.
 
-For the common form, `corral run [-q] [--profile NAME] [--no-net] [--open-net]
-[--keep-running] -- CMD` by root in corrald's mount namespace, native/launcher.c asks run_prepare
-and corrald does what the Python CLI would do in the caller's process:
+For `corral run [options] -- CMD` in corrald's mount namespace, native/launcher.c
+asks run_prepare with its argv (and the bytes of the policy files it names, read
+as the caller), and corrald does what the Python CLI would do in the caller's
+process:
 
-* the policy, from the same profile, merge, mandatory and "~" code as
-  cli.policy_from_args (the subset those options reach), with the caller's cwd
-  (read through its pinned pidfd) and $HOME; anything that needs the caller's
-  side (a missing allow_write to create, ANTHROPIC_BASE_URL...) is answered
-  `unsupported` and the launcher hands over to the Python CLI;
+* the options, parsed with the CLI's own parser, and the policy from them
+  (policy/fromargs.py) with the caller's cwd (read through its pinned pidfd) and
+  $HOME; what needs the caller's side (a missing allow_write to create) or an
+  option the launcher does not apply (--keep-caps...) is answered `unsupported`
+  and the launcher hands over to the Python CLI;
 * the session: registered and logged as register_session does, its cgroup
   handed over as a descriptor: the command is created in it (clone3
-  CLONE_INTO_CGROUP) and becomes its leader when it reports (report_run);
+  CLONE_INTO_CGROUP) and becomes its leader when it reports (report_run).
+  Not root, the launcher cannot create it there: corrald moves it in
+  (run_join, only the preparer's own child, once) before it goes on;
 * the mount view as a list of mount operations (view_ops: mountguard.apply's
   sequence, planned here from the same helpers), which the child runs in a new
-  mount namespace;
+  mount namespace (a user namespace's, not root);
 * the Landlock ruleset (landlock.plan for the view those operations make) and
   the seccomp programs (cached per syscall list), as for `corral exec`.
 
-Python path and this one must give the same session: tests/test_session_exec.py
-compares their policies and views."""
+Python path and this one must give the same session: tests/test_native_run.py
+compares their policies, views, reports and notes."""
 from __future__ import annotations
 
 import argparse
@@ -195,8 +198,11 @@ class RunOps:
         if caller.confined:
             raise P.ProtocolError(P.E_UNSUPPORTED, "inside a session: the Python CLI registers "
                                   "nested sessions (narrowing is checked there)")
-        if conn.peer.uid != 0:
-            raise P.ProtocolError(P.E_UNSUPPORTED, "the native launcher needs root")
+        # Not root: the command cannot be created in the session's cgroup
+        # (CLONE_INTO_CGROUP needs write access to the cgroup.procs of the common
+        # ancestor, the hierarchy's root), so corrald moves it in (op_run_join);
+        # and its view is built in a user namespace of its own, as the Python CLI does.
+        join = conn.peer.uid != 0
         if _ns(f"/proc/{conn.peer.pid}/ns/mnt") != _ns("/proc/self/ns/mnt"):
             raise P.ProtocolError(P.E_UNSUPPORTED, "the caller is in another mount namespace")
         if getattr(self.sessions, "filelsm", None) is not None:
@@ -227,6 +233,8 @@ class RunOps:
                 raise Unsupported("BPF LSM sessions: the Python CLI")
             ops, guard = view_ops(fs, result["policy"].get("unix"),
                                   result["enforcement"].get("unix_peers") != "bpf-lsm")
+            if join and guard["mountguard"]:
+                guard["namespace"] = "user+mount namespace"     # mountguard._enter_namespace
             watched = set(result["enforcement"].get("watched_names") or []) \
                 if guard["mountguard"] and guard["policy"] else set()
             from corral.client.enter import without_watched
@@ -273,7 +281,9 @@ class RunOps:
                "keep_running": bool(args.keep_running), "mount_ops": ops, "report": report,
                "env_remove": _removed_names(tuple(map(str, names)), passed), "env_set": env,
                "seccomp": self._seccomp_programs(s.policy["syscalls"]["deny"]),
-               "landlock_flags": lflags, "has": [True, True, False]}
+               "landlock_flags": lflags, "has": [True, True, False], "join": join}
+        if join:
+            self._joins()[conn.peer.pid] = (os.dup(conn.peer.pidfd), s.id)
         try:
             fds = [os.open(s.cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), ruleset,
                    os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)]
@@ -282,6 +292,53 @@ class RunOps:
             os.close(ruleset)
             raise
         return WithFds(out, fds)
+
+    def op_run_join(self, conn, req):
+        """A non-root native run's command, made by the launcher outside the
+        session, moved in by corrald before it reports (sessions.move_in, as
+        register_session moves a Python caller). Only the process that prepared
+        the session (the same process: its pin still alive), only its own child
+        (PPid; a pid its parent has not reaped is not reused), once."""
+        from corral.server.peer import Peer, PeerGone
+        sid, pid = req.get("session"), req.get("pid")
+        entry = self._joins().pop(conn.peer.pid, None)
+        if entry is None or entry[1] != sid or not isinstance(pid, int) or pid <= 0:
+            if entry is not None:
+                os.close(entry[0])
+            self._refuse(conn, "move a process into a session it did not prepare", sid)
+        pinned = entry[0]
+        s = self.sessions.by_id.get(sid)
+        child = None
+        try:
+            same = Peer(pid=conn.peer.pid, uid=conn.peer.uid, gid=conn.peer.gid, pidfd=pinned)
+            if not same.alive() or s is None or s.leader_fd >= 0 or not s.pending_until:
+                self._refuse(conn, "move a process into a session it did not prepare", sid)
+            try:
+                child = Peer(pid=pid, uid=conn.peer.uid, gid=conn.peer.gid,
+                             pidfd=os.pidfd_open(pid))
+            except OSError:
+                raise P.ProtocolError(P.E_NOT_FOUND, f"pid {pid} is gone") from None
+            st = child.proc_status()
+            if st.get("PPid") != str(conn.peer.pid) or \
+                    (st.get("Uid") or "").split()[:1] != [str(s.owner_uid)]:
+                self._refuse(conn, f"move pid {pid} (not its own child) into a session", sid)
+            try:
+                self.sessions.move_in(s, child)
+            except PeerGone as e:
+                raise P.ProtocolError(P.E_NOT_FOUND, str(e)) from None
+        finally:
+            os.close(pinned)
+            if child is not None:
+                child.close()
+        return {"session": sid}
+
+    def _joins(self) -> dict:
+        """Launcher pid -> (its pidfd, session) for the runs that await a join."""
+        if not hasattr(self, "_run_joins"):
+            self._run_joins = {}
+        for pid in [p for p, (_, sid) in self._run_joins.items() if sid not in self.sessions.by_id]:
+            os.close(self._run_joins.pop(pid)[0])
+        return self._run_joins
 
     def op_report_run(self, conn, req):
         """The command of a native `corral run`, confined, before exec: it becomes

@@ -135,6 +135,14 @@ class SessionTable:
         process lives), so the right process moved. If it died meanwhile, the
         number may now name someone else: whatever landed in the cgroup goes
         back where the peer came from, and the session is refused."""
+        self.move_in(s, peer)
+        # The peer's own pin, so the leader is the process that asked, whatever
+        # its pid names later.
+        s.leader_fd = os.dup(peer.pidfd)
+        self._enter(s)
+
+    def move_in(self, s: Session, peer) -> None:
+        """admit()'s move (also a non-root native run's command, server/runprep.py)."""
         _, origin = peer.cgroup()            # raises PeerGone
         cgroups.move(peer.pid, Path(s.cgroup))
         if not peer.alive():
@@ -146,10 +154,6 @@ class SessionTable:
                     log.warning("cannot move pid %d back out of %s: %s", pid, s.id, e)
             from corral.server.peer import PeerGone
             raise PeerGone(f"pid {peer.pid} exited while it was being moved into its session")
-        # The peer's own pin, so the leader is the process that asked, whatever
-        # its pid names later.
-        s.leader_fd = os.dup(peer.pidfd)
-        self._enter(s)
 
     def admit_unmoved(self, s: Session) -> None:
         """admit() for a session whose first process is created in its cgroup

@@ -13,12 +13,13 @@
  * outside with `corral run`'s semantics: SIGINT/SIGQUIT ignored, SIGTERM and
  * SIGHUP forwarded, the command's exit status or signal passed on.
  *
- * Not root, `corral run` cannot create the child in the cgroup (that needs
- * write access to the hierarchy root's cgroup.procs): corrald moves it in
- * (run_join) while it builds its view in a user namespace of its own.
+ * Not root, the child cannot be created in the cgroup (that needs write access
+ * to the hierarchy root's cgroup.procs): corrald moves it in (join_child)
+ * while it builds its view in a user namespace of its own (`run`) or enters
+ * the user namespace of the session's view (`exec`).
  *
  * Everything else, and whatever this cannot serve (an option corrald says the
- * Python CLI must apply, another mount namespace, `corral exec` by a user, a
+ * Python CLI must apply, another mount namespace, a
  * session without prepared state), is handed over: exec of the Python CLI
  * (CORRAL_PY, set at build time) with the same arguments.
  * Nothing is ever started half-confined: every failure ends the child. */
@@ -230,13 +231,13 @@ static const struct mp_node *result_of(const struct mp_node *msg, const char *wh
 struct plan {
     const char *sid;
     const struct mp_node *res;
-    int cgroup_fd, ruleset_fd, mntns_fd;
+    int cgroup_fd, ruleset_fd, mntns_fd, userns_fd;
     int landlock_flags;
     char **cmd;
     int run;                    /* corral run: a new view (mount_ops), report_run, end */
     int quiet;
     int keep_running;           /* corral run --keep-running: the session outlives it */
-    int join;                   /* not root: corrald moves the child in (run_join) */
+    int join;                   /* not root: corrald moves the child in (join_child) */
     int go_fd;                  /* the child's end: a byte once it is in the session */
 };
 
@@ -392,6 +393,11 @@ static void confine_child(struct plan *pl)
         char cwd[PATH_MAX];
         if (!getcwd(cwd, sizeof cwd))
             die(1, "confinement failed, command not started: getcwd: %s", strerror(errno));
+        /* Not root: the view is in the user namespace its holder made (ours to
+         * enter: we own it), then its mount namespace. */
+        if (pl->userns_fd >= 0 && setns(pl->userns_fd, CLONE_NEWUSER) != 0)
+            die(1, "confinement failed, command not started: entering the session's user "
+                "namespace: %s", strerror(errno));
         if (setns(pl->mntns_fd, CLONE_NEWNS) != 0)
             die(1, "confinement failed, command not started: entering the session's mount "
                 "view: %s", strerror(errno));
@@ -601,7 +607,7 @@ static void join_run(const struct plan *pl, pid_t pid, const char *what)
     static unsigned char out[512];
     struct mp_buf b = {out, 0, sizeof out, 0};
     mp_map(&b, 4);
-    mp_str(&b, "op"); mp_str(&b, "run_join");
+    mp_str(&b, "op"); mp_str(&b, "join_child");
     mp_str(&b, "id"); mp_int(&b, 4);
     mp_str(&b, "session"); mp_str(&b, pl->sid);
     mp_str(&b, "pid"); mp_int(&b, pid);
@@ -629,8 +635,10 @@ static void join_run(const struct plan *pl, pid_t pid, const char *what)
 static int start(struct plan *pl, int *fds, int nfds, const char *what)
 {
     const struct mp_node *has = mp_get(pl->res, "has"), *llf = mp_get(pl->res, "landlock_flags");
-    if (nfds != 3 || !has || has->type != MP_ARR || has->len != 3)
-        die(1, "%s: corrald sent %d descriptors, expected 3", what, nfds);
+    /* a fourth: the user namespace of a user's session view (exec, not root) */
+    if (nfds < 3 || nfds > 4 || !has || has->type != MP_ARR || has->len != (uint32_t)nfds)
+        die(1, "%s: corrald sent %d descriptors, expected 3 or 4", what, nfds);
+    pl->userns_fd = nfds == 4 && has->items[3].i ? fds[3] : (nfds == 4 ? close(fds[3]) : 0, -1);
     pl->cgroup_fd = fds[0];
     pl->ruleset_fd = has->items[1].i ? fds[1] : (close(fds[1]), -1);
     pl->mntns_fd = has->items[2].i ? fds[2] : (close(fds[2]), -1);
@@ -674,6 +682,8 @@ static int start(struct plan *pl, int *fds, int nfds, const char *what)
             close(pl->ruleset_fd);
         if (pl->mntns_fd >= 0)
             close(pl->mntns_fd);
+        if (pl->userns_fd >= 0)
+            close(pl->userns_fd);
         supervise((pid_t)pid, &old, pl);
     }
     /* The child: born in the session's cgroup, or moved there before it goes on. */
@@ -711,7 +721,7 @@ static int do_exec(int argc, char **argv)
     if (i >= argc)
         handover();                         /* usage: said by the Python CLI */
     struct plan pl = {.sid = argv[i++], .cgroup_fd = -1, .ruleset_fd = -1, .mntns_fd = -1,
-                      .go_fd = -1};
+                      .userns_fd = -1, .go_fd = -1};
     if (i < argc && strcmp(argv[i], "--") == 0)
         i++;
     if (i >= argc)
@@ -815,7 +825,8 @@ static const char *const ENV_READ[] = {"SSH_AUTH_SOCK", "ANTHROPIC_BASE_URL", "O
 
 static int do_run(int argc, char **argv)
 {
-    struct plan pl = {.cgroup_fd = -1, .ruleset_fd = -1, .mntns_fd = -1, .run = 1, .go_fd = -1};
+    struct plan pl = {.cgroup_fd = -1, .ruleset_fd = -1, .mntns_fd = -1, .userns_fd = -1, .run = 1,
+                      .go_fd = -1};
     if (argc < 3)
         handover();                         /* usage: said by the Python CLI */
     int nargs = argc - 2;

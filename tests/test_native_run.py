@@ -240,7 +240,7 @@ def test_cached_landlock_plan_follows_new_entries(daemon, project):
             os.unlink(f)
 
 
-# -- not root: corrald moves the command in (run_join), the view is a user namespace's --
+# -- not root: corrald moves the command in (join_child), the view is a user namespace's --
 @pytest.fixture(scope="module")
 def user():
     """A user of our own with a real home (the profiles write ~/.cache/pip: nobody's
@@ -356,8 +356,8 @@ def _raw_call(daemon, op, **kw):
         return c.call(op, **kw)
 
 
-def test_run_join_moves_only_the_preparers_own_child(daemon, user, nobody_project):
-    """run_join: only the process that prepared the session, only for its own child;
+def test_join_child_moves_only_the_preparers_own_child(daemon, user, nobody_project):
+    """join_child: only the process that prepared the session, only for its own child;
     a session it did not prepare, its parent, or a second join are refused."""
     import sys
     code = f"""
@@ -373,7 +373,7 @@ sid = r["session"]
 assert r["join"] is True, r
 def refused(**kw):
     try:
-        call("run_join", **kw)
+        call("join_child", **kw)
     except CorralError as e:
         return e.code
     return "moved"

@@ -264,10 +264,13 @@ def test_daemon_not_running_is_one_clear_line(daemon, tmp_path):
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
-def test_non_root_owner_execs_through_the_python_path(daemon):
-    """A user's own session: the launcher cannot setns or clone into the cgroup
-    without root, corrald says so, and the Python path (a user namespace view)
-    serves it; another user still gets nothing (see above)."""
+@pytest.mark.parametrize("entry", EXECS)
+def test_non_root_owner_execs_into_their_session(daemon, entry):
+    """A user's own session, both ways: the launcher has corrald move its child in
+    (join_child: CLONE_INTO_CGROUP needs root) and enters the view's user namespace,
+    the Python path builds a view of its own; confined either way, in the view the
+    holder has (a file the view hides stays hidden), the project writable; another
+    user still gets nothing (see above)."""
     import shutil
     import tempfile
     from pathlib import Path
@@ -275,19 +278,30 @@ def test_non_root_owner_execs_through_the_python_path(daemon):
     work.chmod(0o777)
     as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     env = dict(daemon.env, HOME=str(work))
-    p = subprocess.run([*as_nobody, binary("exec-py"), "session", "start", *FLAGS], env=env,
-                       cwd=work, capture_output=True, text=True, timeout=90)
+    (work / "hidden").write_text("SECRET\n")
+    os.chmod(work / "hidden", 0o644)
+    p = subprocess.run([*as_nobody, binary("exec-py"), "session", "start", *FLAGS,
+                        "--deny-read", str(work / "hidden"), "--allow-write", str(work)],
+                       env=env, cwd=work, capture_output=True, text=True, timeout=90)
     assert p.returncode == 0, p.stderr
     sid = p.stdout.strip()
     try:
-        p = subprocess.run([*as_nobody, binary("exec"), "exec", sid, "--", "sh", "-c",
+        p = subprocess.run([*as_nobody, binary(entry), "exec", sid, "--", "sh", "-c",
                             "id -u; echo $CORRAL_SESSION; grep Seccomp: /proc/self/status; "
-                            "touch made && echo wrote"],
+                            "cat hidden 2>/dev/null || echo HIDDEN; "
+                            "touch made && echo wrote; tail -1 /proc/self/cgroup"],
                            env=env, cwd=work, capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
-        assert p.stdout.split() == ["65534", sid, "Seccomp:", "2", "wrote"], p.stdout
+        out = p.stdout.split()
+        assert out[:6] == ["65534", sid, "Seccomp:", "2", "HIDDEN", "wrote"], (p.stdout, p.stderr)
+        assert out[6].endswith("/" + sid), out
+        assert (work / "made").exists()
         rec = daemon.wait_record(lambda x: x.get("op") == "exec" and x.get("session") == sid)
-        assert rec["report"]["path"] == "python" and rec["uid"] == 65534, rec
+        assert rec["report"]["path"] == ("native" if entry == "exec" else "python"), rec
+        assert rec["uid"] == 65534 and all(rec["report"]["kernel_checked"].values()), rec
+        outside = subprocess.run([*as_nobody, "cat", str(work / "hidden")], capture_output=True,
+                                 text=True)
+        assert outside.stdout == "SECRET\n"            # the control: readable outside
     finally:
         subprocess.run([*as_nobody, binary("exec-py"), "session", "stop", sid], env=env,
                        capture_output=True, timeout=60)

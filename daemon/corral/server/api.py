@@ -48,7 +48,7 @@ class Caller:
 
 
 class Api(SessionOps, RunOps):  # + session_ready, join_session, exec_prepare, report_exec;
-    #                               run_prepare, run_join, report_run (native corral run)
+    #                               run_prepare, join_child, report_run (native corral run)
     def __init__(self, svc: Services):
         self.sessions = svc.sessions
         self.audit = svc.audit

@@ -14,7 +14,7 @@ process:
   handed over as a descriptor: the command is created in it (clone3
   CLONE_INTO_CGROUP) and becomes its leader when it reports (report_run).
   Not root, the launcher cannot create it there: corrald moves it in
-  (run_join, only the preparer's own child, once) before it goes on;
+  (join_child, only the preparer's own child, once) before it goes on;
 * the mount view as a list of mount operations (view_ops: mountguard.apply's
   sequence, planned here from the same helpers), which the child runs in a new
   mount namespace (a user namespace's, not root);
@@ -200,7 +200,7 @@ class RunOps:
                                   "nested sessions (narrowing is checked there)")
         # Not root: the command cannot be created in the session's cgroup
         # (CLONE_INTO_CGROUP needs write access to the cgroup.procs of the common
-        # ancestor, the hierarchy's root), so corrald moves it in (op_run_join);
+        # ancestor, the hierarchy's root), so corrald moves it in (op_join_child);
         # and its view is built in a user namespace of its own, as the Python CLI does.
         join = conn.peer.uid != 0
         if _ns(f"/proc/{conn.peer.pid}/ns/mnt") != _ns("/proc/self/ns/mnt"):
@@ -283,7 +283,7 @@ class RunOps:
                "seccomp": self._seccomp_programs(s.policy["syscalls"]["deny"]),
                "landlock_flags": lflags, "has": [True, True, False], "join": join}
         if join:
-            self._joins()[conn.peer.pid] = (os.dup(conn.peer.pidfd), s.id)
+            self.expect_join(conn, s, "run")
         try:
             fds = [os.open(s.cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), ruleset,
                    os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)]
@@ -293,12 +293,13 @@ class RunOps:
             raise
         return WithFds(out, fds)
 
-    def op_run_join(self, conn, req):
-        """A non-root native run's command, made by the launcher outside the
-        session, moved in by corrald before it reports (sessions.move_in, as
+    def op_join_child(self, conn, req):
+        """A non-root native run's or exec's command, made by the launcher outside
+        the session, moved in by corrald before it reports (sessions.move_in, as
         register_session moves a Python caller). Only the process that prepared
-        the session (the same process: its pin still alive), only its own child
-        (PPid; a pid its parent has not reaped is not reused), once."""
+        it (run_prepare, exec_prepare; the same process: its pin still alive),
+        only its own child (PPid; a pid its parent has not reaped is not reused),
+        once."""
         from corral.server.peer import Peer, PeerGone
         sid, pid = req.get("session"), req.get("pid")
         entry = self._joins().pop(conn.peer.pid, None)
@@ -311,7 +312,9 @@ class RunOps:
         child = None
         try:
             same = Peer(pid=conn.peer.pid, uid=conn.peer.uid, gid=conn.peer.gid, pidfd=pinned)
-            if not same.alive() or s is None or s.leader_fd >= 0 or not s.pending_until:
+            waits = s is not None and (s.leader_alive() if entry[2] == "exec"
+                                       else s.leader_fd < 0 and s.pending_until)
+            if not same.alive() or not waits:
                 self._refuse(conn, "move a process into a session it did not prepare", sid)
             try:
                 child = Peer(pid=pid, uid=conn.peer.uid, gid=conn.peer.gid,
@@ -332,11 +335,19 @@ class RunOps:
                 child.close()
         return {"session": sid}
 
+    def expect_join(self, conn, s, kind: str) -> None:
+        """The launcher on `conn` will ask to move its child into `s` (join_child)."""
+        old = self._joins().pop(conn.peer.pid, None)
+        if old is not None:
+            os.close(old[0])
+        self._joins()[conn.peer.pid] = (os.dup(conn.peer.pidfd), s.id, kind)
+
     def _joins(self) -> dict:
-        """Launcher pid -> (its pidfd, session) for the runs that await a join."""
+        """Launcher pid -> (its pidfd, session, "run"|"exec") for the commands that
+        await a join."""
         if not hasattr(self, "_run_joins"):
             self._run_joins = {}
-        for pid in [p for p, (_, sid) in self._run_joins.items() if sid not in self.sessions.by_id]:
+        for pid in [p for p, e in self._run_joins.items() if e[1] not in self.sessions.by_id]:
             os.close(self._run_joins.pop(pid)[0])
         return self._run_joins
 

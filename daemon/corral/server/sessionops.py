@@ -81,6 +81,22 @@ def _ns_ino(path: str) -> int:
     return os.stat(path).st_ino
 
 
+def _view_userns(prep: "Prepared", s) -> int:
+    """The user namespace that owns a user's session view (its holder's), or -1
+    (no view, or one in corrald's own user namespace). Read while the holder
+    lives: after, the pid may name another process."""
+    if prep.mntns_fd < 0:
+        return -1
+    fd = os.open(f"/proc/{s.leader_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    alive = s.leader_alive()
+    if not alive or os.fstat(fd).st_ino == _ns_ino("/proc/self/ns/user"):
+        os.close(fd)
+        if not alive:
+            raise P.ProtocolError(P.E_NOT_FOUND, f"session {s.id} ended (its holder is gone)")
+        return -1
+    return fd
+
+
 class SessionOps:
     """Ops mixed into server.api.Api (which provides _caller, _refuse, audit...)."""
 
@@ -219,11 +235,6 @@ class SessionOps:
         out = {"session": s.id, "inside": inside, "env_remove": remove, "env_set": env}
         if inside:
             return out          # already confined as the session is: it only execs
-        if conn.peer.uid != 0:
-            # setns into the view and CLONE_INTO_CGROUP need root; the Python path
-            # builds a view of its own (a user namespace) and is moved in.
-            raise P.ProtocolError(P.E_UNSUPPORTED, "the native launcher needs root; the "
-                                  "Python path (corral-py exec) serves other users")
         if _ns_ino(f"/proc/{conn.peer.pid}/ns/mnt") != _ns_ino("/proc/self/ns/mnt"):
             conn.peer.check()
             raise P.ProtocolError(P.E_UNSUPPORTED, "the caller is in another mount namespace "
@@ -231,19 +242,32 @@ class SessionOps:
         prep = self._prep_table()[s.id]
         out["seccomp"] = self._seccomp_programs(s.policy["syscalls"]["deny"])
         out["landlock_flags"] = prep.landlock_flags
-        out["fds"] = ["cgroup", "ruleset", "mntns"]
+        # Not root: CLONE_INTO_CGROUP needs write access to the hierarchy root's
+        # cgroup.procs, so corrald moves the child in (join_child); the view is
+        # in the user namespace the holder made for it (the user's to enter).
+        join = conn.peer.uid != 0
+        out["fds"] = ["cgroup", "ruleset", "mntns"] + (["userns"] if join else [])
+        out["join"] = join
         fds = []
+        userns = -1
         try:
             fds.append(os.open(s.cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-            for fd in (prep.ruleset_fd, prep.mntns_fd):
+            userns = _view_userns(prep, s) if join else -1
+            for fd in (prep.ruleset_fd, prep.mntns_fd) + ((userns,) if join else ()):
                 # -1 stands for "none": /dev/null in its place keeps the order.
                 fds.append(os.dup(fd) if fd >= 0 else os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-            out["has"] = [True, prep.ruleset_fd >= 0, prep.mntns_fd >= 0]
+            out["has"] = [True, prep.ruleset_fd >= 0, prep.mntns_fd >= 0] + \
+                ([userns >= 0] if join else [])
             conn.peer.check()       # to the process that asked, while it lives
         except BaseException:
             for fd in fds:
                 os.close(fd)
             raise
+        finally:
+            if userns >= 0:
+                os.close(userns)
+        if join:
+            self.expect_join(conn, s, "exec")
         return WithFds(out, fds)
 
     def _seccomp_programs(self, deny) -> list:

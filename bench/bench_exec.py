@@ -8,7 +8,10 @@
    said when not): added ms over bare (median, p90) and ratios. Goals:
    `corral run` < 15 ms added, `corral exec` < 5 ms added.
 2. Flat in the number of rules: `corral exec` into sessions of 1, 100 and 1000
-   network rules (and 100 deny_read paths).
+   network rules (and 100 deny_read paths); `corral run --policy FILE -- true`
+   with 1, 100 and 1000 network rules in the file (native: corrald parses it).
+2b. Not root: `corral run -- true` and `corral exec ID -- true` as a user of its
+   own (made here, removed after), against `setpriv ... true` as that user.
 3. A loop of 200 short commands (`git status` in a small repo) through each: total.
 4. corrald CPU time (utime+stime from /proc) per `corral run` session and per
    `corral exec` command.
@@ -16,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -45,6 +49,24 @@ def start_session(d, *flags, cwd=None) -> str:
 
 def stop_session(d, sid: str) -> None:
     subprocess.run([CORRAL_PY, "session", "stop", sid], env=d.env, capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def bench_user(base: Path):
+    """A user of its own with a home under `base`, removed after."""
+    import pwd
+    name = f"corralb{os.getpid() % 100000}"
+    home = base / "user-home"
+    home.mkdir()
+    subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/sh", "-U", name], check=True,
+                   capture_output=True)
+    try:
+        pw = pwd.getpwnam(name)
+        os.chown(home, pw.pw_uid, pw.pw_gid)
+        os.chmod(base, 0o755)
+        yield pw
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
 
 
 def daemon_cpu(pid: int, children: bool = True) -> float:
@@ -175,6 +197,66 @@ def main() -> int:
                 summary.append(B.row("exec", f"{name}: added (median)", round(add, 2), "ms", "< 5",
                                      "flat in rules: prepared once per session"))
             results["by_rules"] = flat
+            rcmds = {"bare true": [true]}
+            for n in (1, 100, 1000):
+                pf = tmp / f"rules-{n}.toml"
+                rules = ", ".join(f'"10.{3 + i // 250}.{i % 250}.1/32:443"' for i in range(n))
+                pf.write_text(f'[network]\nallow = [{rules}]\n')
+                rcmds[f"run --policy FILE, {n} net rules"] = [B.CORRAL, "run", "-q", "--policy",
+                                                              str(pf), "--", true]
+            rhf = B.hyperfine(rcmds, runs=args.runs, warmup=args.warmup, env=env, cwd=str(repo))
+            rbase = rhf.pop("bare true")
+            print("\n`corral run --policy FILE -- true` (native) by the file's rule count:")
+            for name, r in rhf.items():
+                add = (r["median"] - rbase["median"]) * 1000
+                addp = (r["p90"] - rbase["p90"]) * 1000
+                flat[name] = {"added_median_ms": add, "added_p90_ms": addp}
+                print(f"  {name:40} added {add:6.2f} ms (p90 added {addp:.2f} ms)")
+                summary.append(B.row("exec", f"{name}: added (median)", round(add, 2), "ms", "< 15",
+                                     f"p90 added {addp:.2f} ms; the file parsed by corrald"))
+
+            # 2b. not root
+            with bench_user(tmp) as user:
+                as_user = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
+                           "--init-groups"]
+                uenv = dict(env, HOME=user.pw_dir)
+                urepo = Path(user.pw_dir) / "repo"
+                subprocess.run([*as_user, "git", "init", "-q", str(urepo)], env=uenv, check=True)
+                # its first run makes the profile's ~/.npm, ~/.cache/pip (the Python CLI)
+                subprocess.run([*as_user, B.CORRAL, "run", "-q", "--", true], env=uenv,
+                               cwd=urepo, capture_output=True, timeout=120)
+                sp = subprocess.run([*as_user, CORRAL_PY, "session", "start", "-q"], env=uenv,
+                                    cwd=urepo, capture_output=True, text=True, timeout=120)
+                usid = sp.stdout.strip()
+                ucmds = {"setpriv true": [*as_user, true],
+                         "user: corral run -- true": [*as_user, B.CORRAL, "run", "-q", "--", true],
+                         "user: corral run --no-net -- true": [*as_user, B.CORRAL, "run", "-q",
+                                                               "--no-net", "--", true],
+                         "user: corral exec ID -- true": [*as_user, B.CORRAL, "exec", usid, "--",
+                                                          true]}
+                try:
+                    for name in list(ucmds):
+                        q = subprocess.run(ucmds[name], env=uenv, cwd=urepo, capture_output=True,
+                                           text=True, timeout=120)
+                        if q.returncode != 0:
+                            results["errors"][name] = f"exit {q.returncode}: {q.stderr.strip()[-300:]}"
+                            del ucmds[name]
+                    uhf = B.hyperfine(ucmds, runs=args.runs, warmup=args.warmup, env=uenv,
+                                      cwd=str(urepo))
+                finally:
+                    subprocess.run([*as_user, CORRAL_PY, "session", "stop", usid], env=uenv,
+                                   capture_output=True, timeout=60)
+                ubase = uhf.pop("setpriv true")
+                results["not_root"] = {}
+                print(f"\nNot root (uid {user.pw_uid}), added over `setpriv ... true` as that user:")
+                for name, r in uhf.items():
+                    add = (r["median"] - ubase["median"]) * 1000
+                    addp = (r["p90"] - ubase["p90"]) * 1000
+                    results["not_root"][name] = {"added_median_ms": add, "added_p90_ms": addp}
+                    print(f"  {name:40} added {add:6.2f} ms (p90 added {addp:.2f} ms)")
+                    summary.append(B.row("exec", f"{name}: added (median)", round(add, 2), "ms",
+                                         "< 5" if "exec" in name else "< 15",
+                                         f"p90 added {addp:.2f} ms; corrald moves the child in"))
 
             # 3. 200 short commands
             loops = {"bare": [],

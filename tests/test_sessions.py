@@ -246,3 +246,38 @@ def test_daemon_not_running_is_one_clear_line(daemon, tmp_path):
     assert "corrald is not running" in p.stderr
     assert "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_many_rules_are_enforced_and_removed_whole(daemon, tmp_path):
+    """300 rules from a policy file (native run: corrald parses it; one batched map
+    write): all in the kernel while the session runs, the last one works and an
+    address none allows is refused, and none is left when it ends."""
+    srv, port = listener()
+    rules = [f'"10.9.{i // 250}.{i % 250}/32:443"' for i in range(299)] + [f'"127.0.0.1:{port}"']
+    pf = tmp_path / "many.toml"
+    pf.write_text(f"[network]\nallow = [{', '.join(rules)}]\n")
+    script = (f"import socket, sys, time\n"
+              f"socket.create_connection(('127.0.0.1', {port}), 3).close()\n"
+              f"try:\n    socket.create_connection(('127.0.0.2', {port}), 3)\n"
+              f"except PermissionError:\n    print('REFUSED', flush=True)\n"
+              f"print(open('/proc/self/cgroup').read().strip().rsplit('/', 1)[1], flush=True)\n"
+              f"time.sleep(3)\n")
+    proc = subprocess.Popen([str(daemon_binary()), "run", "-q", "--policy", str(pf), "--",
+                             sys.executable, "-c", script], env=daemon.env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "REFUSED", proc.stderr.read()
+    sid = proc.stdout.readline().strip()
+    start = daemon.wait_record(lambda r: r.get("session") == sid and r.get("op") == "start")
+    assert map_entries(daemon, "allow4", start["cgid"]) == 300
+    assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    confined = daemon.wait_record(lambda r: r.get("session") == sid and r.get("op") == "confined")
+    assert confined["report"].get("path") == "native", confined["report"]
+    daemon.wait_record(lambda r: r.get("session") == sid and r.get("op") == "end")
+    for m in ("sessions", "allow4", "allow6", "deny4"):
+        assert map_entries(daemon, m, start["cgid"]) == 0, m
+    srv.close()
+
+
+def daemon_binary():
+    from harness import CORRAL
+    return CORRAL

@@ -218,6 +218,11 @@ class NetBpf(Backend):
         self._installed: dict[int, dict] = {}
         self._rules: dict[int, list[str]] = {}   # cgid -> rule id - RULE_USER -> text
         self._fast: dict[int, dict] = {}         # cgid -> what append_learned may append to
+        self._unix_written: dict[int, set] = {}  # cgid -> socket paths set_unix_refusals wrote
+        # Sessions whose entries a previous daemon left in the pinned maps: the
+        # only ones whose keys must be found by walking a whole map (every other
+        # session's are the ones written here: cgroup ids are never reused).
+        self._stale = self._cgids_in_maps()
         self._downtime = None
         if self._old:
             log.warning("pinned network programs of another build (%s): this daemon (%s) "
@@ -225,6 +230,14 @@ class NetBpf(Backend):
                         self.pin_dir.name)
         else:
             self.activate()
+
+    def _cgids_in_maps(self) -> set[int]:
+        out = set()
+        for trie in self.tries.values():
+            out.update(k.cg_lo | k.cg_hi << 32 for k in trie.keys())
+        if self.unix_hooks:
+            out.update(k.cgid for k in self.bpf["unix_deny"].keys())
+        return out
 
     def activate(self) -> None:
         """Attach, make this generation the reporting one, retire the others and
@@ -237,6 +250,7 @@ class NetBpf(Backend):
             self._copy_dns_socks()
             if self.unix_hooks:
                 self._copy_map("unix_deny")
+                self._stale |= self._cgids_in_maps()    # what the copy brought along
         self._attach()
         old = [self._open_reporting_pins(d) for d in self._old]
         self._retire_links()
@@ -602,6 +616,7 @@ class NetBpf(Backend):
             k.cgid = cgid
             k.path = raw            # a c_char array: assigning bytes copies them
             t[k] = t.Leaf(abi.RULE_UNIX_FOREIGN)
+            self._unix_written.setdefault(cgid, set()).add(raw)
             n += 1
         return n
 
@@ -609,11 +624,15 @@ class NetBpf(Backend):
         if not self.unix_hooks:
             return
         t = self.bpf["unix_deny"]
-        for k in [k for k in t.keys() if k.cgid == cgid]:
-            try:
-                del t[k]
-            except KeyError:
-                pass
+        keys = []
+        for raw in self._unix_written.pop(cgid, ()):
+            k = t.Key()
+            k.cgid = cgid
+            k.path = raw
+            keys.append(k)
+        if cgid in self._stale:
+            keys += [k for k in t.keys() if k.cgid == cgid]
+        _delete(t, keys)
 
     def take_denials(self, cgid: int) -> int:
         """Refusals the kernel counted for this session (every one, whether its
@@ -639,14 +658,17 @@ class NetBpf(Backend):
             pass
 
     def clear_rules(self, cgid: int) -> None:
-        self._installed.pop(cgid, None)
+        """The session's trie entries: those written here (install_rules keeps
+        them), and for a session a previous daemon left, whatever the maps hold."""
+        known = self._installed.pop(cgid, None) or {}
         lo, hi = cgid & 0xFFFFFFFF, cgid >> 32
-        for trie in self.tries.values():
-            for k in [k for k in trie.keys() if k.cg_lo == lo and k.cg_hi == hi]:
-                try:
-                    del trie[k]
-                except KeyError:
-                    pass
+        for tname, trie in self.tries.items():
+            keys = [self._key(trie, cgid, net) for (t, _, _), (net, _) in known.items()
+                    if t == tname]
+            if cgid in self._stale:
+                keys += [k for k in trie.keys() if k.cg_lo == lo and k.cg_hi == hi]
+            _delete(trie, keys)
+        self._stale.discard(cgid)
 
     def install_rules(self, cgid: int, allow: list[tuple[NetRule, int]],
                       deny: list[tuple[NetRule, int]]) -> None:
@@ -665,6 +687,7 @@ class NetBpf(Backend):
         lo, hi = cgid & 0xFFFFFFFF, cgid >> 32
         prev = self._installed.get(cgid)
         now = {}
+        writes: dict[str, list] = {}
         for k, (net, leaf) in wanted.items():
             b = bytes(leaf)
             now[k] = (net, b)
@@ -673,18 +696,20 @@ class NetBpf(Backend):
                 if old is not None and old[1] == b:
                     continue          # unchanged: DNS-learned rules change one at a time
             trie = self.tries[k[0]]
-            trie[self._key(trie, cgid, net)] = leaf
+            writes.setdefault(k[0], []).append((self._key(trie, cgid, net), leaf))
+        for tname, items in writes.items():
+            _write(self.tries[tname], items)
         self._installed[cgid] = now
         if prev is not None:
-            for k in prev.keys() - now.keys():
-                trie = self.tries[k[0]]
-                try:
-                    del trie[self._key(trie, cgid, prev[k][0])]
-                except KeyError:
-                    pass
+            for tname, trie in self.tries.items():
+                _delete(trie, [self._key(trie, cgid, prev[k][0]) for k in prev.keys() - now.keys()
+                               if k[0] == tname])
             return
-        # First install for this cgid in this daemon: the pinned tries may hold
-        # a previous daemon's entries; sweep them.
+        if cgid not in self._stale:
+            return                    # a new session: nothing of it in the maps but this
+        # First install, in this daemon, of a session a previous one left: the
+        # pinned tries may hold its old entries; sweep them.
+        self._stale.discard(cgid)
         for tname, trie in self.tries.items():
             for k in list(trie.keys()):
                 if k.cg_lo != lo or k.cg_hi != hi:
@@ -731,6 +756,39 @@ class NetBpf(Backend):
         """Events lost to a full ring buffer since this daemon loaded (its
         predecessors' losses went to take_downtime)."""
         return self.loss.new()
+
+
+_BATCH_MIN = 8        # fewer entries: one syscall each costs less than building arrays
+
+
+def _write(table, items: list) -> None:
+    """(key, leaf) pairs into a map: one BPF_MAP_UPDATE_BATCH for many (a
+    thousand rules in one syscall, not a thousand), else one update each."""
+    if len(items) >= _BATCH_MIN:
+        try:
+            keys = (table.Key * len(items))(*(k for k, _ in items))
+            leaves = (table.Leaf * len(items))(*(v for _, v in items))
+            table.items_update_batch(keys, leaves)
+            return
+        except Exception:  # noqa: BLE001 - bcc raises Exception; the loop below says what failed
+            pass
+    for k, v in items:
+        table[k] = v
+
+
+def _delete(table, keys: list) -> None:
+    """Keys out of a map, missing ones ignored (batch when many and all there)."""
+    if len(keys) >= _BATCH_MIN:
+        try:
+            table.items_delete_batch((table.Key * len(keys))(*keys))
+            return
+        except Exception:  # noqa: BLE001 - a missing key stops the batch: the loop finishes
+            pass
+    for k in keys:
+        try:
+            del table[k]
+        except KeyError:
+            pass
 
 
 def _merged(rules: list[tuple[NetRule, int]]):

@@ -47,6 +47,8 @@ MAX_RULES_ROOT = _env("CORRAL_MAX_RULES_ROOT", 32768)   # the shared tries hold 
 # Shape of any client-supplied value: nesting, items, string bytes.
 MAX_DEPTH = 8                 # a request {op, policy: {section: {key: [str]}}} is 4 deep
 MAX_POLICY_DEPTH = 3          # {section: {key: [value]}} below "policy"
+MAX_FILES = 8                 # run_prepare: policy files the launcher sends (launcher.c)
+MAX_FILE_BYTES = 128 * 1024   # ... and their bytes (MAX_POLICY_BYTES there)
 MAX_ITEMS = 20000             # list/map entries in one request, all levels together
 MAX_STR = 8192                # bytes in one string (paths are at most 4096)
 MAX_ID = 64                   # a request id: an int, or a string this short

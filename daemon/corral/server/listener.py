@@ -243,10 +243,12 @@ class Server:
             try:
                 req = P.decode_body(body)
                 # The policy is judged on its own, so a malformed one is bad_policy.
-                P.check_shape({k: v for k, v in req.items() if k != "policy"},
+                P.check_shape({k: v for k, v in req.items() if k not in ("policy", "files")},
                               L.MAX_DEPTH, L.MAX_ITEMS, L.MAX_STR)
                 P.check_shape(req.get("policy"), L.MAX_POLICY_DEPTH, L.MAX_ITEMS, L.MAX_STR,
                               "policy", P.E_BAD_POLICY)
+                # run_prepare's policy files, as the launcher read them: larger strings
+                P.check_shape(req.get("files"), 1, 2 * L.MAX_FILES, L.MAX_FILE_BYTES, "files")
             except P.ProtocolError as e:
                 rid = _safe_id(req.get("id")) if isinstance(req, dict) else None
                 await conn.send(P.error(rid, e.code, e.message))

@@ -59,11 +59,22 @@ def mounts(path: str = "/proc/self/mountinfo", *, missing_ok: bool = True) -> li
     the cgroup and bpffs lookups, which cannot work without it)."""
     try:
         with open(path) as fh:
-            return parse(fh.read())
+            text = fh.read()
     except OSError:
         if missing_ok:
             return []
         raise
+    if path != "/proc/self/mountinfo":
+        return parse(text)
+    # corrald reads its own table several times per session start: parse it
+    # once per distinct text (Mount is frozen; the list is the caller's).
+    hit = _OWN[0]
+    if hit[0] != text:
+        hit = _OWN[0] = (text, parse(text))
+    return list(hit[1])
+
+
+_OWN: list = [(None, [])]      # [(text, parsed)] of /proc/self/mountinfo
 
 
 def mountpoints(fstypes, ms: list[Mount] | None = None) -> list[str]:

@@ -37,6 +37,7 @@ one.
 """
 from __future__ import annotations
 
+import copy
 import glob as _glob
 import json
 import os
@@ -375,12 +376,40 @@ def load_profile(name: str, loaded: list[str] | None = None, _depth: int = 0) ->
     if not re.match(r"^[A-Za-z0-9_-]+$", name or ""):
         raise PolicyError(f"bad profile name {name!r}")
     p = profile_path(name)
+    hit = _PROFILES.get(str(p)) if _depth == 0 else None
+    if hit is not None and hit[0] == _stamps(hit[1]):
+        for f in hit[1]:
+            _note(loaded, f)
+        return copy.deepcopy(hit[2])
     if not p.is_file():
         names = ", ".join(n for n, _ in list_profiles())
         raise PolicyError(f"unknown profile {name!r}: built-in profiles are {names} "
                           "(or give a file with --policy)")
-    out = _extend(parse_policy_text(p.read_text(), str(p)), loaded, _depth)
-    _note(loaded, str(p))
+    mine: list[str] = []
+    out = _extend(parse_policy_text(p.read_text(), str(p)), mine, _depth)
+    _note(mine, str(p))
+    for f in mine:
+        _note(loaded, f)
+    if _depth == 0:
+        if len(_PROFILES) > 64:
+            _PROFILES.clear()
+        _PROFILES[str(p)] = (_stamps(mine), mine, copy.deepcopy(out))
+    return out
+
+
+# Parsed profiles (corrald composes one for every native `corral run`): kept
+# while every file they were read from is unchanged (inode, mtime, ctime, size).
+_PROFILES: dict = {}
+
+
+def _stamps(files: list[str]) -> list:
+    out = []
+    for f in files:
+        try:
+            st = os.stat(f)
+            out.append((st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size))
+        except OSError:
+            out.append(None)
     return out
 
 

@@ -3,7 +3,9 @@
 section the file backends take (file_section, canonical)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 
 from corral.policy.errors import PolicyError, short
 
@@ -16,6 +18,35 @@ def unrestricted_fs() -> dict:
     """No filesystem section ("files unrestricted"), said explicitly: everything
     writable; normalize() and the backends add corral's own protections."""
     return {"deny_read": [], "allow_read": [], "allow_write": ["/"], "deny_write": []}
+
+
+class _Memo(threading.local):
+    table: dict | None = None
+
+
+_MEMO = _Memo()
+
+
+@contextlib.contextmanager
+def one_resolution():
+    """Within it, a path's symlinks are resolved once (corrald composes and then
+    normalises one session's policy several times over while preparing a run);
+    per thread, dropped at the end."""
+    _MEMO.table = {}
+    try:
+        yield
+    finally:
+        _MEMO.table = None
+
+
+def _realpath(p: str) -> str:
+    t = _MEMO.table
+    if t is None:
+        return os.path.realpath(p)
+    r = t.get(p)
+    if r is None:
+        r = t[p] = os.path.realpath(p)
+    return r
 
 
 def expand_path(p: str, cwd: str, home: str, what: str = "path") -> str:
@@ -39,7 +70,7 @@ def expand_path(p: str, cwd: str, home: str, what: str = "path") -> str:
                           f"resolve to {os.path.realpath(p)}: write that path if you mean it")
     # Resolve symlinks of the part that exists; a rule for a path not yet
     # created keeps its (normalised) tail.
-    return os.path.realpath(p)
+    return _realpath(p)
 
 
 def caller_home() -> str:

@@ -290,9 +290,13 @@ class Api(SessionOps, RunOps):  # + session_ready, join_session, exec_prepare, r
         s.enforcement["client"] = report
         s.enforcement["unix_refusals"] = self._refuse_foreign_sockets(s)
         self.sessions.save(s)
-        self.audit({"kind": "session", "op": "confined", "verdict": "info" if not mismatch
-                      else "warn", "session": s.id, "pid": conn.peer.pid, "uid": conn.peer.uid,
-                      "target": s.cgroup, "rule": "", "report": report}, must=False)
+        # Not log-first (the "start" record was): written once the answer is out,
+        # before anything the command does can be read from the kernel.
+        from corral.server.listener import after_answer
+        after_answer(self.audit, {"kind": "session", "op": "confined",
+                                  "verdict": "info" if not mismatch else "warn", "session": s.id,
+                                  "pid": conn.peer.pid, "uid": conn.peer.uid, "target": s.cgroup,
+                                  "rule": "", "report": report}, False)
         return report
 
     def _refuse_foreign_sockets(self, s) -> int:

@@ -62,6 +62,18 @@ class Connection:
                 self.closed = True
 
 
+def after_answer(fn, *args) -> None:
+    """Run fn(*args) once the answer being computed is on its way: an op's
+    answer is written (synchronously, into the socket) before the loop next
+    runs its callbacks. Work the caller need not wait for (removing an ended
+    session's state, a record that is not written log-first). Outside the
+    loop: now."""
+    try:
+        asyncio.get_running_loop().call_soon(fn, *args)
+    except RuntimeError:
+        fn(*args)
+
+
 class WithFds:
     """An op's answer that carries descriptors (SCM_RIGHTS on its first byte):
     the session's cgroup, Landlock ruleset and mount namespace for `corral

@@ -398,14 +398,15 @@ class NameWatch:
         allow_write tree (and not under an existing denied path)."""
         allow = fs.get("allow_write") or []
         deny = fs.get("deny_write") or []
+        existing = {d.rstrip("/") or "/" for d in deny if os.path.lexists(d)}   # one stat each
         out = []
         for p in deny:
-            if os.path.lexists(p):
+            if p.rstrip("/") in existing:
                 continue
             roots = [a for a in allow if under(p, a) and p != a]
             if not roots:
                 continue        # not writable at all: Landlock refuses it, no freeze
-            if any(d != p and under(p, d) and os.path.lexists(d) for d in deny):
+            if any(q in existing for q in _ancestors(p)):
                 continue        # inside a denied tree that exists (read-only mount)
             out.append((p, min(roots, key=len)))
         return out
@@ -1033,3 +1034,14 @@ def _ftype(mode: int) -> str:
         if test(mode):
             return name
     return "other"
+
+
+def _ancestors(p: str):
+    """The directories above an absolute path, nearest first."""
+    q = p.rstrip("/")
+    while True:
+        up = os.path.dirname(q)
+        if up == q:
+            return
+        yield up
+        q = up

@@ -194,6 +194,11 @@ class RunOps:
     """Ops mixed into server.api.Api, beside sessionops.SessionOps."""
 
     def op_run_prepare(self, conn, req):
+        from corral.policy.paths import one_resolution
+        with one_resolution():        # the policy is composed, then normalised twice over
+            return self._run_prepare(conn, req)
+
+    def _run_prepare(self, conn, req):
         caller = self._caller(conn)
         if caller.confined:
             raise P.ProtocolError(P.E_UNSUPPORTED, "inside a session: the Python CLI registers "

@@ -56,6 +56,7 @@ Paths may not contain ".." components (say the path you mean).
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import threading
@@ -106,6 +107,12 @@ class NetRule:
         return self.port_lo == 0 and self.port_hi == 65535
 
     def __str__(self) -> str:
+        return self.text
+
+    @functools.cached_property
+    def text(self) -> str:
+        """The canonical text (every normalisation writes it; kept on the rule,
+        which the rule caches share)."""
         addr = str(self.net)
         if self.any_port:
             return addr
@@ -164,6 +171,11 @@ class _RuleCache:
 # once. A client's text is never added: a padded or bogus rule costs its parse
 # and is gone.
 LEARNED_RULES = _RuleCache(1 << 16)
+# Clients' valid rule texts, apart (they cannot push the learned ones out): a
+# policy's rules are parsed at every normalisation (a native run normalises
+# its policy three times, installs it, and the next run sends the same texts).
+# Bounded: at most 16384 entries of a few hundred bytes.
+CLIENT_RULES = _RuleCache(1 << 14)
 
 
 def parse_learned_rule(text: str) -> NetRule:
@@ -184,9 +196,12 @@ def parse_net_rule(text: str) -> NetRule:
         if len(text) > MAX_NET_RULE_LEN:
             raise PolicyError(f"network rule {_short(text)}: {len(text)} characters, more than "
                               f"the limit of {MAX_NET_RULE_LEN}")
-        r = LEARNED_RULES.get(text)
+        r = LEARNED_RULES.get(text) or CLIENT_RULES.get(text)
         if r is not None:
             return r
+        r = _parse_net_rule(text)
+        CLIENT_RULES.put(text, r)       # valid only: a bogus one raised above
+        return r
     return _parse_net_rule(text)
 
 

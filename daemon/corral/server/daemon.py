@@ -619,6 +619,12 @@ def main(argv=None) -> int:
         log.error("cannot start: %s", e)
         sd_notify(f"STATUS=failed: {e}")
         return 1
+    # What loading made (bcc, the BPF tables, the parsed profiles...) lives as
+    # long as the daemon: out of the collector's way, so a collection on the
+    # path of a session start scans only what requests made.
+    import gc
+    gc.collect()
+    gc.freeze()
     asyncio.run(d.serve())
     return 0
 

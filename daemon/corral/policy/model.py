@@ -175,7 +175,10 @@ LEARNED_RULES = _RuleCache(1 << 16)
 # policy's rules are parsed at every normalisation (a native run normalises
 # its policy three times, installs it, and the next run sends the same texts).
 # Bounded: at most 16384 entries of a few hundred bytes.
-CLIENT_RULES = _RuleCache(1 << 14)
+# A plain dict (no lock, no LRU order: one lookup per rule per normalisation),
+# emptied when full.
+CLIENT_RULES: dict = {}
+CLIENT_RULES_MAX = 1 << 14
 
 
 def parse_learned_rule(text: str) -> NetRule:
@@ -196,11 +199,13 @@ def parse_net_rule(text: str) -> NetRule:
         if len(text) > MAX_NET_RULE_LEN:
             raise PolicyError(f"network rule {_short(text)}: {len(text)} characters, more than "
                               f"the limit of {MAX_NET_RULE_LEN}")
-        r = LEARNED_RULES.get(text) or CLIENT_RULES.get(text)
+        r = CLIENT_RULES.get(text) or LEARNED_RULES.get(text)
         if r is not None:
             return r
         r = _parse_net_rule(text)
-        CLIENT_RULES.put(text, r)       # valid only: a bogus one raised above
+        if len(CLIENT_RULES) >= CLIENT_RULES_MAX:
+            CLIENT_RULES.clear()
+        CLIENT_RULES[text] = r          # valid only: a bogus one raised above
         return r
     return _parse_net_rule(text)
 

@@ -1,9 +1,10 @@
 """How a test's command enters a sandbox, for tests that run the same checks
 through every way in (issue 15):
 
-* "run":     `corral run` of the installed `corral`: the native launcher (for
-             `--no-net`, `--profile`, `--open-net`: corrald prepares, the launcher
-             applies; other options are handed to the Python CLI);
+* "run":     `corral run` of the installed `corral`: the native launcher (every
+             policy option: corrald parses them and prepares, the launcher
+             applies; --keep-caps, --allow-weaker, --strict-protect, -v are
+             handed to the Python CLI);
 * "run-py":  `corral run` of corral-py, the Python CLI itself;
 * "exec":    `corral exec` into a `corral session start` session, through the
              native launcher (daemon-prepared seccomp/Landlock/mount view,

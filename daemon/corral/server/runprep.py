@@ -327,8 +327,12 @@ class RunOps:
             except OSError:
                 raise P.ProtocolError(P.E_NOT_FOUND, f"pid {pid} is gone") from None
             st = child.proc_status()
+            # Its own child, with the owner's ids throughout: not a set-id program
+            # it started (real uid the owner's, effective not), which a session's
+            # rules and end would then bind.
             if st.get("PPid") != str(conn.peer.pid) or \
-                    (st.get("Uid") or "").split()[:1] != [str(s.owner_uid)]:
+                    (st.get("Uid") or "").split() != [str(s.owner_uid)] * 4 or \
+                    len(set((st.get("Gid") or "").split())) != 1:
                 self._refuse(conn, f"move pid {pid} (not its own child) into a session", sid)
             try:
                 self.sessions.move_in(s, child)

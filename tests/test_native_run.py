@@ -357,8 +357,9 @@ def _raw_call(daemon, op, **kw):
 
 
 def test_join_child_moves_only_the_preparers_own_child(daemon, user, nobody_project):
-    """join_child: only the process that prepared the session, only for its own child;
-    a session it did not prepare, its parent, or a second join are refused."""
+    """join_child: only the process that prepared the session, only for its own child
+    with its own ids; a session it did not prepare, its parent, a set-uid program it
+    started, or a second join are refused."""
     import sys
     code = f"""
 import os, sys, time
@@ -385,6 +386,14 @@ pid = os.fork()
 if pid == 0:
     time.sleep(30)
     os._exit(0)
+import subprocess
+suid = subprocess.Popen(["/usr/bin/passwd"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)      # set-uid root, waits for a password
+time.sleep(0.3)
+print("setuid-child", refused(session=r2["session"], pid=suid.pid))
+suid.kill()
+r2 = call("run_prepare", argv=["--no-net", "--", "true"], files={{}}, env={{}},
+          home=os.getcwd(), env_names=[])
 print("own-child", refused(session=r2["session"], pid=pid))
 print("again", refused(session=r2["session"], pid=pid))
 print("cgroup", open(f"/proc/{{pid}}/cgroup").read().strip().endswith("/" + r2["session"]))
@@ -394,5 +403,6 @@ os.kill(pid, 9)
                        env=dict(daemon.env, HOME=str(nobody_project)), capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.split("\n")[:5] == ["other-session forbidden", "parent forbidden",
-                                       "own-child moved", "again forbidden", "cgroup True"], p.stdout
+    assert p.stdout.split("\n")[:6] == ["other-session forbidden", "parent forbidden",
+                                       "setuid-child forbidden", "own-child moved",
+                                       "again forbidden", "cgroup True"], p.stdout

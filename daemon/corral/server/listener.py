@@ -225,8 +225,9 @@ class Server:
                 if conn.subscribed:
                     header = await reader.readexactly(P.HEADER.size)
                 else:
-                    header = await asyncio.wait_for(reader.readexactly(P.HEADER.size),
-                                                    L.IDLE_TIMEOUT)
+                    # asyncio.timeout, not wait_for: no Task made per frame read
+                    async with asyncio.timeout(L.IDLE_TIMEOUT):
+                        header = await reader.readexactly(P.HEADER.size)
             except asyncio.IncompleteReadError:
                 return
             except asyncio.TimeoutError:
@@ -240,7 +241,8 @@ class Server:
                                         f"frame length {length} exceeds the {P.MAX_FRAME}-byte limit"))
                 return
             try:
-                body = await asyncio.wait_for(reader.readexactly(length), L.BODY_TIMEOUT)
+                async with asyncio.timeout(L.BODY_TIMEOUT):
+                    body = await reader.readexactly(length)
             except (asyncio.IncompleteReadError, asyncio.TimeoutError):
                 await conn.send(P.error(None, P.E_BAD_FRAME, "truncated frame"))
                 return

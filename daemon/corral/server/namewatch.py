@@ -393,22 +393,29 @@ class NameWatch:
                 w.records[:] = [now, 0, 0]
 
     # -- setting up --------------------------------------------------------------
-    def candidates(self, fs: dict) -> list[tuple[str, str]]:
+    def candidates(self, fs: dict, extra=()) -> list[tuple[str, str]]:
         """(path, top) of the deny_write paths that do not exist and lie in an
-        allow_write tree (and not under an existing denied path)."""
+        allow_write tree (and not under an existing denied path); then those of
+        `extra` (paths not in deny_write), judged as if they were added to it.
+        One pass for both: the deny_write list is long (every session has the
+        same ~80 code paths), and walking it twice was most of a session's setup."""
         allow = fs.get("allow_write") or []
         deny = fs.get("deny_write") or []
+        listed = set(deny)
+        more = [p for p in dict.fromkeys(extra) if p not in listed]
         existing = {d.rstrip("/") or "/" for d in deny if os.path.lexists(d)}   # one stat each
+        existing_more = existing | {d.rstrip("/") or "/" for d in more if os.path.lexists(d)}
         out = []
-        for p in deny:
-            if p.rstrip("/") in existing:
-                continue
-            roots = [a for a in allow if under(p, a) and p != a]
-            if not roots:
-                continue        # not writable at all: Landlock refuses it, no freeze
-            if any(q in existing for q in _ancestors(p)):
-                continue        # inside a denied tree that exists (read-only mount)
-            out.append((p, min(roots, key=len)))
+        for group, ex in ((deny, existing), (more, existing_more)):
+            for p in group:
+                if p.rstrip("/") in ex:
+                    continue
+                roots = [a for a in allow if under(p, a) and p != a]
+                if not roots:
+                    continue        # not writable at all: Landlock refuses it, no freeze
+                if any(q in ex for q in _ancestors(p)):
+                    continue        # inside a denied tree that exists (read-only mount)
+                out.append((p, min(roots, key=len)))
         return out
 
     def _watch(self, s) -> list[str]:
@@ -434,11 +441,7 @@ class NameWatch:
                     names.append((p, min(roots, key=len)))
             secrets = {p for p, _ in names if p in deny_read}
         else:
-            names = self.candidates(fs)
-            have = {p for p, _ in names}
-            more = self.candidates({**fs, "deny_write": list(fs.get("deny_write") or [])
-                                    + sorted(siblings)})
-            names += [c for c in more if c[0] in siblings and c[0] not in have]
+            names = self.candidates(fs, sorted(siblings))
             hidden = secretwatch.candidates(fs)
             secrets = {p for p, _ in hidden}
             # The client drops a watched name from deny_read too: one that is

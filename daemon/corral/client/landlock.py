@@ -473,21 +473,12 @@ def build_ruleset(pl: Plan, abi_version: int | None = None) -> tuple[int, dict]:
     v = abi() if abi_version is None else abi_version
     if v <= 0:
         raise LandlockUnavailable("Landlock is not available on this kernel")
-    pins, skipped = pin_rules(pl, v)
-    try:
-        fd = ruleset_of(pins, v)
-    finally:
-        for pfd, _ in pins:
-            os.close(pfd)
-    return fd, {"rules": len(pins), "skipped": skipped, "handled_fs": handled_fs(v),
-                "scoped": scopes(v)}
-
-
-def pin_rules(pl: Plan, abi_version: int) -> tuple[list[tuple[int, int]], int]:
-    """([(O_PATH fd, access mask)] of the plan's rules, paths skipped): the
-    inodes the rules will attach to, opened now. The caller closes the fds."""
-    hfs = handled_fs(abi_version)
-    pins, skipped = [], 0
+    lib = native.load().lib
+    hfs = handled_fs(v)
+    fd = lib.corral_landlock_create_ruleset(hfs, 0, scopes(v), v)
+    if fd < 0:
+        native.check(fd, "landlock_create_ruleset")
+    added = skipped = 0
     try:
         for path, mask in sorted(pl.rules.items()):
             try:
@@ -495,35 +486,23 @@ def pin_rules(pl: Plan, abi_version: int) -> tuple[list[tuple[int, int]], int]:
             except (FileNotFoundError, NotADirectoryError, PermissionError):
                 skipped += 1            # vanished / not reachable by us: no rule, fail closed
                 continue
-            m = mask & hfs
-            if not _stat.S_ISDIR(os.fstat(pfd).st_mode):
-                m &= FILE_RIGHTS
-            if m:
-                pins.append((pfd, m))
-            else:
+            try:
+                st = os.fstat(pfd)
+                m = mask & hfs
+                if not _stat.S_ISDIR(st.st_mode):
+                    m &= FILE_RIGHTS
+                if not m:
+                    continue
+                native.check(lib.corral_landlock_add_path_rule(fd, m, pfd),
+                             f"landlock_add_rule({path})")
+                added += 1
+            finally:
                 os.close(pfd)
-    except BaseException:
-        for pfd, _ in pins:
-            os.close(pfd)
-        raise
-    return pins, skipped
-
-
-def ruleset_of(pins: list[tuple[int, int]], abi_version: int) -> int:
-    """A new ruleset fd with a rule per pinned inode (pin_rules)."""
-    lib = native.load().lib
-    v = abi_version
-    fd = lib.corral_landlock_create_ruleset(handled_fs(v), 0, scopes(v), v)
-    if fd < 0:
-        native.check(fd, "landlock_create_ruleset")
-    try:
-        for pfd, m in pins:
-            native.check(lib.corral_landlock_add_path_rule(fd, m, pfd),
-                         f"landlock_add_rule(fd {pfd})")
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, {"rules": added, "skipped": skipped, "handled_fs": hfs,
+                "scoped": scopes(v)}
 
 
 def restrict(ruleset_fd: int, abi_version: int | None = None, close: bool = True) -> int:

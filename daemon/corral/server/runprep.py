@@ -403,12 +403,7 @@ def _ruleset(fs: dict | None, guard: dict) -> tuple[int, int, int]:
         if any(under(p, r) for r in guard.get("read_only") or []):
             return True
         return bool(ro_view) and not any(under(p, r) for r in roots)
-    pl, pins = _cached_plan(fs, guard, read_only_here, v)
-    if pins is not None:
-        try:
-            return landlock.ruleset_of(pins, v), landlock.restrict_flags(v), len(pins)
-        except OSError:
-            _drop_plans()       # fail closed: nothing cached is trusted, built fresh below
+    pl = _cached_plan(fs, guard, read_only_here)
     fd, stats = landlock.build_ruleset(pl, v)
     return fd, landlock.restrict_flags(v), stats["rules"]
 
@@ -417,72 +412,32 @@ def _ruleset(fs: dict | None, guard: dict) -> tuple[int, int, int]:
 # complement is most of a plan's cost and gives the same rules while the
 # directories it listed are unchanged (landlock.dir_stamp). Bounded; a plan is
 # kept only if those directories had settled (1 s) when it was made.
-#
-# A kept plan also keeps its rules' inodes open (O_PATH, landlock.pin_rules):
-# opening ~100 paths was most of a ruleset's cost. Each session still gets a
-# ruleset of its own (the fd goes to the client, which could add rules to a
-# shared one). The pinned inodes are those the paths name while the stamp
-# holds: every rule path but "/" lies in a listed directory (checked when
-# pinned), so another inode there would have changed that directory's stamp,
-# and a mount over one changes the table in the key.
 _PLANS: dict[str, tuple] = {}
 _PLANS_MAX = 64
-_PINNED_MAX = 8192          # O_PATH fds held over all plans; past it, rulesets built fresh
 _SETTLED_NS = 1_000_000_000
 
 
-def _cached_plan(fs: dict | None, guard: dict, read_only_here, v: int = 0):
-    """(plan, pinned rules or None)."""
+def _cached_plan(fs: dict | None, guard: dict, read_only_here):
     import json
     from corral.client import landlock
     try:
         with open("/proc/self/mountinfo") as fh:
             table = fh.read()
     except OSError:
-        return landlock.plan(fs, read_only_here=read_only_here), None
+        return landlock.plan(fs, read_only_here=read_only_here)
     key = json.dumps([fs, guard.get("mountguard"), guard.get("read_only"), guard.get("writable"),
                       guard.get("read_only_view"), table], sort_keys=True, default=str)
     hit = _PLANS.get(key)
     if hit is not None and landlock.dir_stamp(hit[1].walked) == hit[0]:
-        if hit[2] is None and v > 0 and _pinnable(hit[1]):
-            _PLANS[key] = hit = (hit[0], hit[1], _pin(hit[1], v))
-        return hit[1], hit[2]
+        return hit[1]
     pl = landlock.plan(fs, read_only_here=read_only_here)
     stamp = landlock.dir_stamp(pl.walked, _SETTLED_NS)
-    _forget_plan(key)
+    _PLANS.pop(key, None)
     if stamp is not None:
         if len(_PLANS) >= _PLANS_MAX:
-            _forget_plan(next(iter(_PLANS)))
-        _PLANS[key] = (stamp, pl, None)      # pinned at its first reuse
-    return pl, None
-
-
-def _pinnable(pl) -> bool:
-    walked = set(pl.walked)
-    return all(p == "/" or os.path.dirname(p) in walked for p in pl.rules)
-
-
-def _pin(pl, v: int):
-    from corral.client import landlock
-    import resource
-    held = sum(len(e[2] or ()) for e in _PLANS.values()) + len(pl.rules)
-    if held > min(_PINNED_MAX, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4):
-        return None             # the descriptors are for connections first
-    try:
-        return landlock.pin_rules(pl, v)[0]
-    except OSError:
-        return None
-
-
-def _forget_plan(key: str) -> None:
-    e = _PLANS.pop(key, None)
-    for pfd, _ in (e[2] or ()) if e else ():
-        os.close(pfd)
-
-
-def _drop_plans() -> None:
-    for key in list(_PLANS):
-        _forget_plan(key)
+            _PLANS.pop(next(iter(_PLANS)))
+        _PLANS[key] = (stamp, pl)
+    return pl
 
 
 def _ns(path: str) -> int:

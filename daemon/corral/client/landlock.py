@@ -67,6 +67,7 @@ restrict_self asks the kernel to log denials across the exec of the agent.
 """
 from __future__ import annotations
 
+import bisect
 import os
 import stat as _stat
 from dataclasses import dataclass, field
@@ -276,21 +277,52 @@ def normalize_policy(file_policy: dict | None) -> dict:
         raise LandlockError(str(e)) from None
 
 
+# The decisions below are asked for every entry the walk meets: rather than
+# asking `under` of every rule (a hundred-odd with the mandatory protections),
+# look the path and its ancestors up among the rules (the same answer for the
+# canonical absolute paths a policy holds; a trailing "/" on a rule is ignored,
+# as `under` ignores it).
+def _chain(p: str) -> list[str]:
+    """p and every directory above it, up to "/"."""
+    p = p.rstrip("/") or "/"
+    out = [p]
+    while p != "/":
+        p = p.rsplit("/", 1)[0] or "/"
+        out.append(p)
+    return out
+
+
+def _lengths(paths) -> dict[str, int]:
+    """rule (without a trailing "/") -> the longest length it was written with."""
+    out: dict[str, int] = {}
+    for q in paths:
+        k = q.rstrip("/") or "/"
+        out[k] = max(out.get(k, -1), len(q))
+    return out
+
+
 def _decide_read(deny: list[str], allow: list[str]):
+    dmap, amap = _lengths(deny), _lengths(allow)
+
     def decide(p: str) -> bool:
         best_len, best = -1, True
-        for q in deny:
-            if under(p, q) and len(q) >= best_len:
-                best_len, best = len(q), False
-        for q in allow:
-            if under(p, q) and len(q) > best_len:
-                best_len, best = len(q), True
+        chain = _chain(p)
+        for a in chain:
+            n = dmap.get(a, -1)
+            if n >= 0 and n >= best_len:
+                best_len, best = n, False
+        for a in chain:
+            if amap.get(a, -1) > best_len:
+                best_len, best = amap[a], True
         return best
     return decide
 
 
-def _longest(p: str, roots: list[str]) -> int:
-    return max((len(q) for q in roots if under(p, q)), default=-1)
+def _longest(p: str, roots) -> int:
+    """The longest of `roots` (a _lengths map, or a list) that holds p; -1: none."""
+    if not isinstance(roots, dict):
+        return max((len(q) for q in roots if under(p, q)), default=-1)
+    return max((roots.get(a, -1) for a in _chain(p)), default=-1)
 
 
 def _decide_write(allow: list[str], deny: list[str], mandatory: list[str] = (),
@@ -298,13 +330,18 @@ def _decide_write(allow: list[str], deny: list[str], mandatory: list[str] = (),
     """Precedence: deny_write > mandatory (cgroup/bpf) > device allowances >
     protected pseudo filesystems (unless a more specific allow_write) >
     allow_write > default deny."""
+    no = set(_lengths(list(deny) + list(mandatory)))
+    dev = set(_lengths(devices))
+    allow_len, prot_len = _lengths(allow), _lengths(protected)
+
     def decide(p: str) -> bool:
-        if any(under(p, q) for q in deny) or any(under(p, q) for q in mandatory):
+        chain = _chain(p)
+        if any(a in no for a in chain):
             return False
-        if any(under(p, q) for q in devices):
+        if any(a in dev for a in chain):
             return True
-        a = _longest(p, allow)
-        prot = _longest(p, protected)
+        a = _longest(p, allow_len)
+        prot = _longest(p, prot_len)
         if prot >= 0:
             return a > prot
         return a >= 0
@@ -325,10 +362,14 @@ def _complement(decide, rule_paths: list[str]) -> _Walk:
     w = _Walk()
 
     def rec(p: str, cands: list[str]) -> None:
-        # cands: the rule paths under p's parent (all of them at "/"): only
-        # those can lie under p, so each level looks at fewer.
+        # cands: the rule paths under p's parent (all of them at "/"), sorted:
+        # those under p are one run of them (they start with p + "/").
         want = decide(p)
-        sub = [q for q in cands if q != p and under(q, p)]
+        if p == "/":
+            sub = [q for q in cands if q != "/" and q.startswith("/")]
+        else:
+            lo = bisect.bisect_left(cands, p + "/")
+            sub = cands[lo:bisect.bisect_left(cands, p + "0", lo)]    # "0" follows "/"
         if want:
             if all(decide(q) for q in sub):
                 w.grants.append(p)
@@ -375,7 +416,7 @@ def _complement(decide, rule_paths: list[str]) -> _Walk:
                     continue
                 rec(c, sub)
 
-    rec("/", list(rule_paths))
+    rec("/", sorted(rule_paths))
     return w
 
 

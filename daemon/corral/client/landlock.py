@@ -429,13 +429,26 @@ class Plan:
     walked: list = field(default_factory=list)   # the directories whose entries decided it
 
 
-def dir_stamp(dirs: list[str], settled_ns: int = 0):
+# How long a directory must have been unchanged before a stamp of it can be
+# trusted: a change right after the last one may get the same timestamp. On a
+# filesystem with nanosecond timestamps that is within one tick of the kernel's
+# coarse clock (at most 10 ms); one that keeps whole seconds (its times have no
+# nanoseconds; FAT keeps two) needs them to have passed.
+SETTLE_FINE_NS = 50_000_000
+SETTLE_COARSE_NS = 2_000_000_000
+
+
+def _settle_ns(st) -> int:
+    whole = st.st_mtime_ns % 1_000_000_000 == 0 and st.st_ctime_ns % 1_000_000_000 == 0
+    return SETTLE_COARSE_NS if whole else SETTLE_FINE_NS
+
+
+def dir_stamp(dirs: list[str], settle: bool = False):
     """What the directories a plan listed look like now ((inode, device, mtime,
     ctime) each): the plan holds while this is unchanged, since an entry made,
     removed or renamed in one of them changes its mtime, a chmod its ctime.
-    None if one is gone, or (settled_ns) changed less than that long ago: the
-    kernel's coarse clock could give a change right after this one the same
-    mtime."""
+    None if one is gone, or (settle) changed too recently to be told from a
+    change still to come (_settle_ns)."""
     import time
     now = time.time_ns()
     out = []
@@ -444,7 +457,7 @@ def dir_stamp(dirs: list[str], settled_ns: int = 0):
             st = os.lstat(d)
         except OSError:
             return None
-        if settled_ns and now - max(st.st_mtime_ns, st.st_ctime_ns) < settled_ns:
+        if settle and now - max(st.st_mtime_ns, st.st_ctime_ns) < _settle_ns(st):
             return None
         out.append((st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(out)

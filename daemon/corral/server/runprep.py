@@ -411,10 +411,12 @@ def _ruleset(fs: dict | None, guard: dict) -> tuple[int, int, int]:
 # Landlock plans by (file policy, view, mount table): walking the tree for the
 # complement is most of a plan's cost and gives the same rules while the
 # directories it listed are unchanged (landlock.dir_stamp). Bounded; a plan is
-# kept only if those directories had settled (1 s) when it was made.
+# kept only if those directories had settled when it was made (50 ms, 2 s on a
+# filesystem of whole-second times: landlock._settle_ns). A plan that is stale
+# anyway only lacks rules for entries made since: they are refused, never
+# granted (a rule path is opened afresh for every ruleset).
 _PLANS: dict[str, tuple] = {}
 _PLANS_MAX = 64
-_SETTLED_NS = 1_000_000_000
 
 
 def _cached_plan(fs: dict | None, guard: dict, read_only_here):
@@ -431,7 +433,7 @@ def _cached_plan(fs: dict | None, guard: dict, read_only_here):
     if hit is not None and landlock.dir_stamp(hit[1].walked) == hit[0]:
         return hit[1]
     pl = landlock.plan(fs, read_only_here=read_only_here)
-    stamp = landlock.dir_stamp(pl.walked, _SETTLED_NS)
+    stamp = landlock.dir_stamp(pl.walked, settle=True)
     _PLANS.pop(key, None)
     if stamp is not None:
         if len(_PLANS) >= _PLANS_MAX:

@@ -261,7 +261,7 @@ class RunOps:
             if git.get("push"):
                 notes.append(f"corral: git: {git.get('remote')} goes through corrald's git "
                              f"gateway; pushes may update {git.get('push')} only")
-        report = {k: guard[k] for k in ("masked_sockets", "hidden_paths") if k in guard}
+        report = {}                         # the view keys below, only with a view (as enter.confine)
         report.update({"watched_names": sorted(watched), "landlock_rules": rules,
                        "landlock_log_flags": lflags})
         if guard["sockets_skipped"]:

@@ -263,3 +263,31 @@ def test_a_command_that_exits_while_the_daemon_is_down_ends_its_session_at_resta
         if pid and alive(pid):
             os.kill(pid, signal.SIGKILL)
         d.cleanup()
+
+
+def test_end_sessions_on_exit_logs_each_end_before_the_stop(tmp_path):
+    """corrald --end-sessions-on-exit: every live session is ended at SIGTERM, its
+    end record written before the daemon's stop record and its cgroup removed
+    (the work an answer defers runs at once outside a request: the log closes
+    right after)."""
+    from conftest import make_daemon
+    d = make_daemon("corral-lifecycle-exit", extra_args=["--no-dns", "--end-sessions-on-exit"])
+    proc = None
+    try:
+        d.start()
+        proc = subprocess.Popen([CORRAL, "run", "-v", "--no-net", "--", "sleep", "300"],
+                                env=d.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        sid = sid_of(proc.stderr.readline())
+        assert wait_until(lambda: session_dir(d, sid).exists())
+        d.stop()
+        assert proc.wait(20) != 0                  # its command was killed
+        recs = d.records()
+        ops = [(r.get("kind"), r.get("op"), r.get("session")) for r in recs]
+        assert ("session", "end", sid) in ops, ops[-5:]
+        assert ops.index(("session", "end", sid)) < ops.index(("daemon", "stop", None)), ops[-5:]
+        assert not session_dir(d, sid).exists()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        d.cleanup()

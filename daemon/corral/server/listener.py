@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextvars
 import logging
 import os
 import socket
@@ -62,16 +63,22 @@ class Connection:
                 self.closed = True
 
 
+# The work deferred by the request being answered on this task (each
+# connection's task has its own context); None outside a request.
+_AFTER: contextvars.ContextVar = contextvars.ContextVar("corral_after_answer", default=None)
+
+
 def after_answer(fn, *args) -> None:
-    """Run fn(*args) once the answer being computed is on its way: an op's
-    answer is written (synchronously, into the socket) before the loop next
-    runs its callbacks. Work the caller need not wait for (removing an ended
-    session's state, a record that is not written log-first). Outside the
-    loop: now."""
-    try:
-        asyncio.get_running_loop().call_soon(fn, *args)
-    except RuntimeError:
+    """Run fn(*args) once the answer to the request being served has been sent
+    (_dispatch runs it then, whatever the answer): work the caller need not
+    wait for (removing an ended session's state, a record that is not written
+    log-first). Outside a request (the daemon's own ends, its shutdown, which
+    then closes the log): now."""
+    pending = _AFTER.get()
+    if pending is None:
         fn(*args)
+    else:
+        pending.append((fn, args))
 
 
 class WithFds:
@@ -270,6 +277,19 @@ class Server:
             await self._dispatch(conn, req)
 
     async def _dispatch(self, conn: Connection, req: dict) -> None:
+        token = _AFTER.set([])
+        try:
+            await self._answer(conn, req)
+        finally:
+            pending = _AFTER.get()
+            _AFTER.reset(token)
+            for fn, args in pending:
+                try:
+                    fn(*args)
+                except Exception:
+                    log.exception("after an answer: %s", getattr(fn, "__qualname__", fn))
+
+    async def _answer(self, conn: Connection, req: dict) -> None:
         req_id = _safe_id(req.get("id"))
         if req_id is None and req.get("id") is not None:
             await conn.send(P.error(None, P.E_BAD_REQUEST, "'id' must be an integer or a string "

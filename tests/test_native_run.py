@@ -425,3 +425,25 @@ os.kill(pid, 9)
     assert p.stdout.split("\n")[:6] == ["other-session forbidden", "parent forbidden",
                                        "setuid-child forbidden", "own-child moved",
                                        "again forbidden", "cgroup True"], p.stdout
+
+
+@pytest.mark.parametrize("binary", [CORRAL, CORRAL_PY], ids=["native", "python"])
+def test_options_without_a_profile_say_what_they_leave(daemon, project, host_listener, binary):
+    """One --deny-read and no profile: the options are the whole policy, so the
+    network is open and nothing is writable; one line says so, and it is true (the
+    host's loopback service connects, the project root refuses a new file). The
+    control: the same denial on top of --profile agent says nothing and keeps the
+    profile's network refused and the project writable."""
+    script = ("touch made-here 2>/dev/null && echo WROTE; "
+              f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {host_listener}), 3)\" "
+              "2>/dev/null && echo NET; true")
+    p = run(binary, "--deny-read", "~/corral-nope", "--", "sh", "-c", script, cwd=project,
+            env=daemon.env)
+    assert p.returncode == 0, p.stderr
+    assert ("no profile: these options are the whole policy: the network is unrestricted and "
+            "nothing is writable") in p.stderr, p.stderr
+    assert p.stdout.split() == ["NET"], p.stdout
+    p = run(binary, "--profile", "agent", "--deny-read", "~/corral-nope", "--", "sh", "-c", script,
+            cwd=project, env=daemon.env)
+    assert p.returncode == 0 and "no profile" not in p.stderr, p.stderr
+    assert p.stdout.split() == ["WROTE"], p.stdout

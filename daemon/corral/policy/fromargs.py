@@ -120,11 +120,33 @@ def default_profile(args, cmd0: str) -> str | None:
     options chose, or -q)."""
     from corral.policy.compose import default_profile as pick, profile_note
     if any(getattr(args, k, None) for k in POLICY_OPTIONS):
-        return None
+        return None if getattr(args, "quiet", False) else _options_only_note(args)
     args.profile, why = pick(cmd0)
     if getattr(args, "quiet", False):
         return None
     return profile_note(args.profile, why, getattr(args, "open_net", False))
+
+
+_NET_OPTIONS = ("no_net", "allow_net", "deny_net", "allow_domain", "deny_domain",
+                "allow_localhost_port")
+_FS_DENIALS = ("deny_read", "allow_read", "deny_write")
+
+
+def _options_only_note(args) -> str | None:
+    """Options without a profile or file are the whole policy: a user who adds one
+    --deny-read may not expect the network to open and nothing to stay writable.
+    Says so when it is so (None otherwise)."""
+    if args.profile or args.policy or args.srt_settings:
+        return None
+    left = []
+    if not any(getattr(args, k, None) for k in _NET_OPTIONS) and not args.open_net:
+        left.append("the network is unrestricted")
+    if any(getattr(args, k, None) for k in _FS_DENIALS) and not args.allow_write:
+        left.append("nothing is writable (only --allow-write paths are)")
+    if not left:
+        return None
+    return ("corral: note: no profile: these options are the whole policy: " + " and ".join(left)
+            + "; --profile agent (or another) adds them to a profile instead")
 
 
 def session_meta(args) -> dict:

@@ -486,10 +486,10 @@ class Daemon:
         if not must:
             if left:
                 rec["remaining"] = left
-            # Not log-first (the daemon's own end, or the command's exit): written
-            # once the answer with the counts is out, after the cleanup above.
-            from corral.server.listener import after_answer
-            after_answer(self.audit, rec)
+            # Not log-first (the daemon's own end, or the command's exit), but
+            # before the answer: `corral run` exits on it, and `corral log`
+            # right after must find the end (and the session gone).
+            self.audit(rec)
         elif left:
             self.audit({"kind": "session", "op": "end_incomplete", "verdict": "warn",
                         "session": s.id, "target": s.cgroup, "uid": s.owner_uid,

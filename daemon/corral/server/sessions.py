@@ -232,13 +232,7 @@ class SessionTable:
         if self.namewatch is not None:
             self.namewatch.forget(s)
         self._close_leader(s)
-        if left:
-            self._remove(s, path, left)
-        else:
-            # Nobody is left to use the rules, the cgroup or the gateway: they go
-            # once the answer is out (a new session never shares a cgroup id).
-            from corral.server.listener import after_answer
-            after_answer(self._remove, s, path, left)
+        self._remove(s, path, left)     # before the end record: it says the session is gone
         self.by_id.pop(s.id, None)
         self.by_cgid.pop(s.cgid, None)
         now = time.monotonic()

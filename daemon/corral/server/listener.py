@@ -70,10 +70,12 @@ _AFTER: contextvars.ContextVar = contextvars.ContextVar("corral_after_answer", d
 
 def after_answer(fn, *args) -> None:
     """Run fn(*args) once the answer to the request being served has been sent
-    (_dispatch runs it then, whatever the answer): work the caller need not
-    wait for (removing an ended session's state, a record that is not written
-    log-first). Outside a request (the daemon's own ends, its shutdown, which
-    then closes the log): now."""
+    (_dispatch runs it then, whatever the answer, before it reads the next
+    request of that connection): work the caller need not wait for (a record
+    that is not written log-first: report_confinement's). Not a session's end:
+    `corral run` exits on that answer and `corral log` must then find it.
+    Outside a request (the daemon's own work, its shutdown, which then closes
+    the log): now."""
     pending = _AFTER.get()
     if pending is None:
         fn(*args)

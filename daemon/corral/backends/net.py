@@ -17,6 +17,7 @@ import struct
 import time
 from pathlib import Path
 
+from corral.bounded import Bounded
 from corral.config import PIN_DIR
 from corral.kernel import abi, bpf
 from corral.kernel.events import describe_rule
@@ -684,17 +685,14 @@ class NetBpf(Backend):
         # passes through an empty (wide-open or all-denied) state.
         lo, hi = cgid & 0xFFFFFFFF, cgid >> 32
         prev = self._installed.get(cgid)
-        if prev is None:
-            now, changed = dict(wanted), wanted
-        else:
-            now = wanted
-            # unchanged entries are not rewritten: DNS-learned rules change one at a time
-            changed = {k: v for k, v in wanted.items() if prev.get(k, (None, None))[1] != v[1]}
+        # unchanged entries are not rewritten: DNS-learned rules change one at a time
+        changed = wanted if prev is None else \
+            {k: v for k, v in wanted.items() if prev.get(k, (None, None))[1] != v[1]}
         for tname, trie in self.tries.items():
             keys = [k for k in changed if k[0] == tname]
             if keys:
                 _write_blob(trie, _key_blob(cgid, keys), b"".join(changed[k][1] for k in keys))
-        self._installed[cgid] = now if prev is None else dict(now)
+        now = self._installed[cgid] = dict(wanted)     # add_entries adds to it; _WANTED's is shared
         if prev is not None:
             for tname, trie in self.tries.items():
                 _delete_blob(trie, _key_blob(cgid, [k for k in prev.keys() - now.keys()
@@ -706,38 +704,22 @@ class NetBpf(Backend):
         # pinned tries may hold its old entries; sweep them.
         self._stale.discard(cgid)
         for tname, trie in self.tries.items():
-            for k in list(trie.keys()):
-                if k.cg_lo != lo or k.cg_hi != hi:
-                    continue
-                net = self._net_of(tname, k)
-                if (tname, int(net.network_address), net.prefixlen) not in wanted:
-                    try:
-                        del trie[k]
-                    except KeyError:
-                        pass
+            gone = []
+            for k in trie.keys():
+                if k.cg_lo == lo and k.cg_hi == hi:
+                    net = self._net_of(tname, k)
+                    if (tname, int(net.network_address), net.prefixlen) not in wanted:
+                        gone.append(k)
+            _delete(trie, gone)
 
     def add_entries(self, cgid: int, entries: list) -> None:
         """Write (trie name, prefix, leaf) entries for a session that
         install_rules already set up (SessionTable's learned-rule fast path)."""
         cache = self._installed[cgid]
         for tname, net, leaf in entries:
-            trie = self.tries[tname]
-            trie[self._key(trie, cgid, net)] = leaf
-            cache[(tname, int(net.network_address), net.prefixlen)] = (net, bytes(leaf))
-
-    @staticmethod
-    def _key(trie, cgid: int, net) -> object:
-        k = trie.Key()
-        k.prefixlen = 64 + net.prefixlen
-        k.cg_lo = cgid & 0xFFFFFFFF
-        k.cg_hi = cgid >> 32
-        packed = net.network_address.packed
-        if net.version == 4:
-            k.addr = int.from_bytes(packed, "little")
-        else:
-            for i in range(4):
-                k.addr[i] = int.from_bytes(packed[4 * i:4 * i + 4], "little")
-        return k
+            k = (tname, int(net.network_address), net.prefixlen)
+            _write_blob(self.tries[tname], _key_blob(cgid, [k]), bytes(leaf))
+            cache[k] = (net, bytes(leaf))
 
     @staticmethod
     def _net_of(tname: str, k) -> object:
@@ -758,8 +740,7 @@ _BATCH_MIN = 8        # fewer entries: one syscall each costs less than building
 # A rule set's trie entries, computed once: a native `corral run` per agent
 # command installs the same policy again and again; only the cgroup id in the
 # keys differs. Keyed by the rules' texts and ids. Bounded.
-_WANTED: dict = {}
-_WANTED_MAX = 64
+_WANTED = Bounded(64)
 
 
 def _wanted(allow: list[tuple[NetRule, int]], deny: list[tuple[NetRule, int]]) -> dict:
@@ -777,10 +758,7 @@ def _wanted(allow: list[tuple[NetRule, int]], deny: list[tuple[NetRule, int]]) -
             tname = f"{kind}{fam}"
             for (addr, plen), net, leaf in _merged(fam_rules):
                 out[(tname, addr, plen)] = (net, bytes(leaf))
-    if len(_WANTED) >= _WANTED_MAX:
-        _WANTED.pop(next(iter(_WANTED)))
-    _WANTED[key] = out
-    return out
+    return _WANTED.put(key, out)
 
 
 _KEY_HEAD = struct.Struct("<III")       # bpf/net.c lpm4_key/lpm6_key: prefixlen, cg_lo, cg_hi
@@ -811,9 +789,7 @@ def _write_blob(table, keys: bytes, leaves: bytes) -> None:
 
 
 def _delete_blob(table, keys: bytes) -> None:
-    ks = ct.sizeof(table.Key)
-    _delete(table, [table.Key.from_buffer_copy(keys, i * ks) for i in range(len(keys) // ks)]
-            if len(keys) < _BATCH_MIN * ks else (table.Key * (len(keys) // ks)).from_buffer_copy(keys))
+    _delete(table, (table.Key * (len(keys) // ct.sizeof(table.Key))).from_buffer_copy(keys))
 
 
 def _delete(table, keys) -> None:

@@ -318,10 +318,8 @@ def _decide_read(deny: list[str], allow: list[str]):
     return decide
 
 
-def _longest(p: str, roots) -> int:
-    """The longest of `roots` (a _lengths map, or a list) that holds p; -1: none."""
-    if not isinstance(roots, dict):
-        return max((len(q) for q in roots if under(p, q)), default=-1)
+def _longest(p: str, roots: dict[str, int]) -> int:
+    """The longest of `roots` (a _lengths map) that holds p; -1: none."""
     return max((roots.get(a, -1) for a in _chain(p)), default=-1)
 
 

@@ -47,6 +47,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.bounded import Bounded
 from corral.kernel.mountinfo import under
 from corral.policy import model as pol
 from corral.policy.domains import file_rule_error
@@ -344,10 +345,7 @@ def load_policy_file(path: str, loaded: list[str] | None = None, read=None) -> d
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise PolicyError(f"{path}: not UTF-8 text ({e})") from None
-        parsed = parse_policy_text(text, path)
-        if len(_PARSED_FILES) >= 32:
-            _PARSED_FILES.pop(next(iter(_PARSED_FILES)))
-        _PARSED_FILES[key] = parsed
+        parsed = _PARSED_FILES.put(key, parse_policy_text(text, path))
     out = _extend(copy.deepcopy(parsed), loaded)
     _note(loaded, os.path.abspath(path))
     return out
@@ -355,7 +353,7 @@ def load_policy_file(path: str, loaded: list[str] | None = None, read=None) -> d
 
 # Policy files by (path, content): corrald parses the same file for every native
 # `corral run` that names it (TOML in pure Python: ~8 ms for a 1000-rule file).
-_PARSED_FILES: dict = {}
+_PARSED_FILES = Bounded(32)
 
 
 def _extend(policy: dict, loaded: list[str] | None, depth: int = 0) -> dict:
@@ -404,15 +402,13 @@ def load_profile(name: str, loaded: list[str] | None = None, _depth: int = 0) ->
     for f in mine:
         _note(loaded, f)
     if _depth == 0:
-        if len(_PROFILES) > 64:
-            _PROFILES.clear()
-        _PROFILES[str(p)] = (_stamps(mine), mine, copy.deepcopy(out))
+        _PROFILES.put(str(p), (_stamps(mine), mine, copy.deepcopy(out)))
     return out
 
 
 # Parsed profiles (corrald composes one for every native `corral run`): kept
 # while every file they were read from is unchanged (inode, mtime, ctime, size).
-_PROFILES: dict = {}
+_PROFILES = Bounded(64)
 
 
 def _stamps(files: list[str]) -> list:

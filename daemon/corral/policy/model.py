@@ -63,6 +63,7 @@ import threading
 from collections import OrderedDict, namedtuple
 from dataclasses import dataclass
 
+from corral.bounded import Bounded
 from corral.kernel.mountinfo import under
 from corral.policy.domains import normalize_rules, uncovered_domains
 from corral.policy.errors import PolicyError, short as _short
@@ -174,11 +175,9 @@ LEARNED_RULES = _RuleCache(1 << 16)
 # Clients' valid rule texts, apart (they cannot push the learned ones out): a
 # policy's rules are parsed at every normalisation (a native run normalises
 # its policy three times, installs it, and the next run sends the same texts).
-# Bounded: at most 16384 entries of a few hundred bytes.
-# A plain dict (no lock, no LRU order: one lookup per rule per normalisation),
-# emptied when full.
-CLIENT_RULES: dict = {}
-CLIENT_RULES_MAX = 1 << 14
+# At most 16384 entries of a few hundred bytes; no lock and no LRU order (one
+# lookup per rule per normalisation: the learned rules' LRU costs 2 us a rule).
+CLIENT_RULES = Bounded(1 << 14)
 
 
 def parse_learned_rule(text: str) -> NetRule:
@@ -203,10 +202,7 @@ def parse_net_rule(text: str) -> NetRule:
         if r is not None:
             return r
         r = _parse_net_rule(text)
-        if len(CLIENT_RULES) >= CLIENT_RULES_MAX:
-            CLIENT_RULES.clear()
-        CLIENT_RULES[text] = r          # valid only: a bogus one raised above
-        return r
+        return CLIENT_RULES.put(text, r)    # valid only: a bogus one raised above
     return _parse_net_rule(text)
 
 

@@ -26,10 +26,12 @@ compares their policies, views, reports and notes."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import pwd
 
 from corral import protocol as P
+from corral.bounded import Bounded
 from corral.kernel import mountinfo
 from corral.kernel.mountinfo import under
 from corral.server.listener import WithFds
@@ -123,25 +125,27 @@ class _RunParser(argparse.ArgumentParser):
         raise Unsupported("options: the Python CLI answers this one")
 
 
-_PARSER: list = []
-
 # Options the launcher does not apply (capabilities kept, weaker confinement
 # accepted, protected names by Landlock alone, the full report): the Python CLI.
 _PYTHON_ONLY = ("keep_caps", "allow_weaker", "strict_protect", "verbose")
 
 
-def parse_run_argv(argv) -> tuple[argparse.Namespace, int]:
-    """(options, where the command starts in argv): the same parser as the Python
-    CLI's `corral run` (policy/fromargs.py), without abbreviations or help."""
+@functools.cache
+def _run_parser() -> _RunParser:
+    """The same parser as the Python CLI's `corral run` (policy/fromargs.py),
+    without abbreviations or help; made once."""
     from corral.policy.fromargs import add_policy_flags, add_run_options
+    ap = _RunParser(prog="corral run", add_help=False, allow_abbrev=False)
+    add_policy_flags(ap)
+    add_run_options(ap)
+    return ap
+
+
+def parse_run_argv(argv) -> tuple[argparse.Namespace, int]:
+    """(options, where the command starts in argv)."""
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
         raise P.ProtocolError(P.E_BAD_REQUEST, "'argv' must be a list of strings")
-    if not _PARSER:
-        ap = _RunParser(prog="corral run", add_help=False, allow_abbrev=False)
-        add_policy_flags(ap)
-        add_run_options(ap)
-        _PARSER.append(ap)
-    args = _PARSER[0].parse_args(argv)
+    args = _run_parser().parse_args(argv)
     cmd = list(args.cmd)
     if cmd[:1] == ["--"]:
         cmd = cmd[1:]
@@ -415,8 +419,7 @@ def _ruleset(fs: dict | None, guard: dict) -> tuple[int, int, int]:
 # filesystem of whole-second times: landlock._settle_ns). A plan that is stale
 # anyway only lacks rules for entries made since: they are refused, never
 # granted (a rule path is opened afresh for every ruleset).
-_PLANS: dict[str, tuple] = {}
-_PLANS_MAX = 64
+_PLANS = Bounded(64)
 
 
 def _cached_plan(fs: dict | None, guard: dict, read_only_here):
@@ -436,9 +439,7 @@ def _cached_plan(fs: dict | None, guard: dict, read_only_here):
     stamp = landlock.dir_stamp(pl.walked, settle=True)
     _PLANS.pop(key, None)
     if stamp is not None:
-        if len(_PLANS) >= _PLANS_MAX:
-            _PLANS.pop(next(iter(_PLANS)))
-        _PLANS[key] = (stamp, pl)
+        _PLANS.put(key, (stamp, pl))
     return pl
 
 

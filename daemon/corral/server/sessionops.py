@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral import protocol as P
+from corral.bounded import Bounded
 from corral.kernel import cgroups
 from corral.server.listener import WithFds
 from corral.server.peer import PeerGone
@@ -106,7 +107,7 @@ class SessionOps:
     def _prep_table(self) -> dict:
         """The prepared sessions, pruned of ended ones (their fds closed)."""
         if not hasattr(self, "_prepared"):
-            self._prepared, self._seccomp_cache = {}, {}
+            self._prepared, self._seccomp_cache = {}, Bounded(256)
         for sid in [k for k in self._prepared if k not in self.sessions.by_id]:
             self._prepared.pop(sid).close()
         return self._prepared
@@ -283,9 +284,7 @@ class SessionOps:
                 progs = [[flags, prog] for flags, prog in filt.export_bpf()]
             finally:
                 filt.release()
-            if len(self._seccomp_cache) > 256:
-                self._seccomp_cache.clear()
-            self._seccomp_cache[key] = progs
+            self._seccomp_cache.put(key, progs)
         return progs
 
     # -- both paths --------------------------------------------------------------

@@ -29,17 +29,14 @@ POLICY_OPTIONS = ("policy", "profile", "srt_settings", "allow_net", "deny_net", 
 ENV_READ = ("SSH_AUTH_SOCK", "ANTHROPIC_BASE_URL", "OPENAI_BASE_URL")
 
 
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
-
-
 @dataclass
 class Caller:
     cwd: str
     homes: list[str]                    # "~": $HOME and the passwd home (paths.homes_of)
     environ: dict = field(default_factory=dict)
-    read: Callable[[str], bytes] = _read_file     # a named file's bytes, as the caller reads it
+    # a named file's bytes, as the caller reads it (None: this process opens it,
+    # as the loaders do by default)
+    read: Callable[[str], bytes] | None = None
 
     def abspath(self, p: str) -> str:
         return os.path.normpath(os.path.join(self.cwd, p))
